@@ -1,0 +1,12 @@
+"""`python -m benchmarks`: every ratio benchmark, one table."""
+
+from benchmarks import bench_fit
+from benchmarks.common import print_ratios
+
+
+def main() -> None:
+    print_ratios(bench_fit.bench())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""`cnnlab fit`'s training path vs a plain PyTorch loop: same model, batches, epochs and data."""
+
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.common import Ratio, median_times
+from cnnlab.config import ExperimentConfig, load_config
+from cnnlab.data.datamodule import DataModule
+from cnnlab.models.convnet import ConvNet
+from cnnlab.training.optim import OPTIMIZERS, SCHEDULERS
+from cnnlab.training.run import run
+
+
+def plain_loop(cfg: ExperimentConfig, data: DataModule) -> float:
+    """Train and validate every epoch by hand; returns the last validation accuracy."""
+    torch.manual_seed(cfg.seed)
+    model = ConvNet(cfg.model, data.input_shape, data.num_classes)
+    optimizer = OPTIMIZERS[cfg.optim.name](model.parameters(), cfg.optim)
+    batches = data.train_dataloader()
+    scheduler = SCHEDULERS[cfg.optim.scheduler](
+        optimizer, cfg.optim, cfg.trainer.max_epochs * len(batches)
+    )
+    correct = 0
+    for _ in range(cfg.trainer.max_epochs):
+        model.train()
+        for x, y in batches:
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+            scheduler.step()
+        model.eval()
+        with torch.no_grad():
+            correct = sum(int((model(x).argmax(1) == y).sum()) for x, y in data.val_dataloader())
+    return correct / len(data.val[1])
+
+
+def bench(repeats: int = 3) -> list[Ratio]:
+    cfg = load_config(overrides=["wandb.mode=offline"])
+    data = DataModule(cfg.data, cfg.seed)
+    fit_seconds: list[float] = []
+
+    def cnnlab_fit() -> None:
+        result = run(cfg, Path(tempfile.mkdtemp(prefix="cnnlab-bench-")))
+        fit_seconds.append(result.metrics["fit_seconds"])
+
+    def plain() -> None:
+        plain_loop(cfg, data)
+
+    plain_loop(load_config(overrides=["trainer.max_epochs=1"]), data)  # warm-up
+    run(load_config(overrides=["trainer.max_epochs=1", "wandb.mode=disabled"]),
+        Path(tempfile.mkdtemp(prefix="cnnlab-bench-")))
+    medians = median_times({"plain": plain, "cnnlab": cnnlab_fit}, repeats)
+    fit = sorted(fit_seconds)[len(fit_seconds) // 2]
+    return [
+        Ratio(
+            "fit path / plain loop throughput",
+            medians["plain"] / fit,
+            0.90,
+            f"digits, {cfg.trainer.max_epochs} epochs, W&B offline: plain {medians['plain']:.2f}s, "
+            f"trainer.fit {fit:.2f}s (whole run incl. test+W&B {medians['cnnlab']:.2f}s)",
+        )
+    ]

@@ -1,0 +1,134 @@
+"""The ``cnnlab`` command: fit and summary (more commands build on the same run path)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from cnnlab.config import ExperimentConfig, load_config, to_yaml
+from cnnlab.errors import CnnlabError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise CnnlabError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def _config(args: argparse.Namespace) -> ExperimentConfig:
+    return load_config(args.config, args.overrides)
+
+
+def _fresh_out(out: Path, overwrite: bool) -> None:
+    if (out / "metrics.json").exists():
+        if not overwrite:
+            raise CnnlabError(
+                f"--out {out}: already holds a finished run; allowed: a new directory, or --overwrite"
+            )
+        shutil.rmtree(out)
+    elif out.exists() and not out.is_dir():
+        raise CnnlabError(f"--out {out}: is a file; allowed: a directory")
+
+
+def cmd_fit(args: argparse.Namespace) -> None:
+    cfg = _config(args)
+    if args.print_config:
+        print(to_yaml(cfg), end="")
+        return
+    out = args.out or Path("runs") / time.strftime("fit-%Y%m%d-%H%M%S")
+    _fresh_out(out, args.overwrite)
+    from cnnlab.training.run import run
+
+    result = run(cfg, out)
+    table = Table(title=f"cnnlab fit → {out}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in result.metrics.items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    Console().print(table)
+
+
+def _shape(text: str) -> tuple[int, int, int]:
+    try:
+        shape = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise CnnlabError(f"--input-shape: got {text!r}; allowed: three positive integers C,H,W")
+    return shape
+
+
+def cmd_summary(args: argparse.Namespace) -> None:
+    from cnnlab.data.sources import SOURCES
+    from cnnlab.models.convnet import ConvNet
+    from cnnlab.models.summary import summarize
+
+    cfg = _config(args)
+    if args.input_shape:
+        shape, num_classes = _shape(args.input_shape), args.num_classes
+    else:
+        data = SOURCES[cfg.data.name](cfg.data)
+        shape, num_classes = data.input_shape, len(data.classes)
+    rows = summarize(ConvNet(cfg.model, shape, num_classes), shape)
+    table = Table(title=f"ConvNet on {'×'.join(map(str, shape))} input, {num_classes} classes")
+    for column in ("layer", "type", "output", "params", "mult-adds"):
+        table.add_column(column, justify="left" if column in ("layer", "type") else "right")
+    for row in rows:
+        table.add_row(row.name, row.kind, "×".join(map(str, row.shape)), f"{row.params:,}",
+                      f"{row.macs:,}")
+    table.add_row("total", "", "", f"{sum(r.params for r in rows):,}",
+                  f"{sum(r.macs for r in rows):,}", style="bold")
+    Console(width=120).print(table)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", action="append", default=[], metavar="FILE",
+                        help="extra YAML config merged over configs/default.yaml (repeatable)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="dotted overrides, e.g. model.norm=layer optim.lr=0.01")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="cnnlab", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    fit = commands.add_parser("fit", help="train and test one model")
+    _common(fit)
+    fit.add_argument("--out", type=Path, help="run directory (default runs/fit-<time>)")
+    fit.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    fit.add_argument("--print-config", action="store_true", help="print the resolved config")
+    fit.set_defaults(func=cmd_fit)
+
+    summary = commands.add_parser("summary", help="per-layer shapes, parameters and mult-adds")
+    _common(summary)
+    summary.add_argument("--input-shape", metavar="C,H,W",
+                         help="input shape (default: the configured dataset's)")
+    summary.add_argument("--num-classes", type=int, default=10, help="with --input-shape")
+    summary.set_defaults(func=cmd_summary)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: user errors print one line on stderr and return 2."""
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    try:
+        args = build_parser().parse_args(argv)
+        func: Callable[[argparse.Namespace], None] = args.func
+        func(args)
+    except CnnlabError as err:
+        print(f"cnnlab: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

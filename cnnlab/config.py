@@ -1,0 +1,237 @@
+"""Typed experiment configs: ``configs/default.yaml`` + ``--config`` files + ``key=value`` overrides.
+
+The dataclasses below are the schema (keys and types, merged and type-checked by OmegaConf);
+``configs/default.yaml`` holds the values. ``load_config`` validates everything before any work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
+
+from cnnlab.data.sources import SOURCES
+from cnnlab.errors import CnnlabError
+from cnnlab.models.convnet import INITS, POOLS
+from cnnlab.models.norms import NORMS
+from cnnlab.regularization import REGULARIZERS
+from cnnlab.training.optim import OPTIMIZERS, SCHEDULERS
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    root: str = MISSING
+    batch_size: int = MISSING
+    eval_batch_size: int = MISSING
+    val_fraction: float = MISSING
+    test_fraction: float = MISSING
+    split_seed: int = MISSING
+
+
+@dataclass
+class ModelConfig:
+    channels: list[int] = MISSING
+    kernel_size: int = MISSING
+    stride: int = MISSING
+    padding: int = MISSING
+    pool: str = MISSING
+    pool_kernel: int = MISSING
+    pool_stride: int = MISSING
+    norm: str = MISSING
+    groups: int = MISSING
+    dropout: float = MISSING
+    spatial_dropout: float = MISSING
+    hidden_units: list[int] = MISSING
+    init: str = MISSING
+
+
+@dataclass
+class OptimConfig:
+    name: str = MISSING
+    lr: float = MISSING
+    momentum: float = MISSING
+    nesterov: bool = MISSING
+    weight_decay: float = MISSING
+    scheduler: str = MISSING
+
+
+@dataclass
+class RegConfig:
+    kind: str = MISSING
+    strength: float = MISSING
+    l1_ratio: float = MISSING
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int = MISSING
+    accelerator: str = MISSING
+    deterministic: bool = MISSING
+    threads: int = MISSING
+
+
+@dataclass
+class WandbConfig:
+    mode: str | None = MISSING
+    project: str = MISSING
+    group: str | None = MISSING
+    job_type: str = MISSING
+    name: str | None = MISSING
+    tags: list[str] = MISSING
+
+
+@dataclass
+class ExperimentConfig:
+    seed: int = MISSING
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    reg: RegConfig = field(default_factory=RegConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+CHOICES: dict[str, Any] = {
+    "data.name": SOURCES,
+    "model.pool": POOLS,
+    "model.norm": NORMS,
+    "model.init": INITS,
+    "optim.name": OPTIMIZERS,
+    "optim.scheduler": SCHEDULERS,
+    "reg.kind": REGULARIZERS,
+    "trainer.accelerator": ("auto", "cpu", "gpu", "cuda", "mps"),
+    "wandb.mode": (None, "offline", "online", "disabled"),
+}
+
+
+def _read_yaml(path: Path) -> DictConfig:
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise CnnlabError(f"--config {path}: cannot read ({err.strerror}); allowed: a YAML file") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        line = getattr(getattr(err, "problem_mark", None), "line", None)
+        where = f" at line {line + 1}" if line is not None else ""
+        raise CnnlabError(f"--config {path}: invalid YAML{where}; allowed: a YAML mapping") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise CnnlabError(f"--config {path}: top level is {type(data).__name__}; allowed: a mapping of keys")
+    return OmegaConf.create(data)
+
+
+def _allowed_keys(full_key: str) -> str:
+    parent = OmegaConf.structured(ExperimentConfig)
+    *path, _ = full_key.split(".")
+    for part in path:
+        parent = parent.get(part) if isinstance(parent, DictConfig) and part in parent else None
+    keys = list(parent.keys()) if isinstance(parent, DictConfig) else []
+    return ", ".join(keys) if keys else "see configs/default.yaml"
+
+
+def _overrides(items: list[str]) -> DictConfig:
+    for item in items:
+        key, sep, _ = item.partition("=")
+        if not sep or not key:
+            raise CnnlabError(f"override {item!r}: expected key=value, e.g. model.norm=layer")
+    try:
+        return OmegaConf.from_dotlist(items)
+    except OmegaConfBaseException as err:
+        raise CnnlabError(f"overrides: cannot parse {items} ({err.msg}); allowed: key=value") from None
+
+
+def merge(*layers: DictConfig) -> DictConfig:
+    """Merge config layers onto the schema, turning OmegaConf errors into one clear line."""
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), *layers)
+        OmegaConf.to_object(cfg)  # raises on any value still missing
+    except ConfigKeyError as err:
+        raise CnnlabError(
+            f"unknown key {err.full_key!r}; allowed: {_allowed_keys(err.full_key)}"
+        ) from None
+    except MissingMandatoryValue as err:
+        raise CnnlabError(f"{err.full_key}: no value given; allowed: set it in a config file") from None
+    except OmegaConfBaseException as err:
+        reason = str(err.msg).splitlines()[0]
+        raise CnnlabError(f"{err.full_key}: {reason}") from None
+    return cfg
+
+
+def load_config(
+    files: list[str | Path] | tuple[()] = (), overrides: list[str] | tuple[()] = ()
+) -> ExperimentConfig:
+    """Defaults, then each file, then ``key=value`` overrides; validated."""
+    layers = [_read_yaml(DEFAULT_CONFIG), *(_read_yaml(Path(f)) for f in files)]
+    cfg = OmegaConf.to_object(merge(*layers, _overrides(list(overrides))))
+    validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Plain nested dict of ``cfg`` (for YAML, W&B and storage)."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg))
+
+
+def to_yaml(cfg: ExperimentConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise CnnlabError(f"{key}: got {value!r}; allowed: {allowed}")
+
+
+def validate(cfg: ExperimentConfig) -> None:
+    """Check choices and ranges; raises ``CnnlabError`` naming the first bad key."""
+    for key, table in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in table:
+            raise CnnlabError(
+                f"{key}: unknown value {value!r}; allowed: "
+                + ", ".join("null" if c is None else str(c) for c in table)
+            )
+    d, m, o, r, t = cfg.data, cfg.model, cfg.optim, cfg.reg, cfg.trainer
+    positive = {
+        "data.batch_size": d.batch_size,
+        "data.eval_batch_size": d.eval_batch_size,
+        "model.kernel_size": m.kernel_size,
+        "model.stride": m.stride,
+        "model.pool_kernel": m.pool_kernel,
+        "model.pool_stride": m.pool_stride,
+        "model.groups": m.groups,
+        "trainer.max_epochs": t.max_epochs,
+        "trainer.threads": t.threads,
+    }
+    for key, value in positive.items():
+        _check(value > 0, key, value, "a positive integer")
+    _check(len(m.channels) > 0 and min(m.channels) > 0, "model.channels", m.channels,
+           "a non-empty list of positive integers")
+    _check(all(h > 0 for h in m.hidden_units), "model.hidden_units", m.hidden_units,
+           "a list of positive integers (may be empty)")
+    _check(m.padding >= 0, "model.padding", m.padding, "an integer ≥ 0")
+    _check(m.norm != "group" or all(c % m.groups == 0 for c in m.channels), "model.groups",
+           m.groups, f"a divisor of every entry of model.channels {m.channels}")
+    for key, value in {"model.dropout": m.dropout, "model.spatial_dropout": m.spatial_dropout}.items():
+        _check(0 <= value < 1, key, value, "a probability in [0, 1)")
+    _check(o.lr > 0, "optim.lr", o.lr, "a positive number")
+    _check(0 <= o.momentum < 1, "optim.momentum", o.momentum, "a number in [0, 1)")
+    _check(not o.nesterov or o.momentum > 0, "optim.nesterov", o.nesterov,
+           "true only with optim.momentum > 0")
+    _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "a number ≥ 0")
+    _check(r.strength >= 0, "reg.strength", r.strength, "a number ≥ 0")
+    _check(0 <= r.l1_ratio <= 1, "reg.l1_ratio", r.l1_ratio, "a number in [0, 1]")
+    for key, value in {"data.val_fraction": d.val_fraction, "data.test_fraction": d.test_fraction}.items():
+        _check(0 < value < 1, key, value, "a fraction in (0, 1)")
+    _check(d.val_fraction + d.test_fraction < 1, "data.val_fraction", d.val_fraction,
+           f"a fraction that leaves training data (val + test < 1, test is {d.test_fraction})")

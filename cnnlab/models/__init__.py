@@ -1,0 +1,1 @@
+"""The configurable ConvNet, its norm layers and its per-layer arithmetic."""

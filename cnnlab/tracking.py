@@ -1,0 +1,54 @@
+"""Weights & Biases setup: offline unless the user chose a mode, one run per call, always finished."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lightning.pytorch.loggers import WandbLogger
+
+    from cnnlab.config import ExperimentConfig
+
+
+def wandb_mode(cfg: ExperimentConfig) -> str:
+    """``wandb.mode`` if set, else ``$WANDB_MODE``, else offline (never a login prompt or wait)."""
+    return cfg.wandb.mode or os.environ.get("WANDB_MODE") or "offline"
+
+
+def wandb_logger(cfg: ExperimentConfig, out: Path) -> WandbLogger | None:
+    """A Lightning W&B logger writing under ``out/wandb``, or None when W&B is disabled."""
+    mode = wandb_mode(cfg)
+    if mode == "disabled":
+        return None
+    os.environ.setdefault("WANDB_SILENT", "true")  # no banners (Lightning passes a stale option)
+    import wandb
+    from lightning.pytorch.loggers import WandbLogger
+
+    from cnnlab.config import to_dict
+
+    logger = WandbLogger(
+        project=cfg.wandb.project,
+        name=cfg.wandb.name,
+        group=cfg.wandb.group,
+        job_type=cfg.wandb.job_type,
+        tags=list(cfg.wandb.tags),
+        save_dir=str(out),
+        mode=mode,
+        config=to_dict(cfg),
+        settings=wandb.Settings(
+            silent=True, console="off", x_disable_stats=True, x_disable_machine_info=True,
+            disable_git=True, save_code=False,
+        ),
+    )
+    logger.experiment  # start the run now, not lazily inside the timed training loop
+    return logger
+
+
+def finish(logger: WandbLogger | None, summary: dict[str, float]) -> None:
+    """Record ``summary`` as the run's final metrics and close the run."""
+    if logger is None:
+        return
+    logger.experiment.summary.update(summary)
+    logger.experiment.finish()

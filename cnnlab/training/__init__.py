@@ -1,0 +1,1 @@
+"""Training: the LightningModule, optimizers, the Trainer and the one run path."""

@@ -1,0 +1,106 @@
+"""The LightningModule: cross-entropy plus a weight penalty, with torchmetrics per split."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from cnnlab.regularization import Regularizer
+from cnnlab.training.optim import OPTIMIZERS, SCHEDULERS
+
+if TYPE_CHECKING:
+    from cnnlab.config import OptimConfig, RegConfig
+
+SPLITS = ("train", "val", "test")
+
+
+class Classifier(L.LightningModule):
+    """Trains ``model`` on cross-entropy + regularizer; logs loss, reg loss and accuracy per epoch.
+
+    Each step only keeps its predictions and losses (no host sync, no metric bookkeeping); the
+    torchmetrics objects consume a whole epoch at once, which keeps small models fast.
+    ``history`` keeps one row of metrics per epoch.
+    """
+
+    def __init__(
+        self, model: nn.Module, optim: OptimConfig, reg: RegConfig, num_classes: int
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.optim = optim
+        self.regularizer = Regularizer(reg, model)
+        # Keys are "<split>_acc" / "<split>_loss": a bare "train" would shadow Module.train.
+        self.metrics = nn.ModuleDict(
+            {f"{s}_acc": MulticlassAccuracy(num_classes, average="micro") for s in SPLITS}
+            | {f"{s}_loss": MeanMetric(nan_strategy="disable") for s in SPLITS}
+            | {"train_reg_loss": MeanMetric(nan_strategy="disable")}
+        )
+        self.outputs: dict[str, list[tuple[Tensor, ...]]] = {s: [] for s in SPLITS}
+        self.history: list[dict[str, float]] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+    def _step(self, batch: tuple[Tensor, Tensor], split: str) -> Tensor:
+        x, y = batch
+        logits = self.model(x)
+        loss = F.cross_entropy(logits, y)
+        self.outputs[split].append((logits.detach().argmax(1), y, loss.detach()))
+        return loss
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        loss = self._step(batch, "train")
+        if self.regularizer.active:
+            reg_loss = self.regularizer()
+            self.metrics["train_reg_loss"].update(reg_loss.detach())
+            loss = loss + reg_loss
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def _epoch_metrics(self, split: str) -> dict[str, Tensor]:
+        preds, targets, losses = (torch.cat(t) if t[0].dim() else torch.stack(t)
+                                  for t in zip(*self.outputs[split], strict=True))
+        sizes = torch.tensor([len(o[1]) for o in self.outputs[split]], device=losses.device)
+        self.outputs[split].clear()
+        metrics = {}
+        for name, metric, args in (("acc", self.metrics[f"{split}_acc"], (preds, targets)),
+                                   ("loss", self.metrics[f"{split}_loss"], (losses, sizes))):
+            metrics[f"{split}/{name}"] = metric(*args)
+            metric.reset()
+        return metrics
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict(self._epoch_metrics("val"))
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self._epoch_metrics("test"))
+
+    def on_train_epoch_end(self) -> None:
+        metrics = self._epoch_metrics("train")
+        reg = self.metrics["train_reg_loss"]
+        metrics["train/reg_loss"] = reg.compute() if reg.update_count else torch.zeros(())
+        reg.reset()
+        metrics["lr"] = self.optimizers().param_groups[0]["lr"]
+        self.log_dict(metrics)
+        row: dict[str, float] = {"epoch": self.current_epoch}
+        row.update({k: float(v) for k, v in self.trainer.callback_metrics.items()})
+        self.history.append(row)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = OPTIMIZERS[self.optim.name](self.parameters(), self.optim)
+        factory = SCHEDULERS[self.optim.scheduler]
+        if factory is None:
+            return optimizer
+        scheduler = factory(optimizer, self.optim, int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,37 @@
+"""Optimizers and learning-rate schedules, by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from cnnlab.config import OptimConfig
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter], "OptimConfig"], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer, "OptimConfig", int], Any]
+
+OPTIMIZERS: dict[str, OptimizerFactory] = {
+    "sgd": lambda params, cfg: torch.optim.SGD(
+        params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+        weight_decay=cfg.weight_decay,
+    ),
+    "adam": lambda params, cfg: torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
+    "adamw": lambda params, cfg: torch.optim.AdamW(
+        params, lr=cfg.lr, weight_decay=cfg.weight_decay
+    ),
+}
+
+# Every schedule steps once per optimizer step; ``total_steps`` covers the whole run.
+SCHEDULERS: dict[str, SchedulerFactory | None] = {
+    "none": None,
+    "cosine": lambda opt, cfg, total_steps: torch.optim.lr_scheduler.CosineAnnealingLR(
+        opt, T_max=total_steps
+    ),
+    "onecycle": lambda opt, cfg, total_steps: torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg.lr, total_steps=total_steps
+    ),
+}

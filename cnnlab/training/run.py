@@ -1,0 +1,92 @@
+"""The one run path: a validated config in, a trained and evaluated model's metrics out.
+
+``cnnlab fit``, every ablation arm and every cross-validation fold call ``run``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from cnnlab.config import ExperimentConfig, to_yaml
+from cnnlab.data.datamodule import DataModule
+from cnnlab.data.sources import ImageData
+from cnnlab.files import write_atomic
+from cnnlab.models.convnet import ConvNet
+from cnnlab.tracking import finish, wandb_logger
+from cnnlab.training.module import Classifier
+from cnnlab.training.trainer import build_trainer
+
+# Lightning's advice for DataLoaders and big models does not apply to in-memory tensor batches.
+for pattern in (".*does not have many workers.*", ".*Checkpoint directory .* exists and is not empty.*",
+                ".*is smaller than the logging interval.*", ".*GPU available but not used.*",
+                ".*`isinstance\\(treespec, LeafSpec\\)` is deprecated.*"):
+    warnings.filterwarnings("ignore", message=pattern)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """Final metrics, one history row per epoch, and the run directory."""
+
+    metrics: dict[str, float]
+    history: list[dict[str, float]]
+    out: Path
+
+
+def _history_csv(history: list[dict[str, float]]) -> str:
+    columns = list(dict.fromkeys(key for row in history for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(history)
+    return buffer.getvalue()
+
+
+def run(
+    cfg: ExperimentConfig,
+    out: Path,
+    fold: tuple[int, int] | None = None,
+    data: ImageData | None = None,
+) -> RunResult:
+    """Train ``cfg`` and write ``out/{config.yaml, metrics.json, history.csv, checkpoints/}``.
+
+    With ``fold=(i, k)`` the model trains on the other folds of the training portion, validates
+    on fold i and never sees the test split; otherwise it is tested once, with its best weights.
+    ``data`` lets a study load a dataset once for many runs.
+    """
+    if cfg.trainer.threads:
+        torch.set_num_threads(cfg.trainer.threads)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = DataModule(cfg.data, cfg.seed, fold=fold, data=data)
+    model = ConvNet(cfg.model, datamodule.input_shape, datamodule.num_classes)
+    module = Classifier(model, cfg.optim, cfg.reg, datamodule.num_classes)
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "config.yaml", to_yaml(cfg))
+    logger = wandb_logger(cfg, out)
+    trainer = build_trainer(cfg.trainer, out, [logger] if logger else [])
+    metrics: dict[str, float] = {}
+    try:
+        start = time.perf_counter()
+        trainer.fit(module, datamodule=datamodule)
+        metrics["fit_seconds"] = time.perf_counter() - start
+        metrics["epochs"] = trainer.current_epoch
+        metrics["val_acc"] = float(trainer.checkpoint_callback.best_model_score)
+        metrics["train_loss"] = module.history[-1]["train/loss"]
+        if fold is None:
+            (test,) = trainer.test(module, datamodule=datamodule, ckpt_path="best", verbose=False)
+            metrics["test_acc"] = test["test/acc"]
+            metrics["test_loss"] = test["test/loss"]
+    finally:
+        finish(logger, metrics)
+    write_atomic(out / "history.csv", _history_csv(module.history))
+    write_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    return RunResult(metrics, module.history, out)

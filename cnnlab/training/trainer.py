@@ -1,0 +1,47 @@
+"""The Lightning Trainer with defaults that keep small runs fast."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import Logger
+
+# Lightning sets its own INFO level on import; its device and tip banners are noise here.
+logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+
+if TYPE_CHECKING:
+    from cnnlab.config import TrainerConfig
+
+BEST = "best"
+
+
+def build_trainer(
+    cfg: TrainerConfig, out: Path, loggers: list[Logger], callbacks: list[Callback] = ()
+) -> L.Trainer:
+    """No sanity steps, no model summary, only the best checkpoint, a progress bar on a TTY."""
+    checkpoint = ModelCheckpoint(
+        dirpath=out / "checkpoints",
+        filename=BEST,
+        monitor="val/acc",
+        mode="max",
+        save_top_k=1,
+        enable_version_counter=False,
+    )
+    return L.Trainer(
+        max_epochs=cfg.max_epochs,
+        accelerator=cfg.accelerator,
+        devices=1,
+        deterministic=cfg.deterministic,
+        logger=loggers or False,
+        callbacks=[checkpoint, *callbacks],
+        enable_progress_bar=sys.stderr.isatty(),
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+        default_root_dir=out,
+    )
