@@ -211,7 +211,6 @@ def validate(cfg: ExperimentConfig) -> None:
         "model.pool_stride": m.pool_stride,
         "model.groups": m.groups,
         "trainer.max_epochs": t.max_epochs,
-        "trainer.threads": t.threads,
     }
     for key, value in positive.items():
         _check(value > 0, key, value, "a positive integer")
@@ -219,6 +218,7 @@ def validate(cfg: ExperimentConfig) -> None:
            "a non-empty list of positive integers")
     _check(all(h > 0 for h in m.hidden_units), "model.hidden_units", m.hidden_units,
            "a list of positive integers (may be empty)")
+    _check(t.threads >= 0, "trainer.threads", t.threads, "an integer ≥ 0 (0 = torch default)")
     _check(m.padding >= 0, "model.padding", m.padding, "an integer ≥ 0")
     _check(m.norm != "group" or all(c % m.groups == 0 for c in m.channels), "model.groups",
            m.groups, f"a divisor of every entry of model.channels {m.channels}")

@@ -22,19 +22,19 @@ def wandb_logger(cfg: ExperimentConfig, out: Path) -> WandbLogger | None:
     mode = wandb_mode(cfg)
     if mode == "disabled":
         return None
-    os.environ.setdefault("WANDB_SILENT", "true")  # no banners (Lightning passes a stale option)
     import wandb
     from lightning.pytorch.loggers import WandbLogger
 
     from cnnlab.config import to_dict
 
-    logger = WandbLogger(
+    # The run starts here (not lazily inside the timed training loop) and Lightning logs into it.
+    experiment = wandb.init(
         project=cfg.wandb.project,
         name=cfg.wandb.name,
         group=cfg.wandb.group,
         job_type=cfg.wandb.job_type,
         tags=list(cfg.wandb.tags),
-        save_dir=str(out),
+        dir=str(out),
         mode=mode,
         config=to_dict(cfg),
         settings=wandb.Settings(
@@ -42,7 +42,7 @@ def wandb_logger(cfg: ExperimentConfig, out: Path) -> WandbLogger | None:
             disable_git=True, save_code=False,
         ),
     )
-    logger.experiment  # start the run now, not lazily inside the timed training loop
+    logger = WandbLogger(experiment=experiment, save_dir=str(out))
     return logger
 
 
