@@ -140,14 +140,19 @@ def _allowed_keys(full_key: str) -> str:
 
 
 def _overrides(items: list[str]) -> DictConfig:
+    layers = []
     for item in items:
         key, sep, _ = item.partition("=")
         if not sep or not key:
             raise CnnlabError(f"override {item!r}: expected key=value, e.g. model.norm=layer")
-    try:
-        return OmegaConf.from_dotlist(items)
-    except OmegaConfBaseException as err:
-        raise CnnlabError(f"overrides: cannot parse {items} ({err.msg}); allowed: key=value") from None
+        try:
+            layers.append(OmegaConf.from_dotlist([item]))
+        except (OmegaConfBaseException, yaml.YAMLError):
+            raise CnnlabError(
+                f"override {item!r}: cannot parse the value; allowed: a YAML scalar or list, "
+                "e.g. model.channels=[16,32]"
+            ) from None
+    return OmegaConf.merge(*layers) if layers else OmegaConf.create()
 
 
 def merge(*layers: DictConfig) -> DictConfig:

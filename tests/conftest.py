@@ -11,7 +11,8 @@ from cnnlab.config import ExperimentConfig, load_config
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 
-FAST = ["trainer.max_epochs=1", "wandb.mode=disabled", "model.channels=[8,16]",
+FAST = ["trainer.max_epochs=1", "wandb.mode=disabled", "model.channels=[8,16]", "data.batch_size=32",
+        "optim.scheduler=none", "optim.lr=0.01",
         "model.hidden_units=[32]"]
 
 

@@ -1,0 +1,30 @@
+# cnnlab: `make help` lists the targets. Extra arguments go through ARGS="...".
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+ARGS ?=
+
+.PHONY: help install test fit lint bench
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+install: $(STAMP) ## create .venv and install cnnlab with its dev tools (idempotent)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+test: install ## run the test suite
+	$(PY) -m pytest
+
+fit: install ## train the digits baseline into runs/fit (ARGS="model.norm=layer ...")
+	$(VENV)/bin/cnnlab fit --out runs/fit --overwrite $(ARGS)
+
+lint: install ## ruff over the code, tests and benchmarks
+	$(VENV)/bin/ruff check cnnlab tests benchmarks
+
+bench: install ## ratio benchmarks, each against a baseline run side by side
+	$(PY) -m benchmarks
