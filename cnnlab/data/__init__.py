@@ -1,0 +1,1 @@
+"""Data: sources, stratified splits and folds, and in-memory batching."""

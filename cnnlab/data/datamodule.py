@@ -1,0 +1,112 @@
+"""In-memory data for the one run path: split, train-only normalisation, index-sliced batches."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from math import ceil
+from typing import TYPE_CHECKING
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+
+from cnnlab.data.sources import SOURCES, ImageData
+from cnnlab.data.splits import fold_indices, split_indices
+
+if TYPE_CHECKING:
+    from cnnlab.config import DataConfig
+
+Augment = Callable[[Tensor, torch.Generator], Tensor]
+
+
+class TensorBatches:
+    """Mini-batches cut from in-memory tensors by slicing; reshuffled on every pass if ``shuffle``.
+
+    The optional ``augment`` sees whole batches (training only), so it runs as batched tensor ops
+    on whatever device the data lives on.
+    """
+
+    def __init__(
+        self,
+        x: Tensor,
+        y: Tensor,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        augment: Augment | None = None,
+    ) -> None:
+        self.x, self.y, self.batch_size = x, y, batch_size
+        self.shuffle, self.augment = shuffle, augment
+        self.generator = torch.Generator(device=x.device).manual_seed(seed)
+        # Training drops a final partial batch (a batch of one breaks batch norm); eval keeps all.
+        self.drop_last = shuffle and len(y) > batch_size
+
+    def __len__(self) -> int:
+        n = len(self.y)
+        return n // self.batch_size if self.drop_last else ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        x, y = self.x, self.y
+        if self.shuffle:
+            order = torch.randperm(len(y), generator=self.generator, device=y.device)
+            x, y = x[order], y[order]
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            xb = x[start : start + self.batch_size]
+            if self.augment is not None:
+                xb = self.augment(xb, self.generator)
+            yield xb, y[start : start + self.batch_size]
+
+
+class DataModule(L.LightningDataModule):
+    """A dataset split (or fold ``fold`` of ``folds`` of its training portion), held as tensors.
+
+    Normalisation statistics (per channel) come from the training part only; the test split
+    is only served when no fold is asked for.
+    """
+
+    def __init__(
+        self,
+        cfg: DataConfig,
+        seed: int,
+        fold: tuple[int, int] | None = None,
+        augment: Augment | None = None,
+        data: ImageData | None = None,
+    ) -> None:
+        super().__init__()
+        self.cfg, self.seed, self.augment = cfg, seed, augment
+        data = data if data is not None else SOURCES[cfg.name](cfg)
+        self.classes = data.classes
+        self.input_shape = data.input_shape
+        labels = data.y.numpy()
+        split = split_indices(labels, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
+        if fold is None:
+            train, val, test = split.train, split.val, split.test
+        else:
+            dev = np.concatenate([split.train, split.val])
+            train, val = fold_indices(dev, labels, fold[0], fold[1], cfg.split_seed)
+            test = None
+        x_train = data.x[train]
+        self.mean = x_train.mean(dim=(0, 2, 3), keepdim=True)
+        self.std = x_train.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+        self.train = (self._normalise(x_train), data.y[train])
+        self.val = (self._normalise(data.x[val]), data.y[val])
+        self.test = None if test is None else (self._normalise(data.x[test]), data.y[test])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def _normalise(self, x: Tensor) -> Tensor:
+        return ((x - self.mean) / self.std).contiguous()
+
+    def train_dataloader(self) -> TensorBatches:
+        return TensorBatches(*self.train, self.cfg.batch_size, True, self.seed, self.augment)
+
+    def val_dataloader(self) -> TensorBatches:
+        return TensorBatches(*self.val, self.cfg.eval_batch_size)
+
+    def test_dataloader(self) -> TensorBatches:
+        if self.test is None:
+            raise RuntimeError("a cross-validation fold has no test split")
+        return TensorBatches(*self.test, self.cfg.eval_batch_size)

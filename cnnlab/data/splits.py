@@ -1,0 +1,47 @@
+"""Stratified, seeded train/val/test splits and k folds of the training portion."""
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.model_selection import StratifiedKFold, train_test_split
+
+from cnnlab.errors import CnnlabError
+
+
+@dataclass(frozen=True)
+class Split:
+    """Index arrays into the full dataset."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+def _stratified(indices: np.ndarray, y: np.ndarray, size: float, seed: int, what: str):
+    try:
+        return train_test_split(indices, test_size=size, stratify=y[indices], random_state=seed)
+    except ValueError as err:
+        raise CnnlabError(
+            f"data: cannot cut a stratified {what} split of {size:g} from {len(indices)} samples "
+            f"({err}); allowed: fractions that leave every class at least one sample per split"
+        ) from None
+
+
+def split_indices(y: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> Split:
+    """Hold out ``test_fraction`` of all samples, then ``val_fraction`` of all for validation."""
+    dev, test = _stratified(np.arange(len(y)), y, test_fraction, seed, "test")
+    train, val = _stratified(dev, y, val_fraction / (1 - test_fraction), seed, "validation")
+    return Split(train, val, test)
+
+
+def fold_indices(dev: np.ndarray, y: np.ndarray, fold: int, folds: int, seed: int):
+    """Fold ``fold`` of ``folds`` stratified folds of ``dev``: (train indices, val indices)."""
+    counts = np.bincount(y[dev])
+    if folds > counts[counts > 0].min():
+        raise CnnlabError(
+            f"folds: {folds} folds need at least {folds} samples of every class, but the training "
+            f"portion has a class with {counts[counts > 0].min()}; allowed: 2..{counts[counts > 0].min()}"
+        )
+    kfold = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    train, val = list(kfold.split(dev, y[dev]))[fold]
+    return dev[train], dev[val]
