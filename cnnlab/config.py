@@ -14,6 +14,7 @@ import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
+from cnnlab.data.augment import POLICIES, enabled_ops
 from cnnlab.data.sources import SOURCES
 from cnnlab.errors import CnnlabError
 from cnnlab.models.convnet import INITS, POOLS
@@ -26,14 +27,33 @@ DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
 
 
 @dataclass
+class AugmentConfig:
+    policy: str = MISSING
+    k: int = MISSING
+    prob: float = MISSING
+    hflip: bool = MISSING
+    crop_padding: int = MISSING
+    resized_crop_scale: float = MISSING
+    resized_crop_ratio: float = MISSING
+    translate: float = MISSING
+    rotate: float = MISSING
+    stretch: float = MISSING
+    shear: float = MISSING
+    lens: float = MISSING
+
+
+@dataclass
 class DataConfig:
     name: str = MISSING
     root: str = MISSING
+    download: bool = MISSING
+    image_size: int | None = MISSING
     batch_size: int = MISSING
     eval_batch_size: int = MISSING
     val_fraction: float = MISSING
     test_fraction: float = MISSING
     split_seed: int = MISSING
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass
@@ -101,6 +121,7 @@ class ExperimentConfig:
 
 CHOICES: dict[str, Any] = {
     "data.name": SOURCES,
+    "data.augment.policy": POLICIES,
     "model.pool": POOLS,
     "model.norm": NORMS,
     "model.init": INITS,
@@ -199,8 +220,9 @@ def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
 def validate(cfg: ExperimentConfig) -> None:
     """Check choices and ranges; raises ``CnnlabError`` naming the first bad key."""
     for key, table in CHOICES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
+        value = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
         if value not in table:
             raise CnnlabError(
                 f"{key}: unknown value {value!r}; allowed: "
@@ -238,5 +260,25 @@ def validate(cfg: ExperimentConfig) -> None:
     _check(0 <= r.l1_ratio <= 1, "reg.l1_ratio", r.l1_ratio, "a number in [0, 1]")
     for key, value in {"data.val_fraction": d.val_fraction, "data.test_fraction": d.test_fraction}.items():
         _check(0 < value < 1, key, value, "a fraction in (0, 1)")
-    _check(d.val_fraction + d.test_fraction < 1, "data.val_fraction", d.val_fraction,
-           f"a fraction that leaves training data (val + test < 1, test is {d.test_fraction})")
+    _check(d.image_size is None or d.image_size > 0, "data.image_size", d.image_size,
+           "null (keep the images' size) or a positive integer")
+    _validate_augment(d.augment)
+
+
+def _validate_augment(a: AugmentConfig) -> None:
+    ranges = {
+        "prob": (a.prob, 0, 1, "a probability in [0, 1]"),
+        "translate": (a.translate, 0, 0.99, "a fraction of the image size in [0, 1)"),
+        "rotate": (a.rotate, 0, 180, "degrees in [0, 180]"),
+        "shear": (a.shear, 0, 60, "degrees in [0, 60]"),
+        "stretch": (a.stretch, 0, 0.99, "a relative scale change in [0, 1)"),
+        "lens": (a.lens, 0, 0.99, "a radial coefficient in [0, 1)"),
+        "resized_crop_scale": (a.resized_crop_scale, 0.01, 1, "an area fraction in (0, 1]"),
+        "resized_crop_ratio": (a.resized_crop_ratio, 1, 10, "a maximum aspect ratio ≥ 1"),
+        "crop_padding": (a.crop_padding, 0, 1024, "pixels ≥ 0"),
+    }
+    for name, (value, low, high, allowed) in ranges.items():
+        _check(low <= value <= high, f"data.augment.{name}", value, allowed)
+    enabled = len(enabled_ops(a))
+    _check(a.k >= 1 and (a.policy != "k_of_n" or a.k <= max(enabled, 1)), "data.augment.k", a.k,
+           f"1..{max(enabled, 1)} (the number of enabled ops)")

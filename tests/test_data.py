@@ -17,7 +17,7 @@ def test_split_is_stratified_disjoint_and_complete() -> None:
     parts = [split.train, split.val, split.test]
     assert sum(len(p) for p in parts) == len(Y)
     assert len(np.unique(np.concatenate(parts))) == len(Y)
-    assert len(split.test) == 40 and len(split.val) == 30
+    assert len(split.test) == 40 and len(split.val) == 24  # 15% of the 160 non-test
     for part in parts:
         counts = np.bincount(Y[part], minlength=5)
         assert counts.max() - counts.min() <= 1

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from cnnlab.data.augment import build_augment
 from cnnlab.data.sources import SOURCES, ImageData
 from cnnlab.data.splits import fold_indices, split_indices
 
@@ -62,7 +63,8 @@ class DataModule(L.LightningDataModule):
     """A dataset split (or fold ``fold`` of ``folds`` of its training portion), held as tensors.
 
     Normalisation statistics (per channel) come from the training part only; the test split
-    is only served when no fold is asked for.
+    is only served when no fold is asked for. Training batches pass through ``augment`` (by
+    default the one ``cfg.augment`` describes).
     """
 
     def __init__(
@@ -70,16 +72,18 @@ class DataModule(L.LightningDataModule):
         cfg: DataConfig,
         seed: int,
         fold: tuple[int, int] | None = None,
-        augment: Augment | None = None,
         data: ImageData | None = None,
+        augment: Augment | None = None,
     ) -> None:
         super().__init__()
-        self.cfg, self.seed, self.augment = cfg, seed, augment
+        self.cfg, self.seed = cfg, seed
+        self.augment = augment if augment is not None else build_augment(cfg.augment)
         data = data if data is not None else SOURCES[cfg.name](cfg)
         self.classes = data.classes
         self.input_shape = data.input_shape
         labels = data.y.numpy()
-        split = split_indices(labels, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
+        split = split_indices(labels, cfg.val_fraction, cfg.test_fraction, cfg.split_seed,
+                              data.test_from)
         if fold is None:
             train, val, test = split.train, split.val, split.test
         else:

@@ -1,13 +1,24 @@
-"""Datasets by name, each loaded whole into memory as float images in [0, 1]."""
+"""Datasets by name (``data.name``), each loaded whole into memory as float images.
+
+Every source returns ``ImageData``; datasets with an official test split (MNIST, Fashion-MNIST,
+CIFAR-10) keep it: its samples come last and ``test_from`` marks where they start.
+"""
 
 from __future__ import annotations
 
+import gzip
+import shutil
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from cnnlab.errors import CnnlabError
 
 if TYPE_CHECKING:
     from cnnlab.config import DataConfig
@@ -15,16 +26,23 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ImageData:
-    """Images ``x`` (N×C×H×W float in [0, 1]), labels ``y`` (N, int64) and the class names."""
+    """Images ``x`` (N×C×H×W float, uint8 sources scaled to [0, 1]), labels ``y`` (N, int64),
+    class names, and where an official test split starts (None: cut one by stratified split)."""
 
     x: Tensor
     y: Tensor
     classes: list[str]
+    test_from: int | None = None
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
         c, h, w = self.x.shape[1:]
         return c, h, w
+
+
+def _uint8_images(x: np.ndarray | Tensor) -> Tensor:
+    x = torch.as_tensor(x)
+    return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
 
 
 def load_digits(cfg: DataConfig) -> ImageData:
@@ -37,6 +55,160 @@ def load_digits(cfg: DataConfig) -> ImageData:
     return ImageData(x, y, [str(name) for name in bunch.target_names])
 
 
+def _gunzip_idx(raw: Path) -> None:
+    """torchvision reads raw IDX files; unpack ``*.gz`` copies placed there by hand."""
+    for packed in raw.glob("*-ubyte.gz"):
+        target = packed.with_suffix("")
+        if not target.exists():
+            with gzip.open(packed, "rb") as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+
+
+def _torchvision_pair(cfg: DataConfig, cls: type, folder: str, files: str) -> ImageData:
+    """Train + official test split of a torchvision dataset class, test samples last."""
+    root = Path(cfg.root)
+    _gunzip_idx(root / folder / "raw")
+    try:
+        train, test = (cls(str(root), train=flag, download=cfg.download) for flag in (True, False))
+    except RuntimeError:
+        raise CnnlabError(
+            f"data.root: {cfg.name} files not found (or corrupt) under {root / folder} "
+            f"(looked for {files}); allowed: set data.download=true to fetch them, or place "
+            "the files there"
+        ) from None
+    except (OSError, EOFError, ValueError, KeyError) as err:
+        raise CnnlabError(f"data.root: cannot read {cfg.name} under {root / folder} ({err}); "
+                          "allowed: the dataset's original files") from None
+    x = [_uint8_images(d.data) for d in (train, test)]
+    x = [t.unsqueeze(1) if t.dim() == 3 else t.permute(0, 3, 1, 2) for t in x]
+    y = [torch.as_tensor(np.asarray(d.targets), dtype=torch.int64) for d in (train, test)]
+    return ImageData(torch.cat(x).contiguous(), torch.cat(y), list(train.classes), len(y[0]))
+
+
+def load_mnist(cfg: DataConfig) -> ImageData:
+    from torchvision.datasets import MNIST
+
+    return _torchvision_pair(cfg, MNIST, "MNIST", "raw/train-images-idx3-ubyte[.gz] and the "
+                             "other three IDX files")
+
+
+def load_fashion_mnist(cfg: DataConfig) -> ImageData:
+    from torchvision.datasets import FashionMNIST
+
+    return _torchvision_pair(cfg, FashionMNIST, "FashionMNIST", "raw/train-images-idx3-ubyte[.gz] "
+                             "and the other three IDX files")
+
+
+def load_cifar10(cfg: DataConfig) -> ImageData:
+    from torchvision.datasets import CIFAR10
+
+    class LocalCIFAR10(CIFAR10):
+        """CIFAR-10 whose md5 check runs only on download; local files need only exist."""
+
+        def _check_integrity(self) -> bool:
+            folder = Path(self.root) / self.base_folder
+            return all((folder / name).is_file() for name, _ in self.train_list + self.test_list)
+
+    return _torchvision_pair(cfg, CIFAR10 if cfg.download else LocalCIFAR10,
+                             "cifar-10-batches-py", "data_batch_1..5, test_batch, batches.meta")
+
+
+def _resize(images: list[Tensor], cfg: DataConfig, files: list[str]) -> list[Tensor]:
+    if cfg.image_size is not None:
+        from torchvision.transforms.v2.functional import resize
+
+        return [resize(img, [cfg.image_size, cfg.image_size], antialias=True) for img in images]
+    first = images[0].shape[1:]
+    for img, name in zip(images, files, strict=True):
+        if img.shape[1:] != first:
+            raise CnnlabError(
+                f"data.root: {name} is {img.shape[2]}×{img.shape[1]} but {files[0]} is "
+                f"{first[1]}×{first[0]}; allowed: images of one size, or set data.image_size"
+            )
+    return images
+
+
+def load_folder(cfg: DataConfig) -> ImageData:
+    """One sub-folder per class of image files (like torchvision's ImageFolder)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
+    from torchvision.io import ImageReadMode, decode_image
+
+    root = Path(cfg.root)
+    if not root.is_dir():
+        raise CnnlabError(f"data.root: {root} is not a directory; allowed: a folder with one "
+                          "sub-folder of images per class")
+    try:
+        classes, _ = find_classes(str(root))
+    except FileNotFoundError:
+        raise CnnlabError(f"data.root: {root} has no class sub-folders; allowed: a folder with "
+                          "one sub-folder of images per class") from None
+    files: list[Path] = []
+    labels: list[int] = []
+    for label, name in enumerate(classes):
+        found = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMG_EXTENSIONS)
+        if not found:
+            raise CnnlabError(f"data.root: class folder {root / name} has no images; allowed: "
+                              f"files ending in {', '.join(IMG_EXTENSIONS)}")
+        files += found
+        labels += [label] * len(found)
+    images = []
+    for path in files:
+        try:
+            images.append(decode_image(str(path), mode=ImageReadMode.UNCHANGED))
+        except (RuntimeError, ValueError, OSError):
+            raise CnnlabError(f"data.root: cannot decode image {path}; allowed: readable "
+                              f"{', '.join(IMG_EXTENSIONS)} files") from None
+    rgb = any(img.shape[0] >= 3 for img in images)
+    images = [img[:3] if rgb and img.shape[0] >= 3 else
+              img[:1].expand(3, -1, -1) if rgb else img[:1] for img in images]
+    images = _resize(images, cfg, [str(p) for p in files])
+    return ImageData(_uint8_images(torch.stack(images)), torch.tensor(labels), classes)
+
+
+def load_npz(cfg: DataConfig) -> ImageData:
+    """Arrays ``x`` (N×H×W, N×H×W×C or N×C×H×W; uint8 or float) and integer ``y`` in one .npz;
+    an optional ``classes`` array names the labels 0..K-1."""
+    path = Path(cfg.root)
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise CnnlabError(f"data.root: {path} does not exist; allowed: an .npz file with "
+                          "arrays x and y") from None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError):
+        raise CnnlabError(f"data.root: {path} is not a readable .npz file; allowed: an .npz "
+                          "written by numpy.savez with arrays x and y") from None
+    with archive:
+        missing = [k for k in ("x", "y") if k not in archive.files]
+        if missing:
+            raise CnnlabError(f"data.root: {path} has no array {', '.join(missing)} (found: "
+                              f"{', '.join(archive.files) or 'none'}); allowed: arrays x and y")
+        x, y = archive["x"], archive["y"]
+        names = [str(c) for c in archive["classes"]] if "classes" in archive.files else None
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+        x = x.transpose(0, 3, 1, 2)
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise CnnlabError(f"data.root: {path} array x has shape {x.shape}; allowed: N×H×W, "
+                          "N×H×W×C or N×C×H×W with C = 1 or 3")
+    if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
+        raise CnnlabError(f"data.root: {path} array y has shape {y.shape} and dtype {y.dtype} for "
+                          f"{len(x)} images; allowed: one integer label per image")
+    if names is None:
+        values, y = np.unique(y, return_inverse=True)
+        names = [str(v) for v in values]
+    elif y.min() < 0 or y.max() >= len(names):
+        raise CnnlabError(f"data.root: {path} labels run {y.min()}..{y.max()} but there are "
+                          f"{len(names)} classes; allowed: labels 0..{len(names) - 1}")
+    return ImageData(_uint8_images(np.ascontiguousarray(x)), torch.as_tensor(y, dtype=torch.int64),
+                     names)
+
+
 SOURCES: dict[str, Callable[[DataConfig], ImageData]] = {
     "digits": load_digits,
+    "mnist": load_mnist,
+    "fashion_mnist": load_fashion_mnist,
+    "cifar10": load_cifar10,
+    "folder": load_folder,
+    "npz": load_npz,
 }

@@ -27,10 +27,16 @@ def _stratified(indices: np.ndarray, y: np.ndarray, size: float, seed: int, what
         ) from None
 
 
-def split_indices(y: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> Split:
-    """Hold out ``test_fraction`` of all samples, then ``val_fraction`` of all for validation."""
-    dev, test = _stratified(np.arange(len(y)), y, test_fraction, seed, "test")
-    train, val = _stratified(dev, y, val_fraction / (1 - test_fraction), seed, "validation")
+def split_indices(
+    y: np.ndarray, val_fraction: float, test_fraction: float, seed: int, test_from: int | None = None
+) -> Split:
+    """Hold out ``test_fraction`` of all samples (or the official test split from ``test_from``
+    on), then ``val_fraction`` of the rest for validation."""
+    if test_from is None:
+        dev, test = _stratified(np.arange(len(y)), y, test_fraction, seed, "test")
+    else:
+        dev, test = np.arange(test_from), np.arange(test_from, len(y))
+    train, val = _stratified(dev, y, val_fraction, seed, "validation")
     return Split(train, val, test)
 
 

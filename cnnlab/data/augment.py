@@ -1,0 +1,154 @@
+"""Batched data augmentation: whole training batches at once, on the batch's device, seeded.
+
+Ops (each enabled by a non-zero magnitude under ``data.augment``): horizontal flip, random crop
+with padding, random resized crop, translation, rotation, stretching (independent x/y scale),
+shear and lens (radial barrel/pincushion) distortion. The geometric ops compose into one affine
+map plus the radial term and share one ``grid_sample`` pass; flips and padded crops are exact
+index operations. A policy picks, per sample, which enabled ops apply: ``all`` (each with
+probability ``prob``) or ``k_of_n`` (``k`` random ops of the enabled ``n``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from cnnlab.config import AugmentConfig
+
+ENABLED: dict[str, Callable[[AugmentConfig], bool]] = {
+    "hflip": lambda c: c.hflip,
+    "crop": lambda c: c.crop_padding > 0,
+    "resized_crop": lambda c: c.resized_crop_scale < 1 or c.resized_crop_ratio > 1,
+    "translate": lambda c: c.translate > 0,
+    "rotate": lambda c: c.rotate > 0,
+    "stretch": lambda c: c.stretch > 0,
+    "shear": lambda c: c.shear > 0,
+    "lens": lambda c: c.lens > 0,
+}
+GRID_OPS = ("resized_crop", "translate", "rotate", "stretch", "shear", "lens")
+
+
+def _all(n: int, ops: int, cfg: AugmentConfig, gen: torch.Generator, device: torch.device) -> Tensor:
+    return torch.rand(n, ops, generator=gen, device=device) < cfg.prob
+
+
+def _k_of_n(n: int, ops: int, cfg: AugmentConfig, gen: torch.Generator, device: torch.device) -> Tensor:
+    ranks = torch.rand(n, ops, generator=gen, device=device).argsort(dim=1).argsort(dim=1)
+    return ranks < cfg.k
+
+
+POLICIES: dict[str, Callable[[int, int, AugmentConfig, torch.Generator, torch.device], Tensor]] = {
+    "all": _all,
+    "k_of_n": _k_of_n,
+}
+
+
+def enabled_ops(cfg: AugmentConfig) -> list[str]:
+    """The ops whose magnitude is non-zero, in their fixed order."""
+    return [name for name, on in ENABLED.items() if on(cfg)]
+
+
+def hflip(x: Tensor, mask: Tensor) -> Tensor:
+    """Mirror the samples where ``mask`` is true."""
+    return torch.where(mask.view(-1, 1, 1, 1), x.flip(-1), x)
+
+
+def padded_crop(x: Tensor, dy: Tensor, dx: Tensor, padding: int) -> Tensor:
+    """Zero-pad by ``padding`` and cut the original size shifted by integer (dy, dx) per sample."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (padding, padding, padding, padding))
+    rows = (torch.arange(h, device=x.device) + padding)[None] + dy[:, None]
+    cols = (torch.arange(w, device=x.device) + padding)[None] + dx[:, None]
+    batch = torch.arange(n, device=x.device)[:, None, None]
+    return padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+
+def warp(x: Tensor, matrix: Tensor, shift: Tensor, lens: Tensor) -> Tensor:
+    """Resample ``x`` at input = lens(matrix · output + shift), all in pixel units about the centre.
+
+    ``matrix`` is N×2×2, ``shift`` N×2 (x, y); ``lens`` (N) is the radial coefficient k in
+    r_in = r_out·(1 + k·r_out²), r measured in half-widths, so the centre never moves.
+    """
+    n, _, h, w = x.shape
+    half = torch.tensor([w / 2, h / 2], device=x.device, dtype=x.dtype)
+    theta = torch.cat([matrix * half[None, None, :] / half[None, :, None],
+                       (shift / half)[:, :, None]], dim=2)  # pixel units → normalised coords
+    grid = F.affine_grid(theta, [n, 1, h, w], align_corners=False)
+    grid = grid * (1 + lens.view(-1, 1, 1, 1) * grid.pow(2).sum(-1, keepdim=True))
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def rotation(degrees: Tensor) -> Tensor:
+    """N×2×2 output→input maps that turn the image by ``degrees`` (clockwise on screen)."""
+    rad = torch.deg2rad(degrees)
+    cos, sin = rad.cos(), rad.sin()
+    return torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
+
+
+class Augmenter:
+    """Random batched augmentation per ``AugmentConfig``; call with a batch and a generator."""
+
+    def __init__(self, cfg: AugmentConfig) -> None:
+        self.cfg = cfg
+        self.ops = enabled_ops(cfg)
+
+    def __call__(self, x: Tensor, gen: torch.Generator) -> Tensor:
+        cfg, n, device = self.cfg, len(x), x.device
+        chosen = POLICIES[cfg.policy](n, len(self.ops), cfg, gen, device)
+        on = {name: chosen[:, i] for i, name in enumerate(self.ops)}
+        grid_on = [on[name] for name in GRID_OPS if name in on]
+        if grid_on:
+            warped = torch.stack(grid_on).any(0)
+            if warped.any():
+                x = x.clone()
+                x[warped] = self._warp(x[warped], {k: v[warped] for k, v in on.items()}, gen)
+        if "crop" in on:
+            p = cfg.crop_padding
+            dy, dx = (torch.randint(-p, p + 1, (n,), generator=gen, device=device) * on["crop"]
+                      for _ in range(2))
+            x = padded_crop(x, dy, dx, p)
+        if "hflip" in on:
+            x = hflip(x, on["hflip"])
+        return x
+
+    def _warp(self, x: Tensor, on: dict[str, Tensor], gen: torch.Generator) -> Tensor:
+        cfg, n, device = self.cfg, len(x), x.device
+        _, _, h, w = x.shape
+        size = torch.tensor([w, h], device=device, dtype=x.dtype)
+
+        def uniform(*shape: int) -> Tensor:  # U(-1, 1)
+            return torch.rand(*shape, generator=gen, device=device) * 2 - 1
+
+        def gate(name: str, value: Tensor, neutral: float) -> Tensor:
+            mask = on.get(name, torch.zeros(n, dtype=torch.bool, device=device))
+            return torch.where(mask.view(-1, *[1] * (value.dim() - 1)), value, neutral)
+
+        # input = crop · stretch⁻¹ · shear · rotation · (output + translation) + crop centre
+        translation = gate("translate", uniform(n, 2) * cfg.translate * size, 0.0)
+        matrix = rotation(gate("rotate", uniform(n) * cfg.rotate, 0.0))
+        shear = torch.eye(2, device=device).repeat(n, 1, 1)
+        shear[:, 0, 1] = torch.tan(torch.deg2rad(gate("shear", uniform(n) * cfg.shear, 0.0)))
+        matrix = shear @ matrix
+        stretch = gate("stretch", 1 + uniform(n, 2) * cfg.stretch, 1.0)
+        matrix = torch.diag_embed(1 / stretch) @ matrix
+        # Resized crop: a box of area fraction a and aspect e^r, zoomed to the full image.
+        area = 1 - (1 - cfg.resized_crop_scale) * torch.rand(n, generator=gen, device=device)
+        log_ratio = uniform(n) * math.log(cfg.resized_crop_ratio)
+        box = torch.stack([(area * log_ratio.exp()).sqrt(), (area / log_ratio.exp()).sqrt()], -1)
+        box = gate("resized_crop", box.clamp(max=1.0), 1.0)
+        centre = gate("resized_crop", uniform(n, 2) * (1 - box) * size / 2, 0.0)
+        matrix = torch.diag_embed(box) @ matrix
+        shift = (matrix @ translation[:, :, None]).squeeze(-1) + centre
+        lens = gate("lens", uniform(n) * cfg.lens, 0.0)
+        return warp(x, matrix, shift, lens)
+
+
+def build_augment(cfg: AugmentConfig) -> Augmenter | None:
+    """The configured augmentation, or None when every op is off."""
+    return Augmenter(cfg) if enabled_ops(cfg) else None
