@@ -90,6 +90,26 @@ def cmd_summary(args: argparse.Namespace) -> None:
     Console(width=120).print(table)
 
 
+def cmd_augment_preview(args: argparse.Namespace) -> None:
+    from cnnlab.data.augment import preview
+    from cnnlab.data.datamodule import DataModule
+    from cnnlab.files import write_atomic
+    from cnnlab.images import png_bytes
+
+    cfg = _config(args)
+    if args.out.suffix.lower() != ".png":
+        raise CnnlabError(f"--out {args.out}: allowed: a file name ending in .png")
+    data = DataModule(cfg.data, cfg.seed)
+    if data.augment is None:
+        raise CnnlabError("data.augment: every op is off; allowed: enable some, e.g. "
+                          "data.augment.hflip=true data.augment.rotate=15")
+    grid = preview(data.train[0][: args.samples], data.augment, data.mean, data.std,
+                   args.variants, cfg.seed)
+    write_atomic(args.out, png_bytes(grid))
+    print(f"wrote {args.out}: {args.samples} training samples (left column) and "
+          f"{args.variants} augmented variants each")
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", action="append", default=[], metavar="FILE",
                         help="extra YAML config merged over configs/default.yaml (repeatable)")
@@ -114,6 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
                          help="input shape (default: the configured dataset's)")
     summary.add_argument("--num-classes", type=int, default=10, help="with --input-shape")
     summary.set_defaults(func=cmd_summary)
+
+    aug = commands.add_parser("augment-preview",
+                              help="a PNG grid of training samples and augmented variants")
+    _common(aug)
+    aug.add_argument("--out", type=Path, required=True, help="the PNG file to write")
+    aug.add_argument("--samples", type=int, default=8, help="rows: training samples")
+    aug.add_argument("--variants", type=int, default=7, help="augmented columns per sample")
+    aug.set_defaults(func=cmd_augment_preview)
     return parser
 
 

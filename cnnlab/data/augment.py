@@ -85,21 +85,28 @@ def warp(x: Tensor, matrix: Tensor, shift: Tensor, lens: Tensor) -> Tensor:
 
 
 def rotation(degrees: Tensor) -> Tensor:
-    """N×2×2 output→input maps that turn the image by ``degrees`` (clockwise on screen)."""
+    """N×2×2 output→input maps that turn the image ``degrees`` counter-clockwise on screen."""
     rad = torch.deg2rad(degrees)
     cos, sin = rad.cos(), rad.sin()
     return torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
 
 
 class Augmenter:
-    """Random batched augmentation per ``AugmentConfig``; call with a batch and a generator."""
+    """Random batched augmentation per ``AugmentConfig``; call with a batch and a generator.
 
-    def __init__(self, cfg: AugmentConfig) -> None:
+    Pixels moved in from outside the image take ``fill`` (per channel; the normalised value of
+    black when the data module builds it, as torchvision fills with 0 before normalising).
+    """
+
+    def __init__(self, cfg: AugmentConfig, fill: Tensor | None = None) -> None:
         self.cfg = cfg
         self.ops = enabled_ops(cfg)
+        self.fill = fill
 
     def __call__(self, x: Tensor, gen: torch.Generator) -> Tensor:
         cfg, n, device = self.cfg, len(x), x.device
+        if self.fill is not None:
+            x = x - self.fill.to(x.device)  # ops fill with zeros: shift so zero means ``fill``
         chosen = POLICIES[cfg.policy](n, len(self.ops), cfg, gen, device)
         on = {name: chosen[:, i] for i, name in enumerate(self.ops)}
         grid_on = [on[name] for name in GRID_OPS if name in on]
@@ -115,7 +122,7 @@ class Augmenter:
             x = padded_crop(x, dy, dx, p)
         if "hflip" in on:
             x = hflip(x, on["hflip"])
-        return x
+        return x if self.fill is None else x + self.fill.to(x.device)
 
     def _warp(self, x: Tensor, on: dict[str, Tensor], gen: torch.Generator) -> Tensor:
         cfg, n, device = self.cfg, len(x), x.device
@@ -149,6 +156,19 @@ class Augmenter:
         return warp(x, matrix, shift, lens)
 
 
-def build_augment(cfg: AugmentConfig) -> Augmenter | None:
+def build_augment(cfg: AugmentConfig, fill: Tensor | None = None) -> Augmenter | None:
     """The configured augmentation, or None when every op is off."""
-    return Augmenter(cfg) if enabled_ops(cfg) else None
+    return Augmenter(cfg, fill) if enabled_ops(cfg) else None
+
+
+def preview(x: Tensor, augment: Augmenter, mean: Tensor, std: Tensor, variants: int = 6,
+            seed: int = 0, min_size: int = 64) -> Tensor:
+    """A 3×H×W image grid: one row per sample, the original first, then augmented variants."""
+    from torchvision.utils import make_grid
+
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    columns = [x] + [augment(x, gen) for _ in range(variants)]
+    tiles = torch.stack(columns, dim=1).flatten(0, 1) * std + mean  # back to [0, 1] pixels
+    scale = max(1, math.ceil(min_size / x.shape[-1]))
+    tiles = F.interpolate(tiles, scale_factor=scale, mode="nearest").clamp(0, 1)
+    return make_grid(tiles, nrow=variants + 1, padding=2, pad_value=1.0)

@@ -77,7 +77,6 @@ class DataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.cfg, self.seed = cfg, seed
-        self.augment = augment if augment is not None else build_augment(cfg.augment)
         data = data if data is not None else SOURCES[cfg.name](cfg)
         self.classes = data.classes
         self.input_shape = data.input_shape
@@ -93,6 +92,7 @@ class DataModule(L.LightningDataModule):
         x_train = data.x[train]
         self.mean = x_train.mean(dim=(0, 2, 3), keepdim=True)
         self.std = x_train.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+        self.augment = augment or build_augment(cfg.augment, fill=-self.mean / self.std)
         self.train = (self._normalise(x_train), data.y[train])
         self.val = (self._normalise(data.x[val]), data.y[val])
         self.test = None if test is None else (self._normalise(data.x[test]), data.y[test])
