@@ -97,6 +97,13 @@ class DataModule(L.LightningDataModule):
         self.val = (self._normalise(data.x[val]), data.y[val])
         self.test = None if test is None else (self._normalise(data.x[test]), data.y[test])
 
+    def to_device(self, device: torch.device) -> None:
+        """Keep the whole dataset on ``device`` (a GPU): batches and augmentation stay there."""
+        self.train, self.val = (tuple(t.to(device) for t in part) for part in (self.train, self.val))
+        if self.test is not None:
+            self.test = tuple(t.to(device) for t in self.test)
+        self.mean, self.std = self.mean.to(device), self.std.to(device)
+
     @property
     def num_classes(self) -> int:
         return len(self.classes)

@@ -64,7 +64,7 @@ def _gunzip_idx(raw: Path) -> None:
                 shutil.copyfileobj(src, dst)
 
 
-def _torchvision_pair(cfg: DataConfig, cls: type, folder: str, files: str) -> ImageData:
+def _torchvision_pair(cfg: DataConfig, cls: type, label: str, folder: str, files: str) -> ImageData:
     """Train + official test split of a torchvision dataset class, test samples last."""
     root = Path(cfg.root)
     _gunzip_idx(root / folder / "raw")
@@ -72,12 +72,12 @@ def _torchvision_pair(cfg: DataConfig, cls: type, folder: str, files: str) -> Im
         train, test = (cls(str(root), train=flag, download=cfg.download) for flag in (True, False))
     except RuntimeError:
         raise CnnlabError(
-            f"data.root: {cfg.name} files not found (or corrupt) under {root / folder} "
+            f"data.root: {label} files not found (or corrupt) under {root / folder} "
             f"(looked for {files}); allowed: set data.download=true to fetch them, or place "
             "the files there"
         ) from None
     except (OSError, EOFError, ValueError, KeyError) as err:
-        raise CnnlabError(f"data.root: cannot read {cfg.name} under {root / folder} ({err}); "
+        raise CnnlabError(f"data.root: cannot read {label} under {root / folder} ({err}); "
                           "allowed: the dataset's original files") from None
     x = [_uint8_images(d.data) for d in (train, test)]
     x = [t.unsqueeze(1) if t.dim() == 3 else t.permute(0, 3, 1, 2) for t in x]
@@ -85,31 +85,32 @@ def _torchvision_pair(cfg: DataConfig, cls: type, folder: str, files: str) -> Im
     return ImageData(torch.cat(x).contiguous(), torch.cat(y), list(train.classes), len(y[0]))
 
 
+IDX_FILES = "raw/train-images-idx3-ubyte[.gz] and the other three IDX files"
+
+
 def load_mnist(cfg: DataConfig) -> ImageData:
     from torchvision.datasets import MNIST
 
-    return _torchvision_pair(cfg, MNIST, "MNIST", "raw/train-images-idx3-ubyte[.gz] and the "
-                             "other three IDX files")
+    return _torchvision_pair(cfg, MNIST, "MNIST", "MNIST", IDX_FILES)
 
 
 def load_fashion_mnist(cfg: DataConfig) -> ImageData:
     from torchvision.datasets import FashionMNIST
 
-    return _torchvision_pair(cfg, FashionMNIST, "FashionMNIST", "raw/train-images-idx3-ubyte[.gz] "
-                             "and the other three IDX files")
+    return _torchvision_pair(cfg, FashionMNIST, "Fashion-MNIST", "FashionMNIST", IDX_FILES)
 
 
 def load_cifar10(cfg: DataConfig) -> ImageData:
     from torchvision.datasets import CIFAR10
 
     class LocalCIFAR10(CIFAR10):
-        """CIFAR-10 whose md5 check runs only on download; local files need only exist."""
+        """CIFAR-10 whose md5 checks run only on download; local files need only exist."""
 
-        def _check_integrity(self) -> bool:
-            folder = Path(self.root) / self.base_folder
-            return all((folder / name).is_file() for name, _ in self.train_list + self.test_list)
+        train_list = [(name, None) for name, _ in CIFAR10.train_list]
+        test_list = [(name, None) for name, _ in CIFAR10.test_list]
+        meta = {**CIFAR10.meta, "md5": None}
 
-    return _torchvision_pair(cfg, CIFAR10 if cfg.download else LocalCIFAR10,
+    return _torchvision_pair(cfg, CIFAR10 if cfg.download else LocalCIFAR10, "CIFAR-10",
                              "cifar-10-batches-py", "data_batch_1..5, test_batch, batches.meta")
 
 

@@ -17,6 +17,7 @@ import lightning as L
 import torch
 
 from cnnlab.config import ExperimentConfig, to_yaml
+from cnnlab.data.augment import preview
 from cnnlab.data.datamodule import DataModule
 from cnnlab.data.sources import ImageData
 from cnnlab.files import write_atomic
@@ -73,6 +74,11 @@ def run(
     write_atomic(out / "config.yaml", to_yaml(cfg))
     logger = wandb_logger(cfg, out)
     trainer = build_trainer(cfg.trainer, out, [logger] if logger else [])
+    datamodule.to_device(trainer.strategy.root_device)
+    if logger is not None and datamodule.augment is not None:
+        sample = datamodule.train[0][:8]
+        grid = preview(sample, datamodule.augment, datamodule.mean, datamodule.std, seed=cfg.seed)
+        logger.log_image("augment/preview", [grid.cpu()])
     metrics: dict[str, float] = {}
     try:
         start = time.perf_counter()

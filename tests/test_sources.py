@@ -1,0 +1,164 @@
+"""Every on-disk source, from tiny files in each real format written here (nothing downloaded)."""
+
+import gzip
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torchvision.io import write_png
+
+from cnnlab.config import load_config
+from cnnlab.data.sources import SOURCES
+from cnnlab.errors import CnnlabError
+from cnnlab.training.run import run
+
+RNG = np.random.default_rng(0)
+
+
+def _images(n: int, shape: tuple[int, ...], labels: np.ndarray) -> np.ndarray:
+    """Learnable images: a bright band whose position depends on the label, plus noise."""
+    x = RNG.integers(0, 60, size=(n, *shape), dtype=np.uint8)
+    for i, label in enumerate(labels):
+        x[i, ..., 2 * label : 2 * label + 2, :] = 250  # rows, whatever the channel layout
+    return x
+
+
+def _labels(per_class: int, classes: int = 10) -> np.ndarray:
+    return RNG.permutation(np.repeat(np.arange(classes), per_class)).astype(np.uint8)
+
+
+def write_idx(raw: Path, prefix: str, per_class: int) -> None:
+    """Gzipped IDX files, as published for MNIST and Fashion-MNIST."""
+    y = _labels(per_class)
+    x = _images(len(y), (28, 28), y)
+    raw.mkdir(parents=True, exist_ok=True)
+    with gzip.open(raw / f"{prefix}-images-idx3-ubyte.gz", "wb") as f:
+        f.write(struct.pack(">IIII", 2051, len(x), 28, 28) + x.tobytes())
+    with gzip.open(raw / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(struct.pack(">II", 2049, len(y)) + y.tobytes())
+
+
+def write_cifar(folder: Path, per_class: int) -> None:
+    """CIFAR-10 python pickle batches: data rows of 3072 bytes (R, G, B planes), protocol 2."""
+    folder.mkdir(parents=True)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        y = _labels(per_class)
+        x = _images(len(y), (3, 32, 32), y).reshape(len(y), -1)
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": x, "labels": y.tolist()}, f, protocol=2)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"class{i}" for i in range(10)]}, f)
+
+
+def write_folder(root: Path, per_class: int, channels: int = 3, size: int = 16) -> None:
+    for label in range(3):
+        (root / f"kind_{label}").mkdir(parents=True)
+        for i in range(per_class):
+            img = torch.as_tensor(_images(1, (channels, size, size), np.array([label]))[0])
+            write_png(img, str(root / f"kind_{label}" / f"{i}.png"))
+
+
+def fit(tmp_path: Path, *overrides: str) -> dict[str, float]:
+    cfg = load_config(overrides=["trainer.max_epochs=1", "wandb.mode=disabled",
+                                 "model.channels=[8,16]", "data.val_fraction=0.2", *overrides])
+    return run(cfg, tmp_path / "run").metrics
+
+
+@pytest.mark.parametrize(("name", "folder", "prefix"),
+                         [("mnist", "MNIST", ""), ("fashion_mnist", "FashionMNIST", "")])
+def test_idx_datasets_from_gzipped_files(tmp_path: Path, name: str, folder: str, prefix: str) -> None:
+    write_idx(tmp_path / folder / "raw", "train", per_class=12)
+    write_idx(tmp_path / folder / "raw", "t10k", per_class=3)
+    data = SOURCES[name](load_config(overrides=[f"data.root={tmp_path}"]).data)
+    assert data.x.shape == (150, 1, 28, 28) and data.test_from == 120
+    assert 0 <= data.x.min() and data.x.max() <= 1 and len(data.classes) == 10
+    metrics = fit(tmp_path, f"data.name={name}", f"data.root={tmp_path}")
+    assert 0 <= metrics["test_acc"] <= 1
+
+
+def test_cifar10_from_pickle_batches(tmp_path: Path) -> None:
+    write_cifar(tmp_path / "cifar-10-batches-py", per_class=2)
+    data = SOURCES["cifar10"](load_config(overrides=[f"data.root={tmp_path}"]).data)
+    assert data.x.shape == (120, 3, 32, 32) and data.test_from == 100
+    assert data.classes[3] == "class3"
+    metrics = fit(tmp_path, "data.name=cifar10", f"data.root={tmp_path}")
+    assert 0 <= metrics["test_acc"] <= 1
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_folder_of_pngs(tmp_path: Path, channels: int) -> None:
+    write_folder(tmp_path / "imgs", per_class=10, channels=channels)
+    data = SOURCES["folder"](load_config(overrides=[f"data.root={tmp_path / 'imgs'}"]).data)
+    assert data.x.shape == (30, channels, 16, 16) and data.classes == ["kind_0", "kind_1", "kind_2"]
+    assert data.y.tolist() == [0] * 10 + [1] * 10 + [2] * 10
+    metrics = fit(tmp_path, "data.name=folder", f"data.root={tmp_path / 'imgs'}",
+                  "data.test_fraction=0.3")
+    assert 0 <= metrics["test_acc"] <= 1
+
+
+@pytest.mark.parametrize("layout", ["NHW", "NHWC", "NCHW"])
+def test_npz_layouts(tmp_path: Path, layout: str) -> None:
+    y = np.repeat(np.array([3, 7, 9]), 10)
+    x = _images(30, (12, 12), y % 5)
+    x = {"NHW": x, "NHWC": np.repeat(x[..., None], 3, -1),
+         "NCHW": np.repeat(x[:, None], 3, 1)}[layout]
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    data = SOURCES["npz"](load_config(overrides=[f"data.root={tmp_path / 'd.npz'}"]).data)
+    assert data.x.shape == (30, 1 if layout == "NHW" else 3, 12, 12)
+    assert data.classes == ["3", "7", "9"] and sorted(set(data.y.tolist())) == [0, 1, 2]
+    metrics = fit(tmp_path, "data.name=npz", f"data.root={tmp_path / 'd.npz'}",
+                  "data.test_fraction=0.3", "model.channels=[8]")
+    assert 0 <= metrics["test_acc"] <= 1
+
+
+def _error(tmp_path: Path, *overrides: str) -> str:
+    cfg = load_config(overrides=list(overrides))
+    with pytest.raises(CnnlabError) as err:
+        SOURCES[cfg.data.name](cfg.data)
+    return str(err.value)
+
+
+def test_missing_torchvision_files_say_where_and_how(tmp_path: Path) -> None:
+    message = _error(tmp_path, "data.name=mnist", f"data.root={tmp_path}")
+    assert str(tmp_path / "MNIST") in message and "data.download=true" in message
+    message = _error(tmp_path, "data.name=cifar10", f"data.root={tmp_path}")
+    assert "cifar-10-batches-py" in message and "data.download=true" in message
+
+
+def test_folder_errors(tmp_path: Path) -> None:
+    write_folder(tmp_path / "imgs", per_class=2)
+    (tmp_path / "imgs" / "kind_empty").mkdir()
+    assert "class folder" in _error(tmp_path, "data.name=folder", f"data.root={tmp_path / 'imgs'}")
+    (tmp_path / "imgs" / "kind_empty").rmdir()
+    (tmp_path / "imgs" / "kind_0" / "broken.png").write_bytes(b"not a png")
+    message = _error(tmp_path, "data.name=folder", f"data.root={tmp_path / 'imgs'}")
+    assert "cannot decode image" in message and "broken.png" in message
+    (tmp_path / "imgs" / "kind_0" / "broken.png").unlink()
+    write_png(torch.zeros(3, 20, 20, dtype=torch.uint8), str(tmp_path / "imgs" / "kind_1" / "big.png"))
+    message = _error(tmp_path, "data.name=folder", f"data.root={tmp_path / 'imgs'}")
+    assert "is 20×20" in message and "data.image_size" in message
+    cfg = load_config(overrides=["data.name=folder", f"data.root={tmp_path / 'imgs'}",
+                                 "data.image_size=8"])
+    assert SOURCES["folder"](cfg.data).x.shape[1:] == (3, 8, 8)
+    assert "not a directory" in _error(tmp_path, "data.name=folder", f"data.root={tmp_path / 'no'}")
+
+
+def test_npz_errors(tmp_path: Path) -> None:
+    path = tmp_path / "d.npz"
+    np.savez(path, x=np.zeros((4, 8, 8), dtype=np.uint8))
+    assert "has no array y" in _error(tmp_path, "data.name=npz", f"data.root={path}")
+    np.savez(path, x=np.zeros((4, 8, 8), dtype=np.uint8), y=np.array([0, 1, 0]))
+    assert "one integer label per image" in _error(tmp_path, "data.name=npz", f"data.root={path}")
+    np.savez(path, x=np.zeros((4, 8, 8), dtype=np.uint8), y=np.array([0, 1, 0, 5]),
+             classes=np.array(["a", "b"]))
+    assert "labels run 0..5 but there are 2 classes" in _error(tmp_path, "data.name=npz",
+                                                               f"data.root={path}")
+    np.savez(path, x=np.zeros((4, 5, 8, 8), dtype=np.uint8), y=np.zeros(4, dtype=int))
+    assert "array x has shape (4, 5, 8, 8)" in _error(tmp_path, "data.name=npz", f"data.root={path}")
+    path.write_bytes(b"corrupt")
+    assert "not a readable .npz" in _error(tmp_path, "data.name=npz", f"data.root={path}")
+    assert "does not exist" in _error(tmp_path, "data.name=npz", f"data.root={tmp_path / 'x.npz'}")
