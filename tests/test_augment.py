@@ -148,3 +148,33 @@ def test_augmented_fit_trains(fast_config, tmp_path) -> None:
     result = run(fast_config("trainer.max_epochs=2", *[f"data.augment.{o}" for o in FULL]),
                  tmp_path)
     assert result.history[1]["train/loss"] < result.history[0]["train/loss"]
+
+
+def test_augment_preview_writes_a_png_grid(cli, tmp_path) -> None:
+    from PIL import Image
+
+    out = tmp_path / "preview.png"
+    status, stdout, err = cli("augment-preview", "--out", out, "--samples", "3", "--variants", "4",
+                              "data.augment.rotate=30", "data.augment.hflip=true")
+    assert status == 0, err
+    with Image.open(out) as img:
+        # 8×8 digits upscaled to 64 px, 5 columns × 3 rows with 2 px padding
+        assert img.size == (5 * 66 + 2, 3 * 66 + 2)
+    status, _, err = cli("augment-preview", "--out", tmp_path / "none.png")
+    assert status == 2 and "every op is off" in err and not (tmp_path / "none.png").exists()
+    status, _, err = cli("augment-preview", "--out", tmp_path / "p.jpg", "data.augment.rotate=5")
+    assert status == 2 and "ending in .png" in err
+
+
+def test_fit_logs_the_augmentation_preview_to_wandb(cli, tmp_path, monkeypatch) -> None:
+    from wandb_records import run_contents
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    status, _, err = cli("fit", "--out", tmp_path / "r", "trainer.max_epochs=1",
+                         "model.channels=[8]", "data.augment.hflip=true")
+    assert status == 0, err
+    (path,) = (tmp_path / "r" / "wandb").glob("offline-run-*/run-*.wandb")
+    (row,) = [r for r in run_contents(path)["history"] if "augment/preview/_type" in r]
+    assert row["augment/preview/count"] == 1
+    (png,) = row["augment/preview/filenames"]
+    assert (path.parent / "files" / png).stat().st_size > 1000

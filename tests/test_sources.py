@@ -162,3 +162,21 @@ def test_npz_errors(tmp_path: Path) -> None:
     path.write_bytes(b"corrupt")
     assert "not a readable .npz" in _error(tmp_path, "data.name=npz", f"data.root={path}")
     assert "does not exist" in _error(tmp_path, "data.name=npz", f"data.root={tmp_path / 'x.npz'}")
+
+
+def test_fit_cli_on_a_users_folder_and_npz(cli, tmp_path: Path) -> None:
+    write_folder(tmp_path / "imgs", per_class=10)
+    status, out, err = cli("fit", "--out", tmp_path / "f", "data.name=folder",
+                           f"data.root={tmp_path / 'imgs'}", "trainer.max_epochs=1",
+                           "data.test_fraction=0.3", "data.val_fraction=0.2")
+    assert status == 0, err
+    assert "test_acc" in out
+    np.savez(tmp_path / "d.npz", x=_images(40, (10, 10), np.repeat(np.arange(4), 10)),
+             y=np.repeat(np.arange(4), 10))
+    status, _, err = cli("fit", "--out", tmp_path / "n", "data.name=npz",
+                         f"data.root={tmp_path / 'd.npz'}", "trainer.max_epochs=1",
+                         "data.test_fraction=0.3", "data.val_fraction=0.2", "model.channels=[8]")
+    assert status == 0, err
+    status, _, err = cli("fit", "--out", tmp_path / "bad", "data.name=npz",
+                         f"data.root={tmp_path / 'missing.npz'}")
+    assert status == 2 and "does not exist" in err and not (tmp_path / "bad").exists()
