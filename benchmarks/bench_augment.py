@@ -29,27 +29,29 @@ def torchvision_pipeline(full: bool) -> v2.Compose:
     return v2.Compose([*ops, v2.ToDtype(torch.float32, scale=True)])
 
 
+def _compare(images: torch.Tensor, options: list[str], full: bool, repeats: int) -> dict[str, float]:
+    augment = Augmenter(load_config(overrides=[f"data.augment.{o}" for o in options]).data.augment)
+    pipeline = torchvision_pipeline(full)
+    gen = torch.Generator().manual_seed(0)
+
+    def batched() -> None:
+        for start in range(0, N, BATCH):
+            augment(images[start : start + BATCH].float().div_(255), gen)
+
+    def per_sample() -> None:
+        for img in images:
+            pipeline(img)
+
+    batched(), per_sample()  # warm-up
+    return median_times({"batched": batched, "per_sample": per_sample}, repeats)
+
+
 def bench(repeats: int = 3) -> list[Ratio]:
     images = torch.randint(0, 256, (N, 3, 32, 32), dtype=torch.uint8)
     ratios = []
-    for name, options, full in (("flip + padded crop", FLIP_CROP, False),
-                                ("full policy", FULL, True)):
-        augment = Augmenter(load_config(overrides=[f"data.augment.{o}" for o in options])
-                            .data.augment)
-        pipeline = torchvision_pipeline(full)
-        gen = torch.Generator().manual_seed(0)
-
-        def batched() -> None:
-            for start in range(0, N, BATCH):
-                augment(images[start : start + BATCH].float().div_(255), gen)
-
-        def per_sample() -> None:
-            for img in images:
-                pipeline(img)
-
-        batched(), per_sample()  # warm-up
-        t = median_times({"batched": batched, "per_sample": per_sample}, repeats)
-        target = 5.0 if not full else 3.0
+    for name, options, full, target in (("flip + padded crop", FLIP_CROP, False, 5.0),
+                                        ("full policy", FULL, True, 3.0)):
+        t = _compare(images, options, full, repeats)
         ratios.append(Ratio(f"augmentation, {name}: batched / per-sample v2",
                             t["per_sample"] / t["batched"], target,
                             f"10k 3×32×32 uint8: cnnlab {N / t['batched']:,.0f} img/s, "
