@@ -7,7 +7,7 @@ ARGS ?=
 .PHONY: help install test fit lint bench
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 install: $(STAMP) ## create .venv and install cnnlab with its dev tools (idempotent)
 
@@ -28,3 +28,12 @@ lint: install ## ruff over the code, tests and benchmarks
 
 bench: install ## ratio benchmarks, each against a baseline run side by side
 	$(PY) -m benchmarks
+
+SPECS := $(basename $(notdir $(wildcard experiments/*.yaml)))
+.PHONY: ablation $(addprefix ablation-,$(SPECS))
+
+ablation: install ## every ablation spec in its quick preset (reports/<name>-quick/)
+	$(VENV)/bin/cnnlab ablate $(sort $(wildcard experiments/*.yaml)) --quick $(ARGS)
+
+ablation-%: install ## one ablation spec in full, e.g. make ablation-norm (reports/<name>/)
+	$(VENV)/bin/cnnlab ablate experiments/$*.yaml $(ARGS)

@@ -8,6 +8,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
@@ -110,6 +111,59 @@ def cmd_augment_preview(args: argparse.Namespace) -> None:
           f"{args.variants} augmented variants each")
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"got {text!r}; allowed: a positive integer")
+    return value
+
+
+def cmd_ablate(args: argparse.Namespace) -> None:
+    from cnnlab.studies.ablation import ablate, study_name
+    from cnnlab.studies.report import table_rows
+    from cnnlab.studies.spec import load_spec
+    from cnnlab.studies.storage import default_url
+
+    specs = [load_spec(path) for path in args.specs]  # all validated before any work
+    if args.seeds:
+        specs = [replace(spec, seeds=args.seeds) for spec in specs]
+    console = Console()
+    for spec in specs:
+        name = study_name(spec, args.quick)
+        root = args.out or Path("reports")
+        out = root / name if args.out is None or len(specs) > 1 else args.out
+        report = ablate(spec, args.quick, out, args.storage or default_url(out), args.workers,
+                        console)
+        _print_table(console, f"{name} → {out}/report.md", table_rows(report))
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from cnnlab.studies.report import table_rows, write_report
+    from cnnlab.studies.spec import safe_name
+    from cnnlab.studies.storage import default_url, load_study, open_storage
+
+    name = safe_name(args.name)
+    out = args.out or Path("reports") / name
+    url = args.storage or default_url(out)
+    if "://" not in url and not Path(url).is_file():
+        raise CnnlabError(f"--storage {url}: no study storage there; allowed: the --out or "
+                          "--storage of an earlier cnnlab ablate")
+    report = write_report(load_study(open_storage(url), name), out)
+    _print_table(Console(), f"{name} → {out}/report.md", table_rows(report))
+
+
+def _print_table(console: Console, title: str, rows: list[list[str]]) -> None:
+    table = Table(title=title)
+    for column in rows[0]:
+        table.add_column(column)
+    for row in rows[1:]:
+        table.add_row(*row)
+    console.print(table)
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", action="append", default=[], metavar="FILE",
                         help="extra YAML config merged over configs/default.yaml (repeatable)")
@@ -134,6 +188,24 @@ def build_parser() -> argparse.ArgumentParser:
                          help="input shape (default: the configured dataset's)")
     summary.add_argument("--num-classes", type=int, default=10, help="with --input-shape")
     summary.set_defaults(func=cmd_summary)
+
+    ablate = commands.add_parser("ablate", help="run (or resume) ablation specs and report them")
+    ablate.add_argument("specs", nargs="+", type=Path, metavar="SPEC",
+                        help="ablation spec(s), e.g. experiments/norm.yaml")
+    ablate.add_argument("--quick", action="store_true",
+                        help="the spec's quick preset (its own study, <name>-quick)")
+    ablate.add_argument("--seeds", type=_positive, help="seeds per arm (default: the spec's)")
+    ablate.add_argument("--storage", help="Optuna storage URL (default DIR/study.journal)")
+    ablate.add_argument("--workers", type=_positive, default=1,
+                        help="worker processes on this machine (one torch thread each)")
+    ablate.add_argument("--out", type=Path, help="report directory (default reports/<study>)")
+    ablate.set_defaults(func=cmd_ablate)
+
+    report = commands.add_parser("report", help="rebuild an ablation report from its storage")
+    report.add_argument("name", help="the study name, e.g. norm or norm-quick")
+    report.add_argument("--storage", help="Optuna storage URL (default DIR/study.journal)")
+    report.add_argument("--out", type=Path, help="report directory (default reports/NAME)")
+    report.set_defaults(func=cmd_report)
 
     aug = commands.add_parser("augment-preview",
                               help="a PNG grid of training samples and augmented variants")

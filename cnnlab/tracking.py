@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from lightning.pytorch.loggers import WandbLogger
@@ -15,6 +15,13 @@ if TYPE_CHECKING:
 def wandb_mode(cfg: ExperimentConfig) -> str:
     """``wandb.mode`` if set, else ``$WANDB_MODE``, else offline (never a login prompt or wait)."""
     return cfg.wandb.mode or os.environ.get("WANDB_MODE") or "offline"
+
+
+def _settings() -> Any:
+    import wandb
+
+    return wandb.Settings(silent=True, console="off", x_disable_stats=True,
+                          x_disable_machine_info=True, disable_git=True, save_code=False)
 
 
 def wandb_logger(cfg: ExperimentConfig, out: Path) -> WandbLogger | None:
@@ -37,10 +44,7 @@ def wandb_logger(cfg: ExperimentConfig, out: Path) -> WandbLogger | None:
         dir=str(out),
         mode=mode,
         config=to_dict(cfg),
-        settings=wandb.Settings(
-            silent=True, console="off", x_disable_stats=True, x_disable_machine_info=True,
-            disable_git=True, save_code=False,
-        ),
+        settings=_settings(),
     )
     logger = WandbLogger(experiment=experiment, save_dir=str(out))
     return logger
@@ -52,3 +56,23 @@ def finish(logger: WandbLogger | None, summary: dict[str, float]) -> None:
         return
     logger.experiment.summary.update(summary)
     logger.experiment.finish()
+
+
+def summary_run(cfg: ExperimentConfig, out: Path, study: str, report: Any, console: Any) -> None:
+    """One W&B run per study: the report as a table, and every plot of ``out`` as an image."""
+    mode = wandb_mode(cfg)
+    if mode == "disabled":
+        return
+    import wandb
+
+    from cnnlab.studies.report import table_rows
+
+    run = wandb.init(project=cfg.wandb.project, group=study, job_type="summary",
+                     name=f"{study} summary", tags=[study, "summary"], dir=str(out), mode=mode,
+                     config={"spec": report.spec.to_dict()}, settings=_settings(),
+                     reinit="finish_previous")
+    rows = table_rows(report)
+    log: dict[str, Any] = {"report": wandb.Table(columns=rows[0], data=rows[1:])}
+    log |= {f"plots/{p.stem}": wandb.Image(str(p)) for p in sorted(out.glob("*.png"))}
+    run.log(log)
+    run.finish()

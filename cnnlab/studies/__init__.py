@@ -1,0 +1,1 @@
+"""Studies over the one run path: ablations and cross-validated searches in Optuna storages."""

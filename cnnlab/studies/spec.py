@@ -1,0 +1,182 @@
+"""Ablation specs (YAML in ``experiments/``): a base config, crossed factors, seeds, a metric.
+
+A factor is either a config key with a list of values::
+
+    model.norm: [batch, layer, instance, group, none]
+
+or a name with named levels, each a bundle of overrides::
+
+    dropout:
+      none: {}
+      spatial: {model.spatial_dropout: 0.2}
+
+Arms are the cross product of the factors' levels; the baseline names one level per factor.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cnnlab.config import ExperimentConfig, load_config
+from cnnlab.errors import CnnlabError
+
+METRICS = {"test_acc": "maximize", "val_acc": "maximize", "test_loss": "minimize",
+           "train_loss": "minimize", "fit_seconds": "minimize"}
+SPEC_KEYS = ("name", "description", "configs", "overrides", "factors", "seeds", "metric",
+             "baseline", "quick")
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One cell of the grid: its name, its level per factor and the overrides it adds."""
+
+    name: str
+    levels: dict[str, str]
+    overrides: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class AblationSpec:
+    name: str
+    description: str
+    configs: tuple[str, ...]
+    overrides: tuple[str, ...]
+    factors: dict[str, dict[str, tuple[str, ...]]]  # factor → level → overrides
+    seeds: int
+    metric: str
+    baseline: str
+    quick: tuple[str, ...]
+
+    @property
+    def arms(self) -> list[Arm]:
+        names = list(self.factors)
+        arms = []
+        for combo in itertools.product(*(self.factors[f].items() for f in names)):
+            levels = {f: level for f, (level, _) in zip(names, combo, strict=True)}
+            overrides = tuple(o for _, ovr in combo for o in ovr)
+            arms.append(Arm(arm_name(levels), levels, overrides))
+        return arms
+
+    @property
+    def direction(self) -> str:
+        return METRICS[self.metric]
+
+    def trial_overrides(self, arm: Arm, seed: int, quick: bool) -> list[str]:
+        """Everything after the base config files: base, quick preset, arm, seed."""
+        return [*self.overrides, *(self.quick if quick else ()), *arm.overrides, f"seed={seed}"]
+
+    def config(self, arm: Arm, seed: int, quick: bool) -> ExperimentConfig:
+        return load_config(list(self.configs), self.trial_overrides(arm, seed, quick))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AblationSpec:
+        factors = {f: {lv: tuple(o) for lv, o in levels.items()} for f, levels in d["factors"].items()}
+        return cls(d["name"], d["description"], tuple(d["configs"]), tuple(d["overrides"]), factors,
+                   d["seeds"], d["metric"], d["baseline"], tuple(d["quick"]))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description, "configs": list(self.configs),
+                "overrides": list(self.overrides), "seeds": self.seeds, "metric": self.metric,
+                "baseline": self.baseline, "quick": list(self.quick),
+                "factors": {f: {lv: list(o) for lv, o in levels.items()}
+                            for f, levels in self.factors.items()}}
+
+
+def arm_name(levels: dict[str, str]) -> str:
+    return ", ".join(f"{factor}={level}" for factor, level in levels.items())
+
+
+def safe_name(text: str) -> str:
+    """A file-system-safe version of a study, arm or run name (no separators, no '..')."""
+    return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", text).replace("..", "_").strip("._") or "_"
+
+
+def _scalar(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def _overrides(where: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise CnnlabError(f"{where}: got {value!r}; allowed: a list of key=value strings")
+
+
+def _factor(path: Path, name: str, body: Any) -> dict[str, tuple[str, ...]]:
+    where = f"{path}: factors.{name}"
+    if isinstance(body, list) and body:
+        return {_scalar(v): (f"{name}={_scalar(v)}",) for v in body}
+    if isinstance(body, dict) and body:
+        levels = {}
+        for level, bundle in body.items():
+            if not isinstance(bundle, dict):
+                raise CnnlabError(f"{where}.{level}: got {bundle!r}; allowed: a mapping of config "
+                                  "keys to values ({} for the base config)")
+            levels[str(level)] = tuple(f"{k}={_scalar(v)}" for k, v in bundle.items())
+        return levels
+    raise CnnlabError(f"{where}: got {body!r}; allowed: a non-empty list of values for a config "
+                      "key, or a non-empty mapping of level names to overrides")
+
+
+def load_spec(path: Path) -> AblationSpec:
+    """Read and validate an ablation spec; every arm's config is validated too."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise CnnlabError(f"spec {path}: cannot read ({err.strerror}); allowed: a YAML file "
+                          "such as experiments/norm.yaml") from None
+    except yaml.YAMLError as err:
+        line = getattr(getattr(err, "problem_mark", None), "line", None)
+        where = f" at line {line + 1}" if line is not None else ""
+        raise CnnlabError(f"spec {path}: invalid YAML{where}; allowed: a YAML mapping") from None
+    if not isinstance(raw, dict):
+        raise CnnlabError(f"spec {path}: top level is {type(raw).__name__}; allowed: a mapping "
+                          f"with keys {', '.join(SPEC_KEYS)}")
+    unknown = sorted(set(raw) - set(SPEC_KEYS))
+    if unknown:
+        raise CnnlabError(f"spec {path}: unknown key {unknown[0]!r}; allowed: {', '.join(SPEC_KEYS)}")
+    factors_raw = raw.get("factors")
+    if not isinstance(factors_raw, dict) or not factors_raw:
+        raise CnnlabError(f"spec {path}: factors is empty; allowed: at least one factor with "
+                          "levels, e.g. factors: {{model.norm: [batch, none]}}")
+    factors = {str(name): _factor(path, str(name), body) for name, body in factors_raw.items()}
+    metric = raw.get("metric", "test_acc")
+    if metric not in METRICS:
+        raise CnnlabError(f"spec {path}: unknown metric {metric!r}; allowed: {', '.join(METRICS)}")
+    seeds = raw.get("seeds", 3)
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+        raise CnnlabError(f"spec {path}: seeds is {seeds!r}; allowed: a positive integer")
+    baseline_raw = raw.get("baseline") or {f: next(iter(levels)) for f, levels in factors.items()}
+    if not isinstance(baseline_raw, dict):
+        raise CnnlabError(f"spec {path}: baseline is {baseline_raw!r}; allowed: a mapping of "
+                          "factor to level")
+    baseline = arm_name({f: level if isinstance(level := baseline_raw.get(f), str)
+                         else _scalar(level) for f in factors})
+    name = str(raw.get("name") or path.stem)
+    spec = AblationSpec(
+        name=safe_name(name),
+        description=str(raw.get("description", "")),
+        configs=_overrides(f"spec {path}: configs", raw.get("configs", [])),
+        overrides=_overrides(f"spec {path}: overrides", raw.get("overrides", [])),
+        factors=factors,
+        seeds=seeds,
+        metric=metric,
+        baseline=baseline,
+        quick=_overrides(f"spec {path}: quick", raw.get("quick", [])),
+    )
+    arms = [arm.name for arm in spec.arms]
+    if baseline not in arms:
+        raise CnnlabError(f"spec {path}: baseline {baseline!r} is not an arm; allowed: "
+                          + "; ".join(arms))
+    for arm in spec.arms:
+        try:
+            spec.config(arm, 0, quick=True)
+            spec.config(arm, 0, quick=False)
+        except CnnlabError as err:
+            raise CnnlabError(f"spec {path}: arm {arm.name!r}: {err}") from None
+    return spec
