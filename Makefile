@@ -14,7 +14,7 @@ install: $(STAMP) ## create .venv and install cnnlab with its dev tools (idempot
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,postgres]'
 	touch $(STAMP)
 
 test: install ## run the test suite

@@ -45,8 +45,8 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
     except ImportError as err:
-        raise CnnlabError(f"--storage {url}: driver missing ({err.name}); allowed: install the "
-                          "postgres extra: pip install -e '.[postgres]'") from None
+        raise CnnlabError(f"--storage {url}: database driver missing ({err}); allowed: install "
+                          "the postgres extra: pip install -e '.[postgres]'") from None
     except Exception as err:  # sqlalchemy raises many kinds; all mean "cannot use this URL"
         reason = str(err).strip().splitlines()[0][:200]
         raise CnnlabError(f"--storage {url}: cannot open ({reason}); allowed: a reachable "

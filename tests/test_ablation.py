@@ -1,0 +1,210 @@
+"""Ablations: specs, resumable and shared studies, W&B run counts, and the report's numbers."""
+
+import math
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from optuna.trial import TrialState
+from scipy import stats
+
+from cnnlab.studies.spec import load_spec
+from cnnlab.studies.storage import load_study, open_storage
+from wandb_records import read_records
+
+SPEC = """
+name: tiny
+overrides: [trainer.max_epochs=1, "model.channels=[8]", "model.hidden_units=[16]", data.batch_size=128]
+factors:
+  model.norm: [batch, none]
+  reg:
+    none: {{}}
+    l2: {{reg.kind: l2, reg.strength: 1.0e-3}}
+seeds: {seeds}
+metric: test_acc
+baseline: {{model.norm: batch, reg: none}}
+"""
+
+
+def write_spec(tmp_path: Path, seeds: int = 2, arms: str | None = None) -> Path:
+    path = tmp_path / "tiny.yaml"
+    text = SPEC.format(seeds=seeds)
+    if arms == "norm only":
+        text = text.replace("  reg:\n    none: {}\n    l2: {reg.kind: l2, reg.strength: 1.0e-3}\n", "")
+        text = text.replace(", reg: none", "").replace("[batch, none]", "[batch, layer, none]")
+    path.write_text(text)
+    return path
+
+
+def trials(out: Path) -> list:
+    return load_study(open_storage(str(out / "study.journal")), "tiny").get_trials()
+
+
+def complete_keys(out: Path) -> list[str]:
+    return [t.user_attrs["key"] for t in trials(out) if t.state == TrialState.COMPLETE]
+
+
+def test_ablation_runs_every_arm_and_seed_and_resumes_without_rerunning(cli, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    spec = write_spec(tmp_path)
+    status, stdout, err = cli("ablate", spec, "--out", out)
+    assert status == 0, err
+    keys = complete_keys(out)
+    assert len(keys) == 8 and len(set(keys)) == 8  # 4 arms × 2 seeds, each once
+    assert "✓ model.norm=batch, reg=none" in stdout
+    assert (out / "report.md").is_file() and (out / "bars.png").is_file()
+    assert len((out / "results.csv").read_text().splitlines()) == 9
+    first = {t.number: t.value for t in trials(out)}
+    status, _, _ = cli("ablate", spec, "--out", out)  # nothing left to do
+    assert status == 0
+    assert {t.number: t.value for t in trials(out)} == first
+    status, _, _ = cli("ablate", spec, "--out", out, "--seeds", "3")  # one more seed per arm
+    assert status == 0
+    keys = complete_keys(out)
+    assert len(keys) == 12 and len(set(keys)) == 12
+    assert all(t.value == first[t.number] for t in trials(out) if t.number in first)
+
+
+def test_interrupted_ablation_reruns_only_the_missing_trials(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    spec = write_spec(tmp_path, seeds=3, arms="norm only")  # 3 arms × 3 seeds
+    command = [sys.executable, "-m", "cnnlab.cli", "ablate", str(spec), "--out", str(out)]
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if (out / "study.journal").exists() and len(complete_keys(out)) >= 3:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = {t.user_attrs["key"]: t.number for t in trials(out) if t.state == TrialState.COMPLETE}
+    assert 3 <= len(before) < 9
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    after = [t for t in trials(out) if t.state == TrialState.COMPLETE]
+    keys = [t.user_attrs["key"] for t in after]
+    assert sorted(keys) == sorted(set(keys)) and len(keys) == 9
+    for t in after:  # finished trials were kept, not rerun
+        if t.user_attrs["key"] in before:
+            assert t.number == before[t.user_attrs["key"]]
+    rerun_workers = {t.user_attrs["worker"] for t in after if t.user_attrs["key"] not in before}
+    assert len(rerun_workers) == 1 and str(proc.pid) not in next(iter(rerun_workers))
+    killed = [t for t in trials(out) if t.state == TrialState.FAIL]
+    assert len(killed) <= 1  # at most the trial that was running when killed
+
+
+def test_two_workers_share_one_ablation(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # offline W&B runs to count
+    out = tmp_path / "out"
+    spec = write_spec(tmp_path, seeds=2, arms="norm only")  # 6 trials
+    status, _, err = cli("ablate", spec, "--out", out, "--workers", "2")
+    assert status == 0, err
+    done = [t for t in trials(out) if t.state == TrialState.COMPLETE]
+    keys = [t.user_attrs["key"] for t in done]
+    assert len(keys) == 6 and len(set(keys)) == 6
+    assert len({t.user_attrs["worker"] for t in done}) == 2  # both workers took trials
+    assert len(list((out / "trials").glob("*/seed*/metrics.json"))) == 6
+    runs = list(out.glob("**/run-*.wandb"))
+    assert len(runs) == 6 + 1  # one per trial, one summary
+    job_types = set()
+    for path in runs:
+        (run,) = [r.run for r in read_records(path) if r.WhichOneof("record_type") == "run"]
+        assert run.run_group == "tiny"
+        job_types.add(run.job_type)
+    assert job_types == {"model.norm=batch", "model.norm=layer", "model.norm=none", "summary"}
+
+
+def test_report_numbers_equal_a_hand_computation(cli, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    status, _, err = cli("ablate", write_spec(tmp_path, seeds=3), "--out", out)
+    assert status == 0, err
+    values: dict[str, dict[int, float]] = {}
+    for t in trials(out):
+        if t.state == TrialState.COMPLETE:
+            values.setdefault(t.params["arm"], {})[t.params["seed"]] = t.user_attrs["test_acc"]
+    base = values["model.norm=none, reg=l2"]
+    rows = {line.split(" | ")[0].strip("| "): line for line in
+            (out / "report.md").read_text().splitlines() if line.startswith("| model.norm")}
+    for arm, by_seed in values.items():
+        xs = [by_seed[s] for s in range(3)]
+        half = stats.t.ppf(0.975, 2) * statistics.stdev(xs) / math.sqrt(3)
+        assert f"| {statistics.mean(xs):.4f} ± {half:.4f} |" in rows[arm]
+    arm = "model.norm=none, reg=l2"
+    d = [values[arm][s] - values["model.norm=batch, reg=none"][s] for s in range(3)]
+    half = stats.t.ppf(0.975, 2) * np.std(d, ddof=1) / math.sqrt(3)
+    assert f"| {np.mean(d):+.4f} ± {half:.4f} | {'yes' if abs(np.mean(d)) > half else 'no'} |" \
+        in rows[arm]
+    assert base  # the baseline row reads "baseline"
+    assert "| baseline |" in rows["model.norm=batch, reg=none"]
+    (out / "report.md").unlink()
+    status, stdout, _ = cli("report", "tiny", "--out", out)  # rebuilt from the storage alone
+    assert status == 0 and (out / "report.md").is_file() and "model.norm=none" in stdout
+
+
+SPEC_ERRORS = {
+    "unknown spec key": ("name: x\nfactor: {model.norm: [batch]}\n", "unknown key 'factor'"),
+    "empty grid": ("name: x\nfactors: {}\n", "factors is empty"),
+    "empty factor": ("name: x\nfactors: {model.norm: []}\n", "factors.model.norm: got []"),
+    "unknown factor key": ("name: x\nfactors: {model.colour: [red]}\n",
+                           "arm 'model.colour=red': unknown key 'model.colour'"),
+    "bad level value": ("name: x\nfactors: {model.norm: [batch, batchy]}\n",
+                        "arm 'model.norm=batchy': model.norm: unknown value 'batchy'"),
+    "unknown metric": ("name: x\nmetric: f1\nfactors: {model.norm: [batch]}\n",
+                       "unknown metric 'f1'; allowed: test_acc, val_acc"),
+    "baseline not an arm": ("name: x\nfactors: {model.norm: [batch]}\nbaseline: {model.norm: none}\n",
+                            "baseline 'model.norm=none' is not an arm; allowed: model.norm=batch"),
+    "zero seeds": ("name: x\nseeds: 0\nfactors: {model.norm: [batch]}\n", "seeds is 0"),
+    "impossible arm": ("name: x\nfactors: {model.kernel_size: [3, 11]}\n",
+                       "arm 'model.kernel_size=11': model: block 1 conv output would be"),
+    "not a mapping": ("- 1\n", "top level is list"),
+    "invalid yaml": ("factors: [\n", "invalid YAML at line"),
+}
+
+
+@pytest.mark.parametrize("case", SPEC_ERRORS)
+def test_bad_spec(cli, tmp_path: Path, case: str) -> None:
+    text, expected = SPEC_ERRORS[case]
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(text)
+    status, out, err = cli("ablate", spec, "--out", tmp_path / "out")
+    assert status == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert expected in err, err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("storage", "expected"), [
+    ("mysql://u@h/db", "unknown scheme 'mysql'"),
+    ("postgresql://nobody@127.0.0.1:1/none", "cannot open"),
+])
+def test_bad_storage_url(cli, tmp_path: Path, storage: str, expected: str) -> None:
+    start = time.monotonic()
+    status, _, err = cli("ablate", write_spec(tmp_path), "--out", tmp_path / "out",
+                         "--storage", storage)
+    assert status == 2 and expected in err and len(err.strip().splitlines()) == 1
+    assert time.monotonic() - start < 10
+
+
+def test_a_changed_spec_does_not_mix_into_an_existing_study(cli, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    spec = write_spec(tmp_path, seeds=1, arms="norm only")
+    assert cli("ablate", spec, "--out", out)[0] == 0
+    spec.write_text(spec.read_text().replace("trainer.max_epochs=1", "trainer.max_epochs=2"))
+    status, _, err = cli("ablate", spec, "--out", out)
+    assert status == 2 and "made from a different spec" in err
+    assert len(complete_keys(out)) == 3
+
+
+def test_shipped_specs_are_valid() -> None:
+    specs = [load_spec(p) for p in sorted(Path("experiments").glob("*.yaml"))]
+    names = {s.name for s in specs}
+    assert {"norm", "dropout", "regularization", "augmentation", "batch_norm_size",
+            "hidden_units", "learning_rate"} <= names
+    for spec in specs:
+        assert spec.quick and spec.seeds >= 3
