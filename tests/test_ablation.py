@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from optuna.trial import TrialState
 from scipy import stats
+from wandb_records import read_records
 
 from cnnlab.studies.spec import load_spec
 from cnnlab.studies.storage import load_study, open_storage
-from wandb_records import read_records
 
 SPEC = """
 name: tiny
