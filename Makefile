@@ -7,7 +7,8 @@ ARGS ?=
 .PHONY: help install test fit lint bench
 
 help: ## list the targets
-	@grep -E '^[a-z%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+	@echo '  make ablation-NAME  one spec in full, NAME one of: $(SPECS)'
 
 install: $(STAMP) ## create .venv and install cnnlab with its dev tools (idempotent)
 
@@ -35,5 +36,5 @@ SPECS := $(basename $(notdir $(wildcard experiments/*.yaml)))
 ablation: install ## every ablation spec in its quick preset (reports/<name>-quick/)
 	$(VENV)/bin/cnnlab ablate $(sort $(wildcard experiments/*.yaml)) --quick $(ARGS)
 
-ablation-%: install ## one ablation spec in full, e.g. make ablation-norm (reports/<name>/)
+$(addprefix ablation-,$(SPECS)): ablation-%: install
 	$(VENV)/bin/cnnlab ablate experiments/$*.yaml $(ARGS)
