@@ -1,11 +1,11 @@
 """`python -m benchmarks`: every ratio benchmark, one table."""
 
-from benchmarks import bench_augment, bench_fit
+from benchmarks import bench_ablation, bench_augment, bench_fit
 from benchmarks.common import print_ratios
 
 
 def main() -> None:
-    print_ratios([*bench_fit.bench(), *bench_augment.bench()])
+    print_ratios([*bench_fit.bench(), *bench_augment.bench(), *bench_ablation.bench()])
 
 
 if __name__ == "__main__":

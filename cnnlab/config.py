@@ -6,6 +6,8 @@ The dataclasses below are the schema (keys and types, merged and type-checked by
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -176,11 +178,16 @@ def _overrides(items: list[str]) -> DictConfig:
     return OmegaConf.merge(*layers) if layers else OmegaConf.create()
 
 
-def merge(*layers: DictConfig) -> DictConfig:
-    """Merge config layers onto the schema, turning OmegaConf errors into one clear line."""
+@functools.cache
+def _defaults() -> DictConfig:
+    """The schema with ``configs/default.yaml`` merged in (parsed once per process)."""
+    return OmegaConf.merge(OmegaConf.structured(ExperimentConfig), _read_yaml(DEFAULT_CONFIG))
+
+
+def merge(*layers: DictConfig) -> ExperimentConfig:
+    """Merge config layers onto the defaults, turning OmegaConf errors into one clear line."""
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), *layers)
-        OmegaConf.to_object(cfg)  # raises on any value still missing
+        return OmegaConf.to_object(OmegaConf.merge(_defaults(), *layers))  # raises on a missing value
     except ConfigKeyError as err:
         raise CnnlabError(
             f"unknown key {err.full_key!r}; allowed: {_allowed_keys(err.full_key)}"
@@ -190,26 +197,24 @@ def merge(*layers: DictConfig) -> DictConfig:
     except OmegaConfBaseException as err:
         reason = str(err.msg).splitlines()[0]
         raise CnnlabError(f"{err.full_key}: {reason}") from None
-    return cfg
 
 
 def load_config(
     files: list[str | Path] | tuple[()] = (), overrides: list[str] | tuple[()] = ()
 ) -> ExperimentConfig:
     """Defaults, then each file, then ``key=value`` overrides; validated."""
-    layers = [_read_yaml(DEFAULT_CONFIG), *(_read_yaml(Path(f)) for f in files)]
-    cfg = OmegaConf.to_object(merge(*layers, _overrides(list(overrides))))
+    cfg = merge(*(_read_yaml(Path(f)) for f in files), _overrides(list(overrides)))
     validate(cfg)
     return cfg
 
 
 def to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
     """Plain nested dict of ``cfg`` (for YAML, W&B and storage)."""
-    return OmegaConf.to_container(OmegaConf.structured(cfg))
+    return dataclasses.asdict(cfg)
 
 
 def to_yaml(cfg: ExperimentConfig) -> str:
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:

@@ -1,0 +1,75 @@
+"""Ablation overhead and worker scaling.
+
+- wall time of a whole ablation (queueing, W&B runs, tests, storage, report) over the sum of its
+  trials' training times;
+- throughput of 2 worker processes (one torch thread each) over 1 worker, from the storage's
+  trial timestamps, so process start-up is not counted.
+"""
+
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from optuna.trial import TrialState
+from rich.console import Console
+
+from benchmarks.common import Ratio
+from cnnlab.studies.ablation import ablate
+from cnnlab.studies.spec import load_spec
+from cnnlab.studies.storage import default_url, load_study, open_storage
+
+SPEC = """
+name: bench
+overrides: [trainer.max_epochs=15]  # as the full norm spec; the quick preset (6) costs more per epoch
+factors:
+  model.norm: [batch, group, layer, none]
+seeds: {seeds}
+"""
+
+
+def _run(workers: int, seeds: int) -> tuple[float, list]:
+    root = Path(tempfile.mkdtemp(prefix="cnnlab-bench-"))
+    (root / "bench.yaml").write_text(SPEC.format(seeds=seeds))
+    spec = load_spec(root / "bench.yaml")
+    out = root / "out"
+    start = time.perf_counter()
+    ablate(spec, False, out, default_url(out), workers, Console(quiet=True))
+    wall = time.perf_counter() - start
+    trials = load_study(open_storage(default_url(out)), "bench").get_trials()
+    return wall, [t for t in trials if t.state == TrialState.COMPLETE]
+
+
+def _throughput(trials: list) -> float:
+    """Steady-state trials per second: each worker's first trial (its first W&B run and
+    Lightning set-up in a fresh process) is left out."""
+    firsts = {}
+    for t in sorted(trials, key=lambda t: t.datetime_start):
+        firsts.setdefault(t.user_attrs["worker"], t.number)
+    rest = [t for t in trials if t.number not in firsts.values()]
+    span = max(t.datetime_complete for t in rest) - min(t.datetime_start for t in rest)
+    return len(rest) / span.total_seconds()
+
+
+def bench() -> list[Ratio]:
+    _run(1, 1)  # warm-up: imports, first W&B run
+    wall, one = _run(1, 3)
+    fit = sum(t.user_attrs["fit_seconds"] for t in one)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _, one_thread = _run(1, 3)
+    finally:
+        torch.set_num_threads(threads)
+    _, two = _run(2, 3)
+    rate = {name: _throughput(t) for name, t in
+            (("one", one), ("one_thread", one_thread), ("two", two))}
+    return [
+        Ratio("ablation wall / sum of trial fit times", wall / fit, 1.15,
+              f"12 digits trials of 15 epochs, 1 worker, W&B offline: wall {wall:.1f}s, fits {fit:.1f}s",
+              lower_is_better=True),
+        Ratio("ablation throughput, 2 workers / 1 worker", rate["two"] / rate["one_thread"], 1.7,
+              f"trials/s, 1 thread per worker: 2 workers {rate['two']:.2f}, 1 worker "
+              f"{rate['one_thread']:.2f} ({threads} threads: {rate['one']:.2f}, "
+              f"{rate['two'] / rate['one']:.2f}×)"),
+    ]
