@@ -38,3 +38,7 @@ ablation: install ## every ablation spec in its quick preset (reports/<name>-qui
 
 $(addprefix ablation-,$(SPECS)): ablation-%: install
 	$(VENV)/bin/cnnlab ablate experiments/$*.yaml $(ARGS)
+
+.PHONY: tune
+tune: install ## cross-validated Optuna search (experiments/search.yaml), refit, test (reports/search/)
+	$(VENV)/bin/cnnlab tune experiments/search.yaml --workers 2 $(ARGS)

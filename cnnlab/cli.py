@@ -140,6 +140,36 @@ def cmd_ablate(args: argparse.Namespace) -> None:
         _print_table(console, f"{name} → {out}/report.md", table_rows(report))
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"got {text!r}; allowed: a positive number of seconds")
+    return value
+
+
+def cmd_tune(args: argparse.Namespace) -> None:
+    from cnnlab.studies.search import load_search_spec, tune, with_overrides
+    from cnnlab.studies.spec import safe_name
+    from cnnlab.studies.storage import default_url
+
+    spec = with_overrides(load_search_spec(args.spec), args.trials, args.folds)
+    name = safe_name(args.study or (f"{spec.name}-quick" if args.quick else spec.name))
+    out = args.out or Path("reports") / name
+    console = Console()
+    summary = tune(spec, args.quick, out, args.storage or default_url(out), name, args.workers,
+                   args.timeout, console)
+    _print_table(console, f"{name} → {out}/search.md", [
+        ["best trial", "CV accuracy", "CV std", "test accuracy", "parameters"],
+        [str(summary["best_trial"]), f"{summary['cv_mean']:.4f}", f"{summary['cv_std']:.4f}",
+         f"{summary['test_acc']:.4f}",
+         " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                  for k, v in summary["params"].items())],
+    ])
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from cnnlab.studies.report import table_rows, write_report
     from cnnlab.studies.spec import safe_name
@@ -200,6 +230,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help="worker processes on this machine (one torch thread each)")
     ablate.add_argument("--out", type=Path, help="report directory (default reports/<study>)")
     ablate.set_defaults(func=cmd_ablate)
+
+    tune = commands.add_parser("tune", help="cross-validated Optuna search, then refit and test")
+    tune.add_argument("spec", type=Path, metavar="SPEC", help="search spec, e.g. "
+                      "experiments/search.yaml")
+    tune.add_argument("--trials", type=_positive, help="finished trials the study should hold "
+                      "(default: the spec's; rerun with more to add trials)")
+    tune.add_argument("--timeout", type=_seconds, help="start no new trial after S seconds")
+    tune.add_argument("--folds", type=_positive, help="k of k-fold CV (default: the spec's)")
+    tune.add_argument("--storage", help="Optuna storage URL (default DIR/study.journal)")
+    tune.add_argument("--workers", type=_positive, default=1,
+                      help="worker processes on this machine (one torch thread each)")
+    tune.add_argument("--study", help="study name (default: the spec's name)")
+    tune.add_argument("--quick", action="store_true", help="the spec's quick preset")
+    tune.add_argument("--out", type=Path, help="report directory (default reports/<study>)")
+    tune.set_defaults(func=cmd_tune)
 
     report = commands.add_parser("report", help="rebuild an ablation report from its storage")
     report.add_argument("name", help="the study name, e.g. norm or norm-quick")

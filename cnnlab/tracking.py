@@ -76,3 +76,25 @@ def summary_run(cfg: ExperimentConfig, out: Path, study: str, report: Any, conso
     log |= {f"plots/{p.stem}": wandb.Image(str(p)) for p in sorted(out.glob("*.png"))}
     run.log(log)
     run.finish()
+
+
+def search_summary_run(cfg: ExperimentConfig, out: Path, study: str, summary: dict[str, Any]) -> None:
+    """One W&B run per search: best parameters, CV and test accuracy, and the Optuna plots."""
+    mode = wandb_mode(cfg)
+    if mode == "disabled":
+        return
+    import csv
+
+    import wandb
+
+    run = wandb.init(project=cfg.wandb.project, group=study, job_type="summary",
+                     name=f"{study} summary", tags=[study, "summary"], dir=str(out), mode=mode,
+                     config={"best_params": summary["params"]}, settings=_settings(),
+                     reinit="finish_previous")
+    with open(out / "trials.csv") as f:
+        rows = list(csv.reader(f))
+    log: dict[str, Any] = {"trials": wandb.Table(columns=rows[0], data=rows[1:])}
+    log |= {f"plots/{p.stem}": wandb.Image(str(p)) for p in sorted(out.glob("*.png"))}
+    run.log(log)
+    run.summary.update({k: summary[k] for k in ("cv_mean", "cv_std", "test_acc", "best_trial")})
+    run.finish()

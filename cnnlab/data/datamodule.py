@@ -63,7 +63,8 @@ class DataModule(L.LightningDataModule):
     """A dataset split (or fold ``fold`` of ``folds`` of its training portion), held as tensors.
 
     Normalisation statistics (per channel) come from the training part only; the test split
-    is only served when no fold is asked for. Training batches pass through ``augment`` (by
+    is only served when no fold is asked for. ``refit`` trains on the whole training portion
+    (train + validation) with no validation split. Training batches pass through ``augment`` (by
     default the one ``cfg.augment`` describes).
     """
 
@@ -74,6 +75,7 @@ class DataModule(L.LightningDataModule):
         fold: tuple[int, int] | None = None,
         data: ImageData | None = None,
         augment: Augment | None = None,
+        refit: bool = False,
     ) -> None:
         super().__init__()
         self.cfg, self.seed = cfg, seed
@@ -83,7 +85,9 @@ class DataModule(L.LightningDataModule):
         labels = data.y.numpy()
         split = split_indices(labels, cfg.val_fraction, cfg.test_fraction, cfg.split_seed,
                               data.test_from)
-        if fold is None:
+        if refit:  # all training data, no validation: the final model of a search
+            train, val, test = np.concatenate([split.train, split.val]), None, split.test
+        elif fold is None:
             train, val, test = split.train, split.val, split.test
         else:
             dev = np.concatenate([split.train, split.val])
@@ -94,14 +98,15 @@ class DataModule(L.LightningDataModule):
         self.std = x_train.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
         self.augment = augment or build_augment(cfg.augment, fill=-self.mean / self.std)
         self.train = (self._normalise(x_train), data.y[train])
-        self.val = (self._normalise(data.x[val]), data.y[val])
+        self.val = None if val is None else (self._normalise(data.x[val]), data.y[val])
         self.test = None if test is None else (self._normalise(data.x[test]), data.y[test])
 
     def to_device(self, device: torch.device) -> None:
         """Keep the whole dataset on ``device`` (a GPU): batches and augmentation stay there."""
-        self.train, self.val = (tuple(t.to(device) for t in part) for part in (self.train, self.val))
-        if self.test is not None:
-            self.test = tuple(t.to(device) for t in self.test)
+        self.train, self.val, self.test = (
+            None if part is None else tuple(t.to(device) for t in part)
+            for part in (self.train, self.val, self.test)
+        )
         self.mean, self.std = self.mean.to(device), self.std.to(device)
 
     @property
@@ -115,6 +120,8 @@ class DataModule(L.LightningDataModule):
         return TensorBatches(*self.train, self.cfg.batch_size, True, self.seed, self.augment)
 
     def val_dataloader(self) -> TensorBatches:
+        if self.val is None:
+            raise RuntimeError("a refit on all training data has no validation split")
         return TensorBatches(*self.val, self.cfg.eval_batch_size)
 
     def test_dataloader(self) -> TensorBatches:

@@ -43,6 +43,7 @@ class Classifier(L.LightningModule):
         )
         self.outputs: dict[str, list[tuple[Tensor, ...]]] = {s: [] for s in SPLITS}
         self.history: list[dict[str, float]] = []
+        self.diverged = False
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
@@ -96,6 +97,9 @@ class Classifier(L.LightningModule):
         row: dict[str, float] = {"epoch": self.current_epoch}
         row.update({k: float(v) for k, v in self.trainer.callback_metrics.items()})
         self.history.append(row)
+        if not torch.isfinite(metrics["train/loss"]):  # NaN or inf: stop, the run is marked diverged
+            self.diverged = True
+            self.trainer.should_stop = True
 
     def configure_optimizers(self) -> Any:
         optimizer = OPTIMIZERS[self.optim.name](self.parameters(), self.optim)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -56,43 +57,51 @@ def run(
     out: Path,
     fold: tuple[int, int] | None = None,
     data: ImageData | None = None,
+    refit: bool = False,
 ) -> RunResult:
     """Train ``cfg`` and write ``out/{config.yaml, metrics.json, history.csv, checkpoints/}``.
 
     With ``fold=(i, k)`` the model trains on the other folds of the training portion, validates
     on fold i and never sees the test split; otherwise it is tested once, with its best weights.
-    ``data`` lets a study load a dataset once for many runs.
+    ``refit`` trains on train + validation with no validation (a search's final model).
+    ``data`` lets a study load a dataset once for many runs. A run whose training loss turns
+    NaN or infinite stops early and reports ``diverged: true``.
     """
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = DataModule(cfg.data, cfg.seed, fold=fold, data=data)
+    datamodule = DataModule(cfg.data, cfg.seed, fold=fold, data=data, refit=refit)
     model = ConvNet(cfg.model, datamodule.input_shape, datamodule.num_classes)
     module = Classifier(model, cfg.optim, cfg.reg, datamodule.num_classes)
 
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "config.yaml", to_yaml(cfg))
     logger = wandb_logger(cfg, out)
-    trainer = build_trainer(cfg.trainer, out, [logger] if logger else [])
+    trainer = build_trainer(cfg.trainer, out, [logger] if logger else [], validate=not refit)
     datamodule.to_device(trainer.strategy.root_device)
     if logger is not None and datamodule.augment is not None:
         sample = datamodule.train[0][:8]
         grid = preview(sample, datamodule.augment, datamodule.mean, datamodule.std, seed=cfg.seed)
         logger.log_image("augment/preview", [grid.cpu()])
-    metrics: dict[str, float] = {}
+    metrics: dict[str, float | bool] = {}
     try:
         start = time.perf_counter()
         trainer.fit(module, datamodule=datamodule)
         metrics["fit_seconds"] = time.perf_counter() - start
-        metrics["epochs"] = trainer.current_epoch
-        metrics["val_acc"] = float(trainer.checkpoint_callback.best_model_score)
+        metrics["epochs"] = len(module.history)
+        best = trainer.checkpoint_callback
+        if not refit and best.best_model_score is not None:
+            metrics["val_acc"] = float(best.best_model_score)
         metrics["train_loss"] = module.history[-1]["train/loss"]
+        metrics["diverged"] = module.diverged
         if fold is None:
-            (test,) = trainer.test(module, datamodule=datamodule, ckpt_path="best", verbose=False)
+            ckpt = "best" if best.best_model_path else None  # none when every epoch diverged
+            (test,) = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
             metrics["test_acc"] = test["test/acc"]
             metrics["test_loss"] = test["test/loss"]
     finally:
         finish(logger, metrics)
     write_atomic(out / "history.csv", _history_csv(module.history))
-    write_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    clean = {k: v if isinstance(v, bool) or math.isfinite(v) else None for k, v in metrics.items()}
+    write_atomic(out / "metrics.json", json.dumps(clean, indent=2) + "\n")
     return RunResult(metrics, module.history, out)

@@ -21,13 +21,17 @@ BEST = "best"
 
 
 def build_trainer(
-    cfg: TrainerConfig, out: Path, loggers: list[Logger], callbacks: list[Callback] = ()
+    cfg: TrainerConfig, out: Path, loggers: list[Logger], validate: bool = True,
+    callbacks: list[Callback] = (),
 ) -> L.Trainer:
-    """No sanity steps, no model summary, only the best checkpoint, a progress bar on a TTY."""
+    """No sanity steps, no model summary, only the best checkpoint, a progress bar on a TTY.
+
+    Without validation (a refit on all training data) the checkpoint is the last epoch's.
+    """
     checkpoint = ModelCheckpoint(
         dirpath=out / "checkpoints",
         filename=BEST,
-        monitor="val/acc",
+        monitor="val/acc" if validate else None,
         mode="max",
         save_top_k=1,
         enable_version_counter=False,
@@ -42,6 +46,7 @@ def build_trainer(
         enable_progress_bar=sys.stderr.isatty(),
         enable_model_summary=False,
         num_sanity_val_steps=0,
+        limit_val_batches=None if validate else 0,
         log_every_n_steps=1,
         default_root_dir=out,
     )
