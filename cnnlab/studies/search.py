@@ -14,6 +14,7 @@ import io
 import math
 import multiprocessing
 import re
+import shutil
 import statistics
 import time
 from collections.abc import Callable
@@ -106,11 +107,16 @@ def load_search_spec(path: Path) -> SearchSpec:
         kind = dim.get("type") if isinstance(dim, dict) else None
         if kind not in SPACE_TYPES:
             raise _fail(path, f"space.{key}.type is {kind!r}", ", ".join(SPACE_TYPES))
-        needed = ("choices",) if kind == "categorical" else ("low", "high")
-        if any(k not in dim for k in needed) or (kind != "categorical"
-                                                   and not dim["low"] < dim["high"]):
-            raise _fail(path, f"space.{key} is {dim}", "categorical with choices, or float/int "
-                        "with low < high (and log: true for a log scale)")
+        if kind == "categorical":
+            ok = isinstance(dim.get("choices"), list) and len(dim["choices"]) > 0
+        else:
+            low, high = dim.get("low"), dim.get("high")
+            ok = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high))
+            ok = ok and low < high and (not dim.get("log") or low > 0)
+        if not ok:
+            raise _fail(path, f"space.{key} is {dim}", "categorical with a list of choices, or "
+                        "float/int with numbers low < high (log: true needs low > 0; write "
+                        "1.0e-3, not 1e-3, for YAML to read a number)")
     sampler = raw.get("sampler", {"name": "tpe", "seed": 0})
     pruner = raw.get("pruner", {"name": "median"})
     if sampler.get("name") not in SAMPLERS:
@@ -198,7 +204,8 @@ def cross_validate(trial: optuna.Trial, spec: SearchSpec, quick: bool, out: Path
         epochs += result.metrics["epochs"]
         trial.set_user_attr("fold_epochs", epochs)
         if result.metrics["diverged"]:
-            raise Pruned(f"diverged in fold {fold}: training loss not finite")
+            raise Pruned(f"diverged in fold {fold}: training loss "
+                         f"{result.metrics['train_loss']:.4g}")
         scores.append(result.metrics["val_acc"])
         trial.set_user_attr("fold_scores", scores)
         wilcoxon = spec.pruner["name"] == "wilcoxon"
@@ -256,7 +263,7 @@ def open_search(spec: SearchSpec, quick: bool, url: str, name: str, seed_offset:
                 ) -> optuna.Study:
     storage = open_storage(url)
     attrs = {**spec.to_dict(), "preset": "quick" if quick else "full"}
-    study = study_for(storage, name, "maximize", attrs)
+    study_for(storage, name, "maximize", attrs)  # created once; guards against another spec
     sampler = SAMPLERS[spec.sampler["name"]](spec.sampler.get("seed", 0) + seed_offset)
     pruner = PRUNERS[spec.pruner["name"]](spec.pruner, spec.folds)
     return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
@@ -324,6 +331,7 @@ def finish_search(study: optuna.Study, spec: SearchSpec, quick: bool, out: Path,
     cfg = load_config(list(spec.configs), [*spec.overrides, *(spec.quick if quick else ()),
                                            *as_overrides(params)])
     cfg.wandb.group, cfg.wandb.job_type, cfg.wandb.name = spec.name, "refit", "refit best"
+    shutil.rmtree(out / "refit", ignore_errors=True)  # a rerun refits the (possibly new) best
     result = run(cfg, out / "refit", refit=True)
     summary = {"best_trial": best.number, "params": params, "cv_mean": best.value,
                "cv_std": best.user_attrs.get("cv_std", math.nan),

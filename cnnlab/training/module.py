@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import lightning as L
@@ -25,7 +26,8 @@ class Classifier(L.LightningModule):
 
     Each step only keeps its predictions and losses (no host sync, no metric bookkeeping); the
     torchmetrics objects consume a whole epoch at once, which keeps small models fast.
-    ``history`` keeps one row of metrics per epoch.
+    ``history`` keeps one row of metrics per epoch. Training stops as *diverged* when an
+    epoch's cross-entropy is NaN, infinite or above ten times that of a uniform guess.
     """
 
     def __init__(
@@ -44,6 +46,7 @@ class Classifier(L.LightningModule):
         self.outputs: dict[str, list[tuple[Tensor, ...]]] = {s: [] for s in SPLITS}
         self.history: list[dict[str, float]] = []
         self.diverged = False
+        self.diverge_above = 10 * math.log(num_classes)  # ten times the loss of a uniform guess
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
@@ -97,7 +100,8 @@ class Classifier(L.LightningModule):
         row: dict[str, float] = {"epoch": self.current_epoch}
         row.update({k: float(v) for k, v in self.trainer.callback_metrics.items()})
         self.history.append(row)
-        if not torch.isfinite(metrics["train/loss"]):  # NaN or inf: stop, the run is marked diverged
+        loss = metrics["train/loss"]
+        if not torch.isfinite(loss) or loss > self.diverge_above:  # stop; the run is marked diverged
             self.diverged = True
             self.trainer.should_stop = True
 

@@ -1,0 +1,151 @@
+"""Cross-validated search: completes, prunes a bad region, resumes, shares storage, PostgreSQL."""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from optuna.trial import TrialState
+
+from cnnlab.studies.storage import load_study, open_storage
+
+SPEC = """
+name: small
+overrides: [trainer.max_epochs=2, "model.channels=[8]", data.batch_size=128]
+space:
+  optim.lr: {{type: float, low: {low}, high: {high}, log: true}}
+  model.hidden_units.0: {{type: int, low: 16, high: 64}}
+folds: 2
+trials: 4
+sampler: {{name: {sampler}, seed: 0}}
+pruner: {pruner}
+"""
+
+
+def write_spec(tmp_path: Path, low: float = 1e-3, high: float = 1e-2, sampler: str = "tpe",
+               pruner: str = "{name: median, n_startup_trials: 2}") -> Path:
+    path = tmp_path / "small.yaml"
+    path.write_text(SPEC.format(low=f"{low:.2e}", high=f"{high:.2e}", sampler=sampler,
+                                pruner=pruner))
+    return path
+
+
+def trials(out: Path, url: str | None = None, name: str = "small") -> list:
+    storage = open_storage(url or str(out / "study.journal"))
+    return [t for t in load_study(storage, name).get_trials() if "note" not in t.user_attrs]
+
+
+def test_small_search_completes_refits_and_reports(cli, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    status, stdout, err = cli("tune", write_spec(tmp_path), "--out", out)
+    assert status == 0, err
+    done = [t for t in trials(out) if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(done) == 4
+    for t in done:
+        scores = t.user_attrs["fold_scores"]
+        assert t.user_attrs["fold_epochs"] == 2 * len(scores)
+        if t.state == TrialState.COMPLETE:  # the value is the mean of the fold scores
+            assert t.value == pytest.approx(sum(scores) / 2)
+            assert list(t.intermediate_values) == [0, 1]
+    report = (out / "search.md").read_text()
+    assert "test accuracy" in report and "CV accuracy" in report
+    assert (out / "history.png").is_file() and (out / "refit" / "metrics.json").is_file()
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    assert len(rows) == 4 and {"optim.lr", "model.hidden_units.0", "cv_mean"} <= rows[0].keys()
+    assert "val_acc" not in (out / "refit" / "metrics.json").read_text()  # refit has no val split
+
+
+def test_pruner_stops_trials_in_a_bad_region(cli, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    # half the learning-rate range is far too small to learn in two epochs
+    spec = write_spec(tmp_path, low=1e-7, high=1e-2, sampler="random",
+                      pruner="{name: median, n_startup_trials: 2}")
+    status, _, err = cli("tune", spec, "--out", out, "--trials", "8")
+    assert status == 0, err
+    pruned = [t for t in trials(out) if t.state == TrialState.PRUNED]
+    assert pruned
+    for t in pruned:
+        assert t.user_attrs["reason"].startswith("pruned after fold 0")
+        assert t.user_attrs["fold_epochs"] == 2  # stopped before the second fold
+
+
+def test_rerun_adds_trials_instead_of_restarting(cli, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    spec = write_spec(tmp_path)
+    assert cli("tune", spec, "--out", out, "--trials", "2")[0] == 0
+    first = {t.number: t.params for t in trials(out)}
+    assert len(first) == 2
+    assert cli("tune", spec, "--out", out, "--trials", "2")[0] == 0  # already there: no new trial
+    assert len(trials(out)) == 2
+    assert cli("tune", spec, "--out", out, "--trials", "4")[0] == 0
+    after = {t.number: t.params for t in trials(out)}
+    assert len(after) == 4 and all(after[n] == p for n, p in first.items())
+
+
+def test_diverging_trials_are_pruned_with_the_reason(cli, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    spec = write_spec(tmp_path, low=1000.0, high=10000.0, pruner="{name: none}")
+    spec.write_text(spec.read_text().replace("data.batch_size=128",
+                                             "data.batch_size=128, optim.name=sgd, model.norm=none"))
+    status, _, err = cli("tune", spec, "--out", out, "--trials", "2")
+    assert status == 2 and "no trial completed" in err
+    for t in trials(out):
+        assert t.state == TrialState.PRUNED
+        assert t.user_attrs["reason"].startswith("diverged in fold 0: training loss")
+
+
+def test_two_workers_share_a_journal_storage(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    command = [sys.executable, "-m", "cnnlab.cli", "tune", str(write_spec(tmp_path)), "--out",
+               str(out), "--trials", "6", "--workers", "2"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    finished = [t for t in trials(out) if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 6 and len({t.number for t in finished}) == 6
+    assert len({t.user_attrs["worker"] for t in finished}) == 2
+    params = [tuple(sorted(t.params.items())) for t in finished]
+    assert len(set(params)) == 6  # the two workers' samplers do not repeat each other
+
+
+def test_search_on_postgresql(cli, tmp_path: Path, postgres_url: str) -> None:
+    out = tmp_path / "out"
+    status, _, err = cli("tune", write_spec(tmp_path), "--out", out, "--storage", postgres_url,
+                         "--trials", "2", "--study", "pg-small")
+    assert status == 0, err
+    assert len(trials(out, postgres_url, "pg-small")) == 2
+    assert not (out / "study.journal").exists()
+    status, _, _ = cli("tune", write_spec(tmp_path), "--out", out, "--storage", postgres_url,
+                       "--trials", "3", "--study", "pg-small")
+    assert status == 0 and len(trials(out, postgres_url, "pg-small")) == 3
+
+
+SPEC_ERRORS = {
+    "empty space": ("name: x\nspace: {}\n", "space is empty"),
+    "unknown type": ("name: x\nspace: {optim.lr: {type: normal}}\n", "space.optim.lr.type is 'normal'"),
+    "low above high": ("name: x\nspace: {optim.lr: {type: float, low: 1, high: 0.1}}\n",
+                       "low < high"),
+    "text bound": ("name: x\nspace: {optim.lr: {type: float, low: 1e-3, high: 0.1}}\n",
+                   "space.optim.lr is"),
+    "unknown pruner": ("name: x\npruner: {name: asha}\nspace: {optim.lr: {type: float, low: 0.001, "
+                       "high: 0.1}}\n", "unknown pruner 'asha'; allowed: median, hyperband"),
+    "one fold": ("name: x\nfolds: 1\nspace: {optim.lr: {type: float, low: 0.001, high: 0.1}}\n",
+                 "folds is 1; allowed: an integer ≥ 2"),
+    "unknown space key": ("name: x\nspace: {optim.speed: {type: float, low: 0.1, high: 1}}\n",
+                          "unknown key 'optim.speed'"),
+    "invalid range": ("name: x\nspace: {model.dropout: {type: float, low: 0.5, high: 1.5}}\n",
+                      "model.dropout: got 1.5"),
+}
+
+
+@pytest.mark.parametrize("case", SPEC_ERRORS)
+def test_bad_search_spec(cli, tmp_path: Path, case: str) -> None:
+    text, expected = SPEC_ERRORS[case]
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(text)
+    status, out, err = cli("tune", spec, "--out", tmp_path / "out")
+    assert status == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert expected in err, err
+    assert not (tmp_path / "out").exists()
