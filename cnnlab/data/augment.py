@@ -54,11 +54,6 @@ def enabled_ops(cfg: AugmentConfig) -> list[str]:
     return [name for name, on in ENABLED.items() if on(cfg)]
 
 
-def hflip(x: Tensor, mask: Tensor) -> Tensor:
-    """Mirror the samples where ``mask`` is true."""
-    return torch.where(mask.view(-1, 1, 1, 1), x.flip(-1), x)
-
-
 def padded_crop(x: Tensor, dy: Tensor, dx: Tensor, padding: int) -> Tensor:
     """Zero-pad by ``padding`` and cut the original size shifted by integer (dy, dx) per sample."""
     n, _, h, w = x.shape
@@ -105,23 +100,24 @@ class Augmenter:
 
     def __call__(self, x: Tensor, gen: torch.Generator) -> Tensor:
         cfg, n, device = self.cfg, len(x), x.device
-        if self.fill is not None:
-            x = x - self.fill.to(x.device)  # ops fill with zeros: shift so zero means ``fill``
+        # A fresh tensor to edit in place; ops fill with zeros, so shift zero to mean ``fill``.
+        x = x.clone() if self.fill is None else x - self.fill.to(device)
         chosen = POLICIES[cfg.policy](n, len(self.ops), cfg, gen, device)
         on = {name: chosen[:, i] for i, name in enumerate(self.ops)}
         grid_on = [on[name] for name in GRID_OPS if name in on]
         if grid_on:
             warped = torch.stack(grid_on).any(0)
             if warped.any():
-                x = x.clone()
                 x[warped] = self._warp(x[warped], {k: v[warped] for k, v in on.items()}, gen)
         if "crop" in on:
             p = cfg.crop_padding
-            dy, dx = (torch.randint(-p, p + 1, (n,), generator=gen, device=device) * on["crop"]
+            dy, dx = (torch.randint(-p, p + 1, (n,), generator=gen, device=device)
                       for _ in range(2))
-            x = padded_crop(x, dy, dx, p)
+            mask = on["crop"]
+            x[mask] = padded_crop(x[mask], dy[mask], dx[mask], p)
         if "hflip" in on:
-            x = hflip(x, on["hflip"])
+            mask = on["hflip"]
+            x[mask] = x[mask].flip(-1)
         return x if self.fill is None else x + self.fill.to(x.device)
 
     def _warp(self, x: Tensor, on: dict[str, Tensor], gen: torch.Generator) -> Tensor:
