@@ -212,3 +212,15 @@ def test_shipped_specs_are_valid() -> None:
             "hidden_units", "learning_rate"} <= names
     for spec in specs:
         assert spec.quick and spec.seeds >= 3
+
+
+def test_sqlite_storage(cli, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    spec = write_spec(tmp_path, seeds=1, arms="norm only")
+    status, _, err = cli("ablate", spec, "--out", tmp_path / "out", "--storage", url)
+    assert status == 0, err
+    done = [t for t in load_study(open_storage(url), "tiny").get_trials()
+            if t.state == TrialState.COMPLETE]
+    assert len(done) == 3 and not (tmp_path / "out" / "study.journal").exists()
+    status, _, _ = cli("report", "tiny", "--out", tmp_path / "again", "--storage", url)
+    assert status == 0 and (tmp_path / "again" / "report.md").is_file()
