@@ -21,7 +21,9 @@ from cnnlab.config import ExperimentConfig, to_yaml
 from cnnlab.data.augment import preview
 from cnnlab.data.datamodule import DataModule
 from cnnlab.data.sources import ImageData
+from cnnlab.diagnostics import bn_train_eval_gap, curves_png, first_conv_filters
 from cnnlab.files import write_atomic
+from cnnlab.images import png_bytes
 from cnnlab.models.convnet import ConvNet
 from cnnlab.tracking import finish, wandb_logger
 from cnnlab.training.module import Classifier
@@ -84,6 +86,7 @@ def run(
         grid = preview(sample, datamodule.augment, datamodule.mean, datamodule.std, seed=cfg.seed)
         logger.log_image("augment/preview", [grid.cpu()])
     metrics: dict[str, float | bool] = {}
+    filters_start = first_conv_filters(model)
     try:
         start = time.perf_counter()
         trainer.fit(module, datamodule=datamodule)
@@ -94,13 +97,24 @@ def run(
             metrics["val_acc"] = float(best.best_model_score)
         metrics["train_loss"] = module.history[-1]["train/loss"]
         metrics["diverged"] = module.diverged
+        if datamodule.val is not None:
+            gap = bn_train_eval_gap(model, *datamodule.val, batch=cfg.data.batch_size)
+            if gap is not None:
+                metrics["bn_train_eval_gap"] = gap  # val accuracy, train-mode BN minus eval-mode
         if fold is None:
             ckpt = "best" if best.best_model_path else None  # none when every epoch diverged
             (test,) = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
             metrics["test_acc"] = test["test/acc"]
             metrics["test_loss"] = test["test/loss"]
+        if logger is not None:
+            logger.log_image("filters", [filters_start, first_conv_filters(model)],
+                             caption=["start", "end"])
     finally:
         finish(logger, metrics)
+    images = {"filters_start.png": filters_start, "filters_end.png": first_conv_filters(model)}
+    for name, image in images.items():
+        write_atomic(out / name, png_bytes(image))
+    write_atomic(out / "curves.png", curves_png(module.history))
     write_atomic(out / "history.csv", _history_csv(module.history))
     clean = {k: v if isinstance(v, bool) or math.isfinite(v) else None for k, v in metrics.items()}
     write_atomic(out / "metrics.json", json.dumps(clean, indent=2) + "\n")

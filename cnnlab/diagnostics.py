@@ -1,0 +1,118 @@
+"""Course diagnostics: batch norm folded into convs, the BN train/eval gap, loss curves, filters."""
+
+from __future__ import annotations
+
+import copy
+import io
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+
+def fuse_bn(model: nn.Module) -> nn.Module:
+    """An eval-mode copy of ``model`` with each BatchNorm2d folded into the conv before it.
+
+    At test time BN is an affine map per channel, so it folds into the conv's weights and bias:
+    the same outputs with one layer less (PyTorch's ``fuse_conv_bn_eval``).
+    """
+    fused = copy.deepcopy(model).eval()
+    for parent in fused.modules():
+        if not isinstance(parent, nn.Sequential):
+            continue
+        layers = list(parent)
+        for i in range(len(layers) - 1):
+            conv, norm = layers[i], layers[i + 1]
+            if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
+                parent[i] = fuse_conv_bn_eval(conv, norm)
+                parent[i + 1] = nn.Identity()
+    return fused
+
+
+@torch.no_grad()
+def max_abs_diff(a: nn.Module, b: nn.Module, x: Tensor, batch: int = 512) -> float:
+    """Largest absolute difference of two models' outputs over ``x`` (both in eval mode)."""
+    a.eval(), b.eval()
+    return max(float((a(x[i : i + batch]) - b(x[i : i + batch])).abs().max())
+               for i in range(0, len(x), batch))
+
+
+def _accuracy(model: nn.Module, x: Tensor, y: Tensor, batch: int) -> float:
+    correct = sum(int((model(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum())
+                  for i in range(0, len(x), batch))
+    return correct / len(y)
+
+
+@torch.no_grad()
+def bn_train_eval_gap(model: nn.Module, x: Tensor, y: Tensor, batch: int) -> float | None:
+    """Accuracy with batch statistics minus accuracy with running statistics (None without BN).
+
+    The classic bug is evaluating in train mode: batch norm then normalises with the statistics
+    of each evaluation batch (of ``batch`` samples, the training batch size). Dropout stays off,
+    so only batch norm makes the difference; a copy leaves the running statistics untouched.
+    """
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return None
+    probe = copy.deepcopy(model).eval()
+    eval_acc = _accuracy(probe, x, y, batch)
+    for m in probe.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.train()
+    return _accuracy(probe, x, y, batch) - eval_acc
+
+
+def first_conv_filters(model: nn.Module) -> Tensor:
+    """The first conv layer's filters as one image grid (each filter scaled to [0, 1])."""
+    from torchvision.utils import make_grid
+
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    w = conv.weight.detach().float().cpu()
+    if w.shape[1] not in (1, 3):
+        w = w[:, :1]
+    low = w.amin(dim=(1, 2, 3), keepdim=True)
+    high = w.amax(dim=(1, 2, 3), keepdim=True)
+    w = (w - low) / (high - low).clamp_min(1e-8)
+    w = nn.functional.interpolate(w, scale_factor=max(1, 32 // w.shape[-1]), mode="nearest")
+    return make_grid(w, nrow=8, padding=2, pad_value=1.0)
+
+
+def curves_png(history: list[dict[str, Any]]) -> bytes:
+    """Train/val loss and accuracy per epoch, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [row["epoch"] + 1 for row in history]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for ax, metric in zip(axes, ("loss", "acc"), strict=True):
+        for split in ("train", "val"):
+            values = [row.get(f"{split}/{metric}") for row in history]
+            if any(v is not None for v in values):
+                ax.plot(epochs, values, marker="o", markersize=3, label=split)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.legend()
+    axes[0].set_yscale("log")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def inference_seconds(model: nn.Module, x: Tensor, batch: int = 256, repeats: int = 5) -> float:
+    """Median seconds for one eval-mode pass over ``x`` in batches of ``batch``."""
+    import statistics
+    import time
+
+    model.eval()
+    times = []
+    with torch.inference_mode():
+        for _ in range(repeats + 1):  # the first pass warms up
+            start = time.perf_counter()
+            for i in range(0, len(x), batch):
+                model(x[i : i + batch])
+            times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])

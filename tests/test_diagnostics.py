@@ -1,0 +1,78 @@
+"""Batch norm folded into convs, the BN train/eval gap, and the monitoring images of a fit."""
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnnlab.config import load_config
+from cnnlab.diagnostics import bn_train_eval_gap, fuse_bn, max_abs_diff
+from cnnlab.export import load_exported, load_run
+from cnnlab.models.convnet import ConvNet
+
+
+def _random_bn_model(rng: random.Random) -> tuple[ConvNet, tuple[int, int, int]]:
+    channels = [rng.choice([4, 8, 16]) for _ in range(rng.randint(1, 3))]
+    kernel = rng.choice([1, 3, 5])
+    overrides = [f"model.channels={channels}", f"model.kernel_size={kernel}",
+                 f"model.padding={kernel // 2}", f"model.stride={rng.choice([1, 1, 2])}",
+                 f"model.pool={rng.choice(['max', 'avg', 'none'])}", "model.norm=batch",
+                 f"model.hidden_units=[{rng.choice([8, 32])}]"]
+    shape = (rng.choice([1, 3]), 16, 16)
+    model = ConvNet(load_config(overrides=overrides).model, shape, 10)
+    model.train()
+    for _ in range(3):  # non-trivial running statistics and affine parameters
+        model(torch.randn(32, *shape) * 2 + 0.5)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            torch.nn.init.uniform_(m.weight, 0.5, 1.5)
+            torch.nn.init.uniform_(m.bias, -0.5, 0.5)
+    return model.eval(), shape
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_fused_equals_unfused_on_random_configs(seed: int) -> None:
+    torch.manual_seed(seed)
+    model, shape = _random_bn_model(random.Random(seed))
+    fused = fuse_bn(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert max_abs_diff(model, fused, torch.randn(200, *shape)) <= 1e-4
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # original kept
+
+
+def test_bn_gap_appears_when_batch_statistics_differ_from_running_ones() -> None:
+    torch.manual_seed(0)
+    model = ConvNet(load_config(overrides=["model.dropout=0"]).model, (1, 8, 8), 10)
+    model.train()(torch.randn(64, 1, 8, 8))  # running stats from a different distribution
+    x = torch.randn(200, 1, 8, 8) * 3 + 1
+    y = model.eval()(x).argmax(1)
+    before = [m.running_mean.clone() for m in model.modules()
+              if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bn_train_eval_gap(model, x, y, batch=8) < 0
+    after = [m.running_mean for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    no_bn = ConvNet(load_config(overrides=["model.norm=layer"]).model, (1, 8, 8), 10)
+    assert bn_train_eval_gap(no_bn, x, y, batch=8) is None
+
+
+def test_fit_writes_monitoring_images_and_export_fuses(cli, tmp_path: Path) -> None:
+    from PIL import Image
+
+    run = tmp_path / "run"
+    assert cli("fit", "--out", run, "trainer.max_epochs=2", "wandb.mode=disabled")[0] == 0
+    for name in ("curves.png", "filters_start.png", "filters_end.png"):
+        with Image.open(run / name) as img:
+            assert img.size[0] > 50
+    assert (run / "filters_start.png").read_bytes() != (run / "filters_end.png").read_bytes()
+    metrics = (run / "metrics.json").read_text()
+    assert "bn_train_eval_gap" in metrics
+    status, out, err = cli("export", run, "--fuse-bn")
+    assert status == 0, err
+    assert "max |fused − original|" in out and "faster" in out
+    fused = load_exported(run / "model_fused.pt")
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    _, data, original = load_run(run)
+    assert max_abs_diff(original, fused, data.val[0]) <= 1e-4
+    status, _, err = cli("export", tmp_path / "missing")
+    assert status == 2 and "no config.yaml" in err
