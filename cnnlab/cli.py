@@ -194,6 +194,21 @@ def _print_table(console: Console, title: str, rows: list[list[str]]) -> None:
     console.print(table)
 
 
+def cmd_lr_find(args: argparse.Namespace) -> None:
+    from cnnlab.diagnostics import find_lr
+    from cnnlab.files import write_atomic
+
+    cfg = _config(args)
+    if args.out.suffix.lower() != ".png":
+        raise CnnlabError(f"--out {args.out}: allowed: a file name ending in .png")
+    if not 0 < args.min_lr < args.max_lr:
+        raise CnnlabError(f"--min-lr {args.min_lr:g} --max-lr {args.max_lr:g}: allowed: "
+                          "0 < min < max")
+    found = find_lr(cfg, args.out.parent, args.min_lr, args.max_lr, args.num_training)
+    write_atomic(args.out, found.plot_png)
+    print(f"suggested learning rate {found.suggestion:.4g} ({found.points} points); plot: {args.out}")
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     from cnnlab.export import export
 
@@ -264,6 +279,14 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--storage", help="Optuna storage URL (default DIR/study.journal)")
     report.add_argument("--out", type=Path, help="report directory (default reports/NAME)")
     report.set_defaults(func=cmd_report)
+
+    lr = commands.add_parser("lr-find", help="LR range test: loss vs learning rate, a suggestion")
+    _common(lr)
+    lr.add_argument("--out", type=Path, default=Path("lr_find.png"), help="the plot (PNG)")
+    lr.add_argument("--min-lr", type=float, default=1e-6)
+    lr.add_argument("--max-lr", type=float, default=1.0)
+    lr.add_argument("--num-training", type=_positive, default=100, help="steps to try")
+    lr.set_defaults(func=cmd_lr_find)
 
     exp = commands.add_parser("export", help="save a run's best model, optionally BN-fused")
     exp.add_argument("run", type=Path, metavar="RUN_DIR", help="the --out of a cnnlab fit")

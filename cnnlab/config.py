@@ -78,7 +78,7 @@ class ModelConfig:
 @dataclass
 class OptimConfig:
     name: str = MISSING
-    lr: float = MISSING
+    lr: float | str = MISSING  # a number, or "auto": run the LR finder first
     momentum: float = MISSING
     nesterov: bool = MISSING
     weight_decay: float = MISSING
@@ -256,7 +256,8 @@ def validate(cfg: ExperimentConfig) -> None:
            m.groups, f"a divisor of every entry of model.channels {m.channels}")
     for key, value in {"model.dropout": m.dropout, "model.spatial_dropout": m.spatial_dropout}.items():
         _check(0 <= value < 1, key, value, "a probability in [0, 1)")
-    _check(o.lr > 0, "optim.lr", o.lr, "a positive number")
+    _check(o.lr == "auto" if isinstance(o.lr, str) else o.lr > 0, "optim.lr", o.lr,
+           "a positive number, or auto (the LR finder picks it)")
     _check(0 <= o.momentum < 1, "optim.momentum", o.momentum, "a number in [0, 1)")
     _check(not o.nesterov or o.momentum > 0, "optim.nesterov", o.nesterov,
            "true only with optim.momentum > 0")

@@ -76,3 +76,26 @@ def test_fit_writes_monitoring_images_and_export_fuses(cli, tmp_path: Path) -> N
     assert max_abs_diff(original, fused, data.val[0]) <= 1e-4
     status, _, err = cli("export", tmp_path / "missing")
     assert status == 2 and "no config.yaml" in err
+
+
+def test_lr_find_plots_and_suggests(cli, tmp_path: Path) -> None:
+    out = tmp_path / "lr.png"
+    status, stdout, err = cli("lr-find", "--out", out, "--num-training", "60")
+    assert status == 0, err
+    suggestion = float(stdout.split("suggested learning rate ")[1].split()[0])
+    assert 1e-5 < suggestion < 0.5 and out.stat().st_size > 5000
+    status, _, err = cli("lr-find", "--out", tmp_path / "few.png", "--num-training", "12")
+    assert status == 2 and "too few for a suggestion" in err
+    assert not (tmp_path / "few.png").exists()
+
+
+def test_fit_with_automatic_learning_rate(cli, tmp_path: Path) -> None:
+    import json
+
+    run = tmp_path / "run"
+    status, _, err = cli("fit", "--out", run, "optim.lr=auto", "trainer.max_epochs=2",
+                         "wandb.mode=disabled")
+    assert status == 0, err
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["lr_found"] > 0 and (run / "lr_find.png").is_file()
+    assert f"lr: {metrics['lr_found']}" in (run / "config.yaml").read_text()

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -21,7 +22,7 @@ from cnnlab.config import ExperimentConfig, to_yaml
 from cnnlab.data.augment import preview
 from cnnlab.data.datamodule import DataModule
 from cnnlab.data.sources import ImageData
-from cnnlab.diagnostics import bn_train_eval_gap, curves_png, first_conv_filters
+from cnnlab.diagnostics import bn_train_eval_gap, curves_png, find_lr, first_conv_filters
 from cnnlab.files import write_atomic
 from cnnlab.images import png_bytes
 from cnnlab.models.convnet import ConvNet
@@ -71,6 +72,10 @@ def run(
     """
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
+    found = None
+    if cfg.optim.lr == "auto":
+        found = find_lr(cfg, out)
+        cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=found.suggestion))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = DataModule(cfg.data, cfg.seed, fold=fold, data=data, refit=refit)
     model = ConvNet(cfg.model, datamodule.input_shape, datamodule.num_classes)
@@ -78,6 +83,8 @@ def run(
 
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "config.yaml", to_yaml(cfg))
+    if found is not None:
+        write_atomic(out / "lr_find.png", found.plot_png)
     logger = wandb_logger(cfg, out)
     trainer = build_trainer(cfg.trainer, out, [logger] if logger else [], validate=not refit)
     datamodule.to_device(trainer.strategy.root_device)
@@ -85,7 +92,7 @@ def run(
         sample = datamodule.train[0][:8]
         grid = preview(sample, datamodule.augment, datamodule.mean, datamodule.std, seed=cfg.seed)
         logger.log_image("augment/preview", [grid.cpu()])
-    metrics: dict[str, float | bool] = {}
+    metrics: dict[str, float | bool] = {} if found is None else {"lr_found": found.suggestion}
     filters_start = first_conv_filters(model)
     try:
         start = time.perf_counter()
