@@ -52,6 +52,7 @@ def test_small_search_completes_refits_and_reports(cli, tmp_path: Path) -> None:
     report = (out / "search.md").read_text()
     assert "test accuracy" in report and "CV accuracy" in report
     assert (out / "history.png").is_file() and (out / "refit" / "metrics.json").is_file()
+    assert (out / "hidden_units.png").is_file()  # CV accuracy vs hidden units
     rows = list(csv.DictReader((out / "trials.csv").open()))
     assert len(rows) == 4 and {"optim.lr", "model.hidden_units.0", "cv_mean"} <= rows[0].keys()
     assert "val_acc" not in (out / "refit" / "metrics.json").read_text()  # refit has no val split

@@ -381,6 +381,20 @@ def _plots(study: optuna.Study) -> dict[str, bytes]:
             continue
         first = axes.flat[0] if hasattr(axes, "flat") else axes
         out[name] = _figure_png(first.figure)
+    widths = [k for k in ("model.hidden_units.0",) if any(k in t.params for t in study.trials)]
+    for key in widths:  # the course: hidden units chosen by cross-validation
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for state, style in ((TrialState.COMPLETE, "o"), (TrialState.PRUNED, "x")):
+            trials = [t for t in study.get_trials(deepcopy=False, states=(state,))
+                      if key in t.params and t.user_attrs.get("fold_scores")]
+            ax.plot([t.params[key] for t in trials],
+                    [statistics.mean(t.user_attrs["fold_scores"]) for t in trials], style,
+                    label=f"{state.name.lower()} (mean of its folds)")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("hidden units (first FC layer)")
+        ax.set_ylabel("CV accuracy")
+        ax.legend()
+        out["hidden_units.png"] = _figure_png(fig)
     return out
 
 

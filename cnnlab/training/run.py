@@ -11,7 +11,6 @@ import io
 import json
 import math
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,12 +28,6 @@ from cnnlab.models.convnet import ConvNet
 from cnnlab.tracking import finish, wandb_logger
 from cnnlab.training.module import Classifier
 from cnnlab.training.trainer import build_trainer
-
-# Lightning's advice for DataLoaders and big models does not apply to in-memory tensor batches.
-for pattern in (".*does not have many workers.*", ".*Checkpoint directory .* exists and is not empty.*",
-                ".*is smaller than the logging interval.*", ".*GPU available but not used.*",
-                ".*`isinstance\\(treespec, LeafSpec\\)` is deprecated.*"):
-    warnings.filterwarnings("ignore", message=pattern)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,6 +14,11 @@ from lightning.pytorch.loggers import Logger
 
 # Lightning sets its own INFO level on import; its device and tip banners are noise here.
 logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+# Lightning's advice for DataLoaders and big models does not apply to in-memory tensor batches.
+for pattern in (".*does not have many workers.*", ".*Checkpoint directory .* exists and is not empty.*",
+                ".*is smaller than the logging interval.*", ".*GPU available but not used.*",
+                ".*`isinstance\\(treespec, LeafSpec\\)` is deprecated.*"):
+    warnings.filterwarnings("ignore", message=pattern)
 
 if TYPE_CHECKING:
     from cnnlab.config import TrainerConfig
