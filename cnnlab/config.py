@@ -78,7 +78,7 @@ class ModelConfig:
 @dataclass
 class OptimConfig:
     name: str = MISSING
-    lr: float | str = MISSING  # a number, or "auto": run the LR finder first
+    lr: float | int | str = MISSING  # a number, or "auto": run the LR finder first
     momentum: float = MISSING
     nesterov: bool = MISSING
     weight_decay: float = MISSING

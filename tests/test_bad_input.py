@@ -20,7 +20,9 @@ CASES = {
     "unknown dataset": (["data.name=imagenet"], "data.name: unknown value 'imagenet'; allowed: digits"),
     "unknown init": (["model.init=orthogonal"], "model.init: unknown value 'orthogonal'"),
     "unknown wandb mode": (["wandb.mode=sometimes"], "wandb.mode: unknown value 'sometimes'"),
-    "zero lr": (["optim.lr=0"], "optim.lr: got 0.0; allowed: a positive number"),
+    "zero lr": (["optim.lr=0"], "optim.lr: got 0; allowed: a positive number"),
+    "lr neither number nor auto": (["optim.lr=fast"], "optim.lr: got 'fast'; allowed: a positive "
+                                   "number, or auto"),
     "negative lr": (["optim.lr=-0.1"], "optim.lr: got -0.1; allowed: a positive number"),
     "dropout of one": (["model.dropout=1.0"], "model.dropout: got 1.0; allowed: a probability in [0, 1)"),
     "negative spatial dropout": (["model.spatial_dropout=-0.1"], "model.spatial_dropout: got -0.1"),
