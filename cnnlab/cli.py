@@ -206,6 +206,10 @@ def cmd_lr_find(args: argparse.Namespace) -> None:
                           "0 < min < max")
     found = find_lr(cfg, args.out.parent, args.min_lr, args.max_lr, args.num_training)
     write_atomic(args.out, found.plot_png)
+    from cnnlab.tracking import image_run
+
+    image_run(cfg, args.out.parent, "lr-find", {"lr_find": args.out},
+              {"lr_suggestion": found.suggestion, "points": found.points})
     print(f"suggested learning rate {found.suggestion:.4g} ({found.points} points); plot: {args.out}")
 
 

@@ -98,6 +98,7 @@ class TrainerConfig:
     accelerator: str = MISSING
     deterministic: bool = MISSING
     threads: int = MISSING
+    log_norms: bool = MISSING
 
 
 @dataclass

@@ -1,7 +1,8 @@
-"""Image tensors to PNG bytes (for files written atomically and for reports)."""
+"""Image tensors to PNG bytes (for files written atomically and for reports), and back."""
 
 import io
 
+from PIL import Image
 from torch import Tensor
 
 
@@ -12,3 +13,8 @@ def png_bytes(image: Tensor) -> bytes:
     buffer = io.BytesIO()
     save_image(image, buffer, format="png")
     return buffer.getvalue()
+
+
+def png_image(data: bytes) -> Image.Image:
+    """A PIL image from PNG bytes (for W&B, which takes PIL images)."""
+    return Image.open(io.BytesIO(data))

@@ -98,3 +98,21 @@ def search_summary_run(cfg: ExperimentConfig, out: Path, study: str, summary: di
     run.log(log)
     run.summary.update({k: summary[k] for k in ("cv_mean", "cv_std", "test_acc", "best_trial")})
     run.finish()
+
+
+def image_run(cfg: ExperimentConfig, out: Path, job_type: str, images: dict[str, Path],
+              summary: dict[str, float]) -> None:
+    """A small W&B run holding a command's images and numbers (e.g. the LR finder's plot)."""
+    mode = wandb_mode(cfg)
+    if mode == "disabled":
+        return
+    import wandb
+
+    from cnnlab.config import to_dict
+
+    run = wandb.init(project=cfg.wandb.project, group=cfg.wandb.group, job_type=job_type,
+                     tags=list(cfg.wandb.tags), dir=str(out), mode=mode, config=to_dict(cfg),
+                     settings=_settings(), reinit="finish_previous")
+    run.log({key: wandb.Image(str(path)) for key, path in images.items()})
+    run.summary.update(summary)
+    run.finish()

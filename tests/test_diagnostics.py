@@ -99,3 +99,27 @@ def test_fit_with_automatic_learning_rate(cli, tmp_path: Path) -> None:
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["lr_found"] > 0 and (run / "lr_find.png").is_file()
     assert f"lr: {metrics['lr_found']}" in (run / "config.yaml").read_text()
+
+
+def test_norms_flag_logs_per_layer_weight_and_gradient_norms(fast_config, tmp_path: Path) -> None:
+    from cnnlab.training.run import run
+
+    plain = run(fast_config(), tmp_path / "a").history[-1]
+    assert not any("norm/" in key for key in plain)
+    row = run(fast_config("trainer.log_norms=true"), tmp_path / "b").history[-1]
+    assert row["weight_norm/features.0.weight"] > 0 and row["grad_norm/features.0.weight"] > 0
+    biases = [k for k in row if k.startswith("grad_norm/classifier") and k.endswith(".bias")]
+    assert biases and "weight_norm/features.1.weight" in row  # biases and BN γ too
+
+
+def test_lr_find_logs_its_plot_to_wandb(cli, tmp_path: Path, monkeypatch) -> None:
+    from wandb_records import run_contents
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    status, _, err = cli("lr-find", "--out", tmp_path / "lr.png", "--num-training", "40")
+    assert status == 0, err
+    (path,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
+    contents = run_contents(path)
+    assert contents["run"].job_type == "lr-find"
+    assert contents["summary"]["lr_suggestion"] > 0
+    assert any("lr_find/_type" in row for row in contents["history"])

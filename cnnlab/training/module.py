@@ -31,7 +31,8 @@ class Classifier(L.LightningModule):
     """
 
     def __init__(
-        self, model: nn.Module, optim: OptimConfig, reg: RegConfig, num_classes: int
+        self, model: nn.Module, optim: OptimConfig, reg: RegConfig, num_classes: int,
+        log_norms: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
@@ -46,6 +47,8 @@ class Classifier(L.LightningModule):
         self.outputs: dict[str, list[tuple[Tensor, ...]]] = {s: [] for s in SPLITS}
         self.history: list[dict[str, float]] = []
         self.diverged = False
+        self.log_norms = log_norms
+        self.grad_norms: dict[str, Tensor] = {}
         self.diverge_above = 10 * math.log(num_classes)  # ten times the loss of a uniform guess
 
     def forward(self, x: Tensor) -> Tensor:
@@ -65,6 +68,11 @@ class Classifier(L.LightningModule):
             self.metrics["train_reg_loss"].update(reg_loss.detach())
             loss = loss + reg_loss
         return loss
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        if self.log_norms:  # the epoch's last step is what gets logged
+            self.grad_norms = {f"grad_norm/{name}": p.grad.detach().norm()
+                               for name, p in self.model.named_parameters() if p.grad is not None}
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._step(batch, "val")
@@ -96,6 +104,10 @@ class Classifier(L.LightningModule):
         metrics["train/reg_loss"] = reg.compute() if reg.update_count else torch.zeros(())
         reg.reset()
         metrics["lr"] = self.optimizers().param_groups[0]["lr"]
+        if self.log_norms:
+            metrics |= self.grad_norms
+            metrics |= {f"weight_norm/{name}": p.detach().norm()
+                        for name, p in self.model.named_parameters()}
         self.log_dict(metrics)
         row: dict[str, float] = {"epoch": self.current_epoch}
         row.update({k: float(v) for k, v in self.trainer.callback_metrics.items()})

@@ -23,7 +23,7 @@ from cnnlab.data.datamodule import DataModule
 from cnnlab.data.sources import ImageData
 from cnnlab.diagnostics import bn_train_eval_gap, curves_png, find_lr, first_conv_filters
 from cnnlab.files import write_atomic
-from cnnlab.images import png_bytes
+from cnnlab.images import png_bytes, png_image
 from cnnlab.models.convnet import ConvNet
 from cnnlab.tracking import finish, wandb_logger
 from cnnlab.training.module import Classifier
@@ -72,7 +72,7 @@ def run(
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = DataModule(cfg.data, cfg.seed, fold=fold, data=data, refit=refit)
     model = ConvNet(cfg.model, datamodule.input_shape, datamodule.num_classes)
-    module = Classifier(model, cfg.optim, cfg.reg, datamodule.num_classes)
+    module = Classifier(model, cfg.optim, cfg.reg, datamodule.num_classes, cfg.trainer.log_norms)
 
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "config.yaml", to_yaml(cfg))
@@ -109,6 +109,9 @@ def run(
         if logger is not None:
             logger.log_image("filters", [filters_start, first_conv_filters(model)],
                              caption=["start", "end"])
+            logger.log_image("curves", [png_image(curves_png(module.history))])
+            if found is not None:
+                logger.log_image("lr_find", [png_image(found.plot_png)])
     finally:
         finish(logger, metrics)
     images = {"filters_start.png": filters_start, "filters_end.png": first_conv_filters(model)}
