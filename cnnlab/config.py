@@ -99,6 +99,7 @@ class TrainerConfig:
     deterministic: bool = MISSING
     threads: int = MISSING
     log_norms: bool = MISSING
+    images: bool = MISSING
 
 
 @dataclass

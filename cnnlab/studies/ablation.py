@@ -108,6 +108,7 @@ def work(study: optuna.Study, spec: AblationSpec, out: Path, threads: int = 0,
         cfg = load_config(trial.user_attrs["configs"], trial.user_attrs["overrides"])
         cfg.wandb.group, cfg.wandb.job_type = study.study_name, arm
         cfg.wandb.name, cfg.wandb.tags = f"{arm} seed={seed}", [study.study_name, f"seed={seed}"]
+        cfg.trainer.images = False  # the report draws the study's curves
         if threads:
             cfg.trainer.threads = threads
         run_dir = out / "trials" / safe_name(arm) / f"seed{seed}"

@@ -189,6 +189,7 @@ def cross_validate(trial: optuna.Trial, spec: SearchSpec, quick: bool, out: Path
                  *as_overrides(suggest(trial, spec.space))]
     cfg = load_config(list(spec.configs), overrides)
     cfg.wandb.group, cfg.wandb.job_type = spec.name, "fold"
+    cfg.trainer.images = False  # per-fold images would cost more than the report shows
     if threads:
         cfg.trainer.threads = threads
     source = (cfg.data.name, cfg.data.root, cfg.data.download, cfg.data.image_size)

@@ -86,7 +86,7 @@ def run(
         grid = preview(sample, datamodule.augment, datamodule.mean, datamodule.std, seed=cfg.seed)
         logger.log_image("augment/preview", [grid.cpu()])
     metrics: dict[str, float | bool] = {} if found is None else {"lr_found": found.suggestion}
-    filters_start = first_conv_filters(model)
+    filters_start = first_conv_filters(model) if cfg.trainer.images else None
     try:
         start = time.perf_counter()
         trainer.fit(module, datamodule=datamodule)
@@ -106,18 +106,19 @@ def run(
             (test,) = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
             metrics["test_acc"] = test["test/acc"]
             metrics["test_loss"] = test["test/loss"]
-        if logger is not None:
+        if logger is not None and filters_start is not None:
             logger.log_image("filters", [filters_start, first_conv_filters(model)],
                              caption=["start", "end"])
             logger.log_image("curves", [png_image(curves_png(module.history))])
-            if found is not None:
-                logger.log_image("lr_find", [png_image(found.plot_png)])
+        if logger is not None and found is not None:
+            logger.log_image("lr_find", [png_image(found.plot_png)])
     finally:
         finish(logger, metrics)
-    images = {"filters_start.png": filters_start, "filters_end.png": first_conv_filters(model)}
-    for name, image in images.items():
-        write_atomic(out / name, png_bytes(image))
-    write_atomic(out / "curves.png", curves_png(module.history))
+    if filters_start is not None:
+        images = {"filters_start.png": filters_start, "filters_end.png": first_conv_filters(model)}
+        for name, image in images.items():
+            write_atomic(out / name, png_bytes(image))
+        write_atomic(out / "curves.png", curves_png(module.history))
     write_atomic(out / "history.csv", _history_csv(module.history))
     clean = {k: v if isinstance(v, bool) or math.isfinite(v) else None for k, v in metrics.items()}
     write_atomic(out / "metrics.json", json.dumps(clean, indent=2) + "\n")
