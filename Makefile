@@ -30,11 +30,12 @@ lint: install ## ruff over the code, tests and benchmarks
 bench: install ## ratio benchmarks, each against a baseline run side by side
 	$(PY) -m benchmarks
 
-SPECS := $(basename $(notdir $(wildcard experiments/*.yaml)))
+# Every experiments/*.yaml is an ablation spec except search.yaml (make tune).
+SPECS := $(filter-out search,$(basename $(notdir $(wildcard experiments/*.yaml))))
 .PHONY: ablation $(addprefix ablation-,$(SPECS))
 
 ablation: install ## every ablation spec in its quick preset (reports/<name>-quick/)
-	$(VENV)/bin/cnnlab ablate $(sort $(wildcard experiments/*.yaml)) --quick $(ARGS)
+	$(VENV)/bin/cnnlab ablate $(foreach s,$(sort $(SPECS)),experiments/$(s).yaml) --quick $(ARGS)
 
 $(addprefix ablation-,$(SPECS)): ablation-%: install
 	$(VENV)/bin/cnnlab ablate experiments/$*.yaml $(ARGS)

@@ -224,3 +224,12 @@ def test_sqlite_storage(cli, tmp_path: Path) -> None:
     assert len(done) == 3 and not (tmp_path / "out" / "study.journal").exists()
     status, _, _ = cli("report", "tiny", "--out", tmp_path / "again", "--storage", url)
     assert status == 0 and (tmp_path / "again" / "report.md").is_file()
+
+
+def test_make_ablation_runs_every_ablation_spec_and_not_the_search() -> None:
+    dry = subprocess.run(["make", "-n", "ablation"], capture_output=True, text=True, check=True)
+    command = dry.stdout.strip().splitlines()[-1]
+    assert "cnnlab ablate" in command and "--quick" in command and "search.yaml" not in command
+    for name in ("norm", "dropout", "regularization", "augmentation", "batch_norm_size",
+                 "hidden_units", "learning_rate"):
+        assert f"experiments/{name}.yaml" in command
