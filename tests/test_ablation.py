@@ -227,9 +227,10 @@ def test_sqlite_storage(cli, tmp_path: Path) -> None:
 
 
 def test_make_ablation_runs_every_ablation_spec_and_not_the_search() -> None:
-    dry = subprocess.run(["make", "-n", "ablation"], capture_output=True, text=True, check=True)
-    command = dry.stdout.strip().splitlines()[-1]
-    assert "cnnlab ablate" in command and "--quick" in command and "search.yaml" not in command
+    dry = subprocess.run(["make", "--no-print-directory", "-n", "ablation"], capture_output=True,
+                         text=True, check=True)
+    (command,) = [line for line in dry.stdout.splitlines() if "cnnlab ablate" in line]
+    assert "--quick" in command and "search.yaml" not in command
     for name in ("norm", "dropout", "regularization", "augmentation", "batch_norm_size",
                  "hidden_units", "learning_rate"):
         assert f"experiments/{name}.yaml" in command
