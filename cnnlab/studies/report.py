@@ -132,7 +132,7 @@ def _markdown_table(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _figure_png(fig: Any) -> bytes:
+def figure_png(fig: Any) -> bytes:
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
@@ -165,7 +165,7 @@ def plots(report: Report) -> dict[str, bytes]:
     ax.set_ylim(low, high)
     ax.set_ylabel(f"{metric} (mean ± 95% CI)")
     ax.set_title(f"{report.study}: baseline in orange")
-    out["bars.png"] = _figure_png(fig)
+    out["bars.png"] = figure_png(fig)
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for name in names:
@@ -178,7 +178,7 @@ def plots(report: Report) -> dict[str, bytes]:
     ax.set_ylabel("validation accuracy (mean over seeds)")
     ax.legend(fontsize=7)
     ax.set_title(f"{report.study}: learning curves")
-    out["curves.png"] = _figure_png(fig)
+    out["curves.png"] = figure_png(fig)
 
     factors = list(report.spec.factors)
     for x_factor in factors if len(factors) == 2 else []:
@@ -199,7 +199,7 @@ def plots(report: Report) -> dict[str, bytes]:
         ax.set_ylabel(f"{metric} (mean ± 95% CI)")
         ax.legend(fontsize=8)
         ax.set_title(f"{report.study}: {metric} vs {x_factor}")
-        out[f"by_{x_factor.replace('.', '_')}.png"] = _figure_png(fig)
+        out[f"by_{x_factor.replace('.', '_')}.png"] = figure_png(fig)
     return out
 
 

@@ -367,7 +367,7 @@ def _plots(study: optuna.Study) -> dict[str, bytes]:
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as ov
 
-    from cnnlab.studies.report import _figure_png
+    from cnnlab.studies.report import figure_png
 
     plots = {"history.png": ov.plot_optimization_history,
              "intermediate.png": ov.plot_intermediate_values,
@@ -381,7 +381,7 @@ def _plots(study: optuna.Study) -> dict[str, bytes]:
             plt.close("all")
             continue
         first = axes.flat[0] if hasattr(axes, "flat") else axes
-        out[name] = _figure_png(first.figure)
+        out[name] = figure_png(first.figure)
     widths = [k for k in ("model.hidden_units.0",) if any(k in t.params for t in study.trials)]
     for key in widths:  # the course: hidden units chosen by cross-validation
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -395,7 +395,7 @@ def _plots(study: optuna.Study) -> dict[str, bytes]:
         ax.set_xlabel("hidden units (first FC layer)")
         ax.set_ylabel("CV accuracy")
         ax.legend()
-        out["hidden_units.png"] = _figure_png(fig)
+        out["hidden_units.png"] = figure_png(fig)
     return out
 
 
