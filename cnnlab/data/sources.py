@@ -12,7 +12,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -213,3 +213,11 @@ SOURCES: dict[str, Callable[[DataConfig], ImageData]] = {
     "folder": load_folder,
     "npz": load_npz,
 }
+
+
+def load_cached(cfg: DataConfig, cache: dict[tuple[Any, ...], ImageData]) -> ImageData:
+    """The dataset ``cfg`` names, loaded once per ``cache`` (a study's many runs share it)."""
+    key = (cfg.name, cfg.root, cfg.download, cfg.image_size)
+    if key not in cache:
+        cache[key] = SOURCES[cfg.name](cfg)
+    return cache[key]

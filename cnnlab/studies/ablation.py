@@ -19,7 +19,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from cnnlab.data.sources import SOURCES, ImageData
+from cnnlab.data.sources import ImageData, load_cached
 from cnnlab.errors import CnnlabError
 from cnnlab.studies.spec import AblationSpec, safe_name
 from cnnlab.studies.storage import (
@@ -113,11 +113,8 @@ def work(study: optuna.Study, spec: AblationSpec, out: Path, threads: int = 0,
             cfg.trainer.threads = threads
         run_dir = out / "trials" / safe_name(arm) / f"seed{seed}"
         shutil.rmtree(run_dir, ignore_errors=True)  # leftovers of an interrupted attempt
-        source = (cfg.data.name, cfg.data.root, cfg.data.download, cfg.data.image_size)
         try:
-            if source not in datasets:
-                datasets[source] = SOURCES[cfg.data.name](cfg.data)
-            result = run(cfg, run_dir, data=datasets[source])
+            result = run(cfg, run_dir, data=load_cached(cfg.data, datasets))
         except (CnnlabError, RuntimeError, ValueError) as err:
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
             trial.set_user_attr("error", reason)
@@ -140,22 +137,22 @@ def _worker_main(url: str, name: str, out: str) -> None:
     work(study, spec, Path(out), threads=1)
 
 
-def run_workers(url: str, name: str, out: Path, workers: int,
-                on_progress: Callable[[list[optuna.trial.FrozenTrial]], None]) -> None:
-    """Start ``workers`` processes and report progress from the storage until they finish."""
+def run_workers(target: Callable[..., None], args: list[tuple[Any, ...]],
+                poll: Callable[[], None]) -> None:
+    """Start one spawned process per ``args`` entry, call ``poll`` every second until all
+    finish, and fail if any worker did (the storage keeps what the others finished)."""
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_worker_main, args=(url, name, str(out))) for _ in range(workers)]
+    procs = [ctx.Process(target=target, args=a) for a in args]
     for p in procs:
         p.start()
-    study = load_study(open_storage(url), name)
     while any(p.is_alive() for p in procs):
-        on_progress(study.get_trials(deepcopy=False))
+        poll()
         time.sleep(1.0)
-    on_progress(study.get_trials(deepcopy=False))
+    poll()
     failed = [p.exitcode for p in procs if p.exitcode]
     if failed:
-        raise CnnlabError(f"{len(failed)} of {workers} workers exited with an error; rerun the "
-                          "same command to finish the missing trials")
+        raise CnnlabError(f"{len(failed)} of {len(procs)} workers exited with an error; rerun "
+                          "the same command to finish the missing trials")
 
 
 class Progress:
@@ -206,14 +203,11 @@ def check_architectures(spec: AblationSpec, quick: bool) -> None:
     """Every arm's network fits its data: fail before any trial starts, not in the middle."""
     from cnnlab.models.convnet import feature_shape
 
-    shapes: dict[tuple[Any, ...], tuple[int, int, int]] = {}
+    datasets: dict[tuple[Any, ...], ImageData] = {}
     for arm in spec.arms:
         cfg = spec.config(arm, 0, quick)
-        source = (cfg.data.name, cfg.data.root, cfg.data.image_size)
-        if source not in shapes:
-            shapes[source] = SOURCES[cfg.data.name](cfg.data).input_shape
         try:
-            feature_shape(cfg.model, shapes[source])
+            feature_shape(cfg.model, load_cached(cfg.data, datasets).input_shape)
         except CnnlabError as err:
             raise CnnlabError(f"spec {spec.name}: arm {arm.name!r}: {err}") from None
 
@@ -233,7 +227,8 @@ def ablate(spec: AblationSpec, quick: bool, out: Path, url: str, workers: int,
             work(study, spec, out,
                  on_done=lambda f: progress.update(study.get_trials(deepcopy=False)))
         else:
-            run_workers(url, study.study_name, out, workers, progress.update)
+            run_workers(_worker_main, [(url, study.study_name, str(out))] * workers,
+                        lambda: progress.update(study.get_trials(deepcopy=False)))
     report = write_report(study, out)
     base = spec.config(spec.arms[0], 0, quick)
     summary_run(base, out, study.study_name, report, console)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import multiprocessing
 import re
 import shutil
 import statistics
@@ -27,10 +26,11 @@ import yaml
 from optuna.trial import TrialState
 
 from cnnlab.config import load_config
-from cnnlab.data.sources import SOURCES, ImageData
+from cnnlab.data.sources import ImageData, load_cached
 from cnnlab.errors import CnnlabError
 from cnnlab.files import write_atomic
-from cnnlab.studies.spec import safe_name
+from cnnlab.studies.ablation import run_workers
+from cnnlab.studies.spec import read_spec, safe_name, yaml_scalar
 from cnnlab.studies.storage import (
     is_dead_local_worker,
     load_study,
@@ -87,18 +87,7 @@ def _fail(path: Path, what: str, allowed: str) -> CnnlabError:
 
 def load_search_spec(path: Path) -> SearchSpec:
     """Read and validate a search spec; each dimension's bounds must make a valid config."""
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise _fail(path, f"cannot read ({err.strerror})", "a YAML file such as "
-                    "experiments/search.yaml") from None
-    except yaml.YAMLError:
-        raise _fail(path, "invalid YAML", "a YAML mapping") from None
-    if not isinstance(raw, dict):
-        raise _fail(path, f"top level is {type(raw).__name__}", f"a mapping with {', '.join(SPEC_KEYS)}")
-    unknown = sorted(set(raw) - set(SPEC_KEYS))
-    if unknown:
-        raise _fail(path, f"unknown key {unknown[0]!r}", ", ".join(SPEC_KEYS))
+    raw = read_spec(path, SPEC_KEYS)
     space = raw.get("space")
     if not isinstance(space, dict) or not space:
         raise _fail(path, "space is empty", "a mapping of config keys to {type: float|int|"
@@ -142,10 +131,6 @@ def load_search_spec(path: Path) -> SearchSpec:
     return spec
 
 
-def _yaml(value: Any) -> str:
-    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
-
-
 def as_overrides(params: dict[str, Any]) -> list[str]:
     """Sampled params → overrides; ``key.0``, ``key.1``… build the list ``key`` (FC widths)."""
     lists: dict[str, dict[int, Any]] = {}
@@ -155,9 +140,9 @@ def as_overrides(params: dict[str, Any]) -> list[str]:
         if match:
             lists.setdefault(match[1], {})[int(match[2])] = value
         else:
-            out.append(f"{key}={_yaml(value)}")
+            out.append(f"{key}={yaml_scalar(value)}")
     for key, items in lists.items():
-        out.append(f"{key}={_yaml([items[i] for i in sorted(items)])}")
+        out.append(f"{key}={yaml_scalar([items[i] for i in sorted(items)])}")
     return out
 
 
@@ -165,7 +150,7 @@ def suggest(trial: optuna.Trial, space: dict[str, dict[str, Any]]) -> dict[str, 
     params = {}
     for key, dim in space.items():
         if dim["type"] == "categorical":
-            choices = [c if isinstance(c, str | int | float | bool) or c is None else _yaml(c)
+            choices = [c if isinstance(c, str | int | float | bool) or c is None else yaml_scalar(c)
                        for c in dim["choices"]]
             value = trial.suggest_categorical(key, choices)
             params[key] = yaml.safe_load(value) if isinstance(value, str) and value[:1] == "[" else value
@@ -192,16 +177,14 @@ def cross_validate(trial: optuna.Trial, spec: SearchSpec, quick: bool, out: Path
     cfg.trainer.images = False  # per-fold images would cost more than the report shows
     if threads:
         cfg.trainer.threads = threads
-    source = (cfg.data.name, cfg.data.root, cfg.data.download, cfg.data.image_size)
-    if source not in datasets:
-        datasets[source] = SOURCES[cfg.data.name](cfg.data)
+    data = load_cached(cfg.data, datasets)
     scores: list[float] = []
     epochs = 0
     for fold in range(spec.folds):
         cfg.wandb.name = f"trial {trial.number} fold {fold}"
         cfg.wandb.tags = [spec.name, f"trial={trial.number}", f"fold={fold}"]
         result = run(cfg, out / "trials" / f"{trial.number:04d}" / f"fold{fold}",
-                     fold=(fold, spec.folds), data=datasets[source])
+                     fold=(fold, spec.folds), data=data)
         epochs += result.metrics["epochs"]
         trial.set_user_attr("fold_epochs", epochs)
         if result.metrics["diverged"]:
@@ -304,16 +287,8 @@ def tune(spec: SearchSpec, quick: bool, out: Path, url: str, name: str, workers:
             work(study, spec, quick, out, spec.trials, time.monotonic() + deadline_s,
                  on_done=progress)
         else:
-            ctx = multiprocessing.get_context("spawn")
-            procs = [ctx.Process(target=_worker_main,
-                                 args=(url, name, str(out), spec.trials, deadline_s, i))
-                     for i in range(workers)]
-            for p in procs:
-                p.start()
-            while any(p.is_alive() for p in procs):
-                progress()
-                time.sleep(1.0)
-            progress()
+            run_workers(_worker_main, [(url, name, str(out), spec.trials, deadline_s, i)
+                                       for i in range(workers)], progress)
     return finish_search(study, spec, quick, out, console)
 
 

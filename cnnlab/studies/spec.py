@@ -97,7 +97,8 @@ def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", text).replace("..", "_").strip("._") or "_"
 
 
-def _scalar(value: Any) -> str:
+def yaml_scalar(value: Any) -> str:
+    """A value as it reads in a key=value override."""
     return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
@@ -110,36 +111,42 @@ def _overrides(where: str, value: Any) -> tuple[str, ...]:
 def _factor(path: Path, name: str, body: Any) -> dict[str, tuple[str, ...]]:
     where = f"{path}: factors.{name}"
     if isinstance(body, list) and body:
-        return {_scalar(v): (f"{name}={_scalar(v)}",) for v in body}
+        return {yaml_scalar(v): (f"{name}={yaml_scalar(v)}",) for v in body}
     if isinstance(body, dict) and body:
         levels = {}
         for level, bundle in body.items():
             if not isinstance(bundle, dict):
                 raise CnnlabError(f"{where}.{level}: got {bundle!r}; allowed: a mapping of config "
                                   "keys to values ({} for the base config)")
-            levels[str(level)] = tuple(f"{k}={_scalar(v)}" for k, v in bundle.items())
+            levels[str(level)] = tuple(f"{k}={yaml_scalar(v)}" for k, v in bundle.items())
         return levels
     raise CnnlabError(f"{where}: got {body!r}; allowed: a non-empty list of values for a config "
                       "key, or a non-empty mapping of level names to overrides")
 
 
-def load_spec(path: Path) -> AblationSpec:
-    """Read and validate an ablation spec; every arm's config is validated too."""
+def read_spec(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
+    """A spec file's top-level mapping; unreadable files, bad YAML and unknown keys are errors."""
     try:
         raw = yaml.safe_load(path.read_text())
     except OSError as err:
         raise CnnlabError(f"spec {path}: cannot read ({err.strerror}); allowed: a YAML file "
-                          "such as experiments/norm.yaml") from None
+                          "in experiments/") from None
     except yaml.YAMLError as err:
         line = getattr(getattr(err, "problem_mark", None), "line", None)
         where = f" at line {line + 1}" if line is not None else ""
         raise CnnlabError(f"spec {path}: invalid YAML{where}; allowed: a YAML mapping") from None
     if not isinstance(raw, dict):
         raise CnnlabError(f"spec {path}: top level is {type(raw).__name__}; allowed: a mapping "
-                          f"with keys {', '.join(SPEC_KEYS)}")
-    unknown = sorted(set(raw) - set(SPEC_KEYS))
+                          f"with keys {', '.join(keys)}")
+    unknown = sorted(set(raw) - set(keys))
     if unknown:
-        raise CnnlabError(f"spec {path}: unknown key {unknown[0]!r}; allowed: {', '.join(SPEC_KEYS)}")
+        raise CnnlabError(f"spec {path}: unknown key {unknown[0]!r}; allowed: {', '.join(keys)}")
+    return raw
+
+
+def load_spec(path: Path) -> AblationSpec:
+    """Read and validate an ablation spec; every arm's config is validated too."""
+    raw = read_spec(path, SPEC_KEYS)
     factors_raw = raw.get("factors")
     if not isinstance(factors_raw, dict) or not factors_raw:
         raise CnnlabError(f"spec {path}: factors is empty; allowed: at least one factor with "
@@ -156,7 +163,7 @@ def load_spec(path: Path) -> AblationSpec:
         raise CnnlabError(f"spec {path}: baseline is {baseline_raw!r}; allowed: a mapping of "
                           "factor to level")
     baseline = arm_name({f: level if isinstance(level := baseline_raw.get(f), str)
-                         else _scalar(level) for f in factors})
+                         else yaml_scalar(level) for f in factors})
     name = str(raw.get("name") or path.stem)
     spec = AblationSpec(
         name=safe_name(name),
