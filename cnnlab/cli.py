@@ -47,9 +47,12 @@ def cmd_fit(args: argparse.Namespace) -> None:
         return
     out = args.out or Path("runs") / time.strftime("fit-%Y%m%d-%H%M%S")
     _fresh_out(out, args.overwrite)
+    from cnnlab.training.distributed import is_rank_zero
     from cnnlab.training.run import run
 
     result = run(cfg, out)
+    if not is_rank_zero():
+        return
     table = Table(title=f"cnnlab fit → {out}")
     table.add_column("metric")
     table.add_column("value", justify="right")

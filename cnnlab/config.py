@@ -73,6 +73,7 @@ class ModelConfig:
     spatial_dropout: float = MISSING
     hidden_units: list[int] = MISSING
     init: str = MISSING
+    sync_batchnorm: bool = MISSING
 
 
 @dataclass
@@ -96,6 +97,9 @@ class RegConfig:
 class TrainerConfig:
     max_epochs: int = MISSING
     accelerator: str = MISSING
+    devices: int = MISSING
+    num_nodes: int = MISSING
+    strategy: str = MISSING
     deterministic: bool = MISSING
     threads: int = MISSING
     log_norms: bool = MISSING
@@ -133,6 +137,7 @@ CHOICES: dict[str, Any] = {
     "optim.scheduler": SCHEDULERS,
     "reg.kind": REGULARIZERS,
     "trainer.accelerator": ("auto", "cpu", "gpu", "cuda", "mps"),
+    "trainer.strategy": ("auto", "ddp"),
     "wandb.mode": (None, "offline", "online", "disabled"),
 }
 
@@ -245,6 +250,8 @@ def validate(cfg: ExperimentConfig) -> None:
         "model.pool_stride": m.pool_stride,
         "model.groups": m.groups,
         "trainer.max_epochs": t.max_epochs,
+        "trainer.devices": t.devices,
+        "trainer.num_nodes": t.num_nodes,
     }
     for key, value in positive.items():
         _check(value > 0, key, value, "a positive integer")

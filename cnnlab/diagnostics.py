@@ -159,7 +159,9 @@ def find_lr(cfg: ExperimentConfig, out: Path, min_lr: float = 1e-6, max_lr: floa
     model = ConvNet(cfg.model, data.input_shape, data.num_classes)
     module = Classifier(model, cfg.optim, cfg.reg, data.num_classes)
     steps_per_epoch = len(data.train_dataloader())
-    trainer_cfg = dataclasses.replace(cfg.trainer, max_epochs=-(-num_training // steps_per_epoch))
+    # one process: every rank of a distributed fit finds the same rate on its own
+    trainer_cfg = dataclasses.replace(cfg.trainer, max_epochs=-(-num_training // steps_per_epoch),
+                                      devices=1, num_nodes=1, strategy="auto")
     with tempfile.TemporaryDirectory() as scratch:  # the finder's own checkpoint
         trainer = build_trainer(trainer_cfg, Path(scratch), [])
         finder = Tuner(trainer).lr_find(module, datamodule=data, min_lr=min_lr, max_lr=max_lr,

@@ -25,7 +25,10 @@ class TensorBatches:
     """Mini-batches cut from in-memory tensors by slicing; reshuffled on every pass if ``shuffle``.
 
     The optional ``augment`` sees whole batches (training only), so it runs as batched tensor ops
-    on whatever device the data lives on.
+    on whatever device the data lives on. With ``world`` > 1 processes, process ``rank`` gets its
+    own shard: a disjoint, equal-sized slice of each epoch's shared permutation in training (so
+    every rank takes the same number of steps), every ``world``-th sample in evaluation (so each
+    sample is scored exactly once).
     """
 
     def __init__(
@@ -36,21 +39,28 @@ class TensorBatches:
         shuffle: bool = False,
         seed: int = 0,
         augment: Augment | None = None,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
+        if not shuffle and world > 1:
+            x, y = x[rank::world], y[rank::world]
         self.x, self.y, self.batch_size = x, y, batch_size
         self.shuffle, self.augment = shuffle, augment
-        self.generator = torch.Generator(device=x.device).manual_seed(seed)
+        self.rank, self.size = rank, len(y) // world if shuffle else len(y)
+        self.order = torch.Generator(device=x.device).manual_seed(seed)  # the same on every rank
+        self.generator = torch.Generator(device=x.device).manual_seed(seed + rank)
         # Training drops a final partial batch (a batch of one breaks batch norm); eval keeps all.
-        self.drop_last = shuffle and len(y) > batch_size
+        self.drop_last = shuffle and self.size > batch_size
 
     def __len__(self) -> int:
-        n = len(self.y)
+        n = self.size
         return n // self.batch_size if self.drop_last else ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         x, y = self.x, self.y
         if self.shuffle:
-            order = torch.randperm(len(y), generator=self.generator, device=y.device)
+            order = torch.randperm(len(y), generator=self.order, device=y.device)
+            order = order[self.rank * self.size : (self.rank + 1) * self.size]
             x, y = x[order], y[order]
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             xb = x[start : start + self.batch_size]
@@ -116,15 +126,20 @@ class DataModule(L.LightningDataModule):
     def _normalise(self, x: Tensor) -> Tensor:
         return ((x - self.mean) / self.std).contiguous()
 
+    def _shard(self) -> dict[str, int]:
+        trainer = self.trainer
+        return {"rank": trainer.global_rank, "world": trainer.world_size} if trainer else {}
+
     def train_dataloader(self) -> TensorBatches:
-        return TensorBatches(*self.train, self.cfg.batch_size, True, self.seed, self.augment)
+        return TensorBatches(*self.train, self.cfg.batch_size, True, self.seed, self.augment,
+                             **self._shard())
 
     def val_dataloader(self) -> TensorBatches:
         if self.val is None:
             raise RuntimeError("a refit on all training data has no validation split")
-        return TensorBatches(*self.val, self.cfg.eval_batch_size)
+        return TensorBatches(*self.val, self.cfg.eval_batch_size, **self._shard())
 
     def test_dataloader(self) -> TensorBatches:
         if self.test is None:
             raise RuntimeError("a cross-validation fold has no test split")
-        return TensorBatches(*self.test, self.cfg.eval_batch_size)
+        return TensorBatches(*self.test, self.cfg.eval_batch_size, **self._shard())

@@ -30,7 +30,7 @@ from cnnlab.data.sources import ImageData, load_cached
 from cnnlab.errors import CnnlabError
 from cnnlab.files import write_atomic
 from cnnlab.studies.ablation import run_workers
-from cnnlab.studies.spec import read_spec, safe_name, yaml_scalar
+from cnnlab.studies.spec import one_process, read_spec, safe_name, yaml_scalar
 from cnnlab.studies.storage import (
     is_dead_local_worker,
     load_study,
@@ -124,7 +124,7 @@ def load_search_spec(path: Path) -> SearchSpec:
         fixed = {k: (d["choices"][0] if d["type"] == "categorical" else d[corner])
                  for k, d in space.items()}
         try:
-            load_config(list(spec.configs), [*spec.overrides, *as_overrides(fixed)])
+            one_process(load_config(list(spec.configs), [*spec.overrides, *as_overrides(fixed)]))
         except CnnlabError as err:
             raise _fail(path, f"space at its {corner} end: {err}", "a space whose values are valid "
                         "config values") from None

@@ -97,6 +97,17 @@ def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", text).replace("..", "_").strip("._") or "_"
 
 
+def one_process(cfg: ExperimentConfig) -> None:
+    """A study's trial is one process; parallelism comes from workers, not from DDP per trial."""
+    t = cfg.trainer
+    if t.devices != 1 or t.num_nodes != 1:
+        key, value = ("trainer.devices", t.devices) if t.devices != 1 else ("trainer.num_nodes",
+                                                                          t.num_nodes)
+        raise CnnlabError(f"{key}: got {value}; allowed: 1 in a study (run several trials at "
+                          "once with --workers, or with workers on more machines sharing one "
+                          "PostgreSQL --storage)")
+
+
 def yaml_scalar(value: Any) -> str:
     """A value as it reads in a key=value override."""
     return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
@@ -182,8 +193,8 @@ def load_spec(path: Path) -> AblationSpec:
                           + "; ".join(arms))
     for arm in spec.arms:
         try:
-            spec.config(arm, 0, quick=True)
-            spec.config(arm, 0, quick=False)
+            one_process(spec.config(arm, 0, quick=True))
+            one_process(spec.config(arm, 0, quick=False))
         except CnnlabError as err:
             raise CnnlabError(f"spec {path}: arm {arm.name!r}: {err}") from None
     return spec

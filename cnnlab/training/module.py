@@ -25,7 +25,8 @@ class Classifier(L.LightningModule):
     """Trains ``model`` on cross-entropy + regularizer; logs loss, reg loss and accuracy per epoch.
 
     Each step only keeps its predictions and losses (no host sync, no metric bookkeeping); the
-    torchmetrics objects consume a whole epoch at once, which keeps small models fast.
+    torchmetrics objects consume a whole epoch at once, which keeps small models fast, and
+    sync across processes in distributed training, so every rank sees the same epoch metrics.
     ``history`` keeps one row of metrics per epoch. Training stops as *diverged* when an
     epoch's cross-entropy is NaN, infinite or above ten times that of a uniform guess.
     """
@@ -88,7 +89,8 @@ class Classifier(L.LightningModule):
         metrics = {}
         for name, metric, args in (("acc", self.metrics[f"{split}_acc"], (preds, targets)),
                                    ("loss", self.metrics[f"{split}_loss"], (losses, sizes))):
-            metrics[f"{split}/{name}"] = metric(*args)
+            metric.update(*args)
+            metrics[f"{split}/{name}"] = metric.compute()  # over every process's shard
             metric.reset()
         return metrics
 

@@ -26,6 +26,7 @@ from cnnlab.files import write_atomic
 from cnnlab.images import png_bytes, png_image
 from cnnlab.models.convnet import ConvNet
 from cnnlab.tracking import finish, wandb_logger
+from cnnlab.training.distributed import is_rank_zero
 from cnnlab.training.module import Classifier
 from cnnlab.training.trainer import build_trainer
 
@@ -61,7 +62,8 @@ def run(
     on fold i and never sees the test split; otherwise it is tested once, with its best weights.
     ``refit`` trains on train + validation with no validation (a search's final model).
     ``data`` lets a study load a dataset once for many runs. A run whose training loss turns
-    NaN or infinite stops early and reports ``diverged: true``.
+    NaN or infinite stops early and reports ``diverged: true``. In distributed training every
+    process runs this; only rank 0 writes files and W&B.
     """
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
@@ -74,12 +76,15 @@ def run(
     model = ConvNet(cfg.model, datamodule.input_shape, datamodule.num_classes)
     module = Classifier(model, cfg.optim, cfg.reg, datamodule.num_classes, cfg.trainer.log_norms)
 
-    out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "config.yaml", to_yaml(cfg))
-    if found is not None:
-        write_atomic(out / "lr_find.png", found.plot_png)
-    logger = wandb_logger(cfg, out)
-    trainer = build_trainer(cfg.trainer, out, [logger] if logger else [], validate=not refit)
+    zero = is_rank_zero()
+    if zero:
+        out.mkdir(parents=True, exist_ok=True)
+        write_atomic(out / "config.yaml", to_yaml(cfg))
+        if found is not None:
+            write_atomic(out / "lr_find.png", found.plot_png)
+    logger = wandb_logger(cfg, out) if zero else None
+    trainer = build_trainer(cfg.trainer, out, [logger] if logger else [], validate=not refit,
+                            sync_batchnorm=cfg.model.sync_batchnorm)
     datamodule.to_device(trainer.strategy.root_device)
     if logger is not None and datamodule.augment is not None:
         sample = datamodule.train[0][:8]
@@ -97,13 +102,14 @@ def run(
             metrics["val_acc"] = float(best.best_model_score)
         metrics["train_loss"] = module.history[-1]["train/loss"]
         metrics["diverged"] = module.diverged
-        if datamodule.val is not None:
+        if datamodule.val is not None and zero:
             gap = bn_train_eval_gap(model, *datamodule.val, batch=cfg.data.batch_size)
             if gap is not None:
                 metrics["bn_train_eval_gap"] = gap  # val accuracy, train-mode BN minus eval-mode
         if fold is None:
             ckpt = "best" if best.best_model_path else None  # none when every epoch diverged
-            (test,) = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
+            (test,) = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False,
+                                   weights_only=True)
             metrics["test_acc"] = test["test/acc"]
             metrics["test_loss"] = test["test/loss"]
         if logger is not None and filters_start is not None:
@@ -114,6 +120,8 @@ def run(
             logger.log_image("lr_find", [png_image(found.plot_png)])
     finally:
         finish(logger, metrics)
+    if not zero:
+        return RunResult(metrics, module.history, out)
     if filters_start is not None:
         images = {"filters_start.png": filters_start, "filters_end.png": first_conv_filters(model)}
         for name, image in images.items():

@@ -12,12 +12,16 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 
+from cnnlab.training.distributed import layer_sync
+
 # Lightning sets its own INFO level on import; its device and tip banners are noise here.
 logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
 # Lightning's advice for DataLoaders and big models does not apply to in-memory tensor batches.
 for pattern in (".*does not have many workers.*", ".*Checkpoint directory .* exists and is not empty.*",
                 ".*is smaller than the logging interval.*", ".*GPU available but not used.*",
-                ".*`isinstance\\(treespec, LeafSpec\\)` is deprecated.*"):
+                ".*`isinstance\\(treespec, LeafSpec\\)` is deprecated.*",
+                # epoch metrics are torchmetrics values, already synced across processes
+                ".*when logging on epoch level in distributed setting.*"):
     warnings.filterwarnings("ignore", message=pattern)
 
 if TYPE_CHECKING:
@@ -28,11 +32,13 @@ BEST = "best"
 
 def build_trainer(
     cfg: TrainerConfig, out: Path, loggers: list[Logger], validate: bool = True,
-    callbacks: list[Callback] = (),
+    callbacks: list[Callback] = (), sync_batchnorm: bool = False,
 ) -> L.Trainer:
     """No sanity steps, no model summary, only the best checkpoint, a progress bar on a TTY.
 
     Without validation (a refit on all training data) the checkpoint is the last epoch's.
+    ``trainer.devices`` / ``num_nodes`` / ``strategy`` pass through to Lightning (see
+    ``distributed``).
     """
     checkpoint = ModelCheckpoint(
         dirpath=out / "checkpoints",
@@ -45,7 +51,10 @@ def build_trainer(
     return L.Trainer(
         max_epochs=cfg.max_epochs,
         accelerator=cfg.accelerator,
-        devices=1,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy=cfg.strategy,
+        plugins=layer_sync(sync_batchnorm, cfg.accelerator),
         deterministic=cfg.deterministic,
         logger=loggers or False,
         callbacks=[checkpoint, *callbacks],
