@@ -31,6 +31,7 @@ from cnnlab.studies.storage import (
 )
 
 RESULT_KEYS = ("test_acc", "val_acc", "train_loss", "test_loss", "fit_seconds", "epochs")
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # pruned: the run diverged; not redone
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ def reconcile(study: optuna.Study, spec: AblationSpec, quick: bool) -> int:
         key = t.user_attrs.get("key")
         if t.state == TrialState.RUNNING and is_dead_local_worker(t.user_attrs.get("worker")):
             study.tell(t.number, state=TrialState.FAIL)  # its worker was killed
-        elif t.state in (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING):
+        elif t.state in (*FINISHED, TrialState.WAITING, TrialState.RUNNING):
             taken.add(key)
     queued = 0
     for arm in spec.arms:
@@ -83,7 +84,7 @@ def reconcile(study: optuna.Study, spec: AblationSpec, quick: bool) -> int:
 
 def _duplicate(study: optuna.Study, trial: optuna.Trial, key: str) -> bool:
     return any(t.user_attrs.get("key") == key and t.number != trial.number
-               and t.state in (TrialState.COMPLETE, TrialState.RUNNING)
+               and t.state in (*FINISHED, TrialState.RUNNING)
                for t in study.get_trials(deepcopy=False))
 
 
@@ -125,6 +126,13 @@ def work(study: optuna.Study, spec: AblationSpec, out: Path, threads: int = 0,
             if name in result.metrics:
                 trial.set_user_attr(name, result.metrics[name])
         trial.set_user_attr("history", result.history)
+        if result.metrics["diverged"]:  # its metric means nothing; the report lists it apart
+            reason = (f"diverged: training loss {result.metrics['train_loss']:.4g} in epoch "
+                      f"{result.metrics['epochs']}")
+            trial.set_user_attr("reason", reason)
+            study.tell(trial, state=TrialState.PRUNED)
+            on_done(Finished(arm, seed, None, reason))
+            continue
         value = result.metrics[spec.metric]
         study.tell(trial, value)
         on_done(Finished(arm, seed, value))
@@ -181,9 +189,9 @@ class Progress:
     def update(self, trials: list[optuna.trial.FrozenTrial]) -> None:
         from cnnlab.studies.report import Interval
 
-        done: dict[str, dict[int, float]] = {}
+        done: dict[str, dict[int, float | None]] = {}
         for t in trials:
-            if t.state == TrialState.COMPLETE and "key" in t.user_attrs:
+            if t.state in FINISHED and "key" in t.user_attrs:
                 done.setdefault(t.params["arm"], {})[t.params["seed"]] = t.value
         count = sum(len(v) for v in done.values())
         if not self.started:  # trials done by an earlier run don't count towards the ETA
@@ -194,9 +202,10 @@ class Progress:
             values = done.get(arm.name, {})
             if arm.name not in self.reported and len(values) >= self.spec.seeds:
                 self.reported.add(arm.name)
-                self.bar.console.print(
-                    f"✓ {arm.name}: {self.spec.metric} "
-                    f"{Interval.of(list(values.values())).text()} ({len(values)} seeds)")
+                scores = [v for v in values.values() if v is not None]
+                diverged = f", {len(values) - len(scores)} diverged" if len(scores) < len(values) else ""
+                self.bar.console.print(f"✓ {arm.name}: {self.spec.metric} "
+                                       f"{Interval.of(scores).text()} ({len(scores)} seeds{diverged})")
 
 
 def check_architectures(spec: AblationSpec, quick: bool) -> None:

@@ -75,7 +75,7 @@ def collect(study: optuna.Study) -> Report:
     spec = AblationSpec.from_dict({**study.user_attrs["spec"], "seeds": 0})
     arms = {arm.name: arm for arm in spec.arms}
     trials: dict[str, dict[str, Any]] = {}
-    failed = []
+    problems: list[tuple[str, str]] = []
     for t in study.get_trials(deepcopy=False):
         key = t.user_attrs.get("key")
         if key is None:
@@ -85,8 +85,10 @@ def collect(study: optuna.Study) -> Report:
             row.update({name: t.user_attrs[name] for name in RESULT_KEYS if name in t.user_attrs})
             row["history"] = t.user_attrs.get("history", [])
             trials[key] = row
-        elif t.state == TrialState.FAIL and "error" in t.user_attrs:
-            failed.append(f"{key}: {t.user_attrs['error']}")
+        elif t.state in (TrialState.FAIL, TrialState.PRUNED) and "note" not in t.user_attrs:
+            reason = t.user_attrs.get("error") or t.user_attrs.get("reason")
+            if reason:  # none: a killed worker's trial, redone by the rerun
+                problems.append((key, f"{key}: {reason}"))
     done = sorted(trials.values(), key=lambda r: (list(arms).index(r["arm"]), r["seed"]))
     by_arm = {name: {r["seed"]: r[spec.metric] for r in done if r["arm"] == name} for name in arms}
     base = by_arm.get(spec.baseline, {})
@@ -97,6 +99,7 @@ def collect(study: optuna.Study) -> Report:
         common = sorted(set(values) & set(base))
         delta = None if name == spec.baseline else Interval.of([values[s] - base[s] for s in common])
         rows.append(ArmRow(name, arms[name].levels, values, Interval.of(list(values.values())), delta))
+    failed = [line for key, line in problems if key not in trials]  # a rerun may have fixed it
     return Report(spec, study.study_name, done, rows, failed, study.user_attrs["spec"]["preset"])
 
 
@@ -224,7 +227,7 @@ def markdown(report: Report, images: list[str]) -> str:
         "",
     ]
     if report.failed:
-        lines += ["## Failed trials", "", *[f"- {f}" for f in report.failed], ""]
+        lines += ["## Failed or diverged trials", "", *[f"- {f}" for f in report.failed], ""]
     lines += [f"![{name}]({name})" for name in images]
     return "\n".join(lines) + "\n"
 

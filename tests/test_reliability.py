@@ -1,0 +1,212 @@
+"""Reliability: kill-and-resume, diverging runs, offline W&B safety, four concurrent workers."""
+
+import csv
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import FAST
+from optuna.trial import TrialState
+from PIL import Image
+from test_ablation import complete_keys, write_spec
+from test_search import trials as search_trials
+from test_search import write_spec as write_search_spec
+
+from cnnlab.errors import CnnlabError
+from cnnlab.studies.storage import load_study, open_storage
+
+ENV = {**os.environ, "WANDB_MODE": "disabled"}
+KILLS = 3  # SIGKILLs per study, each at a random moment after at least one more trial finished
+
+
+def _count(finished: Callable[[], int]) -> int:
+    try:
+        return finished()
+    except (CnnlabError, FileNotFoundError, KeyError):  # no storage or study yet
+        return 0
+
+
+def kill_and_resume(command: list[str], finished: Callable[[], int], seed: int) -> int:
+    """Start ``command`` and SIGKILL it at random points (up to ``KILLS`` times, each after one
+    more finished trial plus a random 0–0.5 s), then rerun it to completion; returns the kills."""
+    rng = random.Random(seed)
+    kills = 0
+    for _ in range(KILLS):
+        proc = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        before, deadline = _count(finished), time.monotonic() + 120
+        while proc.poll() is None and _count(finished) <= before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(rng.uniform(0, 0.5))
+        if proc.poll() is not None:  # it finished the whole study before this kill
+            break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+    done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return kills
+
+
+def assert_files_intact(out: Path) -> int:
+    """Every result file parses (writes are atomic); returns how many were checked."""
+    checked = 0
+    for path in out.rglob("*"):
+        if path.name.startswith(".") or "wandb" in path.parts or not path.is_file():
+            continue
+        if path.suffix == ".json":
+            json.loads(path.read_text())
+        elif path.suffix == ".csv":
+            assert list(csv.reader(path.open()))
+        elif path.suffix == ".png":
+            Image.open(path).verify()
+        else:
+            continue
+        checked += 1
+    return checked
+
+
+def _without_time(results: Path) -> list[dict[str, str]]:
+    return [{k: v for k, v in row.items() if k != "fit_seconds"}
+            for row in csv.DictReader(results.open())]
+
+
+def test_ablation_survives_repeated_sigkills(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, seeds=3, arms="norm only")  # 3 arms × 3 seeds
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "cnnlab.cli", "ablate", str(spec), "--out", str(out)]
+    kills = kill_and_resume(command, lambda: len(complete_keys(out)), seed=1)
+    assert kills >= 2
+    study = load_study(open_storage(str(out / "study.journal")), "tiny")
+    keys = complete_keys(out)
+    assert len(keys) == 9 and len(set(keys)) == 9  # every arm × seed exactly once
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+    assert len(study.get_trials(states=(TrialState.FAIL,))) <= kills  # at most one per kill
+    assert assert_files_intact(out) >= 9 + 2  # trial metrics, results.csv, report plots
+
+    clean = tmp_path / "clean"  # the same spec, never interrupted
+    command = [sys.executable, "-m", "cnnlab.cli", "ablate", str(spec), "--out", str(clean)]
+    assert subprocess.run(command, env=ENV, capture_output=True, timeout=300).returncode == 0
+    assert _without_time(out / "results.csv") == _without_time(clean / "results.csv")
+    table = [[line for line in (d / "report.md").read_text().splitlines()
+              if line.startswith("| model.norm")] for d in (out, clean)]
+    assert table[0] == table[1] and len(table[0]) == 3
+
+
+def test_search_survives_repeated_sigkills(tmp_path: Path) -> None:
+    spec = write_search_spec(tmp_path)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "cnnlab.cli", "tune", str(spec), "--out", str(out),
+               "--trials", "8"]
+    states = (TrialState.COMPLETE, TrialState.PRUNED)
+    kills = kill_and_resume(command, lambda: sum(t.state in states for t in search_trials(out)),
+                            seed=2)
+    assert kills >= 2
+    finished = [t for t in search_trials(out) if t.state in states]
+    assert len(finished) == 8 and len({t.number for t in finished}) == 8  # the requested count
+    assert not [t for t in search_trials(out) if t.state == TrialState.RUNNING]
+    rows = [r for r in csv.DictReader((out / "trials.csv").open()) if r["state"] != "FAIL"]
+    assert sorted(int(r["number"]) for r in rows) == sorted(t.number for t in finished)
+    for t in finished:
+        (row,) = [r for r in rows if int(r["number"]) == t.number]
+        if t.state == TrialState.COMPLETE:
+            assert float(row["cv_mean"]) == pytest.approx(t.value)
+    assert assert_files_intact(out) >= 3  # trials.csv, refit metrics, plots
+    report = (out / "trials.csv").read_text()
+    again = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr  # nothing left to run: the same trial set
+    assert (out / "trials.csv").read_text() == report
+    assert len([t for t in search_trials(out) if t.state in states]) == 8
+
+
+def test_huge_learning_rate_diverges_instead_of_crashing(cli, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    status, _, err = cli("fit", "--out", out, *FAST, "trainer.max_epochs=5", "optim.lr=10")
+    assert status == 0, err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["diverged"] is True and metrics["epochs"] < 5  # stopped early
+
+
+def test_a_diverging_arm_is_pruned_with_its_reason_and_the_ablation_goes_on(cli, tmp_path: Path
+                                                                            ) -> None:
+    spec = tmp_path / "lr.yaml"
+    spec.write_text("name: lr\noverrides: [trainer.max_epochs=3, \"model.channels=[8]\", "
+                    "\"model.hidden_units=[16]\", data.batch_size=128, optim.scheduler=none]\n"
+                    "factors: {optim.lr: [0.01, 10.0]}\nseeds: 2\n")
+    out = tmp_path / "out"
+    status, stdout, err = cli("ablate", spec, "--out", out)
+    assert status == 0, err
+    study = load_study(open_storage(str(out / "study.journal")), "lr")
+    by_state = {s: [t for t in study.get_trials() if t.state == s]
+                for s in (TrialState.COMPLETE, TrialState.PRUNED)}
+    assert {t.params["arm"] for t in by_state[TrialState.COMPLETE]} == {"optim.lr=0.01"}
+    assert len(by_state[TrialState.PRUNED]) == 2
+    for t in by_state[TrialState.PRUNED]:
+        assert t.params["arm"] == "optim.lr=10.0"
+        assert t.user_attrs["reason"].startswith("diverged: training loss")
+    assert "optim.lr=10.0 | seed=0: diverged: training loss" in (out / "report.md").read_text()
+    assert "(0 seeds, 2 diverged)" in stdout
+    assert cli("ablate", spec, "--out", out)[0] == 0  # a rerun does not redo diverged trials
+    assert len(study.get_trials()) == 4
+
+
+def test_offline_by_default_with_a_fake_key_no_network_and_stdin_closed(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env |= {"WANDB_API_KEY": "0123456789abcdef" * 2 + "01234567",  # a well-formed fake key
+            "WANDB_BASE_URL": "http://127.0.0.1:9"}  # nothing listens: no network for W&B
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "cnnlab.cli", "fit", "--out", str(out),
+               *[o for o in FAST if not o.startswith("wandb.")]]
+    start = time.monotonic()
+    # stdin closed (not just empty): a login prompt would fail or hang; 60 s is several normal fits
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60,
+                          preexec_fn=lambda: os.close(0))
+    assert done.returncode == 0, done.stderr
+    assert json.loads((out / "metrics.json").read_text())["test_acc"] > 0.3
+    assert len(list(out.glob("wandb/offline-run-*/run-*.wandb"))) == 1
+    assert time.monotonic() - start < 60
+
+
+FOUR_ARMS = """
+name: four
+overrides: [trainer.max_epochs=1, "model.channels=[8]", "model.hidden_units=[16]", data.batch_size=128]
+factors: {model.norm: [batch, layer, group, none]}
+seeds: 2
+"""
+
+
+@pytest.mark.parametrize("storage", ["journal", "postgresql"])
+def test_four_workers_share_one_ablation(cli, tmp_path: Path, storage: str, request) -> None:
+    url = (str(tmp_path / "four.journal") if storage == "journal" else
+           request.getfixturevalue("postgres_url"))
+    spec = tmp_path / "four.yaml"
+    name = f"four-{tmp_path.name}"  # a fresh study in the shared PostgreSQL cluster
+    spec.write_text(FOUR_ARMS.replace("name: four", f"name: {name}"))
+    status, _, err = cli("ablate", spec, "--out", tmp_path / "out", "--storage", url,
+                         "--workers", "4")
+    assert status == 0, err
+    all_trials = load_study(open_storage(url), name).get_trials()
+    done = [t for t in all_trials if t.state == TrialState.COMPLETE]
+    keys = [t.user_attrs["key"] for t in done]
+    assert len(keys) == 8 and len(set(keys)) == 8  # unique, none lost
+    assert len({t.user_attrs["worker"] for t in done}) >= 2
+    assert all(t.state in (TrialState.COMPLETE, TrialState.FAIL) for t in all_trials)
+    assert all("note" in t.user_attrs for t in all_trials if t.state == TrialState.FAIL)
+
+
+def test_four_workers_share_one_search_on_postgresql(cli, tmp_path: Path, postgres_url: str) -> None:
+    name = f"search-{tmp_path.name}"
+    status, _, err = cli("tune", write_search_spec(tmp_path), "--out", tmp_path / "out",
+                         "--storage", postgres_url, "--study", name, "--trials", "6",
+                         "--workers", "4")
+    assert status == 0, err
+    states = (TrialState.COMPLETE, TrialState.PRUNED)
+    finished = [t for t in search_trials(tmp_path, postgres_url, name) if t.state in states]
+    assert len(finished) == 6 and len({t.number for t in finished}) == 6
+    assert len({tuple(sorted(t.params.items())) for t in finished}) == 6
