@@ -3,7 +3,6 @@
 import math
 import statistics
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -114,49 +113,6 @@ def test_report_numbers_equal_a_hand_computation(cli, tmp_path: Path) -> None:
     (out / "report.md").unlink()
     status, stdout, _ = cli("report", "tiny", "--out", out)  # rebuilt from the storage alone
     assert status == 0 and (out / "report.md").is_file() and "model.norm=none" in stdout
-
-
-SPEC_ERRORS = {
-    "unknown spec key": ("name: x\nfactor: {model.norm: [batch]}\n", "unknown key 'factor'"),
-    "empty grid": ("name: x\nfactors: {}\n", "factors is empty"),
-    "empty factor": ("name: x\nfactors: {model.norm: []}\n", "factors.model.norm: got []"),
-    "unknown factor key": ("name: x\nfactors: {model.colour: [red]}\n",
-                           "arm 'model.colour=red': unknown key 'model.colour'"),
-    "bad level value": ("name: x\nfactors: {model.norm: [batch, batchy]}\n",
-                        "arm 'model.norm=batchy': model.norm: unknown value 'batchy'"),
-    "unknown metric": ("name: x\nmetric: f1\nfactors: {model.norm: [batch]}\n",
-                       "unknown metric 'f1'; allowed: test_acc, val_acc"),
-    "baseline not an arm": ("name: x\nfactors: {model.norm: [batch]}\nbaseline: {model.norm: none}\n",
-                            "baseline 'model.norm=none' is not an arm; allowed: model.norm=batch"),
-    "zero seeds": ("name: x\nseeds: 0\nfactors: {model.norm: [batch]}\n", "seeds is 0"),
-    "impossible arm": ("name: x\nfactors: {model.kernel_size: [3, 11]}\n",
-                       "arm 'model.kernel_size=11': model: block 1 conv output would be"),
-    "not a mapping": ("- 1\n", "top level is list"),
-    "invalid yaml": ("factors: [\n", "invalid YAML at line"),
-}
-
-
-@pytest.mark.parametrize("case", SPEC_ERRORS)
-def test_bad_spec(cli, tmp_path: Path, case: str) -> None:
-    text, expected = SPEC_ERRORS[case]
-    spec = tmp_path / "bad.yaml"
-    spec.write_text(text)
-    status, out, err = cli("ablate", spec, "--out", tmp_path / "out")
-    assert status == 2 and out == "" and len(err.strip().splitlines()) == 1
-    assert expected in err, err
-    assert not (tmp_path / "out").exists()
-
-
-@pytest.mark.parametrize(("storage", "expected"), [
-    ("mysql://u@h/db", "unknown scheme 'mysql'"),
-    ("postgresql://nobody@127.0.0.1:1/none", "cannot open"),
-])
-def test_bad_storage_url(cli, tmp_path: Path, storage: str, expected: str) -> None:
-    start = time.monotonic()
-    status, _, err = cli("ablate", write_spec(tmp_path), "--out", tmp_path / "out",
-                         "--storage", storage)
-    assert status == 2 and expected in err and len(err.strip().splitlines()) == 1
-    assert time.monotonic() - start < 10
 
 
 def test_a_changed_spec_does_not_mix_into_an_existing_study(cli, tmp_path: Path) -> None:

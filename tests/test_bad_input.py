@@ -1,120 +1,255 @@
-"""Bad input: one line naming the problem and what is allowed, exit status 2, nothing written."""
+"""The bad-input catalogue: one line naming the problem and what is allowed, exit status 2, no
+traceback, and nothing created or changed — neither the output directory nor any input."""
 
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from torchvision.io import write_png
 
-CASES = {
-    "unknown key": (["model.foo=1"], "unknown key 'model.foo'; allowed: channels, kernel_size"),
-    "unknown section": (["foo.bar=1"], "unknown key 'foo'"),
-    "wrong type": (["model.kernel_size=abc"], "model.kernel_size: Value 'abc'"),
-    "wrong list item type": (["model.channels=[a]"], "model.channels[0]"),
-    "unparsable value": (["model.channels=[1,"], "override 'model.channels=[1,': cannot parse"),
-    "override without =": (["model.norm"], "expected key=value"),
-    "unknown norm": (["model.norm=batchy"],
-                     "model.norm: unknown value 'batchy'; allowed: batch, layer, instance, group, none"),
-    "unknown pool": (["model.pool=min"], "model.pool: unknown value 'min'; allowed: max, avg, none"),
-    "unknown reg": (["reg.kind=l3"], "reg.kind: unknown value 'l3'; allowed: none, l1, l2, elastic"),
-    "unknown optimizer": (["optim.name=lion"], "optim.name: unknown value 'lion'; allowed: sgd"),
-    "unknown scheduler": (["optim.scheduler=step"], "optim.scheduler: unknown value 'step'"),
-    "unknown dataset": (["data.name=imagenet"], "data.name: unknown value 'imagenet'; allowed: digits"),
-    "unknown init": (["model.init=orthogonal"], "model.init: unknown value 'orthogonal'"),
-    "unknown wandb mode": (["wandb.mode=sometimes"], "wandb.mode: unknown value 'sometimes'"),
-    "zero lr": (["optim.lr=0"], "optim.lr: got 0; allowed: a positive number"),
-    "lr neither number nor auto": (["optim.lr=fast"], "optim.lr: got 'fast'; allowed: a positive "
-                                   "number, or auto"),
-    "negative lr": (["optim.lr=-0.1"], "optim.lr: got -0.1; allowed: a positive number"),
-    "dropout of one": (["model.dropout=1.0"], "model.dropout: got 1.0; allowed: a probability in [0, 1)"),
-    "negative spatial dropout": (["model.spatial_dropout=-0.1"], "model.spatial_dropout: got -0.1"),
-    "zero batch size": (["data.batch_size=0"], "data.batch_size: got 0; allowed: a positive integer"),
-    "negative kernel": (["model.kernel_size=-3"], "model.kernel_size: got -3"),
-    "no conv blocks": (["model.channels=[]"], "model.channels: got []; allowed: a non-empty list"),
-    "zero hidden units": (["model.hidden_units=[0]"], "model.hidden_units: got [0]"),
-    "groups not a divisor": (["model.norm=group", "model.groups=3"],
-                             "model.groups: got 3; allowed: a divisor of every entry"),
-    "val fraction of one": (["data.val_fraction=1.0"],
-                            "data.val_fraction: got 1.0; allowed: a fraction in (0, 1)"),
-    "unknown augment policy": (["data.augment.policy=some"],
-                               "data.augment.policy: unknown value 'some'; allowed: all, k_of_n"),
-    "augment k above enabled ops": (["data.augment.policy=k_of_n", "data.augment.k=3",
-                                     "data.augment.hflip=true", "data.augment.rotate=10"],
-                                    "data.augment.k: got 3; allowed: 1..2"),
-    "rotation beyond 180": (["data.augment.rotate=200"], "data.augment.rotate: got 200.0"),
-    "negative crop padding": (["data.augment.crop_padding=-1"], "data.augment.crop_padding: got -1"),
-    "nesterov without momentum": (["optim.name=sgd", "optim.nesterov=true", "optim.momentum=0"],
-                                  "optim.nesterov: got True; allowed: true only with"),
-    "l1 ratio above one": (["reg.l1_ratio=2"], "reg.l1_ratio: got 2.0; allowed: a number in [0, 1]"),
-    "conv too big for the input": (["model.kernel_size=11", "model.pool=none"],
-                                   "model: block 1 conv output would be 0×0 (input 8×8, kernel 11"),
-    "too many pools": (["model.channels=[8,8,8,8]"],
-                       "model: block 4 pool output would be 0×0 (input 1×1"),
-    "instance norm on 1×1": (["model.channels=[8,8,8,8]", "model.norm=instance",
-                              "model.pool_kernel=1"],
-                             "model.norm: instance norm needs more than one spatial element"),
+TINY_ABLATION = "name: x\nfactors: {model.norm: [batch]}\n"
+TINY_SEARCH = "name: x\nspace: {optim.lr: {type: float, low: 0.001, high: 0.1}}\n"
+
+
+def _npz(**arrays: np.ndarray) -> Callable[[Path], None]:
+    return lambda path: np.savez(path, **arrays)
+
+
+def _classes(empty: bool = False, corrupt: bool = False) -> Callable[[Path], None]:
+    """A folder dataset of two classes of 8×8 PNGs, with an empty class or a corrupt image."""
+
+    def write(root: Path) -> None:
+        for label in ("a", "b"):
+            (root / label).mkdir(parents=True)
+            for i in range(3):
+                write_png(torch.full((1, 8, 8), 40 * i, dtype=torch.uint8), str(root / label / f"{i}.png"))
+        if empty:
+            (root / "c").mkdir()
+        if corrupt:
+            (root / "b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+
+    return write
+
+
+@dataclass(frozen=True)
+class Case:
+    """``args`` and file contents may name ``{d}`` (the inputs' folder) and ``{out}``."""
+
+    args: tuple[str, ...]
+    expected: str
+    files: dict[str, str | Callable[[Path], None]] = field(default_factory=dict)
+
+
+def fit(*overrides: str, expected: str, **files: str | Callable[[Path], None]) -> Case:
+    return Case(("fit", "--out", "{out}", *overrides), expected, files)
+
+
+def ablate(spec: str, expected: str, *args: str) -> Case:
+    return Case(("ablate", "{d}/spec.yaml", "--out", "{out}", *args), expected, {"spec.yaml": spec})
+
+
+def tune(spec: str, expected: str, *args: str, **files: str | Callable[[Path], None]) -> Case:
+    return Case(("tune", "{d}/spec.yaml", "--out", "{out}", *args), expected,
+                {"spec.yaml": spec, **files})
+
+
+CATALOGUE: dict[str, Case] = {
+    # config keys and values
+    "unknown key": fit("model.foo=1", expected="unknown key 'model.foo'; allowed: channels, kernel_size"),
+    "unknown section": fit("foo.bar=1", expected="unknown key 'foo'"),
+    "wrong type": fit("model.kernel_size=abc", expected="model.kernel_size: Value 'abc'"),
+    "wrong list item type": fit("model.channels=[a]", expected="model.channels[0]"),
+    "unparsable value": fit("model.channels=[1,", expected="override 'model.channels=[1,': cannot parse"),
+    "override without =": fit("model.norm", expected="expected key=value"),
+    "unknown norm": fit("model.norm=batchy", expected="model.norm: unknown value 'batchy'; allowed: "
+                        "batch, layer, instance, group, none"),
+    "unknown pool": fit("model.pool=min", expected="model.pool: unknown value 'min'; allowed: max, avg, none"),
+    "unknown reg": fit("reg.kind=l3", expected="reg.kind: unknown value 'l3'; allowed: none, l1, l2, elastic"),
+    "unknown optimizer": fit("optim.name=lion", expected="optim.name: unknown value 'lion'; allowed: sgd"),
+    "unknown scheduler": fit("optim.scheduler=step", expected="optim.scheduler: unknown value 'step'"),
+    "unknown dataset": fit("data.name=imagenet", expected="data.name: unknown value 'imagenet'; allowed: digits"),
+    "unknown init": fit("model.init=orthogonal", expected="model.init: unknown value 'orthogonal'"),
+    "unknown strategy": fit("trainer.strategy=fsdp", expected="trainer.strategy: unknown value 'fsdp'; "
+                            "allowed: auto, ddp"),
+    "zero devices": fit("trainer.devices=0", expected="trainer.devices: got 0; allowed: a positive integer"),
+    "unknown wandb mode": fit("wandb.mode=sometimes", expected="wandb.mode: unknown value 'sometimes'"),
+    "zero lr": fit("optim.lr=0", expected="optim.lr: got 0; allowed: a positive number"),
+    "lr neither number nor auto": fit("optim.lr=fast", expected="optim.lr: got 'fast'; allowed: a "
+                                      "positive number, or auto"),
+    "negative lr": fit("optim.lr=-0.1", expected="optim.lr: got -0.1; allowed: a positive number"),
+    "dropout of one": fit("model.dropout=1.0", expected="model.dropout: got 1.0; allowed: a probability in [0, 1)"),
+    "negative spatial dropout": fit("model.spatial_dropout=-0.1", expected="model.spatial_dropout: got -0.1"),
+    "zero batch size": fit("data.batch_size=0", expected="data.batch_size: got 0; allowed: a positive integer"),
+    "negative kernel": fit("model.kernel_size=-3", expected="model.kernel_size: got -3"),
+    "no conv blocks": fit("model.channels=[]", expected="model.channels: got []; allowed: a non-empty list"),
+    "zero hidden units": fit("model.hidden_units=[0]", expected="model.hidden_units: got [0]"),
+    "groups not a divisor": fit("model.norm=group", "model.groups=3",
+                                expected="model.groups: got 3; allowed: a divisor of every entry"),
+    "val fraction of one": fit("data.val_fraction=1.0",
+                               expected="data.val_fraction: got 1.0; allowed: a fraction in (0, 1)"),
+    "unknown augment policy": fit("data.augment.policy=some", expected="data.augment.policy: unknown "
+                                  "value 'some'; allowed: all, k_of_n"),
+    "augment k above enabled ops": fit("data.augment.policy=k_of_n", "data.augment.k=3",
+                                       "data.augment.hflip=true", "data.augment.rotate=10",
+                                       expected="data.augment.k: got 3; allowed: 1..2"),
+    "rotation beyond 180": fit("data.augment.rotate=200", expected="data.augment.rotate: got 200.0"),
+    "negative crop padding": fit("data.augment.crop_padding=-1", expected="data.augment.crop_padding: got -1"),
+    "nesterov without momentum": fit("optim.name=sgd", "optim.nesterov=true", "optim.momentum=0",
+                                     expected="optim.nesterov: got True; allowed: true only with"),
+    "l1 ratio above one": fit("reg.l1_ratio=2", expected="reg.l1_ratio: got 2.0; allowed: a number in [0, 1]"),
+    "conv too big for the input": fit("model.kernel_size=11", "model.pool=none", expected="model: block 1 "
+                                      "conv output would be 0×0 (input 8×8, kernel 11"),
+    "too many pools": fit("model.channels=[8,8,8,8]",
+                          expected="model: block 4 pool output would be 0×0 (input 1×1"),
+    "instance norm on 1×1": fit("model.channels=[8,8,8,8]", "model.norm=instance", "model.pool_kernel=1",
+                                expected="model.norm: instance norm needs more than one spatial element"),
+    # config files
+    "missing config file": fit("--config", "{d}/none.yaml", expected="--config {d}/none.yaml: cannot "
+                               "read (No such file or directory)"),
+    "invalid YAML": fit("--config", "{d}/c.yaml", expected="--config {d}/c.yaml: invalid YAML at line",
+                        **{"c.yaml": "model: [1, 2\n"}),
+    "config is a list": fit("--config", "{d}/c.yaml", expected="--config {d}/c.yaml: top level is list",
+                            **{"c.yaml": "- 1\n- 2\n"}),
+    "unknown key in file": fit("--config", "{d}/c.yaml", expected="unknown key 'model.colour'",
+                               **{"c.yaml": "model:\n  colour: red\n"}),
+    "python object in YAML (safe loading)": fit(
+        "--config", "{d}/c.yaml", expected="--config {d}/c.yaml: invalid YAML at line 1",
+        **{"c.yaml": "seed: !!python/object/apply:os.system ['touch {d}/pwned']\n"}),
+    # data
+    "missing data directory": fit("data.name=folder", "data.root={d}/nowhere",
+                                  expected="data.root: {d}/nowhere is not a directory"),
+    "missing torchvision files": fit("data.name=mnist", "data.root={d}",
+                                     expected="data.root: MNIST files not found"),
+    "empty class folder": fit("data.name=folder", "data.root={d}/imgs", imgs=_classes(empty=True),
+                              expected="data.root: class folder {d}/imgs/c has no images"),
+    "corrupt PNG": fit("data.name=folder", "data.root={d}/imgs", imgs=_classes(corrupt=True),
+                       expected="data.root: cannot decode image {d}/imgs/b/broken.png"),
+    "npz without y": fit("data.name=npz", "data.root={d}/d.npz",
+                         expected="data.root: {d}/d.npz has no array y",
+                         **{"d.npz": _npz(x=np.zeros((4, 8, 8), np.uint8))}),
+    "labels out of range": fit("data.name=npz", "data.root={d}/d.npz",
+                               expected="labels run 0..5 but there are 2 classes; allowed: labels 0..1",
+                               **{"d.npz": _npz(x=np.zeros((4, 8, 8), np.uint8), y=np.array([0, 1, 0, 5]),
+                                                classes=np.array(["a", "b"]))}),
+    "corrupt npz": fit("data.name=npz", "data.root={d}/d.npz", expected="is not a readable .npz file",
+                       **{"d.npz": "PK\x03\x04 not really a zip"}),
+    "fewer samples than folds": tune(
+        "name: x\nfolds: 8\noverrides: [data.name=npz, data.root={d}/d.npz]\n"
+        "space: {optim.lr: {type: float, low: 0.001, high: 0.1}}\n",
+        "folds: 8 folds need at least 8 samples of every class",
+        **{"d.npz": _npz(x=np.zeros((18, 8, 8), np.uint8), y=np.arange(18) % 3)}),
+    "too small a split": fit("data.name=npz", "data.root={d}/d.npz", "data.test_fraction=0.05",
+                             expected="data: cannot cut a stratified test split",
+                             **{"d.npz": _npz(x=np.zeros((6, 8, 8), np.uint8), y=np.arange(6) % 3)}),
+    # ablation and search specs
+    "unknown spec key": ablate("name: x\nfactor: {model.norm: [batch]}\n", "unknown key 'factor'"),
+    "empty grid": ablate("name: x\nfactors: {}\n", "factors is empty"),
+    "empty factor": ablate("name: x\nfactors: {model.norm: []}\n", "factors.model.norm: got []"),
+    "unknown factor key": ablate("name: x\nfactors: {model.colour: [red]}\n",
+                                 "arm 'model.colour=red': unknown key 'model.colour'"),
+    "bad level value": ablate("name: x\nfactors: {model.norm: [batch, batchy]}\n",
+                              "arm 'model.norm=batchy': model.norm: unknown value 'batchy'"),
+    "unknown metric": ablate("name: x\nmetric: f1\nfactors: {model.norm: [batch]}\n",
+                             "unknown metric 'f1'; allowed: test_acc, val_acc"),
+    "baseline not an arm": ablate("name: x\nfactors: {model.norm: [batch]}\nbaseline: {model.norm: none}\n",
+                                  "baseline 'model.norm=none' is not an arm; allowed: model.norm=batch"),
+    "zero seeds": ablate("name: x\nseeds: 0\nfactors: {model.norm: [batch]}\n", "seeds is 0"),
+    "impossible arm": ablate("name: x\nfactors: {model.kernel_size: [3, 11]}\n",
+                             "arm 'model.kernel_size=11': model: block 1 conv output would be"),
+    "spec not a mapping": ablate("- 1\n", "top level is list"),
+    "spec invalid YAML": ablate("factors: [\n", "invalid YAML at line"),
+    "several devices per trial": ablate("name: x\noverrides: [trainer.devices=2]\nfactors: {model.norm: [batch]}\n",
+                                        "trainer.devices: got 2; allowed: 1 in a study"),
+    "empty search space": tune("name: x\nspace: {}\n", "space is empty"),
+    "unknown space type": tune("name: x\nspace: {optim.lr: {type: normal}}\n", "space.optim.lr.type is 'normal'"),
+    "low above high": tune("name: x\nspace: {optim.lr: {type: float, low: 1, high: 0.1}}\n", "low < high"),
+    "text bound": tune("name: x\nspace: {optim.lr: {type: float, low: 1e-3, high: 0.1}}\n", "space.optim.lr is"),
+    "unknown pruner": tune("name: x\npruner: {name: asha}\nspace: {optim.lr: {type: float, low: 0.001, "
+                           "high: 0.1}}\n", "unknown pruner 'asha'; allowed: median, hyperband"),
+    "one fold": tune("name: x\nfolds: 1\nspace: {optim.lr: {type: float, low: 0.001, high: 0.1}}\n",
+                     "folds is 1; allowed: an integer ≥ 2"),
+    "unknown space key": tune("name: x\nspace: {optim.speed: {type: float, low: 0.1, high: 1}}\n",
+                              "unknown key 'optim.speed'"),
+    "space outside a key's range": tune("name: x\nspace: {model.dropout: {type: float, low: 0.5, high: 1.5}}\n",
+                                        "model.dropout: got 1.5"),
+    "missing spec file": Case(("ablate", "{d}/none.yaml", "--out", "{out}"), "{d}/none.yaml: cannot read"),
+    # storage URLs
+    "unknown storage scheme": ablate(TINY_ABLATION, "--storage mysql://u@h/db: unknown scheme 'mysql'; "
+                                     "allowed: journal file path", "--storage", "mysql://u@h/db"),
+    "PostgreSQL refusing connections": ablate(TINY_ABLATION, "cannot open", "--storage",
+                                              "postgresql://nobody@127.0.0.1:1/none"),
+    "PostgreSQL host unreachable": tune(TINY_SEARCH, "cannot open", "--storage",
+                                        "postgresql://nobody@10.255.255.1:5432/none"),
+    "storage is a directory": ablate(TINY_ABLATION, "--storage {d}: is a directory", "--storage", "{d}"),
+    "report without a storage": Case(("report", "x", "--out", "{out}"),
+                                     "no study storage there; allowed: the --out or --storage"),
+    "report of an unknown study": Case(("report", "nope", "--out", "{out}", "--storage", "{d}/s.journal"),
+                                       "study 'nope' is not in this storage",
+                                       {"s.journal": ""}),
+    # CLI usage
+    "unknown flag": Case(("fit", "--bogus"), "unrecognized arguments: --bogus"),
+    "unknown command": Case(("train",), "invalid choice: 'train'"),
+    "no command": Case((), "the following arguments are required: command"),
+    "short input shape": Case(("summary", "--input-shape", "3,32"),
+                              "--input-shape: got '3,32'; allowed: three positive integers C,H,W"),
+    "out is a file": Case(("fit", "--out", "{d}/file.txt"), "--out {d}/file.txt: is a file; allowed: a "
+                          "directory", {"file.txt": "keep"}),
+    "zero workers": Case(("ablate", "{d}/spec.yaml", "--workers", "0"), "--workers: got '0'; allowed: a "
+                         "positive integer", {"spec.yaml": TINY_ABLATION}),
+    "negative timeout": Case(("tune", "{d}/spec.yaml", "--timeout", "-5"), "--timeout: got '-5'",
+                             {"spec.yaml": TINY_SEARCH}),
+    "export of a directory without a run": Case(("export", "{d}"), "no config.yaml; allowed: the --out "
+                                                "directory of a finished cnnlab fit"),
+    "lr-find plot not a PNG": Case(("lr-find", "--out", "{d}/plot.jpg"), "allowed: a file name ending in .png"),
 }
 
 
-def _check(status: int, out: str, err: str, expected: str) -> None:
-    assert status == 2
-    assert out == ""
+def _tree(root: Path) -> dict[str, bytes | None]:
+    """Every path under ``root`` with its bytes (None for folders)."""
+    return {str(p.relative_to(root)): None if p.is_dir() else p.read_bytes() for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("case", CATALOGUE)
+def test_bad_input(cli, tmp_path: Path, case: str) -> None:
+    spec = CATALOGUE[case]
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    for name, content in spec.files.items():
+        if callable(content):
+            content(inputs / name)
+        else:
+            (inputs / name).write_text(content.replace("{d}", str(inputs)))
+    before = _tree(tmp_path)
+    args = [a.replace("{d}", str(inputs)).replace("{out}", str(out)) for a in spec.args]
+    start = time.monotonic()
+    status, stdout, err = cli(*args)
+    assert status == 2, err
+    assert stdout == ""
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     assert lines[0].startswith("cnnlab: error: ")
-    assert expected in lines[0], lines[0]
+    assert spec.expected.replace("{d}", str(inputs)) in lines[0], lines[0]
     assert "Traceback" not in err
+    assert _tree(tmp_path) == before  # nothing created, nothing changed (out never appears)
+    assert time.monotonic() - start < 10  # an unreachable database is reported, not waited on
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_bad_override(cli, tmp_path: Path, case: str) -> None:
-    overrides, expected = CASES[case]
-    out = tmp_path / "run"
-    _check(*cli("fit", "--out", out, *overrides), expected)
-    assert not out.exists()
-
-
-FILES = {
-    "missing config file": (None, "--config {path}: cannot read (No such file or directory)"),
-    "invalid YAML": ("model: [1, 2\n", "--config {path}: invalid YAML at line"),
-    "config is a list": ("- 1\n- 2\n", "--config {path}: top level is list"),
-    "unknown key in file": ("model:\n  colour: red\n", "unknown key 'model.colour'"),
-}
-
-
-@pytest.mark.parametrize("case", FILES)
-def test_bad_config_file(cli, tmp_path: Path, case: str) -> None:
-    text, expected = FILES[case]
-    path = tmp_path / "bad.yaml"
-    if text is not None:
-        path.write_text(text)
-    out = tmp_path / "run"
-    _check(*cli("fit", "--out", out, "--config", path), expected.format(path=path))
-    assert not out.exists()
-
-
-USAGE = {
-    "unknown flag": (["fit", "--bogus"], "unrecognized arguments: --bogus"),
-    "unknown command": (["train"], "invalid choice: 'train'"),
-    "no command": ([], "the following arguments are required: command"),
-    "short input shape": (["summary", "--input-shape", "3,32"],
-                          "--input-shape: got '3,32'; allowed: three positive integers C,H,W"),
-    "out is a file": (["fit", "--out", "{file}"], "--out {file}: is a file; allowed: a directory"),
-}
-
-
-@pytest.mark.parametrize("case", USAGE)
-def test_bad_usage(cli, tmp_path: Path, case: str) -> None:
-    args, expected = USAGE[case]
-    file = tmp_path / "file.txt"
-    file.write_text("keep")
-    _check(*cli(*(a.format(file=file) for a in args)), expected.format(file=file))
-    assert file.read_text() == "keep"
+def test_the_catalogue_covers_every_kind_of_input() -> None:
+    assert len(CATALOGUE) >= 30
+    commands = {c.args[0] for c in CATALOGUE.values() if c.args}
+    assert {"fit", "ablate", "tune", "report", "summary", "export", "lr-find"} <= commands
 
 
 def test_the_console_script_exits_2_without_traceback(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
     proc = subprocess.run([sys.executable, "-m", "cnnlab.cli", "fit", "model.norm=bogus"],
                           capture_output=True, text=True, cwd=tmp_path)
-    _check(proc.returncode, proc.stdout, proc.stderr, "model.norm: unknown value 'bogus'")
+    assert proc.returncode == 2 and proc.stdout == "" and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == ("cnnlab: error: model.norm: unknown value 'bogus'; allowed: "
+                                   "batch, layer, instance, group, none")
     assert list(tmp_path.iterdir()) == []

@@ -210,3 +210,50 @@ def test_four_workers_share_one_search_on_postgresql(cli, tmp_path: Path, postgr
     finished = [t for t in search_trials(tmp_path, postgres_url, name) if t.state in states]
     assert len(finished) == 6 and len({t.number for t in finished}) == 6
     assert len({tuple(sorted(t.params.items())) for t in finished}) == 6
+
+
+class _Payload:
+    """A pickle that would run a shell command when unpickled without ``weights_only``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_checkpoints_load_weights_only(cli, tmp_path: Path) -> None:
+    import torch
+
+    from cnnlab.config import load_config, to_yaml
+
+    run_dir, marker = tmp_path / "run", tmp_path / "pwned"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(to_yaml(load_config()))
+    torch.save({"state_dict": {}, "extra": _Payload(marker)}, run_dir / "checkpoints" / "best.ckpt")
+    status, _, err = cli("export", run_dir)
+    assert status == 2 and "unreadable checkpoint (UnpicklingError)" in err
+    assert not marker.exists() and not (run_dir / "model.pt").exists()
+
+
+def test_study_and_arm_names_cannot_escape_the_reports_folder(cli, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    spec = work / "spec.yaml"
+    spec.write_text('name: "../../escape"\noverrides: [trainer.max_epochs=1, "model.channels=[8]"]\n'
+                    'factors:\n  reg:\n    "../../up": {reg.kind: l2, reg.strength: 1.0e-3}\nseeds: 1\n')
+    status, _, err = cli("ablate", spec)
+    assert status == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["work"]  # nothing beside work/
+    (study,) = (work / "reports").iterdir()
+    assert study.name == "escape"
+    (arm,) = (study / "trials").iterdir()
+    assert "/" not in arm.name and ".." not in arm.name and (arm / "seed0" / "metrics.json").is_file()
+    search = work / "search.yaml"
+    search.write_text("name: s\nfolds: 2\ntrials: 1\noverrides: [trainer.max_epochs=1]\n"
+                      "space: {optim.lr: {type: float, low: 0.001, high: 0.01}}\n")
+    status, _, err = cli("tune", search, "--study", "../../../tmp/evil")
+    assert status == 0, err
+    assert sorted(p.name for p in (work / "reports").iterdir()) == ["escape", "tmp_evil"]

@@ -121,32 +121,3 @@ def test_search_on_postgresql(cli, tmp_path: Path, postgres_url: str) -> None:
     status, _, _ = cli("tune", write_spec(tmp_path), "--out", out, "--storage", postgres_url,
                        "--trials", "3", "--study", "pg-small")
     assert status == 0 and len(trials(out, postgres_url, "pg-small")) == 3
-
-
-SPEC_ERRORS = {
-    "empty space": ("name: x\nspace: {}\n", "space is empty"),
-    "unknown type": ("name: x\nspace: {optim.lr: {type: normal}}\n", "space.optim.lr.type is 'normal'"),
-    "low above high": ("name: x\nspace: {optim.lr: {type: float, low: 1, high: 0.1}}\n",
-                       "low < high"),
-    "text bound": ("name: x\nspace: {optim.lr: {type: float, low: 1e-3, high: 0.1}}\n",
-                   "space.optim.lr is"),
-    "unknown pruner": ("name: x\npruner: {name: asha}\nspace: {optim.lr: {type: float, low: 0.001, "
-                       "high: 0.1}}\n", "unknown pruner 'asha'; allowed: median, hyperband"),
-    "one fold": ("name: x\nfolds: 1\nspace: {optim.lr: {type: float, low: 0.001, high: 0.1}}\n",
-                 "folds is 1; allowed: an integer ≥ 2"),
-    "unknown space key": ("name: x\nspace: {optim.speed: {type: float, low: 0.1, high: 1}}\n",
-                          "unknown key 'optim.speed'"),
-    "invalid range": ("name: x\nspace: {model.dropout: {type: float, low: 0.5, high: 1.5}}\n",
-                      "model.dropout: got 1.5"),
-}
-
-
-@pytest.mark.parametrize("case", SPEC_ERRORS)
-def test_bad_search_spec(cli, tmp_path: Path, case: str) -> None:
-    text, expected = SPEC_ERRORS[case]
-    spec = tmp_path / "bad.yaml"
-    spec.write_text(text)
-    status, out, err = cli("tune", spec, "--out", tmp_path / "out")
-    assert status == 2 and out == "" and len(err.strip().splitlines()) == 1
-    assert expected in err, err
-    assert not (tmp_path / "out").exists()

@@ -16,6 +16,7 @@ import re
 import shutil
 import statistics
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,7 +26,7 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from cnnlab.config import load_config
+from cnnlab.config import ExperimentConfig, load_config
 from cnnlab.data.sources import ImageData, load_cached
 from cnnlab.errors import CnnlabError
 from cnnlab.files import write_atomic
@@ -120,15 +121,41 @@ def load_search_spec(path: Path) -> SearchSpec:
     spec = SearchSpec(safe_name(str(raw.get("name") or path.stem)), str(raw.get("description", "")),
                       tuple(raw.get("configs", [])), tuple(raw.get("overrides", [])), space, folds,
                       trials, sampler, pruner, tuple(raw.get("quick", [])))
-    for corner in ("low", "high"):  # both ends of every range must be valid configs
-        fixed = {k: (d["choices"][0] if d["type"] == "categorical" else d[corner])
-                 for k, d in space.items()}
+    for corner in CORNERS:  # both ends of every range must be valid configs
         try:
-            one_process(load_config(list(spec.configs), [*spec.overrides, *as_overrides(fixed)]))
+            one_process(corner_config(spec, corner))
         except CnnlabError as err:
             raise _fail(path, f"space at its {corner} end: {err}", "a space whose values are valid "
                         "config values") from None
     return spec
+
+
+CORNERS = ("low", "high")
+
+
+def corner_config(spec: SearchSpec, corner: str, quick: bool = False) -> ExperimentConfig:
+    """The config at the ``low`` or ``high`` end of every range (first choice of categoricals)."""
+    fixed = {k: (d["choices"][0] if d["type"] == "categorical" else d[corner])
+             for k, d in spec.space.items()}
+    return load_config(list(spec.configs), [*spec.overrides, *(spec.quick if quick else ()),
+                                            *as_overrides(fixed)])
+
+
+def check_data(spec: SearchSpec, quick: bool) -> None:
+    """The dataset loads, splits into ``spec.folds`` folds and fits the network at both ends of
+    the space: fail before the study exists, not in every trial."""
+    from cnnlab.data.datamodule import DataModule
+    from cnnlab.models.convnet import feature_shape
+
+    datasets: dict[tuple[Any, ...], ImageData] = {}
+    for corner in CORNERS:
+        cfg = corner_config(spec, corner, quick)
+        data = load_cached(cfg.data, datasets)
+        try:
+            DataModule(cfg.data, cfg.seed, fold=(0, spec.folds), data=data)
+            feature_shape(cfg.model, data.input_shape)
+        except CnnlabError as err:
+            raise CnnlabError(f"spec {spec.name}: space at its {corner} end: {err}") from None
 
 
 def as_overrides(params: dict[str, Any]) -> list[str]:
@@ -268,6 +295,7 @@ def tune(spec: SearchSpec, quick: bool, out: Path, url: str, name: str, workers:
     """Run (or resume) the search, refit the best config, test it once, write the report."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    check_data(spec, quick)
     study = open_search(spec, quick, url, name)
     reconcile(study)
     deadline_s = timeout if timeout else math.inf
@@ -351,7 +379,9 @@ def _plots(study: optuna.Study) -> dict[str, bytes]:
     out = {}
     for name, plot in plots.items():
         try:
-            axes = plot(study)
+            with warnings.catch_warnings():  # with very few trials the plots warn; still drawn
+                warnings.simplefilter("ignore", UserWarning)
+                axes = plot(study)
         except (ValueError, RuntimeError, ZeroDivisionError):  # too few trials for this plot
             plt.close("all")
             continue
