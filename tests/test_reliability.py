@@ -257,3 +257,45 @@ def test_study_and_arm_names_cannot_escape_the_reports_folder(cli, tmp_path: Pat
     status, _, err = cli("tune", search, "--study", "../../../tmp/evil")
     assert status == 0, err
     assert sorted(p.name for p in (work / "reports").iterdir()) == ["escape", "tmp_evil"]
+
+
+def test_a_silent_database_server_is_reported_within_ten_seconds(cli, tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as silent:  # accepts TCP connections, never answers: a hung server
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"postgresql://u@127.0.0.1:{silent.getsockname()[1]}/db"
+        spec = write_spec(tmp_path)
+        start = time.monotonic()
+        status, _, err = cli("ablate", spec, "--out", tmp_path / "out", "--storage", url)
+        elapsed = time.monotonic() - start
+    assert status == 2 and f"--storage {url}: cannot open" in err and len(err.splitlines()) == 1
+    assert elapsed < 10
+    assert not (tmp_path / "out").exists()
+
+
+def test_workers_opening_an_empty_postgresql_database_at_once(postgres_url: str) -> None:
+    import threading
+
+    import psycopg
+
+    name = f"fresh_{os.getpid()}"
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {name}")
+    url = f"{postgres_url.rsplit('/', 1)[0]}/{name}"
+    barrier, errors = threading.Barrier(4), []
+
+    def open_at_once() -> None:
+        barrier.wait()
+        try:
+            open_storage(url)
+        except CnnlabError as err:  # before the fix: duplicate key in Optuna's schema creation
+            errors.append(str(err))
+
+    threads = [threading.Thread(target=open_at_once) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []

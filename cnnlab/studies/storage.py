@@ -7,7 +7,9 @@ machines, with PostgreSQL) can share it.
 from __future__ import annotations
 
 import os
+import random
 import socket
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -43,14 +45,27 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     if scheme == "postgresql":
         kwargs = {"connect_args": {"connect_timeout": 5}}
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        return _rdb_storage(url, kwargs)
     except ImportError as err:
         raise CnnlabError(f"--storage {url}: database driver missing ({err}); allowed: install "
                           "the postgres extra: pip install -e '.[postgres]'") from None
     except Exception as err:  # sqlalchemy raises many kinds; all mean "cannot use this URL"
         reason = str(err).strip().splitlines()[0][:200]
         raise CnnlabError(f"--storage {url}: cannot open ({reason}); allowed: a reachable "
-                          f"database URL or a journal file path") from None
+                          "database URL or a journal file path") from None
+
+
+def _rdb_storage(url: str, engine_kwargs: dict[str, Any], attempts: int = 5) -> optuna.storages.RDBStorage:
+    """Processes (or machines) opening an empty database at once all create Optuna's tables, and
+    the losers see duplicate-key errors; by then the schema exists, so they try again."""
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(1, attempts):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        except (IntegrityError, ProgrammingError):
+            time.sleep(random.uniform(0.1, 0.5) * attempt)
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
 
 
 def study_for(storage: optuna.storages.BaseStorage, name: str, direction: str,
