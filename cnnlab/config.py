@@ -22,6 +22,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.models.convnet import INITS, POOLS
 from cnnlab.models.norms import NORMS
 from cnnlab.regularization import REGULARIZERS
+from cnnlab.training.fast import PRECISIONS
 from cnnlab.training.optim import OPTIMIZERS, SCHEDULERS
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -61,6 +62,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     channels: list[int] = MISSING
+    convs_per_block: int = MISSING
     kernel_size: int = MISSING
     stride: int = MISSING
     padding: int = MISSING
@@ -74,6 +76,7 @@ class ModelConfig:
     hidden_units: list[int] = MISSING
     init: str = MISSING
     sync_batchnorm: bool = MISSING
+    channels_last: bool | str = MISSING  # true | false | auto (on for CPU and CUDA)
 
 
 @dataclass
@@ -91,6 +94,7 @@ class RegConfig:
     kind: str = MISSING
     strength: float = MISSING
     l1_ratio: float = MISSING
+    label_smoothing: float = MISSING
 
 
 @dataclass
@@ -100,6 +104,8 @@ class TrainerConfig:
     devices: int = MISSING
     num_nodes: int = MISSING
     strategy: str = MISSING
+    precision: str = MISSING
+    compile: bool = MISSING
     deterministic: bool = MISSING
     threads: int = MISSING
     log_norms: bool = MISSING
@@ -138,6 +144,8 @@ CHOICES: dict[str, Any] = {
     "reg.kind": REGULARIZERS,
     "trainer.accelerator": ("auto", "cpu", "gpu", "cuda", "mps"),
     "trainer.strategy": ("auto", "ddp"),
+    "trainer.precision": PRECISIONS,
+    "model.channels_last": ("auto", True, False),
     "wandb.mode": (None, "offline", "online", "disabled"),
 }
 
@@ -238,13 +246,15 @@ def validate(cfg: ExperimentConfig) -> None:
         if value not in table:
             raise CnnlabError(
                 f"{key}: unknown value {value!r}; allowed: "
-                + ", ".join("null" if c is None else str(c) for c in table)
+                + ", ".join("null" if c is None else str(c).lower() if isinstance(c, bool) else str(c)
+                            for c in table)
             )
     d, m, o, r, t = cfg.data, cfg.model, cfg.optim, cfg.reg, cfg.trainer
     positive = {
         "data.batch_size": d.batch_size,
         "data.eval_batch_size": d.eval_batch_size,
         "model.kernel_size": m.kernel_size,
+        "model.convs_per_block": m.convs_per_block,
         "model.stride": m.stride,
         "model.pool_kernel": m.pool_kernel,
         "model.pool_stride": m.pool_stride,
@@ -273,6 +283,7 @@ def validate(cfg: ExperimentConfig) -> None:
     _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "a number ≥ 0")
     _check(r.strength >= 0, "reg.strength", r.strength, "a number ≥ 0")
     _check(0 <= r.l1_ratio <= 1, "reg.l1_ratio", r.l1_ratio, "a number in [0, 1]")
+    _check(0 <= r.label_smoothing < 1, "reg.label_smoothing", r.label_smoothing, "a number in [0, 1)")
     for key, value in {"data.val_fraction": d.val_fraction, "data.test_fraction": d.test_fraction}.items():
         _check(0 < value < 1, key, value, "a fraction in (0, 1)")
     _check(d.image_size is None or d.image_size > 0, "data.image_size", d.image_size,

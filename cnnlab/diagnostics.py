@@ -149,6 +149,7 @@ def find_lr(cfg: ExperimentConfig, out: Path, min_lr: float = 1e-6, max_lr: floa
 
     from cnnlab.data.datamodule import DataModule
     from cnnlab.models.convnet import ConvNet
+    from cnnlab.training.fast import resolve
     from cnnlab.training.module import Classifier
     from cnnlab.training.trainer import build_trainer
 
@@ -161,7 +162,8 @@ def find_lr(cfg: ExperimentConfig, out: Path, min_lr: float = 1e-6, max_lr: floa
     steps_per_epoch = len(data.train_dataloader())
     # one process: every rank of a distributed fit finds the same rate on its own
     trainer_cfg = dataclasses.replace(cfg.trainer, max_epochs=-(-num_training // steps_per_epoch),
-                                      devices=1, num_nodes=1, strategy="auto")
+                                      devices=1, num_nodes=1, strategy="auto",
+                                      precision=resolve(cfg).precision)
     with tempfile.TemporaryDirectory() as scratch:  # the finder's own checkpoint
         trainer = build_trainer(trainer_cfg, Path(scratch), [])
         finder = Tuner(trainer).lr_find(module, datamodule=data, min_lr=min_lr, max_lr=max_lr,

@@ -61,7 +61,7 @@ def tune(spec: str, expected: str, *args: str, **files: str | Callable[[Path], N
 
 CATALOGUE: dict[str, Case] = {
     # config keys and values
-    "unknown key": fit("model.foo=1", expected="unknown key 'model.foo'; allowed: channels, kernel_size"),
+    "unknown key": fit("model.foo=1", expected="unknown key 'model.foo'; allowed: channels, convs_per_block, kernel_size"),
     "unknown section": fit("foo.bar=1", expected="unknown key 'foo'"),
     "wrong type": fit("model.kernel_size=abc", expected="model.kernel_size: Value 'abc'"),
     "wrong list item type": fit("model.channels=[a]", expected="model.channels[0]"),
@@ -77,6 +77,10 @@ CATALOGUE: dict[str, Case] = {
     "unknown init": fit("model.init=orthogonal", expected="model.init: unknown value 'orthogonal'"),
     "unknown strategy": fit("trainer.strategy=fsdp", expected="trainer.strategy: unknown value 'fsdp'; "
                             "allowed: auto, ddp"),
+    "unknown precision": fit("trainer.precision=8-bit", expected="trainer.precision: unknown value '8-bit'; allowed: auto, 32-true, bf16-mixed, 16-mixed"),
+    "channels_last neither bool nor auto": fit("model.channels_last=maybe", expected="model.channels_last: unknown value 'maybe'; allowed: auto, true, false"),
+    "label smoothing of one": fit("reg.label_smoothing=1.0", expected="reg.label_smoothing: got 1.0; allowed: a number in [0, 1)"),
+    "zero convs per block": fit("model.convs_per_block=0", expected="model.convs_per_block: got 0; allowed: a positive integer"),
     "zero devices": fit("trainer.devices=0", expected="trainer.devices: got 0; allowed: a positive integer"),
     "unknown wandb mode": fit("wandb.mode=sometimes", expected="wandb.mode: unknown value 'sometimes'"),
     "zero lr": fit("optim.lr=0", expected="optim.lr: got 0; allowed: a positive number"),

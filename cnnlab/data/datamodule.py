@@ -111,10 +111,12 @@ class DataModule(L.LightningDataModule):
         self.val = None if val is None else (self._normalise(data.x[val]), data.y[val])
         self.test = None if test is None else (self._normalise(data.x[test]), data.y[test])
 
-    def to_device(self, device: torch.device) -> None:
-        """Keep the whole dataset on ``device`` (a GPU): batches and augmentation stay there."""
+    def to_device(self, device: torch.device, channels_last: bool = False) -> None:
+        """Keep the whole dataset on ``device`` (a GPU): batches and augmentation stay there.
+        ``channels_last`` stores images NHWC once, so every batch sliced from them is too."""
+        layout = torch.channels_last if channels_last else torch.contiguous_format
         self.train, self.val, self.test = (
-            None if part is None else tuple(t.to(device) for t in part)
+            None if part is None else (part[0].to(device, memory_format=layout), part[1].to(device))
             for part in (self.train, self.val, self.test)
         )
         self.mean, self.std = self.mean.to(device), self.std.to(device)

@@ -1,4 +1,4 @@
-"""The course ConvNet: [conv → norm → ReLU → (spatial dropout) → (pool)] × blocks → FC head."""
+"""The course ConvNet: [(conv → norm → ReLU) × n → (spatial dropout) → (pool)] × blocks → FC head."""
 
 from __future__ import annotations
 
@@ -55,19 +55,21 @@ def feature_shape(cfg: ModelConfig, input_shape: Shape) -> Shape:
     """C×H×W after the conv blocks; an impossible architecture names the layer and its sizes."""
     c, h, w = input_shape
     for block, channels in enumerate(cfg.channels, start=1):
-        oh, ow = (conv_out(s, cfg.kernel_size, cfg.stride, cfg.padding) for s in (h, w))
-        if min(oh, ow) < 1:
-            raise CnnlabError(
-                f"model: block {block} conv output would be {oh}×{ow} (input {h}×{w}, kernel "
-                f"{cfg.kernel_size}, stride {cfg.stride}, padding {cfg.padding}); allowed: a "
-                "spatial size of at least 1 — use a smaller kernel, more padding or fewer blocks"
-            )
-        if cfg.norm == "instance" and oh * ow == 1:
-            raise CnnlabError(
-                f"model.norm: instance norm needs more than one spatial element, but block {block} "
-                "conv output is 1×1; allowed: a larger input, fewer blocks, or another norm"
-            )
-        c, h, w = channels, oh, ow
+        for conv in range(1, cfg.convs_per_block + 1):
+            where = f"block {block}" + (f" conv {conv}" if cfg.convs_per_block > 1 else " conv")
+            oh, ow = (conv_out(s, cfg.kernel_size, cfg.stride, cfg.padding) for s in (h, w))
+            if min(oh, ow) < 1:
+                raise CnnlabError(
+                    f"model: {where} output would be {oh}×{ow} (input {h}×{w}, kernel "
+                    f"{cfg.kernel_size}, stride {cfg.stride}, padding {cfg.padding}); allowed: a "
+                    "spatial size of at least 1 — use a smaller kernel, more padding or fewer blocks"
+                )
+            if cfg.norm == "instance" and oh * ow == 1:
+                raise CnnlabError(
+                    f"model.norm: instance norm needs more than one spatial element, but {where} "
+                    "output is 1×1; allowed: a larger input, fewer blocks, or another norm"
+                )
+            c, h, w = channels, oh, ow
         if POOLS[cfg.pool] is not None:
             ph, pw = (pool_out(s, cfg.pool_kernel, cfg.pool_stride) for s in (h, w))
             if min(ph, pw) < 1:
@@ -90,16 +92,17 @@ class ConvNet(nn.Module):
         layers: list[nn.Module] = []
         c_in = input_shape[0]
         for c_out in cfg.channels:
-            layers += [
-                nn.Conv2d(c_in, c_out, cfg.kernel_size, cfg.stride, cfg.padding),
-                NORMS[cfg.norm](c_out, cfg.groups),
-                nn.ReLU(inplace=True),
-            ]
+            for _ in range(cfg.convs_per_block):  # VGG-style: several convs before each pool
+                layers += [
+                    nn.Conv2d(c_in, c_out, cfg.kernel_size, cfg.stride, cfg.padding),
+                    NORMS[cfg.norm](c_out, cfg.groups),
+                    nn.ReLU(inplace=True),
+                ]
+                c_in = c_out
             if cfg.spatial_dropout > 0:
                 layers.append(nn.Dropout2d(cfg.spatial_dropout))
             if pool is not None:
                 layers.append(pool(cfg.pool_kernel, cfg.pool_stride))
-            c_in = c_out
         self.features = nn.Sequential(*layers)
 
         head: list[nn.Module] = [nn.Flatten()]

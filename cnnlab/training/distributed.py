@@ -32,7 +32,8 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: Tensor) -> Tensor:
         if not (self.training and dist.is_available() and dist.is_initialized()):
             return super().forward(x)
-        count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device)
+        dtype, x = x.dtype, x.float()  # statistics in 32 bits, also under bf16 autocast
+        count = torch.tensor([x.numel() / x.shape[1]], device=x.device)
         sums = torch.cat([x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3)), count])
         sums = all_reduce(sums, "sum", dist.group.WORLD)
         c = self.num_features
@@ -47,7 +48,8 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
                 self.running_var.lerp_(var * n / (n - 1).clamp_min(1), m)
         shape = (1, c, 1, 1)
         y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
-        return y * self.weight.view(shape) + self.bias.view(shape) if self.affine else y
+        y = y * self.weight.view(shape) + self.bias.view(shape) if self.affine else y
+        return y.to(dtype)
 
 
 class GlobalBatchNormSync(LayerSync):

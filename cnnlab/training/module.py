@@ -39,6 +39,7 @@ class Classifier(L.LightningModule):
         self.model = model
         self.optim = optim
         self.regularizer = Regularizer(reg, model)
+        self.label_smoothing = reg.label_smoothing
         # Keys are "<split>_acc" / "<split>_loss": a bare "train" would shadow Module.train.
         self.metrics = nn.ModuleDict(
             {f"{s}_acc": MulticlassAccuracy(num_classes, average="micro") for s in SPLITS}
@@ -55,15 +56,15 @@ class Classifier(L.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
 
-    def _step(self, batch: tuple[Tensor, Tensor], split: str) -> Tensor:
+    def _step(self, batch: tuple[Tensor, Tensor], split: str, smoothing: float = 0.0) -> Tensor:
         x, y = batch
         logits = self.model(x)
-        loss = F.cross_entropy(logits, y)
+        loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
         self.outputs[split].append((logits.detach().argmax(1), y, loss.detach()))
         return loss
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        loss = self._step(batch, "train")
+        loss = self._step(batch, "train", self.label_smoothing)  # val/test: plain cross-entropy
         if self.regularizer.active:
             reg_loss = self.regularizer()
             self.metrics["train_reg_loss"].update(reg_loss.detach())

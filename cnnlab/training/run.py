@@ -27,6 +27,7 @@ from cnnlab.images import png_bytes, png_image
 from cnnlab.models.convnet import ConvNet
 from cnnlab.tracking import finish, wandb_logger
 from cnnlab.training.distributed import is_rank_zero
+from cnnlab.training.fast import prepare, resolve
 from cnnlab.training.module import Classifier
 from cnnlab.training.trainer import build_trainer
 
@@ -71,10 +72,15 @@ def run(
     if cfg.optim.lr == "auto":
         found = find_lr(cfg, out)
         cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=found.suggestion))
+    fast = resolve(cfg)  # config.yaml and W&B record what "auto" turned into
+    cfg = dataclasses.replace(
+        cfg, model=dataclasses.replace(cfg.model, channels_last=fast.channels_last),
+        trainer=dataclasses.replace(cfg.trainer, precision=fast.precision))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = DataModule(cfg.data, cfg.seed, fold=fold, data=data, refit=refit)
     model = ConvNet(cfg.model, datamodule.input_shape, datamodule.num_classes)
     module = Classifier(model, cfg.optim, cfg.reg, datamodule.num_classes, cfg.trainer.log_norms)
+    prepare(model, fast, cfg.trainer.compile)
 
     zero = is_rank_zero()
     if zero:
@@ -85,7 +91,7 @@ def run(
     logger = wandb_logger(cfg, out) if zero else None
     trainer = build_trainer(cfg.trainer, out, [logger] if logger else [], validate=not refit,
                             sync_batchnorm=cfg.model.sync_batchnorm)
-    datamodule.to_device(trainer.strategy.root_device)
+    datamodule.to_device(trainer.strategy.root_device, fast.channels_last)
     if logger is not None and datamodule.augment is not None:
         sample = datamodule.train[0][:8]
         grid = preview(sample, datamodule.augment, datamodule.mean, datamodule.std, seed=cfg.seed)

@@ -55,6 +55,7 @@ def build_trainer(
         num_nodes=cfg.num_nodes,
         strategy=cfg.strategy,
         plugins=layer_sync(sync_batchnorm, cfg.accelerator),
+        precision=cfg.precision,
         deterministic=cfg.deterministic,
         logger=loggers or False,
         callbacks=[checkpoint, *callbacks],

@@ -1,0 +1,74 @@
+"""Fast paths: channels-last memory layout, bf16 mixed precision where the hardware has it, and
+optional ``torch.compile``.
+
+``auto`` (the default for ``model.channels_last`` and ``trainer.precision``) turns on what is
+measured to help and never what would slow a machine down: channels-last on CPUs and CUDA GPUs,
+bf16 autocast only on GPUs that support bf16 and on CPUs with native bf16 instructions
+(AVX-512 BF16 or AMX); elsewhere bf16 is emulated and slower, so ``auto`` keeps 32-bit floats.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from cnnlab.config import ExperimentConfig
+
+PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
+
+
+def device_type(accelerator: str) -> str:
+    """The device a Lightning ``accelerator`` setting resolves to: cuda, mps or cpu."""
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        return "cuda"
+    if accelerator == "mps" or (accelerator == "auto" and torch.backends.mps.is_available()):
+        return "mps"
+    return "cpu"
+
+
+def native_bf16(device: str) -> bool:
+    """Whether bf16 matmuls and convolutions run natively (not emulated) on ``device``."""
+    if device == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device == "cpu":
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return False
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """What ``auto`` resolved to for one run."""
+
+    precision: str
+    channels_last: bool
+
+
+def resolve(cfg: ExperimentConfig) -> FastPath:
+    device = device_type(cfg.trainer.accelerator)
+    precision = cfg.trainer.precision
+    if precision == "auto":
+        precision = "bf16-mixed" if native_bf16(device) else "32-true"
+    channels_last = cfg.model.channels_last
+    if channels_last == "auto":
+        channels_last = device in ("cpu", "cuda")
+    return FastPath(precision, bool(channels_last))
+
+
+def prepare(model: nn.Module, fast: FastPath, compile_model: bool) -> nn.Module:
+    """Put ``model`` in the chosen memory layout and, if asked, compile it in place.
+
+    ``Module.compile`` keeps parameter names (checkpoints stay loadable), and TorchDynamo caches
+    the compiled forward per code object: the next run in this process with the same layer
+    shapes (another seed or arm of a study) reuses it instead of compiling again.
+    """
+    if fast.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if compile_model:
+        # each distinct architecture in one process is one more cached graph; a study has many
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        model.compile()
+    return model
