@@ -56,12 +56,12 @@ def enabled_ops(cfg: AugmentConfig) -> list[str]:
 
 def padded_crop(x: Tensor, dy: Tensor, dx: Tensor, padding: int) -> Tensor:
     """Zero-pad by ``padding`` and cut the original size shifted by integer (dy, dx) per sample."""
-    n, _, h, w = x.shape
-    padded = F.pad(x, (padding, padding, padding, padding))
+    n, c, h, w = x.shape
+    padded = F.pad(x, (padding, padding, padding, padding)).flatten(2)
     rows = (torch.arange(h, device=x.device) + padding)[None] + dy[:, None]
     cols = (torch.arange(w, device=x.device) + padding)[None] + dx[:, None]
-    batch = torch.arange(n, device=x.device)[:, None, None]
-    return padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    index = (rows[:, :, None] * (w + 2 * padding) + cols[:, None, :]).view(n, 1, h * w)
+    return padded.gather(2, index.expand(n, c, h * w)).view(n, c, h, w)
 
 
 def warp(x: Tensor, matrix: Tensor, shift: Tensor, lens: Tensor) -> Tensor:
@@ -100,24 +100,23 @@ class Augmenter:
 
     def __call__(self, x: Tensor, gen: torch.Generator) -> Tensor:
         cfg, n, device = self.cfg, len(x), x.device
-        # A fresh tensor to edit in place; ops fill with zeros, so shift zero to mean ``fill``.
-        x = x.clone() if self.fill is None else x - self.fill.to(device)
+        # Ops fill with zeros, so shift zero to mean ``fill`` while they run.
+        x = x if self.fill is None else x - self.fill.to(device)
         chosen = POLICIES[cfg.policy](n, len(self.ops), cfg, gen, device)
         on = {name: chosen[:, i] for i, name in enumerate(self.ops)}
+        # Every op runs on the whole batch with neutral settings where it is off, instead of on
+        # a boolean-masked subset: masked indexing waits for the GPU (a host sync every step).
         grid_on = [on[name] for name in GRID_OPS if name in on]
         if grid_on:
-            warped = torch.stack(grid_on).any(0)
-            if warped.any():
-                x[warped] = self._warp(x[warped], {k: v[warped] for k, v in on.items()}, gen)
+            warped = torch.stack(grid_on).any(0).view(-1, 1, 1, 1)
+            x = torch.where(warped, self._warp(x, on, gen), x)
         if "crop" in on:
             p = cfg.crop_padding
-            dy, dx = (torch.randint(-p, p + 1, (n,), generator=gen, device=device)
-                      for _ in range(2))
-            mask = on["crop"]
-            x[mask] = padded_crop(x[mask], dy[mask], dx[mask], p)
+            dy, dx = (torch.randint(-p, p + 1, (n,), generator=gen, device=device) * on["crop"]
+                      for _ in range(2))  # a zero shift is the identity
+            x = padded_crop(x, dy, dx, p)
         if "hflip" in on:
-            mask = on["hflip"]
-            x[mask] = x[mask].flip(-1)
+            x = torch.where(on["hflip"].view(-1, 1, 1, 1), x.flip(-1), x)
         return x if self.fill is None else x + self.fill.to(x.device)
 
     def _warp(self, x: Tensor, on: dict[str, Tensor], gen: torch.Generator) -> Tensor:
