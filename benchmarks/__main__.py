@@ -1,12 +1,12 @@
 """`python -m benchmarks`: every ratio benchmark, one table."""
 
-from benchmarks import bench_ablation, bench_augment, bench_fit, bench_fuse, bench_search
+from benchmarks import bench_ablation, bench_augment, bench_fast, bench_fit, bench_fuse, bench_search
 from benchmarks.common import print_ratios
 
 
 def main() -> None:
     print_ratios([*bench_fit.bench(), *bench_augment.bench(), *bench_ablation.bench(),
-                  *bench_search.bench(), *bench_fuse.bench()])
+                  *bench_search.bench(), *bench_fuse.bench(), *bench_fast.bench()])
 
 
 if __name__ == "__main__":

@@ -10,14 +10,20 @@ from benchmarks.common import Ratio, median_times
 from cnnlab.config import ExperimentConfig, load_config
 from cnnlab.data.datamodule import DataModule
 from cnnlab.models.convnet import ConvNet
+from cnnlab.training.fast import prepare, resolve
 from cnnlab.training.optim import OPTIMIZERS, SCHEDULERS
 from cnnlab.training.run import run
 
 
 def plain_loop(cfg: ExperimentConfig, data: DataModule) -> float:
-    """Train and validate every epoch by hand; returns the last validation accuracy."""
+    """Train and validate every epoch by hand, with the same fast path (layout, precision) and
+    optimizer as cnnlab's; returns the last validation accuracy."""
     torch.manual_seed(cfg.seed)
     model = ConvNet(cfg.model, data.input_shape, data.num_classes)
+    fast = resolve(cfg)
+    prepare(model, fast, compile_model=False)
+    data.to_device(torch.device("cpu"), fast.channels_last)
+    bf16 = torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast.precision == "bf16-mixed")
     optimizer = OPTIMIZERS[cfg.optim.name](model.parameters(), cfg.optim)
     batches = data.train_dataloader()
     scheduler = SCHEDULERS[cfg.optim.scheduler](
@@ -28,11 +34,13 @@ def plain_loop(cfg: ExperimentConfig, data: DataModule) -> float:
         model.train()
         for x, y in batches:
             optimizer.zero_grad()
-            F.cross_entropy(model(x), y).backward()
+            with bf16:
+                loss = F.cross_entropy(model(x), y)
+            loss.backward()
             optimizer.step()
             scheduler.step()
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), bf16:
             correct = sum(int((model(x).argmax(1) == y).sum()) for x, y in data.val_dataloader())
     return correct / len(data.val[1])
 

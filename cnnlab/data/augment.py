@@ -100,6 +100,8 @@ class Augmenter:
 
     def __call__(self, x: Tensor, gen: torch.Generator) -> Tensor:
         cfg, n, device = self.cfg, len(x), x.device
+        layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else \
+            torch.contiguous_format
         # Ops fill with zeros, so shift zero to mean ``fill`` while they run.
         x = x if self.fill is None else x - self.fill.to(device)
         chosen = POLICIES[cfg.policy](n, len(self.ops), cfg, gen, device)
@@ -117,7 +119,8 @@ class Augmenter:
             x = padded_crop(x, dy, dx, p)
         if "hflip" in on:
             x = torch.where(on["hflip"].view(-1, 1, 1, 1), x.flip(-1), x)
-        return x if self.fill is None else x + self.fill.to(x.device)
+        x = x if self.fill is None else x + self.fill.to(x.device)
+        return x.contiguous(memory_format=layout)  # the model's layout, as the batch came in
 
     def _warp(self, x: Tensor, on: dict[str, Tensor], gen: torch.Generator) -> Tensor:
         cfg, n, device = self.cfg, len(x), x.device

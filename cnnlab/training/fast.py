@@ -9,6 +9,7 @@ bf16 autocast only on GPUs that support bf16 and on CPUs with native bf16 instru
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -68,6 +69,8 @@ def prepare(model: nn.Module, fast: FastPath, compile_model: bool) -> nn.Module:
     if fast.channels_last:
         model.to(memory_format=torch.channels_last)
     if compile_model:
+        # on a CUDA build of torch without a GPU, inductor's C++ build logs a CUDA_HOME warning
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         # each distinct architecture in one process is one more cached graph; a study has many
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         model.compile()

@@ -1,0 +1,80 @@
+"""Fast paths and the worker thread policy.
+
+- ``cnnlab fit``'s training loop at 32×32 (CIFAR-shaped images) with what ``auto`` picks on this
+  machine (channels-last, and bf16 where the CPU has native bf16) against fp32 contiguous;
+- two ablation workers with one torch thread each (cnnlab's policy) against two workers with
+  torch's default thread count (one per core each, so the cores are oversubscribed).
+"""
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.bench_ablation import SPEC, _throughput
+from benchmarks.common import Ratio
+from cnnlab.config import load_config
+from cnnlab.data.sources import ImageData
+from cnnlab.studies.ablation import AblationSpec, open_ablation, reconcile, run_workers, work
+from cnnlab.studies.spec import load_spec
+from cnnlab.studies.storage import load_study, open_storage
+from cnnlab.training.fast import resolve
+from cnnlab.training.run import run
+
+
+def cifar_shaped(n: int = 4096, seed: int = 0) -> ImageData:
+    """Learnable 3×32×32 images: a bright band whose row depends on the label, plus noise."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 10, n)
+    x = rng.integers(0, 60, (n, 3, 32, 32), dtype=np.uint8)
+    for i, label in enumerate(y):
+        x[i, :, 3 * label : 3 * label + 2] = 250
+    return ImageData(torch.from_numpy(x).float() / 255, torch.from_numpy(y), [str(c) for c in range(10)])
+
+
+def _fit_seconds(data: ImageData, *overrides: str) -> float:
+    cfg = load_config(overrides=["model.channels=[32,64,128]", "data.batch_size=128",
+                                 "trainer.max_epochs=2", "wandb.mode=disabled",
+                                 "trainer.images=false", *overrides])
+    return run(cfg, Path(tempfile.mkdtemp(prefix="cnnlab-bench-")), data=data).metrics["fit_seconds"]
+
+
+def _worker(url: str, name: str, out: str, threads: int) -> None:
+    """A spawned ablation worker with ``threads`` torch threads (0: torch's default)."""
+    study = load_study(open_storage(url), name)
+    work(study, AblationSpec.from_dict({**study.user_attrs["spec"], "seeds": 0}), Path(out),
+         threads=threads)
+
+
+def _two_workers(threads: int) -> float:
+    root = Path(tempfile.mkdtemp(prefix="cnnlab-bench-"))
+    # 8 trials of 5 epochs: oversubscribed workers are so slow that more would dominate make bench
+    (root / "bench.yaml").write_text(SPEC.format(seeds=2).replace("max_epochs=15", "max_epochs=5"))
+    url = str(root / "study.journal")
+    study = open_ablation(load_spec(root / "bench.yaml"), False, url)
+    reconcile(study, load_spec(root / "bench.yaml"), False)
+    run_workers(_worker, [(url, study.study_name, str(root / "out"), threads)] * 2, lambda: None)
+    return _throughput([t for t in study.get_trials() if t.value is not None])
+
+
+def bench(repeats: int = 3) -> list[Ratio]:
+    data = cifar_shaped()
+    plain = ("trainer.precision=32-true", "model.channels_last=false")
+    _fit_seconds(data, "trainer.max_epochs=1")  # warm-up
+    _fit_seconds(data, "trainer.max_epochs=1", *plain)
+    fast, slow = [], []
+    for _ in range(repeats):  # interleaved, so drift hits both alike
+        fast.append(_fit_seconds(data))
+        slow.append(_fit_seconds(data, *plain))
+    fast_s, slow_s = sorted(fast)[repeats // 2], sorted(slow)[repeats // 2]
+    chosen = resolve(load_config())
+    one, default = _two_workers(1), _two_workers(0)
+    return [
+        Ratio("fast path / fp32 contiguous, 32×32 training", slow_s / fast_s, 1.5,
+              f"auto = {chosen.precision}, channels_last={chosen.channels_last}: {fast_s:.2f}s vs "
+              f"{slow_s:.2f}s for 2 epochs of 4,096 3×32×32 images (target for a CPU with bf16)"),
+        Ratio("2 workers: 1 thread each / torch default threads", one / default, 1.1,
+              f"trials/s: {one:.2f} vs {default:.2f} ({torch.get_num_threads()} threads each by "
+              "default on this machine)"),
+    ]
