@@ -16,6 +16,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor, nn
 from torch.distributed._functional_collectives import all_reduce  # differentiable; torch's pick
 
+from cnnlab.training.fast import device_type
+
 
 def is_rank_zero() -> bool:
     """True in the process that writes files (the only one without distributed training)."""
@@ -79,5 +81,4 @@ def layer_sync(sync_batchnorm: bool, accelerator: str) -> list[LayerSync]:
     """The Lightning plugin list for ``model.sync_batchnorm`` on this accelerator."""
     if not sync_batchnorm:
         return []
-    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    return [TorchSyncBatchNorm() if on_gpu else GlobalBatchNormSync()]
+    return [TorchSyncBatchNorm() if device_type(accelerator) == "cuda" else GlobalBatchNormSync()]
