@@ -16,9 +16,8 @@ from benchmarks.bench_ablation import SPEC, _throughput
 from benchmarks.common import Ratio
 from cnnlab.config import load_config
 from cnnlab.data.sources import ImageData
-from cnnlab.studies.ablation import AblationSpec, open_ablation, reconcile, run_workers, work
+from cnnlab.studies.ablation import _worker_main, open_ablation, reconcile, run_workers
 from cnnlab.studies.spec import load_spec
-from cnnlab.studies.storage import load_study, open_storage
 from cnnlab.training.fast import resolve
 from cnnlab.training.run import run
 
@@ -40,21 +39,15 @@ def _fit_seconds(data: ImageData, *overrides: str) -> float:
     return run(cfg, Path(tempfile.mkdtemp(prefix="cnnlab-bench-")), data=data).metrics["fit_seconds"]
 
 
-def _worker(url: str, name: str, out: str, threads: int) -> None:
-    """A spawned ablation worker with ``threads`` torch threads (0: torch's default)."""
-    study = load_study(open_storage(url), name)
-    work(study, AblationSpec.from_dict({**study.user_attrs["spec"], "seeds": 0}), Path(out),
-         threads=threads)
-
-
 def _two_workers(threads: int) -> float:
     root = Path(tempfile.mkdtemp(prefix="cnnlab-bench-"))
     # 8 trials of 5 epochs: oversubscribed workers are so slow that more would dominate make bench
     (root / "bench.yaml").write_text(SPEC.format(seeds=2).replace("max_epochs=15", "max_epochs=5"))
-    url = str(root / "study.journal")
-    study = open_ablation(load_spec(root / "bench.yaml"), False, url)
-    reconcile(study, load_spec(root / "bench.yaml"), False)
-    run_workers(_worker, [(url, study.study_name, str(root / "out"), threads)] * 2, lambda: None)
+    url, spec = str(root / "study.journal"), load_spec(root / "bench.yaml")
+    study = open_ablation(spec, False, url)
+    reconcile(study, spec, False)
+    run_workers(_worker_main, [(url, study.study_name, str(root / "out"), threads)] * 2,
+                lambda: None)
     return _throughput([t for t in study.get_trials() if t.value is not None])
 
 

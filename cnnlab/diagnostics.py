@@ -149,7 +149,7 @@ def find_lr(cfg: ExperimentConfig, out: Path, min_lr: float = 1e-6, max_lr: floa
 
     from cnnlab.data.datamodule import DataModule
     from cnnlab.models.convnet import ConvNet
-    from cnnlab.training.fast import resolve
+    from cnnlab.training.fast import prepare, resolve
     from cnnlab.training.module import Classifier
     from cnnlab.training.trainer import build_trainer
 
@@ -159,11 +159,13 @@ def find_lr(cfg: ExperimentConfig, out: Path, min_lr: float = 1e-6, max_lr: floa
     data = DataModule(cfg.data, cfg.seed)
     model = ConvNet(cfg.model, data.input_shape, data.num_classes)
     module = Classifier(model, cfg.optim, cfg.reg, data.num_classes)
+    fast = resolve(cfg)
+    prepare(model, fast, compile_model=False)  # the layout and precision the fit will use
     steps_per_epoch = len(data.train_dataloader())
     # one process: every rank of a distributed fit finds the same rate on its own
     trainer_cfg = dataclasses.replace(cfg.trainer, max_epochs=-(-num_training // steps_per_epoch),
                                       devices=1, num_nodes=1, strategy="auto",
-                                      precision=resolve(cfg).precision)
+                                      precision=fast.precision)
     with tempfile.TemporaryDirectory() as scratch:  # the finder's own checkpoint
         trainer = build_trainer(trainer_cfg, Path(scratch), [])
         finder = Tuner(trainer).lr_find(module, datamodule=data, min_lr=min_lr, max_lr=max_lr,

@@ -138,11 +138,12 @@ def work(study: optuna.Study, spec: AblationSpec, out: Path, threads: int = 0,
         on_done(Finished(arm, seed, value))
 
 
-def _worker_main(url: str, name: str, out: str) -> None:
-    """A spawned worker process: one torch thread, its own storage connection."""
+def _worker_main(url: str, name: str, out: str, threads: int = 1) -> None:
+    """A spawned worker process: its own storage connection, one torch thread (0: torch's
+    default, which oversubscribes the cores when several workers run)."""
     study = load_study(open_storage(url), name)
     spec = AblationSpec.from_dict({**study.user_attrs["spec"], "seeds": 0})
-    work(study, spec, Path(out), threads=1)
+    work(study, spec, Path(out), threads=threads)
 
 
 def run_workers(target: Callable[..., None], args: list[tuple[Any, ...]],

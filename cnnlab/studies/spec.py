@@ -99,13 +99,12 @@ def safe_name(text: str) -> str:
 
 def one_process(cfg: ExperimentConfig) -> None:
     """A study's trial is one process; parallelism comes from workers, not from DDP per trial."""
-    t = cfg.trainer
-    if t.devices != 1 or t.num_nodes != 1:
-        key, value = ("trainer.devices", t.devices) if t.devices != 1 else ("trainer.num_nodes",
-                                                                          t.num_nodes)
-        raise CnnlabError(f"{key}: got {value}; allowed: 1 in a study (run several trials at "
-                          "once with --workers, or with workers on more machines sharing one "
-                          "PostgreSQL --storage)")
+    for key, value in (("trainer.devices", cfg.trainer.devices),
+                       ("trainer.num_nodes", cfg.trainer.num_nodes)):
+        if value != 1:
+            raise CnnlabError(f"{key}: got {value}; allowed: 1 in a study (run several trials at "
+                              "once with --workers, or with workers on more machines sharing one "
+                              "PostgreSQL --storage)")
 
 
 def yaml_scalar(value: Any) -> str:
