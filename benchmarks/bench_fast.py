@@ -18,6 +18,7 @@ from cnnlab.config import load_config
 from cnnlab.data.sources import ImageData
 from cnnlab.studies.ablation import _worker_main, open_ablation, reconcile, run_workers
 from cnnlab.studies.spec import load_spec
+from cnnlab.studies.storage import open_storage
 from cnnlab.training.fast import resolve
 from cnnlab.training.run import run
 
@@ -44,7 +45,7 @@ def _two_workers(threads: int) -> float:
     # 8 trials of 5 epochs: oversubscribed workers are so slow that more would dominate make bench
     (root / "bench.yaml").write_text(SPEC.format(seeds=2).replace("max_epochs=15", "max_epochs=5"))
     url, spec = str(root / "study.journal"), load_spec(root / "bench.yaml")
-    study = open_ablation(spec, False, url)
+    study = open_ablation(spec, False, open_storage(url))
     reconcile(study, spec, False)
     run_workers(_worker_main, [(url, study.study_name, str(root / "out"), threads)] * 2,
                 lambda: None)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -16,6 +15,7 @@ from rich.table import Table
 
 from cnnlab.config import ExperimentConfig, load_config, to_yaml
 from cnnlab.errors import CnnlabError
+from cnnlab.files import check_run_out, check_study_folder
 
 
 class _Parser(argparse.ArgumentParser):
@@ -29,28 +29,17 @@ def _config(args: argparse.Namespace) -> ExperimentConfig:
     return load_config(args.config, args.overrides)
 
 
-def _fresh_out(out: Path, overwrite: bool) -> None:
-    if (out / "metrics.json").exists():
-        if not overwrite:
-            raise CnnlabError(
-                f"--out {out}: already holds a finished run; allowed: a new directory, or --overwrite"
-            )
-        shutil.rmtree(out)
-    elif out.exists() and not out.is_dir():
-        raise CnnlabError(f"--out {out}: is a file; allowed: a directory")
-
-
 def cmd_fit(args: argparse.Namespace) -> None:
     cfg = _config(args)
     if args.print_config:
         print(to_yaml(cfg), end="")
         return
     out = args.out or Path("runs") / time.strftime("fit-%Y%m%d-%H%M%S")
-    _fresh_out(out, args.overwrite)
+    check_run_out(out, args.overwrite)  # fail now, not after training
     from cnnlab.training.distributed import is_rank_zero
     from cnnlab.training.run import run
 
-    result = run(cfg, out)
+    result = run(cfg, out, overwrite=args.overwrite)
     if not is_rank_zero():
         return
     table = Table(title=f"cnnlab fit → {out}")
@@ -184,7 +173,9 @@ def cmd_report(args: argparse.Namespace) -> None:
     if "://" not in url and not Path(url).is_file():
         raise CnnlabError(f"--storage {url}: no study storage there; allowed: the --out or "
                           "--storage of an earlier cnnlab ablate")
-    report = write_report(load_study(open_storage(url), name), out)
+    study = load_study(open_storage(url, readonly=True), name)
+    check_study_folder(out)  # before anything is written
+    report = write_report(study, out)
     _print_table(Console(), f"{name} → {out}/report.md", table_rows(report))
 
 

@@ -1,8 +1,40 @@
-"""Atomic file writes: a reader never sees a half-written result file."""
+"""Files cnnlab writes, and the proof that it wrote them.
 
+Every folder cnnlab makes (a run, a study's report folder) holds a manifest, ``.cnnlab.json``,
+naming its kind and the SHA-256 of each file cnnlab put there. cnnlab deletes or replaces a file
+only when the manifest lists it with the hash it still has; anything else in the folder is the
+user's and stays. A run is built in a staging folder beside its ``--out`` and renamed into place
+at the end, so an interrupted or failed run never touches a finished one. Files get the user's
+umask (not ``mkstemp``'s 0600), so colleagues on a shared machine can read results.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
 import os
+import socket
 import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from cnnlab.errors import CnnlabError
+
+MANIFEST = ".cnnlab.json"
+KINDS = ("run", "study", "partial")  # partial: a run still being built by ``owner``
+APPEND_ONLY = "append-only"  # a file cnnlab appends to (a study journal): listed without a hash
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
@@ -10,6 +42,7 @@ def write_atomic(path: Path, data: str | bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~UMASK)
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
@@ -18,3 +51,231 @@ def write_atomic(path: Path, data: str | bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def owner_id() -> str:
+    """host:pid of this process, recorded on what it is building (folders, trials)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def owner_alive(owner: str | None) -> bool:
+    """False for an owner of this host whose process is gone; other hosts count as alive."""
+    if not owner:
+        return False
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError):
+        return True
+    return True
+
+
+@dataclass
+class Manifest:
+    """What cnnlab wrote in one folder: relative path → SHA-256 (or ``APPEND_ONLY``)."""
+
+    kind: str
+    owner: str = ""
+    files: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, folder: Path) -> Manifest | None:
+        """The folder's manifest, or None when cnnlab did not make the folder."""
+        try:
+            raw = json.loads((folder / MANIFEST).read_text())
+            manifest = cls(raw["kind"], raw.get("owner", ""), dict(raw.get("files", {})))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+        return manifest if manifest.kind in KINDS else None
+
+    def write(self, folder: Path) -> None:
+        write_atomic(folder / MANIFEST, json.dumps(asdict(self), indent=1, sort_keys=True) + "\n")
+
+
+def _digest(path: Path) -> str:
+    if path.is_symlink():
+        return "symlink:" + os.readlink(path)
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _files(folder: Path) -> Iterator[str]:
+    """Every file (and symlink) under ``folder`` but the manifest, as a relative path."""
+    for root, dirs, names in os.walk(folder):
+        base = Path(root).relative_to(folder)
+        for name in names + [d for d in dirs if (Path(root) / d).is_symlink()]:
+            rel = (base / name).as_posix()
+            if rel != MANIFEST:
+                yield rel
+
+
+def _is_ours(folder: Path, manifest: Manifest, rel: str) -> bool:
+    listed = manifest.files.get(rel)
+    return listed is not None and (listed == APPEND_ONLY or listed == _digest(folder / rel))
+
+
+def foreign_files(folder: Path, manifest: Manifest) -> list[str]:
+    """Files under ``folder`` that the manifest does not list, or that changed since."""
+    return sorted(rel for rel in _files(folder) if not _is_ours(folder, manifest, rel))
+
+
+def remove_owned(folder: Path, manifest: Manifest) -> list[str]:
+    """Delete the files cnnlab wrote (unchanged since), then the folders left empty; returns what
+    stays (the user's files)."""
+    for rel in manifest.files:
+        path = folder / rel
+        if (path.exists() or path.is_symlink()) and _is_ours(folder, manifest, rel):
+            path.unlink()
+    (folder / MANIFEST).unlink(missing_ok=True)
+    for root, _, _ in sorted(os.walk(folder), key=lambda entry: -len(entry[0])):
+        with contextlib.suppress(OSError):  # not empty: the user's files are in it
+            os.rmdir(root)
+    return sorted(_files(folder)) if folder.exists() else []
+
+
+def refuse_special(out: Path, option: str = "--out") -> None:
+    """``/``, the home directory and files are never an output folder."""
+    resolved = out.expanduser().resolve()
+    special = {Path(resolved.anchor): "the root", Path.home().resolve(): "your home"}
+    if resolved in special:
+        raise CnnlabError(f"{option} {out}: is {special[resolved]} directory; allowed: a new "
+                          "folder, e.g. runs/NAME")
+    if out.exists() and not out.is_dir():
+        raise CnnlabError(f"{option} {out}: is a file; allowed: a directory")
+
+
+def _listing(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def check_run_out(out: Path, overwrite: bool) -> None:
+    """``out`` may receive a run: new, empty, or (with ``overwrite``) an unchanged cnnlab run."""
+    refuse_special(out)
+    if not out.exists() or not any(out.iterdir()):
+        return
+    manifest = Manifest.read(out)
+    if manifest is None or manifest.kind != "run":
+        raise CnnlabError(f"--out {out}: holds files cnnlab did not write "
+                          f"({_listing(sorted(_files(out)))}); allowed: a new or empty directory, "
+                          "or the folder of an earlier cnnlab fit")
+    if not overwrite:
+        raise CnnlabError(f"--out {out}: already holds a finished run; allowed: a new directory, "
+                          "or --overwrite")
+    foreign = foreign_files(out, manifest)
+    if foreign:
+        raise CnnlabError(f"--out {out}: --overwrite would lose files cnnlab did not write or that "
+                          f"changed since ({_listing(foreign)}); allowed: move them out first")
+
+
+def staging_path(out: Path) -> Path:
+    """Where a run into ``out`` is built (the same for every process of a distributed run)."""
+    return out.parent / f".{out.name}.cnnlab-partial"
+
+
+def begin_run(out: Path, overwrite: bool) -> Path:
+    """Check ``out``, clear a dead process's leftover staging folder, and create a fresh one."""
+    check_run_out(out, overwrite)
+    staging = staging_path(out)
+    if staging.exists() or staging.is_symlink():
+        manifest = Manifest.read(staging) if staging.is_dir() and not staging.is_symlink() else None
+        if manifest is None or manifest.kind != "partial":
+            raise CnnlabError(f"--out {out}: {staging} exists and cnnlab did not make it; allowed: "
+                              "move it away")
+        if owner_alive(manifest.owner) and manifest.owner != owner_id():
+            raise CnnlabError(f"--out {out}: another cnnlab process ({manifest.owner}) is writing "
+                              "this run; allowed: wait for it, or another --out")
+        _remove_partial(staging)
+    staging.mkdir(parents=True)
+    Manifest("partial", owner_id()).write(staging)
+    return staging
+
+
+def _remove_partial(staging: Path) -> None:
+    """A staging folder holds only what a cnnlab run wrote into it: every file is cnnlab's."""
+    manifest = Manifest("partial", files={rel: _digest(staging / rel) for rel in _files(staging)})
+    left = remove_owned(staging, manifest)
+    if left:  # a file appeared while we looked: keep it and say so
+        raise CnnlabError(f"{staging}: could not be cleared ({_listing(left)}); allowed: move it away")
+
+
+def abort_run(staging: Path) -> None:
+    """Remove the staging folder of a run that failed (the old run, if any, is untouched)."""
+    if Manifest.read(staging) is not None:
+        _remove_partial(staging)
+
+
+def commit_run(staging: Path, out: Path) -> None:
+    """Record every file of the finished run and put it in place of ``out`` (an empty folder or an
+    unchanged earlier run, whose files are then deleted)."""
+    files = {rel: _digest(staging / rel) for rel in _files(staging)}
+    Manifest("run", owner_id(), files).write(staging)
+    if out.exists() and any(out.iterdir()):
+        check_run_out(out, overwrite=True)  # again: the user may have added files meanwhile
+        aside = out.parent / f".{out.name}.cnnlab-old"
+        old = Manifest.read(out)
+        assert old is not None  # check_run_out proved it
+        if aside.exists():
+            abort_run(aside)
+        os.rename(out, aside)
+        os.rename(staging, out)
+        remove_owned(aside, old)
+    else:
+        os.rename(staging, out)  # replaces an empty folder
+
+
+def check_study_folder(out: Path) -> bool:
+    """``out`` may hold a study's report: new, empty, or made by cnnlab for a study; returns
+    whether cnnlab made it already."""
+    refuse_special(out)
+    manifest = Manifest.read(out) if out.is_dir() else None
+    if manifest is not None and manifest.kind == "study":
+        return True
+    if out.exists() and any(out.iterdir()):
+        raise CnnlabError(f"--out {out}: holds files cnnlab did not write "
+                          f"({_listing(sorted(_files(out)))}); allowed: a new or empty directory, "
+                          "or the report folder of an earlier study")
+    return False
+
+
+def claim_study_folder(out: Path) -> None:
+    """Make ``out`` a study folder (checked by ``check_study_folder``)."""
+    if not check_study_folder(out):
+        out.mkdir(parents=True, exist_ok=True)
+        Manifest("study").write(out)
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def write_owned(folder: Path, rel: str, data: str | bytes | None) -> None:
+    """Write ``folder/rel`` (``None``: mark an append-only file as cnnlab's) and list it in the
+    folder's manifest; refuse to replace a file cnnlab did not write or that changed since."""
+    with _locked(folder):
+        manifest = Manifest.read(folder)
+        if manifest is None:
+            raise CnnlabError(f"{folder}: not a folder cnnlab made; allowed: a new --out")
+        path = folder / rel
+        if (path.exists() or path.is_symlink()) and not _is_ours(folder, manifest, rel):
+            raise CnnlabError(f"{path}: cnnlab did not write this file (or it changed since); "
+                              "allowed: move it away, or another --out")
+        if data is None:
+            manifest.files[rel] = APPEND_ONLY
+        else:
+            write_atomic(path, data)
+            manifest.files[rel] = hashlib.sha256(data.encode() if isinstance(data, str) else data
+                                                 ).hexdigest()
+        manifest.write(folder)

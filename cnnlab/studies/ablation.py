@@ -9,7 +9,6 @@ missing: finished trials are kept, and trials left RUNNING by a dead worker are 
 from __future__ import annotations
 
 import multiprocessing
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,13 +20,14 @@ from optuna.trial import TrialState
 
 from cnnlab.data.sources import ImageData, load_cached
 from cnnlab.errors import CnnlabError
+from cnnlab.files import owner_id
 from cnnlab.studies.spec import AblationSpec, safe_name
 from cnnlab.studies.storage import (
     is_dead_local_worker,
     load_study,
     open_storage,
+    open_study_storage,
     study_for,
-    worker_id,
 )
 
 RESULT_KEYS = ("test_acc", "val_acc", "train_loss", "test_loss", "fit_seconds", "epochs")
@@ -52,11 +52,12 @@ def trial_key(arm: str, seed: int) -> str:
     return f"{arm} | seed={seed}"
 
 
-def open_ablation(spec: AblationSpec, quick: bool, url: str) -> optuna.Study:
+def open_ablation(spec: AblationSpec, quick: bool, storage: optuna.storages.BaseStorage
+                  ) -> optuna.Study:
     """Create or load the study; its ``spec`` attribute guards against mixing different specs."""
     attrs = {**spec.to_dict(), "preset": "quick" if quick else "full"}
     attrs.pop("seeds")  # more seeds may be added to a study later
-    return study_for(open_storage(url), study_name(spec, quick), spec.direction, attrs)
+    return study_for(storage, study_name(spec, quick), spec.direction, attrs)
 
 
 def reconcile(study: optuna.Study, spec: AblationSpec, quick: bool) -> int:
@@ -99,7 +100,7 @@ def work(study: optuna.Study, spec: AblationSpec, out: Path, threads: int = 0,
     while study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         trial = study.ask()
         key = trial.user_attrs.get("key")
-        trial.set_user_attr("worker", worker_id())
+        trial.set_user_attr("worker", owner_id())
         if key is None or _duplicate(study, trial, key):  # another worker got there first
             trial.set_user_attr("note", "no queued work left" if key is None else "duplicate")
             study.tell(trial, state=TrialState.FAIL)
@@ -113,9 +114,8 @@ def work(study: optuna.Study, spec: AblationSpec, out: Path, threads: int = 0,
         if threads:
             cfg.trainer.threads = threads
         run_dir = out / "trials" / safe_name(arm) / f"seed{seed}"
-        shutil.rmtree(run_dir, ignore_errors=True)  # leftovers of an interrupted attempt
-        try:
-            result = run(cfg, run_dir, data=load_cached(cfg.data, datasets))
+        try:  # overwrite: a killed attempt may have finished its folder but not its trial
+            result = run(cfg, run_dir, data=load_cached(cfg.data, datasets), overwrite=True)
         except (CnnlabError, RuntimeError, ValueError) as err:
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
             trial.set_user_attr("error", reason)
@@ -229,7 +229,7 @@ def ablate(spec: AblationSpec, quick: bool, out: Path, url: str, workers: int,
     from cnnlab.tracking import summary_run
 
     check_architectures(spec, quick)
-    study = open_ablation(spec, quick, url)
+    study = open_ablation(spec, quick, open_study_storage(out, url))
     reconcile(study, spec, quick)
     with Progress(spec, study.study_name, console) as progress:
         progress.update(study.get_trials(deepcopy=False))

@@ -17,7 +17,7 @@ import optuna
 from optuna.trial import TrialState
 from scipy import stats
 
-from cnnlab.files import write_atomic
+from cnnlab.files import claim_study_folder, write_owned
 from cnnlab.studies.ablation import RESULT_KEYS
 from cnnlab.studies.spec import AblationSpec
 
@@ -236,8 +236,9 @@ def write_report(study: optuna.Study, out: Path) -> Report:
     """Build the report from the storage and write it under ``out``."""
     report = collect(study)
     images = plots(report) if report.rows else {}
+    claim_study_folder(out)
     for name, png in images.items():
-        write_atomic(out / name, png)
-    write_atomic(out / "results.csv", results_csv(report))
-    write_atomic(out / "report.md", markdown(report, list(images)))
+        write_owned(out, name, png)
+    write_owned(out, "results.csv", results_csv(report))
+    write_owned(out, "report.md", markdown(report, list(images)))
     return report

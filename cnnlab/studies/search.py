@@ -13,7 +13,6 @@ import csv
 import io
 import math
 import re
-import shutil
 import statistics
 import time
 import warnings
@@ -22,6 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import yaml
 from optuna.trial import TrialState
@@ -29,15 +29,15 @@ from optuna.trial import TrialState
 from cnnlab.config import ExperimentConfig, load_config
 from cnnlab.data.sources import ImageData, load_cached
 from cnnlab.errors import CnnlabError
-from cnnlab.files import write_atomic
+from cnnlab.files import owner_id, write_owned
 from cnnlab.studies.ablation import run_workers
 from cnnlab.studies.spec import one_process, read_spec, safe_name, yaml_scalar
 from cnnlab.studies.storage import (
     is_dead_local_worker,
     load_study,
     open_storage,
+    open_study_storage,
     study_for,
-    worker_id,
 )
 
 SPEC_KEYS = ("name", "description", "configs", "overrides", "space", "folds", "trials",
@@ -211,7 +211,7 @@ def cross_validate(trial: optuna.Trial, spec: SearchSpec, quick: bool, out: Path
         cfg.wandb.name = f"trial {trial.number} fold {fold}"
         cfg.wandb.tags = [spec.name, f"trial={trial.number}", f"fold={fold}"]
         result = run(cfg, out / "trials" / f"{trial.number:04d}" / f"fold{fold}",
-                     fold=(fold, spec.folds), data=data)
+                     fold=(fold, spec.folds), data=data, overwrite=True)
         epochs += result.metrics["epochs"]
         trial.set_user_attr("fold_epochs", epochs)
         if result.metrics["diverged"]:
@@ -252,7 +252,7 @@ def work(study: optuna.Study, spec: SearchSpec, quick: bool, out: Path, target: 
     done = (TrialState.COMPLETE, TrialState.PRUNED)
     while time.monotonic() < deadline and len(study.get_trials(deepcopy=False, states=done)) < target:
         trial = study.ask()
-        trial.set_user_attr("worker", worker_id())
+        trial.set_user_attr("worker", owner_id())
         if _counted(study, trial.number) > target:
             trial.set_user_attr("note", "beyond the requested trial count; not run")
             study.tell(trial, state=TrialState.FAIL)
@@ -270,12 +270,16 @@ def work(study: optuna.Study, spec: SearchSpec, quick: bool, out: Path, target: 
         on_done()
 
 
-def open_search(spec: SearchSpec, quick: bool, url: str, name: str, seed_offset: int = 0
-                ) -> optuna.Study:
-    storage = open_storage(url)
+def open_search(spec: SearchSpec, quick: bool, storage: optuna.storages.BaseStorage, name: str,
+                worker: int = 0) -> optuna.Study:
+    """The study with its sampler and pruner. The sampler's seed comes from the spec's, the worker
+    and the number of trials already stored: a resumed or extended search goes on exploring (its
+    history is the storage) instead of proposing the configurations it already ran."""
     attrs = {**spec.to_dict(), "preset": "quick" if quick else "full"}
-    study_for(storage, name, "maximize", attrs)  # created once; guards against another spec
-    sampler = SAMPLERS[spec.sampler["name"]](spec.sampler.get("seed", 0) + seed_offset)
+    study = study_for(storage, name, "maximize", attrs)  # created once; guards against another spec
+    stored = len(study.get_trials(deepcopy=False))
+    seed = np.random.SeedSequence([spec.sampler.get("seed", 0), worker, stored]).generate_state(1)[0]
+    sampler = SAMPLERS[spec.sampler["name"]](int(seed))
     pruner = PRUNERS[spec.pruner["name"]](spec.pruner, spec.folds)
     return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
 
@@ -286,7 +290,7 @@ def _worker_main(url: str, name: str, out: str, target: int, deadline_s: float,
     attrs = study.user_attrs["spec"]
     spec = SearchSpec.from_dict(attrs)
     quick = attrs["preset"] == "quick"
-    study = open_search(spec, quick, url, name, seed_offset=index)
+    study = open_search(spec, quick, open_storage(url), name, worker=index)
     work(study, spec, quick, Path(out), target, time.monotonic() + deadline_s, threads=1)
 
 
@@ -296,7 +300,7 @@ def tune(spec: SearchSpec, quick: bool, out: Path, url: str, name: str, workers:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     check_data(spec, quick)
-    study = open_search(spec, quick, url, name)
+    study = open_search(spec, quick, open_study_storage(out, url), name)
     reconcile(study)
     deadline_s = timeout if timeout else math.inf
     done_states = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -335,8 +339,7 @@ def finish_search(study: optuna.Study, spec: SearchSpec, quick: bool, out: Path,
     cfg = load_config(list(spec.configs), [*spec.overrides, *(spec.quick if quick else ()),
                                            *as_overrides(params)])
     cfg.wandb.group, cfg.wandb.job_type, cfg.wandb.name = spec.name, "refit", "refit best"
-    shutil.rmtree(out / "refit", ignore_errors=True)  # a rerun refits the (possibly new) best
-    result = run(cfg, out / "refit", refit=True)
+    result = run(cfg, out / "refit", refit=True, overwrite=True)  # a rerun refits the best
     summary = {"best_trial": best.number, "params": params, "cv_mean": best.value,
                "cv_std": best.user_attrs.get("cv_std", math.nan),
                "fold_scores": best.user_attrs.get("fold_scores", []),
@@ -413,8 +416,8 @@ def write_search_report(study: optuna.Study, spec: SearchSpec, summary: dict[str
     epochs = sum(t.user_attrs.get("fold_epochs", 0) for t in study.get_trials(deepcopy=False))
     images = _plots(study)
     for name, png in images.items():
-        write_atomic(out / name, png)
-    write_atomic(out / "trials.csv", _trials_csv(study))
+        write_owned(out, name, png)
+    write_owned(out, "trials.csv", _trials_csv(study))
     params = "\n".join(f"| `{k}` | {v} |" for k, v in summary["params"].items())
     scores = ", ".join(f"{s:.4f}" for s in summary["fold_scores"])
     text = "\n".join([
@@ -430,7 +433,7 @@ def write_search_report(study: optuna.Study, spec: SearchSpec, summary: dict[str
         "| parameter | best value |", "|---|---|", params, "",
         *[f"![{name}]({name})" for name in images], "",
     ])
-    write_atomic(out / "search.md", text)
+    write_owned(out, "search.md", text)
 
 
 def with_overrides(spec: SearchSpec, trials: int | None, folds: int | None) -> SearchSpec:

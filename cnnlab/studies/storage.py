@@ -6,46 +6,58 @@ machines, with PostgreSQL) can share it.
 
 from __future__ import annotations
 
-import os
 import random
-import socket
+import sys
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.storages.journal import JournalFileBackend
 
 from cnnlab.errors import CnnlabError
+from cnnlab.files import check_study_folder, claim_study_folder, owner_alive, write_owned
+from cnnlab.studies.journal import ReadOnlyJournal, repair
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 SCHEMES = ("journal file path", "sqlite:///PATH", "postgresql://USER@HOST/DB")
+OPTUNA_TABLES = {"studies", "trials", "version_info"}
+JOURNAL = "study.journal"
 
 
 def default_url(out: Path) -> str:
-    return str(out / "study.journal")
+    return str(out / JOURNAL)
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """An Optuna storage for ``url``; a bad URL or an unreachable database is one clear error."""
+def open_storage(url: str, readonly: bool = False) -> optuna.storages.BaseStorage:
+    """An Optuna storage for ``url``; a bad URL, a file that is not a journal, a database that
+    is not Optuna's or an unreachable server is one clear error, before anything is written.
+    ``readonly`` (reports) never creates or changes a file, a table or a record."""
     if "://" not in url:
-        from optuna.storages.journal import JournalFileBackend
-
-        path = Path(url)
-        if path.is_dir():
-            raise CnnlabError(f"--storage {url}: is a directory; allowed: {', '.join(SCHEMES)}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        return _journal(Path(url), readonly)
     scheme = url.split("://", 1)[0].split("+", 1)[0]
     if scheme not in ("sqlite", "postgresql"):
         raise CnnlabError(f"--storage {url}: unknown scheme {scheme!r}; allowed: {', '.join(SCHEMES)}")
     kwargs: dict[str, Any] = {}
     if scheme == "postgresql":
-        kwargs = {"connect_args": {"connect_timeout": 5}}
+        options = {"options": "-c default_transaction_read_only=on"} if readonly else {}
+        kwargs = {"connect_args": {"connect_timeout": 5, **options}}
+    target = url
+    if scheme == "sqlite":
+        path = Path(url.split(":///", 1)[-1])
+        if readonly and not path.is_file():
+            raise CnnlabError(f"--storage {url}: no such database file; allowed: the --storage "
+                              "of an earlier cnnlab ablate or tune")
+        if readonly:  # SQLite itself refuses every write
+            target = f"sqlite:///file:{path}?mode=ro&uri=true"
     try:
-        return _rdb_storage(url, kwargs)
+        _check_tables(url, target, kwargs, readonly)
+        return _rdb_storage(target, kwargs, readonly)
+    except CnnlabError:
+        raise
     except ImportError as err:
         raise CnnlabError(f"--storage {url}: database driver missing ({err}); allowed: install "
                           "the postgres extra: pip install -e '.[postgres]'") from None
@@ -55,17 +67,67 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
                           "database URL or a journal file path") from None
 
 
-def _rdb_storage(url: str, engine_kwargs: dict[str, Any], attempts: int = 5) -> optuna.storages.RDBStorage:
+def open_study_storage(out: Path, url: str) -> optuna.storages.BaseStorage:
+    """The storage of a study reporting into ``out``: the folder and the URL are checked before
+    either is created, and ``out`` records that cnnlab made it (and its default journal)."""
+    check_study_folder(out)
+    if url != default_url(out):
+        storage = open_storage(url)
+        claim_study_folder(out)
+        return storage
+    claim_study_folder(out)
+    write_owned(out, JOURNAL, None)
+    return open_storage(url)
+
+
+def _journal(path: Path, readonly: bool) -> optuna.storages.JournalStorage:
+    if path.is_dir():
+        raise CnnlabError(f"--storage {path}: is a directory; allowed: {', '.join(SCHEMES)}")
+    if readonly:
+        backend = ReadOnlyJournal(path)
+        if backend.damage:
+            print(f"cnnlab: note: {backend.damage.line(path)} (not repaired: reading only)",
+                  file=sys.stderr)
+        return optuna.storages.JournalStorage(backend)
+    if path.exists():
+        damage = repair(path)
+        if damage:
+            print(f"cnnlab: warning: {damage.line(path)}", file=sys.stderr)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+
+
+def _check_tables(url: str, target: str, kwargs: dict[str, Any], readonly: bool) -> None:
+    """Refuse a database that holds tables of something else (or, to read, no study at all)."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(target, **kwargs)
+    try:
+        tables = set(sqlalchemy.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+    if tables and not OPTUNA_TABLES <= tables:
+        raise CnnlabError(f"--storage {url}: holds tables that are not an Optuna storage "
+                          f"({', '.join(sorted(tables)[:3])}); allowed: an empty database, or one "
+                          "made by cnnlab (or Optuna)")
+    if readonly and not tables:
+        raise CnnlabError(f"--storage {url}: holds no study; allowed: the --storage of an "
+                          "earlier cnnlab ablate or tune")
+
+
+def _rdb_storage(url: str, engine_kwargs: dict[str, Any], readonly: bool,
+                 attempts: int = 5) -> optuna.storages.RDBStorage:
     """Processes (or machines) opening an empty database at once all create Optuna's tables, and
     the losers see duplicate-key errors; by then the schema exists, so they try again."""
     from sqlalchemy.exc import IntegrityError, ProgrammingError
 
     for attempt in range(1, attempts):
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
+                                              skip_table_creation=readonly)
         except (IntegrityError, ProgrammingError):
             time.sleep(random.uniform(0.1, 0.5) * attempt)
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, skip_table_creation=readonly)
 
 
 def study_for(storage: optuna.storages.BaseStorage, name: str, direction: str,
@@ -91,22 +153,6 @@ def load_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
                           f"{', '.join(names) or 'none yet — run cnnlab ablate first'}") from None
 
 
-def worker_id() -> str:
-    """host:pid of this process, stored on the trials it runs (see ``is_dead_local_worker``)."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 def is_dead_local_worker(worker: str | None) -> bool:
-    """True for a worker id of this host whose process is gone (a crashed or killed worker)."""
-    if not worker:
-        return True
-    host, _, pid = worker.rpartition(":")
-    if host != socket.gethostname():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, ValueError):
-        return False
-    return False
+    """True for a trial's worker id (host:pid) of this host whose process is gone."""
+    return not owner_alive(worker)

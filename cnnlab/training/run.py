@@ -22,7 +22,7 @@ from cnnlab.data.augment import preview
 from cnnlab.data.datamodule import DataModule
 from cnnlab.data.sources import ImageData
 from cnnlab.diagnostics import bn_train_eval_gap, curves_png, find_lr, first_conv_filters
-from cnnlab.files import write_atomic
+from cnnlab.files import abort_run, begin_run, commit_run, staging_path, write_atomic
 from cnnlab.images import png_bytes, png_image
 from cnnlab.models.convnet import ConvNet
 from cnnlab.tracking import finish, wandb_logger
@@ -56,6 +56,7 @@ def run(
     fold: tuple[int, int] | None = None,
     data: ImageData | None = None,
     refit: bool = False,
+    overwrite: bool = False,
 ) -> RunResult:
     """Train ``cfg`` and write ``out/{config.yaml, metrics.json, history.csv, checkpoints/}``.
 
@@ -65,7 +66,26 @@ def run(
     ``data`` lets a study load a dataset once for many runs. A run whose training loss turns
     NaN or infinite stops early and reports ``diverged: true``. In distributed training every
     process runs this; only rank 0 writes files and W&B.
+
+    The run is built in a staging folder beside ``out`` and renamed into place when it finished
+    (``files.begin_run``): a failed or killed run leaves ``out`` as it was, and ``overwrite``
+    replaces an earlier cnnlab run there only once the new one is complete.
     """
+    if not is_rank_zero():
+        return _run(cfg, staging_path(out), out, fold, data, refit)
+    staging = begin_run(out, overwrite)
+    try:
+        result = _run(cfg, staging, out, fold, data, refit)
+    except BaseException:
+        abort_run(staging)
+        raise
+    commit_run(staging, out)
+    return result
+
+
+def _run(cfg: ExperimentConfig, out: Path, final: Path, fold: tuple[int, int] | None,
+         data: ImageData | None, refit: bool) -> RunResult:
+    """``run`` inside the staging folder ``out``; the result names the ``final`` folder."""
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     found = None
@@ -84,7 +104,6 @@ def run(
 
     zero = is_rank_zero()
     if zero:
-        out.mkdir(parents=True, exist_ok=True)
         write_atomic(out / "config.yaml", to_yaml(cfg))
         if found is not None:
             write_atomic(out / "lr_find.png", found.plot_png)
@@ -127,7 +146,7 @@ def run(
     finally:
         finish(logger, metrics)
     if not zero:
-        return RunResult(metrics, module.history, out)
+        return RunResult(metrics, module.history, final)
     if filters_start is not None:
         images = {"filters_start.png": filters_start, "filters_end.png": first_conv_filters(model)}
         for name, image in images.items():
@@ -136,4 +155,4 @@ def run(
     write_atomic(out / "history.csv", _history_csv(module.history))
     clean = {k: v if isinstance(v, bool) or math.isfinite(v) else None for k, v in metrics.items()}
     write_atomic(out / "metrics.json", json.dumps(clean, indent=2) + "\n")
-    return RunResult(metrics, module.history, out)
+    return RunResult(metrics, module.history, final)
