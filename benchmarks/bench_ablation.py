@@ -36,7 +36,7 @@ def _run(workers: int, seeds: int) -> tuple[float, list]:
     start = time.perf_counter()
     ablate(spec, False, out, default_url(out), workers, Console(quiet=True))
     wall = time.perf_counter() - start
-    trials = load_study(open_storage(default_url(out)), "bench").get_trials()
+    trials = load_study(open_storage(default_url(out), readonly=True), "bench").get_trials()
     return wall, [t for t in trials if t.state == TrialState.COMPLETE]
 
 

@@ -24,7 +24,7 @@ def _search(pruner: str) -> tuple[float, int]:
     spec = with_overrides(load_search_spec(spec_path), TRIALS, None)
     out = root / "out"
     tune(spec, True, out, default_url(out), "bench", 1, None, Console(quiet=True))
-    trials = load_study(open_storage(default_url(out)), "bench").get_trials()
+    trials = load_study(open_storage(default_url(out), readonly=True), "bench").get_trials()
     best = max(t.value for t in trials if t.state == TrialState.COMPLETE)
     return best, sum(t.user_attrs.get("fold_epochs", 0) for t in trials)
 

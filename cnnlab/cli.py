@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
@@ -16,6 +18,9 @@ from rich.table import Table
 from cnnlab.config import ExperimentConfig, load_config, to_yaml
 from cnnlab.errors import CnnlabError
 from cnnlab.files import check_run_out, check_study_folder
+
+if TYPE_CHECKING:
+    from cnnlab.studies.report import Report
 
 
 class _Parser(argparse.ArgumentParser):
@@ -61,7 +66,7 @@ def _shape(text: str) -> tuple[int, int, int]:
 
 
 def cmd_summary(args: argparse.Namespace) -> None:
-    from cnnlab.data.sources import SOURCES
+    from cnnlab.data.sources import load
     from cnnlab.models.convnet import ConvNet
     from cnnlab.models.summary import summarize
 
@@ -69,7 +74,7 @@ def cmd_summary(args: argparse.Namespace) -> None:
     if args.input_shape:
         shape, num_classes = _shape(args.input_shape), args.num_classes
     else:
-        data = SOURCES[cfg.data.name](cfg.data)
+        data = load(cfg.data)
         shape, num_classes = data.input_shape, len(data.classes)
     rows = summarize(ConvNet(cfg.model, shape, num_classes), shape)
     table = Table(title=f"ConvNet on {'×'.join(map(str, shape))} input, {num_classes} classes")
@@ -130,6 +135,13 @@ def cmd_ablate(args: argparse.Namespace) -> None:
         report = ablate(spec, args.quick, out, args.storage or default_url(out), args.workers,
                         console)
         _print_table(console, f"{name} → {out}/report.md", table_rows(report))
+        _incomplete(console, report)
+
+
+def _incomplete(console: Console, report: Report) -> None:
+    if report.running:
+        console.print(f"note: {len(report.running)} trials of {report.study} were still running or "
+                      "queued (another worker?): the report is incomplete; rerun to update it")
 
 
 def _seconds(text: str) -> float:
@@ -174,9 +186,15 @@ def cmd_report(args: argparse.Namespace) -> None:
         raise CnnlabError(f"--storage {url}: no study storage there; allowed: the --out or "
                           "--storage of an earlier cnnlab ablate")
     study = load_study(open_storage(url, readonly=True), name)
+    if "factors" not in study.user_attrs.get("spec", {}):
+        raise CnnlabError(f"study {name!r} is not an ablation (a cnnlab tune search?); allowed: "
+                          "an ablation's name; a search's report is its --out/search.md, rewritten "
+                          "by rerunning cnnlab tune")
     check_study_folder(out)  # before anything is written
     report = write_report(study, out)
-    _print_table(Console(), f"{name} → {out}/report.md", table_rows(report))
+    console = Console()
+    _print_table(console, f"{name} → {out}/report.md", table_rows(report))
+    _incomplete(console, report)
 
 
 def _print_table(console: Console, title: str, rows: list[list[str]]) -> None:
@@ -242,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(summary)
     summary.add_argument("--input-shape", metavar="C,H,W",
                          help="input shape (default: the configured dataset's)")
-    summary.add_argument("--num-classes", type=int, default=10, help="with --input-shape")
+    summary.add_argument("--num-classes", type=_positive, default=10, help="with --input-shape")
     summary.set_defaults(func=cmd_summary)
 
     ablate = commands.add_parser("ablate", help="run (or resume) ablation specs and report them")
@@ -297,10 +315,19 @@ def build_parser() -> argparse.ArgumentParser:
                               help="a PNG grid of training samples and augmented variants")
     _common(aug)
     aug.add_argument("--out", type=Path, required=True, help="the PNG file to write")
-    aug.add_argument("--samples", type=int, default=8, help="rows: training samples")
-    aug.add_argument("--variants", type=int, default=7, help="augmented columns per sample")
+    aug.add_argument("--samples", type=_positive, default=8, help="rows: training samples")
+    aug.add_argument("--variants", type=_positive, default=7, help="augmented columns per sample")
     aug.set_defaults(func=cmd_augment_preview)
     return parser
+
+
+STORAGE_ERRORS = {
+    errno.ENOSPC: "free some space (or another --out / --storage)",
+    errno.EDQUOT: "free some of your quota (or another --out / --storage)",
+    errno.EROFS: "a writable --out / --storage",
+    errno.EACCES: "a folder you may write to (--out / --storage)",
+    errno.EPERM: "a folder you may write to (--out / --storage)",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -312,6 +339,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         func(args)
     except CnnlabError as err:
         print(f"cnnlab: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno not in STORAGE_ERRORS:
+            raise
+        print(f"cnnlab: error: {err.filename or 'writing'}: {err.strerror}; allowed: "
+              f"{STORAGE_ERRORS[err.errno]}, then rerun the same command (finished work is kept)",
+              file=sys.stderr)
         return 2
     return 0
 

@@ -6,22 +6,44 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cnnlab.errors import CnnlabError
+
 if TYPE_CHECKING:
     from lightning.pytorch.loggers import WandbLogger
 
     from cnnlab.config import ExperimentConfig
 
 
+MODES = ("offline", "online", "disabled", "shared", "dryrun", "run")  # what wandb itself accepts
+INIT_TIMEOUT_S = 30.0  # online with an unreachable server: one line after this, not a 90 s hang
+
+
 def wandb_mode(cfg: ExperimentConfig) -> str:
     """``wandb.mode`` if set, else ``$WANDB_MODE``, else offline (never a login prompt or wait)."""
-    return cfg.wandb.mode or os.environ.get("WANDB_MODE") or "offline"
+    if cfg.wandb.mode:
+        return cfg.wandb.mode
+    mode = os.environ.get("WANDB_MODE") or "offline"
+    if mode not in MODES:
+        raise CnnlabError(f"WANDB_MODE: got {mode!r}; allowed: {', '.join(MODES)} (or unset it: "
+                          "cnnlab runs offline by default)")
+    return mode
 
 
-def _settings() -> Any:
+def _init(**kwargs: Any) -> Any:
+    """``wandb.init`` with quiet settings; a server that can't be reached is one clear error."""
     import wandb
 
-    return wandb.Settings(silent=True, console="off", x_disable_stats=True,
-                          x_disable_machine_info=True, disable_git=True, save_code=False)
+    timeout = {} if "WANDB_INIT_TIMEOUT" in os.environ else {"init_timeout": INIT_TIMEOUT_S}
+    settings = wandb.Settings(silent=True, console="off", x_disable_stats=True,
+                              x_disable_machine_info=True, disable_git=True, save_code=False,
+                              **timeout)
+    try:
+        return wandb.init(settings=settings, **kwargs)
+    except (wandb.errors.CommError, wandb.errors.AuthenticationError, wandb.errors.UsageError) as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise CnnlabError(f"wandb.mode={kwargs.get('mode')}: W&B did not answer ({reason}); "
+                          "allowed: wandb.mode=offline (then wandb sync), or a reachable server "
+                          "and a valid key") from None
 
 
 def wandb_logger(cfg: ExperimentConfig, out: Path) -> WandbLogger | None:
@@ -29,13 +51,12 @@ def wandb_logger(cfg: ExperimentConfig, out: Path) -> WandbLogger | None:
     mode = wandb_mode(cfg)
     if mode == "disabled":
         return None
-    import wandb
     from lightning.pytorch.loggers import WandbLogger
 
     from cnnlab.config import to_dict
 
     # The run starts here (not lazily inside the timed training loop) and Lightning logs into it.
-    experiment = wandb.init(
+    experiment = _init(
         project=cfg.wandb.project,
         name=cfg.wandb.name,
         group=cfg.wandb.group,
@@ -44,7 +65,6 @@ def wandb_logger(cfg: ExperimentConfig, out: Path) -> WandbLogger | None:
         dir=str(out),
         mode=mode,
         config=to_dict(cfg),
-        settings=_settings(),
     )
     logger = WandbLogger(experiment=experiment, save_dir=str(out))
     return logger
@@ -67,9 +87,9 @@ def summary_run(cfg: ExperimentConfig, out: Path, study: str, report: Any, conso
 
     from cnnlab.studies.report import table_rows
 
-    run = wandb.init(project=cfg.wandb.project, group=study, job_type="summary",
+    run = _init(project=cfg.wandb.project, group=study, job_type="summary",
                      name=f"{study} summary", tags=[study, "summary"], dir=str(out), mode=mode,
-                     config={"spec": report.spec.to_dict()}, settings=_settings(),
+                     config={"spec": report.spec.to_dict()},
                      reinit="finish_previous")
     rows = table_rows(report)
     log: dict[str, Any] = {"report": wandb.Table(columns=rows[0], data=rows[1:])}
@@ -87,9 +107,9 @@ def search_summary_run(cfg: ExperimentConfig, out: Path, study: str, summary: di
 
     import wandb
 
-    run = wandb.init(project=cfg.wandb.project, group=study, job_type="summary",
+    run = _init(project=cfg.wandb.project, group=study, job_type="summary",
                      name=f"{study} summary", tags=[study, "summary"], dir=str(out), mode=mode,
-                     config={"best_params": summary["params"]}, settings=_settings(),
+                     config={"best_params": summary["params"]},
                      reinit="finish_previous")
     with open(out / "trials.csv") as f:
         rows = list(csv.reader(f))
@@ -110,9 +130,9 @@ def image_run(cfg: ExperimentConfig, out: Path, job_type: str, images: dict[str,
 
     from cnnlab.config import to_dict
 
-    run = wandb.init(project=cfg.wandb.project, group=cfg.wandb.group, job_type=job_type,
+    run = _init(project=cfg.wandb.project, group=cfg.wandb.group, job_type=job_type,
                      tags=list(cfg.wandb.tags), dir=str(out), mode=mode, config=to_dict(cfg),
-                     settings=_settings(), reinit="finish_previous")
+                     reinit="finish_previous")
     run.log({key: wandb.Image(str(path)) for key, path in images.items()})
     run.summary.update(summary)
     run.finish()

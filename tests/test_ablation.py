@@ -39,7 +39,7 @@ def write_spec(tmp_path: Path, seeds: int = 2, arms: str | None = None) -> Path:
 
 
 def trials(out: Path) -> list:
-    return load_study(open_storage(str(out / "study.journal")), "tiny").get_trials()
+    return load_study(open_storage(str(out / "study.journal"), readonly=True), "tiny").get_trials()
 
 
 def complete_keys(out: Path) -> list[str]:
@@ -143,7 +143,7 @@ def test_sqlite_storage(cli, tmp_path: Path) -> None:
     spec = write_spec(tmp_path, seeds=1, arms="norm only")
     status, _, err = cli("ablate", spec, "--out", tmp_path / "out", "--storage", url)
     assert status == 0, err
-    done = [t for t in load_study(open_storage(url), "tiny").get_trials()
+    done = [t for t in load_study(open_storage(url, readonly=True), "tiny").get_trials()
             if t.state == TrialState.COMPLETE]
     assert len(done) == 3 and not (tmp_path / "out" / "study.journal").exists()
     status, _, _ = cli("report", "tiny", "--out", tmp_path / "again", "--storage", url)

@@ -1,6 +1,7 @@
 """The bad-input catalogue: one line naming the problem and what is allowed, exit status 2, no
 traceback, and nothing created or changed — neither the output directory nor any input."""
 
+import sqlite3
 import subprocess
 import sys
 import time
@@ -9,8 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
 import torch
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
 from torchvision.io import write_png
 
 TINY_ABLATION = "name: x\nfactors: {model.norm: [batch]}\n"
@@ -37,6 +41,46 @@ def _classes(empty: bool = False, corrupt: bool = False) -> Callable[[Path], Non
     return write
 
 
+def _bad_pixels(value: float, count: int, n: int = 6) -> Callable[[Path], None]:
+    """An npz of ``n`` 8×8 float images, two classes, with ``count`` pixels set to ``value``."""
+    x = np.zeros((n, 8, 8), np.float32)
+    x.flat[:count] = value
+    return _npz(x=x, y=np.arange(n) % 2)
+
+
+def _bytes(data: bytes) -> Callable[[Path], None]:
+    return lambda path: path.write_bytes(data)
+
+
+RANDOM_BYTES = bytes(np.random.default_rng(0).integers(0, 256, 400, dtype=np.uint8))
+
+
+def _sqlite(table: str) -> Callable[[Path], None]:
+    """A user's SQLite database with one table of its own."""
+
+    def write(path: Path) -> None:
+        with sqlite3.connect(path) as db:
+            db.execute(f"CREATE TABLE {table} (id INTEGER PRIMARY KEY, name TEXT)")
+            db.execute(f"INSERT INTO {table} (name) VALUES ('ada')")
+        db.close()
+
+    return write
+
+
+def _search_journal(path: Path) -> None:
+    study = optuna.create_study(study_name="s", storage=JournalStorage(JournalFileBackend(str(path))))
+    study.set_user_attr("spec", {"space": {"optim.lr": {"type": "float", "low": 0.01, "high": 0.1}}})
+
+
+def _one_class_folder(root: Path) -> None:
+    (root / "only").mkdir(parents=True)
+    for i in range(4):
+        write_png(torch.full((1, 8, 8), 40 * i, dtype=torch.uint8), str(root / "only" / f"{i}.png"))
+
+
+JOURNAL_RECORD = '{"op_code":0,"worker_id":"w","study_name":"s","directions":[1]}\n'
+
+
 @dataclass(frozen=True)
 class Case:
     """``args`` and file contents may name ``{d}`` (the inputs' folder) and ``{out}``."""
@@ -44,14 +88,15 @@ class Case:
     args: tuple[str, ...]
     expected: str
     files: dict[str, str | Callable[[Path], None]] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
 
 
 def fit(*overrides: str, expected: str, **files: str | Callable[[Path], None]) -> Case:
     return Case(("fit", "--out", "{out}", *overrides), expected, files)
 
 
-def ablate(spec: str, expected: str, *args: str) -> Case:
-    return Case(("ablate", "{d}/spec.yaml", "--out", "{out}", *args), expected, {"spec.yaml": spec})
+def ablate(spec: str, expected: str, *args: str, **files: str | Callable[[Path], None]) -> Case:
+    return Case(("ablate", "{d}/spec.yaml", "--out", "{out}", *args), expected, {"spec.yaml": spec, **files})
 
 
 def tune(spec: str, expected: str, *args: str, **files: str | Callable[[Path], None]) -> Case:
@@ -173,7 +218,7 @@ CATALOGUE: dict[str, Case] = {
     "empty search space": tune("name: x\nspace: {}\n", "space is empty"),
     "unknown space type": tune("name: x\nspace: {optim.lr: {type: normal}}\n", "space.optim.lr.type is 'normal'"),
     "low above high": tune("name: x\nspace: {optim.lr: {type: float, low: 1, high: 0.1}}\n", "low < high"),
-    "text bound": tune("name: x\nspace: {optim.lr: {type: float, low: 1e-3, high: 0.1}}\n", "space.optim.lr is"),
+    "text bound": tune("name: x\nspace: {optim.lr: {type: float, low: small, high: 0.1}}\n", "space.optim.lr is"),
     "unknown pruner": tune("name: x\npruner: {name: asha}\nspace: {optim.lr: {type: float, low: 0.001, "
                            "high: 0.1}}\n", "unknown pruner 'asha'; allowed: median, hyperband"),
     "one fold": tune("name: x\nfolds: 1\nspace: {optim.lr: {type: float, low: 0.001, high: 0.1}}\n",
@@ -211,6 +256,95 @@ CATALOGUE: dict[str, Case] = {
     "export of a directory without a run": Case(("export", "{d}"), "no config.yaml; allowed: the --out "
                                                 "directory of a finished cnnlab fit"),
     "lr-find plot not a PNG": Case(("lr-find", "--out", "{d}/plot.jpg"), "allowed: a file name ending in .png"),
+    # config values that read as something else, or as nothing sensible
+    "comma-separated list": fit("model.channels=32,64", expected="model.channels: got '32,64' (write [32,64] for a list)"),
+    "section given a value": fit("model=3", expected="model: got 3; allowed: a mapping with keys channels"),
+    "list where a mapping belongs": fit("--config", "{d}/c.yaml", expected="model: got [1, 2]; allowed: a mapping with keys channels",
+                                        **{"c.yaml": "model: [1, 2]\n"}),
+    "number where a list belongs": fit("--config", "{d}/c.yaml", expected="model.channels: got 5; allowed: a list",
+                                       **{"c.yaml": "model:\n  channels: 5\n"}),
+    "binary config file": fit("--config", "{d}/c.yaml", expected="--config {d}/c.yaml: is not UTF-8 text",
+                              **{"c.yaml": _bytes(RANDOM_BYTES)}),
+    "duplicate key in a config file": fit("--config", "{d}/c.yaml", expected="(duplicate key 'lr')",
+                                          **{"c.yaml": "optim:\n  lr: 0.1\n  lr: 0.2\n"}),
+    "infinite learning rate": fit("optim.lr=.inf", expected="optim.lr: got inf; allowed: a finite number"),
+    "infinite weight decay": fit("optim.weight_decay=.inf", expected="optim.weight_decay: got inf; allowed: a finite number"),
+    "NaN momentum": fit("optim.momentum=.nan", expected="optim.momentum: got nan; allowed: a finite number"),
+    "negative seed": fit("seed=-1", expected="seed: got -1; allowed: an integer in 0..4294967295"),
+    "seed beyond 32 bits": fit("seed=4294967296", expected="seed: got 4294967296; allowed: an integer in 0..4294967295"),
+    "negative split seed": fit("data.split_seed=-5", expected="data.split_seed: got -5"),
+    "Hydra's + prefix": fit("+trainer.max_epochs=2", expected="cnnlab overrides are plain key=value, e.g. trainer.max_epochs="),
+    "Hydra's ~ prefix": fit("~model.norm=batch", expected="cnnlab overrides are plain key=value, e.g. model.norm="),
+    "unknown WANDB_MODE": Case(("fit", "--out", "{out}", "trainer.max_epochs=1"), "WANDB_MODE: got 'sometimes'; allowed: offline",
+                               env={"WANDB_MODE": "sometimes"}),
+    # data that would train on garbage
+    "NaN pixel": fit("data.name=npz", "data.root={d}/d.npz", expected="1 pixel values are NaN or infinite; allowed: finite numbers",
+                     **{"d.npz": _bad_pixels(np.nan, 1)}),
+    "infinite pixels": fit("data.name=npz", "data.root={d}/d.npz", expected="3 pixel values are NaN or infinite",
+                           **{"d.npz": _bad_pixels(-np.inf, 3)}),
+    "one class in an npz": fit("data.name=npz", "data.root={d}/d.npz", expected="every image has the same label (1 class); allowed: at least two",
+                               **{"d.npz": _npz(x=np.zeros((6, 8, 8), np.uint8), y=np.zeros(6, np.int64))}),
+    "object classes array": fit("data.name=npz", "data.root={d}/d.npz", expected="holds an object array; allowed: numeric x and y",
+                                **{"d.npz": _npz(x=np.zeros((6, 8, 8), np.uint8), y=np.arange(6) % 2, classes=np.array(["a", 1], dtype=object))}),
+    "text pixels": fit("data.name=npz", "data.root={d}/d.npz", expected="array x has dtype <U1; allowed: integer",
+                       **{"d.npz": _npz(x=np.full((6, 8, 8), "a"), y=np.arange(6) % 2)}),
+    "one class folder": fit("data.name=folder", "data.root={d}/imgs", imgs=_one_class_folder,
+                            expected="every image has the same label (1 class)"),
+    "NaN pixels in a search": tune("name: x\noverrides: [data.name=npz, data.root={d}/d.npz]\n"
+                                   "space: {optim.lr: {type: float, low: 0.001, high: 0.1}}\n", "pixel values are NaN or infinite",
+                                   **{"d.npz": _bad_pixels(np.nan, 5, n=12)}),
+    # specs whose arms would silently be the same, or mean something else
+    "seed as a factor": ablate("name: x\nfactors: {seed: [1, 2]}\n", "factors.seed: seed is the replication axis, not a factor; allowed: seeds: N"),
+    "seed inside a level": ablate("name: x\nfactors: {b: {one: {seed: 1}, two: {}}}\n", "factors.b.one: sets seed, the replication axis"),
+    "a level twice": ablate("name: x\nfactors: {model.norm: [batch, batch, none]}\n", "level batch appears twice"),
+    "one number spelled three ways": ablate("name: x\nfactors: {model.dropout: [0.1, 0.10, 1.0e-1]}\n", "level 0.1 appears twice"),
+    "levels equal as config values": ablate("name: x\nfactors: {model.dropout: [0, 0.0]}\n",
+                                            "arms 'model.dropout=0' and 'model.dropout=0.0' have the same config"),
+    "named levels with the same content": ablate("name: x\nfactors: {n: {a: {model.norm: layer}, b: {model.norm: layer}}}\n",
+                                                 "arms 'n=a' and 'n=b' have the same config"),
+    "two factors set one key": ablate("name: x\nfactors: {model.norm: [batch, none], n: {a: {model.norm: layer}, b: {}}}\n",
+                                      "factors model.norm and n both set model.norm"),
+    "metric is a list": ablate("name: x\nmetric: [test_acc]\nfactors: {model.norm: [batch]}\n", "unknown metric ['test_acc']"),
+    "baseline names an unknown factor": ablate("name: x\nfactors: {model.norm: [batch, none]}\nbaseline: {model.nrm: batch}\n",
+                                               "baseline names 'model.nrm', not a factor; allowed: model.norm"),
+    "duplicate key in a spec": ablate("name: x\nname: y\nfactors: {model.norm: [batch]}\n", "(duplicate key 'name')"),
+    "binary spec": Case(("ablate", "{d}/spec.yaml", "--out", "{out}"), "spec {d}/spec.yaml: is not UTF-8 text",
+                        {"spec.yaml": _bytes(RANDOM_BYTES)}),
+    # storages that are not cnnlab's (nothing may be appended, created or changed)
+    "storage is a text file": ablate(TINY_ABLATION, "--storage {d}/notes.txt: is not an Optuna journal", "--storage",
+                                     "{d}/notes.txt", **{"notes.txt": "my notes\nmore notes\n"}),
+    "storage is JSON lines": ablate(TINY_ABLATION, "is not an Optuna journal", "--storage", "{d}/log.jsonl",
+                                    **{"log.jsonl": '{"event": 1}\n{"event": 2}\n'}),
+    "storage is random bytes": tune(TINY_SEARCH, "is not an Optuna journal", "--storage", "{d}/blob", blob=_bytes(RANDOM_BYTES)),
+    "storage one line without a newline": ablate(TINY_ABLATION, "is not an Optuna journal", "--storage", "{d}/t.txt",
+                                                 **{"t.txt": "hello"}),
+    "journal corrupt in the middle": ablate(TINY_ABLATION, "line 2 is corrupt", "--storage", "{d}/s.journal",
+                                            **{"s.journal": JOURNAL_RECORD + "garbage\n" + JOURNAL_RECORD}),
+    "ablate into a foreign database": ablate(TINY_ABLATION, "holds tables that are not an Optuna storage (users)",
+                                             "--storage", "sqlite:///{d}/their.db", **{"their.db": _sqlite("users")}),
+    "sqlite file of random bytes": ablate(TINY_ABLATION, "cannot open", "--storage", "sqlite:///{d}/blob.db",
+                                          **{"blob.db": _bytes(RANDOM_BYTES)}),
+    "report from a foreign database": Case(("report", "x", "--out", "{out}", "--storage", "sqlite:///{d}/their.db"),
+                                           "holds tables that are not an Optuna storage (users)", {"their.db": _sqlite("users")}),
+    "report from a missing database": Case(("report", "x", "--out", "{out}", "--storage", "sqlite:///{d}/none.db"),
+                                           "no such database file"),
+    "report of a search": Case(("report", "s", "--out", "{out}", "--storage", "{d}/s.journal"),
+                               "study 's' is not an ablation (a cnnlab tune search?)", {"s.journal": _search_journal}),
+    # output folders that are not cnnlab's
+    "fit into the user's folder": Case(("fit", "--out", "{d}"), "--out {d}: holds files cnnlab did not write (notes.txt)",
+                                       {"notes.txt": "mine"}),
+    "overwrite a user's metrics.json": Case(("fit", "--out", "{d}", "--overwrite"), "holds files cnnlab did not write (metrics.json)",
+                                            {"metrics.json": "{}"}),
+    "fit into the root": Case(("fit", "--out", "/", "--overwrite"), "--out /: is the root directory"),
+    "fit into the home folder": Case(("fit", "--out", "~", "--overwrite"), "--out ~: is your home directory"),
+    "ablate into the user's folder": Case(("ablate", "{d}/spec.yaml", "--out", "{d}"), "--out {d}: holds files cnnlab did not write",
+                                          {"spec.yaml": TINY_ABLATION, "report.md": "my report"}),
+    "tune into the user's folder": Case(("tune", "{d}/spec.yaml", "--out", "{d}"), "--out {d}: holds files cnnlab did not write",
+                                        {"spec.yaml": TINY_SEARCH}),
+    # CLI counts
+    "zero preview samples": Case(("augment-preview", "--out", "{d}/p.png", "--samples", "0"), "--samples: got '0'; allowed: a positive integer"),
+    "negative preview variants": Case(("augment-preview", "--out", "{d}/p.png", "--variants", "-2"), "--variants: got '-2'"),
+    "zero classes": Case(("summary", "--input-shape", "3,32,32", "--num-classes", "0"), "--num-classes: got '0'"),
 }
 
 
@@ -220,8 +354,10 @@ def _tree(root: Path) -> dict[str, bytes | None]:
 
 
 @pytest.mark.parametrize("case", CATALOGUE)
-def test_bad_input(cli, tmp_path: Path, case: str) -> None:
+def test_bad_input(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str) -> None:
     spec = CATALOGUE[case]
+    for key, value in spec.env.items():
+        monkeypatch.setenv(key, value)
     inputs, out = tmp_path / "in", tmp_path / "out"
     inputs.mkdir()
     for name, content in spec.files.items():
@@ -245,7 +381,7 @@ def test_bad_input(cli, tmp_path: Path, case: str) -> None:
 
 
 def test_the_catalogue_covers_every_kind_of_input() -> None:
-    assert len(CATALOGUE) >= 30
+    assert len(CATALOGUE) >= 140
     commands = {c.args[0] for c in CATALOGUE.values() if c.args}
     assert {"fit", "ablate", "tune", "report", "summary", "export", "lr-find"} <= commands
 

@@ -83,7 +83,7 @@ def test_ablation_survives_repeated_sigkills(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "cnnlab.cli", "ablate", str(spec), "--out", str(out)]
     kills = kill_and_resume(command, lambda: len(complete_keys(out)), seed=1)
     assert kills >= 2
-    study = load_study(open_storage(str(out / "study.journal")), "tiny")
+    study = load_study(open_storage(str(out / "study.journal"), readonly=True), "tiny")
     keys = complete_keys(out)
     assert len(keys) == 9 and len(set(keys)) == 9  # every arm × seed exactly once
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
@@ -142,7 +142,7 @@ def test_a_diverging_arm_is_pruned_with_its_reason_and_the_ablation_goes_on(cli,
     out = tmp_path / "out"
     status, stdout, err = cli("ablate", spec, "--out", out)
     assert status == 0, err
-    study = load_study(open_storage(str(out / "study.journal")), "lr")
+    study = load_study(open_storage(str(out / "study.journal"), readonly=True), "lr")
     by_state = {s: [t for t in study.get_trials() if t.state == s]
                 for s in (TrialState.COMPLETE, TrialState.PRUNED)}
     assert {t.params["arm"] for t in by_state[TrialState.COMPLETE]} == {"optim.lr=0.01"}
@@ -191,7 +191,7 @@ def test_four_workers_share_one_ablation(cli, tmp_path: Path, storage: str, requ
     status, _, err = cli("ablate", spec, "--out", tmp_path / "out", "--storage", url,
                          "--workers", "4")
     assert status == 0, err
-    all_trials = load_study(open_storage(url), name).get_trials()
+    all_trials = load_study(open_storage(url, readonly=True), name).get_trials()
     done = [t for t in all_trials if t.state == TrialState.COMPLETE]
     keys = [t.user_attrs["key"] for t in done]
     assert len(keys) == 8 and len(set(keys)) == 8  # unique, none lost

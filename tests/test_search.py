@@ -33,7 +33,7 @@ def write_spec(tmp_path: Path, low: float = 1e-3, high: float = 1e-2, sampler: s
 
 
 def trials(out: Path, url: str | None = None, name: str = "small") -> list:
-    storage = open_storage(url or str(out / "study.journal"))
+    storage = open_storage(url or str(out / "study.journal"), readonly=True)
     return [t for t in load_study(storage, name).get_trials() if "note" not in t.user_attrs]
 
 

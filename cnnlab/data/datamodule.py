@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from cnnlab.data.augment import build_augment
-from cnnlab.data.sources import SOURCES, ImageData
+from cnnlab.data.sources import ImageData, load
 from cnnlab.data.splits import fold_indices, split_indices
 
 if TYPE_CHECKING:
@@ -89,7 +89,7 @@ class DataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.cfg, self.seed = cfg, seed
-        data = data if data is not None else SOURCES[cfg.name](cfg)
+        data = data if data is not None else load(cfg)
         self.classes = data.classes
         self.input_shape = data.input_shape
         labels = data.y.numpy()

@@ -40,9 +40,13 @@ class ImageData:
         return c, h, w
 
 
+INTEGER_SCALE = {torch.uint8: 255.0, torch.uint16: 65535.0}  # 8- and 16-bit images → [0, 1]
+
+
 def _uint8_images(x: np.ndarray | Tensor) -> Tensor:
     x = torch.as_tensor(x)
-    return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+    scale = INTEGER_SCALE.get(x.dtype)
+    return x.float().div_(scale) if scale else x.float()
 
 
 def load_digits(cfg: DataConfig) -> ImageData:
@@ -132,7 +136,6 @@ def _resize(images: list[Tensor], cfg: DataConfig, files: list[str]) -> list[Ten
 def load_folder(cfg: DataConfig) -> ImageData:
     """One sub-folder per class of image files (like torchvision's ImageFolder)."""
     from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
-    from torchvision.io import ImageReadMode, decode_image
 
     root = Path(cfg.root)
     if not root.is_dir():
@@ -152,18 +155,36 @@ def load_folder(cfg: DataConfig) -> ImageData:
                               f"files ending in {', '.join(IMG_EXTENSIONS)}")
         files += found
         labels += [label] * len(found)
-    images = []
-    for path in files:
-        try:
-            images.append(decode_image(str(path), mode=ImageReadMode.UNCHANGED))
-        except (RuntimeError, ValueError, OSError):
-            raise CnnlabError(f"data.root: cannot decode image {path}; allowed: readable "
-                              f"{', '.join(IMG_EXTENSIONS)} files") from None
+    images = [_decode(path) for path in files]
     rgb = any(img.shape[0] >= 3 for img in images)
     images = [img[:3] if rgb and img.shape[0] >= 3 else
               img[:1].expand(3, -1, -1) if rgb else img[:1] for img in images]
     images = _resize(images, cfg, [str(p) for p in files])
-    return ImageData(_uint8_images(torch.stack(images)), torch.tensor(labels), classes)
+    return ImageData(torch.stack(images), torch.tensor(labels), classes)
+
+
+def _decode(path: Path) -> Tensor:
+    """One image file as C×H×W floats in [0, 1]: torchvision's decoders, then Pillow's for the
+    formats torchvision lacks (BMP, PPM/PGM, TIFF); 8- and 16-bit channels alike."""
+    from PIL import Image, UnidentifiedImageError
+    from torchvision.io import ImageReadMode, decode_image
+
+    try:
+        return _uint8_images(decode_image(str(path), mode=ImageReadMode.UNCHANGED))
+    except (RuntimeError, ValueError, OSError):
+        pass
+    try:
+        with Image.open(path) as img:
+            img.load()
+            depth = 65535.0 if img.mode.startswith("I;16") else 255.0
+            if img.mode not in ("L", "RGB", "RGBA") and depth == 255.0:
+                img = img.convert("RGB")
+            array = np.asarray(img, dtype=np.float32) / depth
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        raise CnnlabError(f"data.root: cannot decode image {path}; allowed: readable PNG, JPEG, "
+                          "GIF, WebP, BMP, PPM/PGM or TIFF files") from None
+    array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(array))
 
 
 def load_npz(cfg: DataConfig) -> ImageData:
@@ -183,8 +204,15 @@ def load_npz(cfg: DataConfig) -> ImageData:
         if missing:
             raise CnnlabError(f"data.root: {path} has no array {', '.join(missing)} (found: "
                               f"{', '.join(archive.files) or 'none'}); allowed: arrays x and y")
-        x, y = archive["x"], archive["y"]
-        names = [str(c) for c in archive["classes"]] if "classes" in archive.files else None
+        try:
+            x, y = archive["x"], archive["y"]
+            names = [str(c) for c in archive["classes"]] if "classes" in archive.files else None
+        except ValueError:  # object arrays need pickle, which can run code: refused
+            raise CnnlabError(f"data.root: {path} holds an object array; allowed: numeric x and "
+                              "y, and classes as a string array (np.array([...], dtype=str))") from None
+    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        raise CnnlabError(f"data.root: {path} array x has dtype {x.dtype}; allowed: integer "
+                          "(uint8: 0..255) or float pixels")
     if x.ndim == 3:
         x = x[:, None]
     elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
@@ -215,9 +243,24 @@ SOURCES: dict[str, Callable[[DataConfig], ImageData]] = {
 }
 
 
+def load(cfg: DataConfig) -> ImageData:
+    """The dataset ``cfg`` names, checked: finite pixels and at least two classes."""
+    data = SOURCES[cfg.name](cfg)
+    where = f"data.root {cfg.root}" if cfg.name in ("folder", "npz") else f"data.name {cfg.name}"
+    bad = int((~torch.isfinite(data.x)).sum())
+    if bad:
+        raise CnnlabError(f"{where}: {bad} pixel values are NaN or infinite; allowed: finite "
+                          "numbers")
+    present = len(torch.unique(data.y))
+    if present < 2:
+        raise CnnlabError(f"{where}: every image has the same label ({present} class); allowed: "
+                          "at least two classes")
+    return data
+
+
 def load_cached(cfg: DataConfig, cache: dict[tuple[Any, ...], ImageData]) -> ImageData:
     """The dataset ``cfg`` names, loaded once per ``cache`` (a study's many runs share it)."""
     key = (cfg.name, cfg.root, cfg.download, cfg.image_size)
     if key not in cache:
-        cache[key] = SOURCES[cfg.name](cfg)
+        cache[key] = load(cfg)
     return cache[key]

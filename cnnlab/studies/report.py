@@ -68,6 +68,8 @@ class Report:
     rows: list[ArmRow]
     failed: list[str]
     preset: str
+    running: list[str]  # arm × seed trials another worker was still running
+
 
 
 def collect(study: optuna.Study) -> Report:
@@ -76,10 +78,13 @@ def collect(study: optuna.Study) -> Report:
     arms = {arm.name: arm for arm in spec.arms}
     trials: dict[str, dict[str, Any]] = {}
     problems: list[tuple[str, str]] = []
+    running: list[str] = []
     for t in study.get_trials(deepcopy=False):
         key = t.user_attrs.get("key")
         if key is None:
             continue
+        if t.state in (TrialState.RUNNING, TrialState.WAITING):
+            running.append(key)
         if t.state == TrialState.COMPLETE and key not in trials:
             row = {"arm": t.params["arm"], "seed": t.params["seed"]}
             row.update({name: t.user_attrs[name] for name in RESULT_KEYS if name in t.user_attrs})
@@ -100,7 +105,8 @@ def collect(study: optuna.Study) -> Report:
         delta = None if name == spec.baseline else Interval.of([values[s] - base[s] for s in common])
         rows.append(ArmRow(name, arms[name].levels, values, Interval.of(list(values.values())), delta))
     failed = [line for key, line in problems if key not in trials]  # a rerun may have fixed it
-    return Report(spec, study.study_name, done, rows, failed, study.user_attrs["spec"]["preset"])
+    return Report(spec, study.study_name, done, rows, failed, study.user_attrs["spec"]["preset"],
+                  sorted(set(running) - set(trials)))
 
 
 def results_csv(report: Report) -> str:
@@ -226,6 +232,12 @@ def markdown(report: Report, images: list[str]) -> str:
         "significant when its 95% interval excludes zero.",
         "",
     ]
+    if report.running:
+        lines += ["## Incomplete", "",
+                  f"{len(report.running)} trials were still running or queued when this report was "
+                  "written (another worker, or an interrupted run); the arms below have fewer seeds "
+                  "than the spec asks. Rerun `cnnlab ablate` (or `cnnlab report`) when they finish.",
+                  "", *[f"- {key}" for key in report.running], ""]
     if report.failed:
         lines += ["## Failed or diverged trials", "", *[f"- {f}" for f in report.failed], ""]
     lines += [f"![{name}]({name})" for name in images]

@@ -105,8 +105,7 @@ def load_search_spec(path: Path) -> SearchSpec:
             ok = ok and low < high and (not dim.get("log") or low > 0)
         if not ok:
             raise _fail(path, f"space.{key} is {dim}", "categorical with a list of choices, or "
-                        "float/int with numbers low < high (log: true needs low > 0; write "
-                        "1.0e-3, not 1e-3, for YAML to read a number)")
+                        "float/int with numbers low < high (log: true needs low > 0)")
     sampler = raw.get("sampler", {"name": "tpe", "seed": 0})
     pruner = raw.get("pruner", {"name": "median"})
     if sampler.get("name") not in SAMPLERS:

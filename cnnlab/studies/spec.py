@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from cnnlab.config import ExperimentConfig, load_config
+from cnnlab.config import ExperimentConfig, load_config, load_yaml, to_yaml
 from cnnlab.errors import CnnlabError
 
 METRICS = {"test_acc": "maximize", "val_acc": "maximize", "test_loss": "minimize",
@@ -118,37 +118,59 @@ def _overrides(where: str, value: Any) -> tuple[str, ...]:
     raise CnnlabError(f"{where}: got {value!r}; allowed: a list of key=value strings")
 
 
+RESERVED = {"seed": "seeds: N (every arm runs the same N seeds, paired by seed)"}
+
+
 def _factor(path: Path, name: str, body: Any) -> dict[str, tuple[str, ...]]:
     where = f"{path}: factors.{name}"
+    if name in RESERVED:
+        raise CnnlabError(f"spec {where}: {name} is the replication axis, not a factor; allowed: "
+                          f"{RESERVED[name]}")
     if isinstance(body, list) and body:
-        return {yaml_scalar(v): (f"{name}={yaml_scalar(v)}",) for v in body}
+        levels = [yaml_scalar(v) for v in body]
+        twice = sorted({level for level in levels if levels.count(level) > 1})
+        if twice:
+            raise CnnlabError(f"spec {where}: level {twice[0]} appears twice (as {body}); allowed: "
+                              "distinct values, one arm each")
+        return {level: (f"{name}={level}",) for level in levels}
     if isinstance(body, dict) and body:
         levels = {}
         for level, bundle in body.items():
             if not isinstance(bundle, dict):
-                raise CnnlabError(f"{where}.{level}: got {bundle!r}; allowed: a mapping of config "
-                                  "keys to values ({} for the base config)")
+                raise CnnlabError(f"spec {where}.{level}: got {bundle!r}; allowed: a mapping of "
+                                  "config keys to values ({} for the base config)")
+            reserved = sorted(set(map(str, bundle)) & set(RESERVED))
+            if reserved:
+                raise CnnlabError(f"spec {where}.{level}: sets {reserved[0]}, the replication "
+                                  f"axis; allowed: {RESERVED[reserved[0]]}")
             levels[str(level)] = tuple(f"{k}={yaml_scalar(v)}" for k, v in bundle.items())
         return levels
-    raise CnnlabError(f"{where}: got {body!r}; allowed: a non-empty list of values for a config "
-                      "key, or a non-empty mapping of level names to overrides")
+    raise CnnlabError(f"spec {where}: got {body!r}; allowed: a non-empty list of values for a "
+                      "config key, or a non-empty mapping of level names to overrides")
+
+
+def _keys(overrides: tuple[str, ...]) -> set[str]:
+    return {o.partition("=")[0] for o in overrides}
+
+
+def _check_disjoint(path: Path, factors: dict[str, dict[str, tuple[str, ...]]]) -> None:
+    """Two factors setting one config key would let the later silently win over the earlier."""
+    owner: dict[str, str] = {}
+    for name, levels in factors.items():
+        for key in set().union(*(_keys(o) for o in levels.values())):
+            if key in owner:
+                raise CnnlabError(f"spec {path}: factors {owner[key]} and {name} both set {key}; "
+                                  "allowed: each config key in one factor")
+            owner[key] = name
 
 
 def read_spec(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
     """A spec file's top-level mapping; unreadable files, bad YAML and unknown keys are errors."""
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise CnnlabError(f"spec {path}: cannot read ({err.strerror}); allowed: a YAML file "
-                          "in experiments/") from None
-    except yaml.YAMLError as err:
-        line = getattr(getattr(err, "problem_mark", None), "line", None)
-        where = f" at line {line + 1}" if line is not None else ""
-        raise CnnlabError(f"spec {path}: invalid YAML{where}; allowed: a YAML mapping") from None
+    raw = load_yaml(path, "spec")
     if not isinstance(raw, dict):
         raise CnnlabError(f"spec {path}: top level is {type(raw).__name__}; allowed: a mapping "
                           f"with keys {', '.join(keys)}")
-    unknown = sorted(set(raw) - set(keys))
+    unknown = sorted(set(map(str, raw)) - set(keys))
     if unknown:
         raise CnnlabError(f"spec {path}: unknown key {unknown[0]!r}; allowed: {', '.join(keys)}")
     return raw
@@ -162,8 +184,9 @@ def load_spec(path: Path) -> AblationSpec:
         raise CnnlabError(f"spec {path}: factors is empty; allowed: at least one factor with "
                           "levels, e.g. factors: {{model.norm: [batch, none]}}")
     factors = {str(name): _factor(path, str(name), body) for name, body in factors_raw.items()}
+    _check_disjoint(path, factors)
     metric = raw.get("metric", "test_acc")
-    if metric not in METRICS:
+    if not isinstance(metric, str) or metric not in METRICS:
         raise CnnlabError(f"spec {path}: unknown metric {metric!r}; allowed: {', '.join(METRICS)}")
     seeds = raw.get("seeds", 3)
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
@@ -172,6 +195,10 @@ def load_spec(path: Path) -> AblationSpec:
     if not isinstance(baseline_raw, dict):
         raise CnnlabError(f"spec {path}: baseline is {baseline_raw!r}; allowed: a mapping of "
                           "factor to level")
+    unknown = sorted(set(map(str, baseline_raw)) - set(factors))
+    if unknown:
+        raise CnnlabError(f"spec {path}: baseline names {unknown[0]!r}, not a factor; allowed: "
+                          f"{', '.join(factors)}")
     baseline = arm_name({f: level if isinstance(level := baseline_raw.get(f), str)
                          else yaml_scalar(level) for f in factors})
     name = str(raw.get("name") or path.stem)
@@ -190,10 +217,16 @@ def load_spec(path: Path) -> AblationSpec:
     if baseline not in arms:
         raise CnnlabError(f"spec {path}: baseline {baseline!r} is not an arm; allowed: "
                           + "; ".join(arms))
+    seen: dict[str, str] = {}
     for arm in spec.arms:
         try:
             one_process(spec.config(arm, 0, quick=True))
-            one_process(spec.config(arm, 0, quick=False))
+            full = spec.config(arm, 0, quick=False)
+            one_process(full)
         except CnnlabError as err:
             raise CnnlabError(f"spec {path}: arm {arm.name!r}: {err}") from None
+        same = seen.setdefault(to_yaml(full), arm.name)
+        if same != arm.name:
+            raise CnnlabError(f"spec {path}: arms {same!r} and {arm.name!r} have the same config; "
+                              "allowed: levels that change something")
     return spec

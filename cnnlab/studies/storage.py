@@ -106,7 +106,7 @@ def _check_tables(url: str, target: str, kwargs: dict[str, Any], readonly: bool)
         tables = set(sqlalchemy.inspect(engine).get_table_names())
     finally:
         engine.dispose()
-    if tables and not OPTUNA_TABLES <= tables:
+    if tables and not tables & OPTUNA_TABLES:  # partial: other workers are creating the schema
         raise CnnlabError(f"--storage {url}: holds tables that are not an Optuna storage "
                           f"({', '.join(sorted(tables)[:3])}); allowed: an empty database, or one "
                           "made by cnnlab (or Optuna)")
