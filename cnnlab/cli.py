@@ -334,7 +334,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: user errors print one line on stderr and return 2."""
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     try:
-        args = build_parser().parse_args(argv)
+        args, extra = build_parser().parse_known_args(argv)
+        if extra and hasattr(args, "overrides") and all("=" in e and e[:1] != "-" for e in extra):
+            args.overrides += extra  # key=value after an option: still an override
+        elif extra:
+            raise CnnlabError(f"cnnlab: unrecognized arguments: {' '.join(extra)} (overrides are "
+                              "key=value, e.g. trainer.max_epochs=2; see cnnlab --help)")
         func: Callable[[argparse.Namespace], None] = args.func
         func(args)
     except CnnlabError as err:

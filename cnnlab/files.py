@@ -236,6 +236,11 @@ def check_study_folder(out: Path) -> bool:
     refuse_special(out)
     manifest = Manifest.read(out) if out.is_dir() else None
     if manifest is not None and manifest.kind == "study":
+        changed = [rel for rel in manifest.files if (out / rel).exists()
+                   and not _is_ours(out, manifest, rel)]
+        if changed:  # say so now, not after the trials ran
+            raise CnnlabError(f"--out {out}: {_listing(sorted(changed))} changed since cnnlab wrote "
+                              "it; allowed: move it away (cnnlab rewrites it), or another --out")
         return True
     if out.exists() and any(out.iterdir()):
         raise CnnlabError(f"--out {out}: holds files cnnlab did not write "

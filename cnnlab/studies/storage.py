@@ -17,7 +17,7 @@ import optuna
 from optuna.storages.journal import JournalFileBackend
 
 from cnnlab.errors import CnnlabError
-from cnnlab.files import check_study_folder, claim_study_folder, owner_alive, write_owned
+from cnnlab.files import check_study_folder, claim_study_folder, owner_alive, owner_id, write_owned
 from cnnlab.studies.journal import ReadOnlyJournal, repair
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -154,5 +154,6 @@ def load_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
 
 
 def is_dead_local_worker(worker: str | None) -> bool:
-    """True for a trial's worker id (host:pid) of this host whose process is gone."""
-    return not owner_alive(worker)
+    """True for a trial's worker id (host:pid) of this host whose process is gone, or of this
+    very process (asked before it starts work, so none of its trials can still be running)."""
+    return worker == owner_id() or not owner_alive(worker)

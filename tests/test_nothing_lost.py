@@ -1,0 +1,249 @@
+"""Nothing of the user's is lost: run and study folders, overwrites, torn journals, full disks.
+
+Each test hashes every file around the command: what cnnlab did not write stays byte-identical.
+"""
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from optuna.trial import TrialState
+from test_ablation import write_spec
+
+from cnnlab.files import MANIFEST, Manifest, staging_path
+from cnnlab.studies.storage import load_study, open_storage
+
+FAST = ["trainer.max_epochs=1", "model.channels=[8]", "model.hidden_units=[16]", "data.batch_size=128"]
+ENV = {**os.environ, "WANDB_MODE": "disabled"}
+
+
+def hashes(root: Path) -> dict[str, str]:
+    """Every file under ``root`` (hidden ones too) with its SHA-256."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def fit(cli, out: Path, *args: str) -> tuple[int, str, str]:
+    return cli("fit", "--out", out, *FAST, *args)
+
+
+@pytest.fixture
+def finished_run(cli, tmp_path: Path) -> Path:
+    out = tmp_path / "runs" / "fit"
+    status, _, err = fit(cli, out)
+    assert status == 0, err
+    return out
+
+
+def test_a_run_lists_every_file_it_wrote(finished_run: Path) -> None:
+    manifest = Manifest.read(finished_run)
+    assert manifest is not None and manifest.kind == "run"
+    on_disk = set(hashes(finished_run)) - {MANIFEST}
+    assert set(manifest.files) == on_disk and {"metrics.json", "config.yaml"} <= on_disk
+    assert not staging_path(finished_run).exists()
+    mode, umask = (finished_run / "metrics.json").stat().st_mode & 0o777, os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask, oct(mode)  # the user's umask, not mkstemp's 0600
+
+
+def test_overwrite_keeps_a_users_file_and_the_old_run(cli, finished_run: Path) -> None:
+    (finished_run / "notes.txt").write_text("my notes")
+    (finished_run / "checkpoints" / "mine.ckpt").write_bytes(b"precious")
+    before = hashes(finished_run.parent)
+    status, _, err = fit(cli, finished_run, "--overwrite")
+    assert status == 2 and "--overwrite would lose files cnnlab did not write" in err
+    assert "checkpoints/mine.ckpt" in err and "notes.txt" in err
+    assert hashes(finished_run.parent) == before
+
+
+def test_overwrite_keeps_a_file_the_user_changed(cli, finished_run: Path) -> None:
+    (finished_run / "metrics.json").write_text('{"mine": true}\n')
+    before = hashes(finished_run.parent)
+    status, _, err = fit(cli, finished_run, "--overwrite")
+    assert status == 2 and "(metrics.json)" in err
+    assert hashes(finished_run.parent) == before
+
+
+@pytest.mark.parametrize("bad", [
+    ["data.name=npz", "data.root=/nowhere/d.npz"],  # fails while loading the data, after the checks
+    ["model.kernel_size=11", "model.pool=none"],  # fails building the model
+    ["optim.lr=0"],  # fails validating the config
+])
+def test_a_failed_overwrite_leaves_the_old_run_as_it_was(cli, finished_run: Path, bad: list[str]) -> None:
+    before = hashes(finished_run.parent)
+    status, _, err = fit(cli, finished_run, "--overwrite", *bad)
+    assert status == 2 and "Traceback" not in err
+    assert hashes(finished_run.parent) == before  # old run intact, no staging folder left
+
+
+def test_overwrite_replaces_the_run_and_nothing_beside_it(cli, finished_run: Path) -> None:
+    beside = finished_run.parent / "keep.txt"
+    beside.write_text("beside the run")
+    old = json.loads((finished_run / "metrics.json").read_text())
+    status, _, err = fit(cli, finished_run, "--overwrite", "seed=7")
+    assert status == 0, err
+    assert beside.read_text() == "beside the run"
+    assert sorted(p.name for p in finished_run.parent.iterdir()) == ["fit", "keep.txt"]
+    assert "seed: 7" in (finished_run / "config.yaml").read_text()
+    assert json.loads((finished_run / "metrics.json").read_text()) != old
+    manifest = Manifest.read(finished_run)
+    assert manifest is not None and set(manifest.files) == set(hashes(finished_run)) - {MANIFEST}
+
+
+def test_a_killed_fits_staging_folder_is_cleared_and_a_live_ones_is_not(cli, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    staging = staging_path(out)
+    staging.mkdir()
+    Manifest("partial", f"{socket.gethostname()}:{2**22 + 12345}").write(staging)  # no such pid
+    (staging / "half.ckpt").write_bytes(b"half")
+    status, _, err = fit(cli, out)
+    assert status == 0, err
+    assert not staging.exists() and (out / "metrics.json").is_file()
+
+    other = tmp_path / "other"
+    live = staging_path(other)
+    live.mkdir()
+    Manifest("partial", f"{socket.gethostname()}:{os.getppid()}").write(live)  # alive: our parent
+    before = hashes(tmp_path)
+    status, _, err = fit(cli, other)
+    assert status == 2 and "another cnnlab process" in err
+    assert hashes(tmp_path) == before
+
+
+def test_a_staging_name_held_by_a_user_folder_is_left_alone(cli, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    staging_path(out).mkdir()
+    (staging_path(out) / "mine.txt").write_text("mine")
+    before = hashes(tmp_path)
+    status, _, err = fit(cli, out)
+    assert status == 2 and "exists and cnnlab did not make it" in err
+    assert hashes(tmp_path) == before
+
+
+def _ablate(cli, spec: Path, out: Path, *args: str) -> tuple[int, str, str]:
+    return cli("ablate", spec, "--out", out, *args)
+
+
+def test_a_report_the_user_edited_is_not_overwritten(cli, tmp_path: Path) -> None:
+    spec, out = write_spec(tmp_path, seeds=1), tmp_path / "study"
+    assert _ablate(cli, spec, out)[0] == 0
+    (out / "report.md").write_text("# my edited report\n")
+    (out / "trials" / "notes.txt").write_text("mine")
+    before = hashes(tmp_path)
+    status, _, err = _ablate(cli, spec, out)
+    assert status == 2 and f"--out {out}: report.md changed since cnnlab wrote it" in err
+    assert hashes(tmp_path) == before  # refused before the storage was opened
+
+
+def _keys(out: Path, name: str = "tiny") -> list[str]:
+    study = load_study(open_storage(str(out / "study.journal"), readonly=True), name)
+    return [t.user_attrs["key"] for t in study.get_trials(states=(TrialState.COMPLETE,))]
+
+
+def test_torn_last_records_are_dropped_and_the_study_finishes(cli, tmp_path: Path) -> None:
+    """A kill or a full disk during an append tears the last record: at 20 offsets inside it, the
+    rerun keeps every complete record, says what it dropped and finishes every trial once."""
+    spec, done = write_spec(tmp_path, seeds=1), tmp_path / "done"
+    assert _ablate(cli, spec, done)[0] == 0
+    journal = (done / "study.journal").read_bytes()
+    last = journal.rstrip(b"\n").rfind(b"\n") + 1  # where the last record starts
+    offsets = sorted(random.Random(0).sample(range(last + 1, len(journal) - 1), 20))
+    for offset in offsets:
+        out = tmp_path / f"torn{offset}"
+        shutil.copytree(done, out)
+        (out / "study.journal").write_bytes(journal[:offset])
+        manifest = Manifest.read(out)
+        assert manifest is not None
+        status, _, err = _ablate(cli, spec, out)
+        assert status == 0, err
+        assert f"dropped a torn record ({offset - last} bytes)" in err
+        keys = _keys(out)
+        assert len(keys) == 4 and len(set(keys)) == 4, offset  # 2 norms × 2 regs × 1 seed, each once
+        assert (out / "study.journal").read_bytes().endswith(b"\n")
+
+
+def test_a_journal_an_older_cnnlab_appended_to_after_a_torn_record_is_rescued(cli, tmp_path: Path) -> None:
+    spec, out = write_spec(tmp_path, seeds=1), tmp_path / "study"
+    assert _ablate(cli, spec, out)[0] == 0
+    path = out / "study.journal"
+    lines = path.read_bytes().splitlines(keepends=True)
+    torn = lines[-2][: len(lines[-2]) // 2]  # an old version appended the last record to a torn one
+    path.write_bytes(b"".join(lines[:-2]) + torn + lines[-1])
+    before = _keys(out)  # reading only: the damaged line is skipped, nothing is written
+    assert path.read_bytes().count(b"\n") == len(lines) - 1
+    status, _, err = cli("report", "tiny", "--out", out)
+    assert status == 0 and "not repaired: reading only" in err
+    status, _, err = _ablate(cli, spec, out)
+    assert status == 0 and "rescued 1 record(s)" in err
+    assert sorted(_keys(out)) == sorted(set(_keys(out))) and len(_keys(out)) == 4 >= len(before)
+
+
+def _mount_tmpfs(path: Path, size: str) -> bool:
+    path.mkdir()
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True).returncode == 0
+
+
+needs_mount = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None,
+                                 reason="mounting a small tmpfs needs root")
+
+
+@needs_mount
+def test_a_full_disk_is_one_line_and_a_rerun_with_space_finishes(tmp_path: Path) -> None:
+    spec, disk = write_spec(tmp_path, seeds=3, arms="norm only"), tmp_path / "disk"
+    if not _mount_tmpfs(disk, "300k"):
+        pytest.skip("this machine refuses mount (no CAP_SYS_ADMIN)")
+    try:
+        command = [sys.executable, "-m", "cnnlab.cli", "ablate", str(spec), "--out", str(disk / "out")]
+        full = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
+        assert full.returncode == 2, full.stderr
+        errors = [line for line in full.stderr.splitlines() if line.startswith("cnnlab: error:")]
+        assert len(errors) == 1 and "No space left on device" in errors[0]
+        assert "Traceback" not in full.stderr
+        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+        rerun = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
+        assert rerun.returncode == 0, rerun.stderr
+        keys = _keys(disk / "out")
+        assert len(keys) == 9 and len(set(keys)) == 9  # 3 norms × 3 seeds, each exactly once
+        assert (disk / "out" / "report.md").is_file()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+@needs_mount
+def test_a_read_only_output_folder_is_one_line(tmp_path: Path) -> None:
+    spec, disk = write_spec(tmp_path, seeds=1), tmp_path / "ro"
+    if not _mount_tmpfs(disk, "1m"):
+        pytest.skip("this machine refuses mount (no CAP_SYS_ADMIN)")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        for args in (["ablate", str(spec), "--out", str(disk / "out")],
+                     ["fit", "--out", str(disk / "run"), *FAST]):
+            done = subprocess.run([sys.executable, "-m", "cnnlab.cli", *args], env=ENV,
+                                  capture_output=True, text=True, timeout=120)
+            assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+            assert done.stderr.strip().splitlines()[-1].startswith("cnnlab: error: ")
+            assert "Read-only file system; allowed: a writable --out / --storage" in done.stderr
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_a_report_written_while_trials_run_says_so(cli, tmp_path: Path) -> None:
+    spec, out = write_spec(tmp_path, seeds=1), tmp_path / "study"
+    assert _ablate(cli, spec, out)[0] == 0
+    study = load_study(open_storage(str(out / "study.journal")), "tiny")
+    key = "model.norm=batch, reg=none | seed=1"  # another worker's trial, still running
+    study.enqueue_trial({"arm": "model.norm=batch, reg=none", "seed": 1}, user_attrs={"key": key})
+    study.ask()
+    status, stdout, err = cli("report", "tiny", "--out", out)
+    assert status == 0, err
+    assert "1 trials of tiny were still running or queued" in stdout
+    text = (out / "report.md").read_text()
+    assert "## Incomplete" in text and f"- {key}" in text
