@@ -110,6 +110,8 @@ def test_search_survives_repeated_sigkills(tmp_path: Path) -> None:
     assert kills >= 2
     finished = [t for t in search_trials(out) if t.state in states]
     assert len(finished) == 8 and len({t.number for t in finished}) == 8  # the requested count
+    configs = {tuple(sorted(t.params.items())) for t in finished}
+    assert len(configs) == 8  # every resume went on searching; none repeated a configuration
     assert not [t for t in search_trials(out) if t.state == TrialState.RUNNING]
     rows = [r for r in csv.DictReader((out / "trials.csv").open()) if r["state"] != "FAIL"]
     assert sorted(int(r["number"]) for r in rows) == sorted(t.number for t in finished)

@@ -121,3 +121,15 @@ def test_search_on_postgresql(cli, tmp_path: Path, postgres_url: str) -> None:
     status, _, _ = cli("tune", write_spec(tmp_path), "--out", out, "--storage", postgres_url,
                        "--trials", "3", "--study", "pg-small")
     assert status == 0 and len(trials(out, postgres_url, "pg-small")) == 3
+
+
+def test_an_extended_search_proposes_new_configurations(cli, tmp_path: Path) -> None:
+    """Each rerun reseeds the sampler from the stored history: before, ``--trials 4`` after
+    ``--trials 2`` replayed the random sampler's first two proposals."""
+    spec, out = write_spec(tmp_path, sampler="random", pruner="{name: none}"), tmp_path / "out"
+    for count in ("2", "4"):
+        status, _, err = cli("tune", spec, "--out", out, "--trials", count)
+        assert status == 0, err
+    finished = [t for t in trials(out) if t.state == TrialState.COMPLETE]
+    assert len(finished) == 4
+    assert len({tuple(sorted(t.params.items())) for t in finished}) == 4
