@@ -17,7 +17,7 @@ from rich.table import Table
 
 from cnnlab.config import ExperimentConfig, load_config, to_yaml
 from cnnlab.errors import CnnlabError
-from cnnlab.files import check_run_out, check_study_folder
+from cnnlab.files import check_output, check_run_out, check_study_folder, write_output
 
 if TYPE_CHECKING:
     from cnnlab.studies.report import Report
@@ -91,19 +91,19 @@ def cmd_summary(args: argparse.Namespace) -> None:
 def cmd_augment_preview(args: argparse.Namespace) -> None:
     from cnnlab.data.augment import preview
     from cnnlab.data.datamodule import DataModule
-    from cnnlab.files import write_atomic
-    from cnnlab.images import png_bytes
+    from cnnlab.images import is_cnnlab_png, png_bytes
 
     cfg = _config(args)
     if args.out.suffix.lower() != ".png":
         raise CnnlabError(f"--out {args.out}: allowed: a file name ending in .png")
+    check_output(args.out, is_cnnlab_png)
     data = DataModule(cfg.data, cfg.seed)
     if data.augment is None:
         raise CnnlabError("data.augment: every op is off; allowed: enable some, e.g. "
                           "data.augment.hflip=true data.augment.rotate=15")
     grid = preview(data.train[0][: args.samples], data.augment, data.mean, data.std,
                    args.variants, cfg.seed)
-    write_atomic(args.out, png_bytes(grid))
+    write_output(args.out, png_bytes(grid), is_cnnlab_png)
     print(f"wrote {args.out}: {args.samples} training samples (left column) and "
           f"{args.variants} augmented variants each")
 
@@ -208,16 +208,17 @@ def _print_table(console: Console, title: str, rows: list[list[str]]) -> None:
 
 def cmd_lr_find(args: argparse.Namespace) -> None:
     from cnnlab.diagnostics import find_lr
-    from cnnlab.files import write_atomic
+    from cnnlab.images import is_cnnlab_png
 
     cfg = _config(args)
     if args.out.suffix.lower() != ".png":
         raise CnnlabError(f"--out {args.out}: allowed: a file name ending in .png")
+    check_output(args.out, is_cnnlab_png)
     if not 0 < args.min_lr < args.max_lr:
         raise CnnlabError(f"--min-lr {args.min_lr:g} --max-lr {args.max_lr:g}: allowed: "
                           "0 < min < max")
     found = find_lr(cfg, args.out.parent, args.min_lr, args.max_lr, args.num_training)
-    write_atomic(args.out, found.plot_png)
+    write_output(args.out, found.plot_png, is_cnnlab_png)
     from cnnlab.tracking import image_run
 
     image_run(cfg, args.out.parent, "lr-find", {"lr_find": args.out},

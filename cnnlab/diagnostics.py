@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import io
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from cnnlab.errors import CnnlabError
+from cnnlab.images import figure_png
 
 if TYPE_CHECKING:
     from cnnlab.config import ExperimentConfig
@@ -106,10 +106,7 @@ def curves_png(history: list[dict[str, Any]]) -> bytes:
         ax.legend()
     axes[0].set_yscale("log")
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    return buffer.getvalue()
+    return figure_png(fig, dpi=100)
 
 
 def inference_seconds(model: nn.Module, x: Tensor, batch: int = 256, repeats: int = 5) -> float:
@@ -192,7 +189,4 @@ def find_lr(cfg: ExperimentConfig, out: Path, min_lr: float = 1e-6, max_lr: floa
     ax.set_xlabel("learning rate")
     ax.set_ylabel("training loss (smoothed)")
     ax.set_title(f"LR range test: suggestion {suggestion:.3g}")
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return LRFind(suggestion, len(losses), buffer.getvalue())
+    return LRFind(suggestion, len(losses), figure_png(fig, dpi=100))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,11 @@ from cnnlab.config import ExperimentConfig, load_config, merge, to_dict
 from cnnlab.data.datamodule import DataModule
 from cnnlab.diagnostics import fuse_bn, inference_seconds, max_abs_diff
 from cnnlab.errors import CnnlabError
+from cnnlab.files import check_output, write_output
 from cnnlab.models.convnet import ConvNet
 
 TOLERANCE = 1e-4
+FORMAT = "cnnlab-export-1"  # marks the files cnnlab export writes
 
 
 def load_run(run_dir: Path) -> tuple[ExperimentConfig, DataModule, nn.Module]:
@@ -40,6 +43,7 @@ def load_run(run_dir: Path) -> tuple[ExperimentConfig, DataModule, nn.Module]:
 
 def export(run_dir: Path, out: Path, fuse: bool) -> dict[str, Any]:
     """Write ``out`` (weights + config); with ``fuse`` check the fused model against the original."""
+    check_output(out, is_export)
     cfg, data, model = load_run(run_dir)
     x_val = data.val[0]
     report: dict[str, Any] = {"fused_bn": fuse}
@@ -53,9 +57,21 @@ def export(run_dir: Path, out: Path, fuse: bool) -> dict[str, Any]:
                               f"≤ {TOLERANCE:g}")
         x = x_val.repeat(max(1, 4096 // len(x_val)), 1, 1, 1)
         report["speedup"] = inference_seconds(model, x) / inference_seconds(exported, x)
-    torch.save({"config": to_dict(cfg), "fused_bn": fuse, "input_shape": data.input_shape,
-                "num_classes": data.num_classes, "state_dict": exported.state_dict()}, out)
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, "config": to_dict(cfg), "fused_bn": fuse,
+                "input_shape": data.input_shape, "num_classes": data.num_classes,
+                "state_dict": exported.state_dict()}, buffer)
+    write_output(out, buffer.getvalue(), is_export)
     return report
+
+
+def is_export(path: Path) -> bool:
+    """True for a file ``cnnlab export`` wrote (it may be replaced by the next export)."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # not a torch file at all: someone else's
+        return False
+    return isinstance(saved, dict) and saved.get("format") == FORMAT
 
 
 def load_exported(path: Path) -> nn.Module:

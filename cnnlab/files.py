@@ -17,7 +17,7 @@ import json
 import os
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -214,7 +214,8 @@ def abort_run(staging: Path) -> None:
 def commit_run(staging: Path, out: Path) -> None:
     """Record every file of the finished run and put it in place of ``out`` (an empty folder or an
     unchanged earlier run, whose files are then deleted)."""
-    files = {rel: _digest(staging / rel) for rel in _files(staging)}
+    files = {rel: APPEND_ONLY if rel.endswith(".log") else _digest(staging / rel)
+             for rel in _files(staging)}  # W&B's logs may still grow after its run finished
     Manifest("run", owner_id(), files).write(staging)
     if out.exists() and any(out.iterdir()):
         check_run_out(out, overwrite=True)  # again: the user may have added files meanwhile
@@ -284,3 +285,24 @@ def write_owned(folder: Path, rel: str, data: str | bytes | None) -> None:
             manifest.files[rel] = hashlib.sha256(data.encode() if isinstance(data, str) else data
                                                  ).hexdigest()
         manifest.write(folder)
+
+
+def check_output(path: Path, ours: Callable[[Path], bool], option: str = "--out") -> None:
+    """One named output file may be written: new, in a cnnlab folder (listed there), or replacing
+    a file ``ours`` proves cnnlab wrote (e.g. a PNG's text chunk)."""
+    refuse_special(path.parent, option)
+    if path.is_dir():
+        raise CnnlabError(f"{option} {path}: is a directory; allowed: a file name")
+    if Manifest.read(path.parent) is None and path.exists() and not ours(path):
+        raise CnnlabError(f"{option} {path}: exists and cnnlab did not write it; allowed: a new "
+                          "file name, or move it away")
+
+
+def write_output(path: Path, data: bytes, ours: Callable[[Path], bool], option: str = "--out") -> None:
+    """Write one named output file (checked by ``check_output``); in a cnnlab folder it joins the
+    folder's manifest, so that folder's owner checks still pass."""
+    check_output(path, ours, option)
+    if Manifest.read(path.parent) is not None:
+        write_owned(path.parent, path.name, data)
+    else:
+        write_atomic(path, data)

@@ -1,20 +1,57 @@
-"""Image tensors to PNG bytes (for files written atomically and for reports), and back."""
+"""Images to PNG bytes (for files written atomically, reports and W&B), and back.
+
+Every PNG cnnlab writes carries the text chunk ``Software: cnnlab``: the proof, for a file outside
+any cnnlab folder (``lr-find --out plot.png``), that cnnlab wrote it and may replace it.
+"""
 
 import io
+from pathlib import Path
+from typing import Any
 
-from PIL import Image
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
 from torch import Tensor
+
+SOFTWARE = "cnnlab"
+
+
+def _tagged() -> PngImagePlugin.PngInfo:
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", SOFTWARE)
+    return info
 
 
 def png_bytes(image: Tensor) -> bytes:
     """PNG encoding of a C×H×W float image in [0, 1]."""
-    from torchvision.utils import save_image
+    from torchvision.utils import make_grid
+
+    grid = make_grid(image.detach().cpu().unsqueeze(0) if image.dim() == 3 else image, padding=0)
+    pixels = grid.mul(255).add_(0.5).clamp_(0, 255).byte().permute(1, 2, 0).numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels).save(
+        buffer, format="png", pnginfo=_tagged())
+    return buffer.getvalue()
+
+
+def figure_png(fig: Any, dpi: int = 110) -> bytes:
+    """A matplotlib figure as PNG bytes (tight bounding box); the figure is closed."""
+    import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
-    save_image(image, buffer, format="png")
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight",
+                metadata={"Software": SOFTWARE})
+    plt.close(fig)
     return buffer.getvalue()
 
 
 def png_image(data: bytes) -> Image.Image:
     """A PIL image from PNG bytes (for W&B, which takes PIL images)."""
     return Image.open(io.BytesIO(data))
+
+
+def is_cnnlab_png(path: Path) -> bool:
+    """True for a PNG file cnnlab wrote (its ``Software`` text chunk says so)."""
+    try:
+        with Image.open(path) as img:
+            return img.format == "PNG" and img.info.get("Software") == SOFTWARE
+    except (OSError, UnidentifiedImageError, ValueError):
+        return False

@@ -15,6 +15,7 @@ import pytest
 import torch
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
+from PIL import Image
 from torchvision.io import write_png
 
 TINY_ABLATION = "name: x\nfactors: {model.norm: [batch]}\n"
@@ -46,6 +47,11 @@ def _bad_pixels(value: float, count: int, n: int = 6) -> Callable[[Path], None]:
     x = np.zeros((n, 8, 8), np.float32)
     x.flat[:count] = value
     return _npz(x=x, y=np.arange(n) % 2)
+
+
+def _user_png(path: Path) -> None:
+    """A PNG of the user's (no ``Software: cnnlab`` chunk)."""
+    Image.fromarray(np.full((4, 4), 200, np.uint8)).save(path)
 
 
 def _bytes(data: bytes) -> Callable[[Path], None]:
@@ -341,6 +347,13 @@ CATALOGUE: dict[str, Case] = {
                                           {"spec.yaml": TINY_ABLATION, "report.md": "my report"}),
     "tune into the user's folder": Case(("tune", "{d}/spec.yaml", "--out", "{d}"), "--out {d}: holds files cnnlab did not write",
                                         {"spec.yaml": TINY_SEARCH}),
+    # single output files that are the user's
+    "lr-find over a user's PNG": Case(("lr-find", "--out", "{d}/plot.png", "trainer.max_epochs=1"),
+                                      "--out {d}/plot.png: exists and cnnlab did not write it", {"plot.png": _user_png}),
+    "preview over a user's PNG": Case(("augment-preview", "--out", "{d}/p.png", "data.augment.hflip=true"),
+                                      "--out {d}/p.png: exists and cnnlab did not write it", {"p.png": _user_png}),
+    "preview into the root folder": Case(("augment-preview", "--out", "/p.png", "data.augment.hflip=true"),
+                                         "--out /: is the root directory"),
     # CLI counts
     "zero preview samples": Case(("augment-preview", "--out", "{d}/p.png", "--samples", "0"), "--samples: got '0'; allowed: a positive integer"),
     "negative preview variants": Case(("augment-preview", "--out", "{d}/p.png", "--variants", "-2"), "--variants: got '-2'"),

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from optuna.trial import TrialState
+from PIL import Image
 from test_ablation import write_spec
 
 from cnnlab.files import MANIFEST, Manifest, staging_path
@@ -247,3 +248,30 @@ def test_a_report_written_while_trials_run_says_so(cli, tmp_path: Path) -> None:
     assert "1 trials of tiny were still running or queued" in stdout
     text = (out / "report.md").read_text()
     assert "## Incomplete" in text and f"- {key}" in text
+
+
+def test_an_export_joins_its_run_and_replaces_only_its_own_files(cli, finished_run: Path,
+                                                                  tmp_path: Path) -> None:
+    assert cli("export", finished_run)[0] == 0
+    manifest = Manifest.read(finished_run)
+    assert manifest is not None and "model.pt" in manifest.files  # the run can still be overwritten
+    assert cli("export", finished_run)[0] == 0  # its own file: replaced
+    status, _, err = fit(cli, finished_run, "--overwrite")
+    assert status == 0, err
+    theirs = tmp_path / "theirs.pt"
+    theirs.write_bytes(b"a model of the user's")
+    before = hashes(tmp_path)
+    status, _, err = cli("export", finished_run, "--out", theirs)
+    assert status == 2 and "exists and cnnlab did not write it" in err
+    assert hashes(tmp_path) == before
+    mine = tmp_path / "mine.pt"
+    assert cli("export", finished_run, "--out", mine)[0] == 0
+    assert cli("export", finished_run, "--out", mine)[0] == 0  # an earlier export: replaced
+
+
+def test_a_plot_cnnlab_wrote_is_replaced_and_carries_the_proof(cli, tmp_path: Path) -> None:
+    plot = tmp_path / "preview.png"
+    for _ in range(2):
+        status, _, err = cli("augment-preview", "--out", plot, "data.augment.hflip=true", "--samples", "2")
+        assert status == 0, err
+    assert Image.open(plot).info["Software"] == "cnnlab"

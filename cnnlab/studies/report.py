@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 from scipy import stats
 
 from cnnlab.files import claim_study_folder, write_owned
+from cnnlab.images import figure_png
 from cnnlab.studies.ablation import RESULT_KEYS
 from cnnlab.studies.spec import AblationSpec
 
@@ -139,15 +140,6 @@ def _markdown_table(rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     lines += ["| " + " | ".join(row) + " |" for row in rows[1:]]
     return "\n".join(lines)
-
-
-def figure_png(fig: Any) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return buffer.getvalue()
 
 
 def plots(report: Report) -> dict[str, bytes]:

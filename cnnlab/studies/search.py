@@ -30,6 +30,7 @@ from cnnlab.config import ExperimentConfig, load_config
 from cnnlab.data.sources import ImageData, load_cached
 from cnnlab.errors import CnnlabError
 from cnnlab.files import owner_id, write_owned
+from cnnlab.images import figure_png
 from cnnlab.studies.ablation import run_workers
 from cnnlab.studies.spec import one_process, read_spec, safe_name, yaml_scalar
 from cnnlab.studies.storage import (
@@ -372,7 +373,6 @@ def _plots(study: optuna.Study) -> dict[str, bytes]:
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as ov
 
-    from cnnlab.studies.report import figure_png
 
     plots = {"history.png": ov.plot_optimization_history,
              "intermediate.png": ov.plot_intermediate_values,
