@@ -222,8 +222,10 @@ def commit_run(staging: Path, out: Path) -> None:
         aside = out.parent / f".{out.name}.cnnlab-old"
         old = Manifest.read(out)
         assert old is not None  # check_run_out proved it
-        if aside.exists():
-            abort_run(aside)
+        left_over = Manifest.read(aside) if aside.is_dir() else None
+        if left_over is not None and remove_owned(aside, left_over):  # a crash between renames
+            raise CnnlabError(f"--out {out}: {aside} holds files cnnlab did not write; allowed: "
+                              "move it away")
         os.rename(out, aside)
         os.rename(staging, out)
         remove_owned(aside, old)

@@ -98,6 +98,22 @@ def test_overwrite_replaces_the_run_and_nothing_beside_it(cli, finished_run: Pat
     assert manifest is not None and set(manifest.files) == set(hashes(finished_run)) - {MANIFEST}
 
 
+def test_a_crashed_swaps_old_run_is_cleared_but_not_a_users_file_in_it(cli, finished_run: Path) -> None:
+    aside = finished_run.parent / f".{finished_run.name}.cnnlab-old"
+    aside.mkdir()
+    (aside / "metrics.json").write_text("{}")
+    Manifest("run", files={"metrics.json": hashlib.sha256(b"{}").hexdigest()}).write(aside)
+    (aside / "mine.txt").write_text("mine")  # the user's, inside the leftover
+    status, _, err = fit(cli, finished_run, "--overwrite")
+    assert status == 2 and "holds files cnnlab did not write" in err
+    assert (aside / "mine.txt").read_text() == "mine" and not (aside / "metrics.json").exists()
+    assert (finished_run / "metrics.json").is_file()  # the finished run is still in place
+    (aside / "mine.txt").unlink()
+    status, _, err = fit(cli, finished_run, "--overwrite")
+    assert status == 0, err
+    assert not aside.exists()
+
+
 def test_a_killed_fits_staging_folder_is_cleared_and_a_live_ones_is_not(cli, tmp_path: Path) -> None:
     out = tmp_path / "run"
     staging = staging_path(out)

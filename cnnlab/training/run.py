@@ -76,10 +76,10 @@ def run(
     staging = begin_run(out, overwrite)
     try:
         result = _run(cfg, staging, out, fold, data, refit)
+        commit_run(staging, out)
     except BaseException:
-        abort_run(staging)
+        abort_run(staging)  # after a failed commit too: the old run is still in place
         raise
-    commit_run(staging, out)
     return result
 
 
