@@ -16,9 +16,10 @@ from benchmarks.bench_ablation import SPEC, _throughput
 from benchmarks.common import Ratio
 from cnnlab.config import load_config
 from cnnlab.data.sources import ImageData
-from cnnlab.studies.ablation import _worker_main, open_ablation, reconcile, run_workers
+from cnnlab.studies.ablation import _worker_main, open_ablation, reconcile
 from cnnlab.studies.spec import load_spec
 from cnnlab.studies.storage import open_storage
+from cnnlab.studies.trials import run_workers
 from cnnlab.training.fast import resolve
 from cnnlab.training.run import run
 
@@ -47,7 +48,7 @@ def _two_workers(threads: int) -> float:
     url, spec = str(root / "study.journal"), load_spec(root / "bench.yaml")
     study = open_ablation(spec, False, open_storage(url))
     reconcile(study, spec, False)
-    run_workers(_worker_main, [(url, study.study_name, str(root / "out"), threads)] * 2,
+    run_workers(_worker_main, [(url, study.study_name, str(root / "out"), spec.seeds, threads)] * 2,
                 lambda: None)
     return _throughput([t for t in study.get_trials() if t.value is not None])
 

@@ -7,7 +7,8 @@ from optuna.trial import TrialState
 from rich.console import Console
 
 from benchmarks.common import Ratio
-from cnnlab.studies.search import load_search_spec, tune, with_overrides
+from cnnlab.studies.search import tune
+from cnnlab.studies.search_spec import load_search_spec, with_overrides
 from cnnlab.studies.storage import default_url, load_study, open_storage
 
 TRIALS = 30  # as make tune

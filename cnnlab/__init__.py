@@ -1,3 +1,3 @@
 """cnnlab: a PyTorch Lightning lab for comparing ConvNet training techniques."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -1,4 +1,8 @@
-"""The ``cnnlab`` command: fit and summary (more commands build on the same run path)."""
+"""The ``cnnlab`` command: fit, summary, lr-find, augment-preview, export, ablate, tune, report.
+
+Each command imports its machinery (torch, Lightning, Optuna) when it runs, after its arguments
+and config are checked: ``cnnlab --help`` and a bad key answer without loading torch.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
@@ -18,9 +21,9 @@ from rich.table import Table
 from cnnlab.config import ExperimentConfig, load_config, to_yaml
 from cnnlab.errors import CnnlabError
 from cnnlab.files import check_output, check_run_out, check_study_folder, write_output
-
-if TYPE_CHECKING:
-    from cnnlab.studies.report import Report
+from cnnlab.studies.search_spec import load_search_spec, with_overrides
+from cnnlab.studies.spec import load_spec, safe_name
+from cnnlab.studies.storage import default_url, load_study, open_storage
 
 
 class _Parser(argparse.ArgumentParser):
@@ -66,17 +69,18 @@ def _shape(text: str) -> tuple[int, int, int]:
 
 
 def cmd_summary(args: argparse.Namespace) -> None:
-    from cnnlab.data.sources import load
+    cfg = _config(args)
     from cnnlab.models.convnet import ConvNet
     from cnnlab.models.summary import summarize
+    from cnnlab.training.build import build
 
-    cfg = _config(args)
     if args.input_shape:
         shape, num_classes = _shape(args.input_shape), args.num_classes
-    else:
-        data = load(cfg.data)
-        shape, num_classes = data.input_shape, len(data.classes)
-    rows = summarize(ConvNet(cfg.model, shape, num_classes), shape)
+        model = ConvNet(cfg.model, shape, num_classes)
+    else:  # the network the fit would train, on the configured data
+        data, model = build(cfg)
+        shape, num_classes = data.input_shape, data.num_classes
+    rows = summarize(model, shape)
     table = Table(title=f"ConvNet on {'×'.join(map(str, shape))} input, {num_classes} classes")
     for column in ("layer", "type", "output", "params", "mult-adds"):
         table.add_column(column, justify="left" if column in ("layer", "type") else "right")
@@ -119,12 +123,10 @@ def _positive(text: str) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace) -> None:
+    specs = [load_spec(path) for path in args.specs]  # all validated before any work
     from cnnlab.studies.ablation import ablate, study_name
     from cnnlab.studies.report import table_rows
-    from cnnlab.studies.spec import load_spec
-    from cnnlab.studies.storage import default_url
 
-    specs = [load_spec(path) for path in args.specs]  # all validated before any work
     if args.seeds:
         specs = [replace(spec, seeds=args.seeds) for spec in specs]
     console = Console()
@@ -135,12 +137,12 @@ def cmd_ablate(args: argparse.Namespace) -> None:
         report = ablate(spec, args.quick, out, args.storage or default_url(out), args.workers,
                         console)
         _print_table(console, f"{name} → {out}/report.md", table_rows(report))
-        _incomplete(console, report)
+        _incomplete(console, report.study, report.running)
 
 
-def _incomplete(console: Console, report: Report) -> None:
-    if report.running:
-        console.print(f"note: {len(report.running)} trials of {report.study} were still running or "
+def _incomplete(console: Console, study: str, running: list[str]) -> None:
+    if running:
+        console.print(f"note: {len(running)} trials of {study} were still running or "
                       "queued (another worker?): the report is incomplete; rerun to update it")
 
 
@@ -155,29 +157,25 @@ def _seconds(text: str) -> float:
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
-    from cnnlab.studies.search import load_search_spec, tune, with_overrides
-    from cnnlab.studies.spec import safe_name
-    from cnnlab.studies.storage import default_url
-
     spec = with_overrides(load_search_spec(args.spec), args.trials, args.folds)
+    from cnnlab.studies.search import tune
+
     name = safe_name(args.study or (f"{spec.name}-quick" if args.quick else spec.name))
     out = args.out or Path("reports") / name
     console = Console()
-    summary = tune(spec, args.quick, out, args.storage or default_url(out), name, args.workers,
-                   args.timeout, console)
+    result = tune(spec, args.quick, out, args.storage or default_url(out), name, args.workers,
+                  args.timeout, console)
     _print_table(console, f"{name} → {out}/search.md", [
         ["best trial", "CV accuracy", "CV std", "test accuracy", "parameters"],
-        [str(summary["best_trial"]), f"{summary['cv_mean']:.4f}", f"{summary['cv_std']:.4f}",
-         f"{summary['test_acc']:.4f}",
+        [str(result.best_trial), f"{result.cv_mean:.4f}", f"{result.cv_std:.4f}",
+         f"{result.test_acc:.4f}",
          " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                  for k, v in summary["params"].items())],
+                  for k, v in result.params.items())],
     ])
 
 
 def cmd_report(args: argparse.Namespace) -> None:
     from cnnlab.studies.report import table_rows, write_report
-    from cnnlab.studies.spec import safe_name
-    from cnnlab.studies.storage import default_url, load_study, open_storage
 
     name = safe_name(args.name)
     out = args.out or Path("reports") / name
@@ -194,7 +192,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     report = write_report(study, out)
     console = Console()
     _print_table(console, f"{name} → {out}/report.md", table_rows(report))
-    _incomplete(console, report)
+    _incomplete(console, report.study, report.running)
 
 
 def _print_table(console: Console, title: str, rows: list[list[str]]) -> None:
@@ -207,8 +205,8 @@ def _print_table(console: Console, title: str, rows: list[list[str]]) -> None:
 
 
 def cmd_lr_find(args: argparse.Namespace) -> None:
-    from cnnlab.diagnostics import find_lr
     from cnnlab.images import is_cnnlab_png
+    from cnnlab.training.lr_find import find_lr
 
     cfg = _config(args)
     if args.out.suffix.lower() != ".png":

@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,14 +19,7 @@ import yaml
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
-from cnnlab.data.augment import POLICIES, enabled_ops
-from cnnlab.data.sources import SOURCES
 from cnnlab.errors import CnnlabError
-from cnnlab.models.convnet import INITS, POOLS
-from cnnlab.models.norms import NORMS
-from cnnlab.regularization import REGULARIZERS
-from cnnlab.training.fast import PRECISIONS
-from cnnlab.training.optim import OPTIMIZERS, SCHEDULERS
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
@@ -135,21 +129,42 @@ class ExperimentConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
-CHOICES: dict[str, Any] = {
-    "data.name": SOURCES,
-    "data.augment.policy": POLICIES,
-    "model.pool": POOLS,
-    "model.norm": NORMS,
-    "model.init": INITS,
-    "optim.name": OPTIMIZERS,
-    "optim.scheduler": SCHEDULERS,
-    "reg.kind": REGULARIZERS,
+# The names each choice key allows. The modules that implement them (``sources.SOURCES``,
+# ``norms.NORMS``, …) build their string → implementation tables from these names and sit above
+# this module: reading a config and reporting a bad choice never imports torch.
+CHOICES: dict[str, tuple[Any, ...]] = {
+    "data.name": ("digits", "mnist", "fashion_mnist", "cifar10", "folder", "npz"),
+    "data.augment.policy": ("all", "k_of_n"),
+    "model.pool": ("max", "avg", "none"),
+    "model.norm": ("batch", "layer", "instance", "group", "none"),
+    "model.init": ("kaiming", "xavier", "default"),
+    "optim.name": ("sgd", "adam", "adamw"),
+    "optim.scheduler": ("none", "cosine", "onecycle"),
+    "reg.kind": ("none", "l1", "l2", "elastic"),
     "trainer.accelerator": ("auto", "cpu", "gpu", "cuda", "mps"),
     "trainer.strategy": ("auto", "ddp"),
-    "trainer.precision": PRECISIONS,
+    "trainer.precision": ("auto", "32-true", "bf16-mixed", "16-mixed"),
     "model.channels_last": ("auto", True, False),
     "wandb.mode": (None, "offline", "online", "disabled"),
 }
+
+
+# Which augmentation ops a config turns on (in the order they are applied).
+AUGMENT_OPS: dict[str, Callable[[AugmentConfig], bool]] = {
+    "hflip": lambda c: c.hflip,
+    "crop": lambda c: c.crop_padding > 0,
+    "resized_crop": lambda c: c.resized_crop_scale < 1 or c.resized_crop_ratio > 1,
+    "translate": lambda c: c.translate > 0,
+    "rotate": lambda c: c.rotate > 0,
+    "stretch": lambda c: c.stretch > 0,
+    "shear": lambda c: c.shear > 0,
+    "lens": lambda c: c.lens > 0,
+}
+
+
+def enabled_ops(cfg: AugmentConfig) -> list[str]:
+    """The ops whose magnitude is non-zero, in their fixed order."""
+    return [name for name, on in AUGMENT_OPS.items() if on(cfg)]
 
 
 class _YamlLoader(yaml.SafeLoader):

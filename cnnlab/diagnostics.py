@@ -1,24 +1,17 @@
-"""Course diagnostics: the LR finder, BN folded into convs, the BN train/eval gap, curves, filters."""
+"""Course diagnostics on a model: BN folded into convs, the BN train/eval gap, curves, filters."""
 
 from __future__ import annotations
 
 import copy
-import dataclasses
-import tempfile
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+import statistics
+import time
+from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from cnnlab.errors import CnnlabError
 from cnnlab.images import figure_png
-
-if TYPE_CHECKING:
-    from cnnlab.config import ExperimentConfig
 
 
 def fuse_bn(model: nn.Module) -> nn.Module:
@@ -111,9 +104,6 @@ def curves_png(history: list[dict[str, Any]]) -> bytes:
 
 def inference_seconds(model: nn.Module, x: Tensor, batch: int = 256, repeats: int = 5) -> float:
     """Median seconds for one eval-mode pass over ``x`` in batches of ``batch``."""
-    import statistics
-    import time
-
     model.eval()
     times = []
     with torch.inference_mode():
@@ -123,70 +113,3 @@ def inference_seconds(model: nn.Module, x: Tensor, batch: int = 256, repeats: in
                 model(x[i : i + batch])
             times.append(time.perf_counter() - start)
     return statistics.median(times[1:])
-
-
-@dataclass(frozen=True)
-class LRFind:
-    """The LR range test's suggestion and its loss-vs-learning-rate plot."""
-
-    suggestion: float
-    points: int
-    plot_png: bytes
-
-
-def find_lr(cfg: ExperimentConfig, out: Path, min_lr: float = 1e-6, max_lr: float = 1.0,
-            num_training: int = 100) -> LRFind:
-    """Lightning's LR finder: train briefly with an exponentially growing learning rate."""
-    import lightning as L
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from lightning.pytorch.tuner import Tuner
-
-    from cnnlab.data.datamodule import DataModule
-    from cnnlab.models.convnet import ConvNet
-    from cnnlab.training.fast import prepare, resolve
-    from cnnlab.training.module import Classifier
-    from cnnlab.training.trainer import build_trainer
-
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=min_lr,
-                                                              scheduler="none"))
-    data = DataModule(cfg.data, cfg.seed)
-    model = ConvNet(cfg.model, data.input_shape, data.num_classes)
-    module = Classifier(model, cfg.optim, cfg.reg, data.num_classes)
-    fast = resolve(cfg)
-    prepare(model, fast, compile_model=False)  # the layout and precision the fit will use
-    steps_per_epoch = len(data.train_dataloader())
-    # one process: every rank of a distributed fit finds the same rate on its own
-    trainer_cfg = dataclasses.replace(cfg.trainer, max_epochs=-(-num_training // steps_per_epoch),
-                                      devices=1, num_nodes=1, strategy="auto",
-                                      precision=fast.precision)
-    with tempfile.TemporaryDirectory() as scratch:  # the finder's own checkpoint
-        trainer = build_trainer(trainer_cfg, Path(scratch), [])
-        finder = Tuner(trainer).lr_find(module, datamodule=data, min_lr=min_lr, max_lr=max_lr,
-                                        num_training=num_training, update_attr=False)
-    lrs = np.asarray(finder.results["lr"] if finder else [])
-    losses = np.asarray(finder.results["loss"] if finder else [])
-    keep = np.isfinite(losses)
-    lrs, losses = lrs[keep], losses[keep]
-    if len(losses) < 15:
-        raise CnnlabError(f"lr-find: {len(losses)} points before the loss blew up, too few for a "
-                          "suggestion (15 needed); allowed: a larger --num-training or a smaller "
-                          "--max-lr")
-    # Steepest descent of the (smoothed) loss against log10(lr), up to the loss minimum: the
-    # fastai rule. Lightning's own suggestion differentiates against lr itself, which favours
-    # the tiniest learning rates.
-    stop = 10 + int(np.argmin(losses[10:])) + 1  # the first points are smoothing warm-up
-    slopes = np.gradient(losses[:stop], np.log10(lrs[:stop]))
-    best = 10 + int(np.argmin(slopes[10:]))
-    suggestion = float(lrs[best])
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(lrs, losses)
-    ax.plot([suggestion], [losses[best]], "o", color="tab:red", markersize=9)
-    ax.set_xscale("log")
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel("training loss (smoothed)")
-    ax.set_title(f"LR range test: suggestion {suggestion:.3g}")
-    return LRFind(suggestion, len(losses), figure_png(fig, dpi=100))

@@ -16,6 +16,7 @@ from cnnlab.diagnostics import fuse_bn, inference_seconds, max_abs_diff
 from cnnlab.errors import CnnlabError
 from cnnlab.files import check_output, write_output
 from cnnlab.models.convnet import ConvNet
+from cnnlab.training.build import build
 
 TOLERANCE = 1e-4
 FORMAT = "cnnlab-export-1"  # marks the files cnnlab export writes
@@ -29,8 +30,7 @@ def load_run(run_dir: Path) -> tuple[ExperimentConfig, DataModule, nn.Module]:
             raise CnnlabError(f"{run_dir}: no {path.relative_to(run_dir)}; allowed: the --out "
                               "directory of a finished cnnlab fit")
     cfg = load_config([config])
-    data = DataModule(cfg.data, cfg.seed)
-    model = ConvNet(cfg.model, data.input_shape, data.num_classes)
+    data, model = build(cfg)
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
     except Exception as err:  # pickle, zip and key errors all mean the same to the user

@@ -179,8 +179,12 @@ def staging_path(out: Path) -> Path:
     return out.parent / f".{out.name}.cnnlab-partial"
 
 
-def begin_run(out: Path, overwrite: bool) -> Path:
-    """Check ``out``, clear a dead process's leftover staging folder, and create a fresh one."""
+def begin_run(out: Path, overwrite: bool, takeover: bool = False) -> Path:
+    """Check ``out``, clear a dead process's leftover staging folder, and create a fresh one.
+
+    ``takeover``: the caller holds this run exclusively (a study trial the storage gave to this
+    worker), so a staging folder of any other process, on any host, is a lost attempt: cleared.
+    """
     check_run_out(out, overwrite)
     staging = staging_path(out)
     if staging.exists() or staging.is_symlink():
@@ -188,7 +192,7 @@ def begin_run(out: Path, overwrite: bool) -> Path:
         if manifest is None or manifest.kind != "partial":
             raise CnnlabError(f"--out {out}: {staging} exists and cnnlab did not make it; allowed: "
                               "move it away")
-        if owner_alive(manifest.owner) and manifest.owner != owner_id():
+        if not takeover and owner_alive(manifest.owner) and manifest.owner != owner_id():
             raise CnnlabError(f"--out {out}: another cnnlab process ({manifest.owner}) is writing "
                               "this run; allowed: wait for it, or another --out")
         _remove_partial(staging)

@@ -12,13 +12,11 @@ or norm parameters):
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from cnnlab.config import RegConfig
+from cnnlab.config import RegConfig
 
 Penalty = Callable[[list[Tensor], float, float], Tensor]
 

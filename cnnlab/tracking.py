@@ -1,18 +1,19 @@
-"""Weights & Biases setup: offline unless the user chose a mode, one run per call, always finished."""
+"""Weights & Biases setup: offline unless the user chose a mode, one run per call, always finished.
+
+``wandb`` is imported by the functions that start a run: with W&B disabled no process pays for it.
+"""
 
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from lightning.pytorch.loggers import WandbLogger
+
+from cnnlab.config import ExperimentConfig, to_dict
 from cnnlab.errors import CnnlabError
-
-if TYPE_CHECKING:
-    from lightning.pytorch.loggers import WandbLogger
-
-    from cnnlab.config import ExperimentConfig
-
 
 MODES = ("offline", "online", "disabled", "shared", "dryrun", "run")  # what wandb itself accepts
 INIT_TIMEOUT_S = 30.0  # online with an unreachable server: one line after this, not a 90 s hang
@@ -51,10 +52,6 @@ def wandb_logger(cfg: ExperimentConfig, out: Path) -> WandbLogger | None:
     mode = wandb_mode(cfg)
     if mode == "disabled":
         return None
-    from lightning.pytorch.loggers import WandbLogger
-
-    from cnnlab.config import to_dict
-
     # The run starts here (not lazily inside the timed training loop) and Lightning logs into it.
     experiment = _init(
         project=cfg.wandb.project,
@@ -78,58 +75,51 @@ def finish(logger: WandbLogger | None, summary: dict[str, float]) -> None:
     logger.experiment.finish()
 
 
-def summary_run(cfg: ExperimentConfig, out: Path, study: str, report: Any, console: Any) -> None:
-    """One W&B run per study: the report as a table, and every plot of ``out`` as an image."""
+def summary_run(cfg: ExperimentConfig, out: Path, study: str, table: list[list[str]],
+                config: dict[str, Any]) -> None:
+    """One W&B run per ablation: its report table (header row first) and every plot of ``out``."""
+    import wandb
+
     mode = wandb_mode(cfg)
     if mode == "disabled":
         return
-    import wandb
-
-    from cnnlab.studies.report import table_rows
-
     run = _init(project=cfg.wandb.project, group=study, job_type="summary",
-                     name=f"{study} summary", tags=[study, "summary"], dir=str(out), mode=mode,
-                     config={"spec": report.spec.to_dict()},
-                     reinit="finish_previous")
-    rows = table_rows(report)
-    log: dict[str, Any] = {"report": wandb.Table(columns=rows[0], data=rows[1:])}
+                name=f"{study} summary", tags=[study, "summary"], dir=str(out), mode=mode,
+                config=config, reinit="finish_previous")
+    log: dict[str, Any] = {"report": wandb.Table(columns=table[0], data=table[1:])}
     log |= {f"plots/{p.stem}": wandb.Image(str(p)) for p in sorted(out.glob("*.png"))}
     run.log(log)
     run.finish()
 
 
-def search_summary_run(cfg: ExperimentConfig, out: Path, study: str, summary: dict[str, Any]) -> None:
-    """One W&B run per search: best parameters, CV and test accuracy, and the Optuna plots."""
+def search_summary_run(cfg: ExperimentConfig, out: Path, study: str, params: dict[str, Any],
+                       numbers: dict[str, float]) -> None:
+    """One W&B run per search: best parameters, its numbers, ``out/trials.csv`` and the plots."""
+    import wandb
+
     mode = wandb_mode(cfg)
     if mode == "disabled":
         return
-    import csv
-
-    import wandb
-
     run = _init(project=cfg.wandb.project, group=study, job_type="summary",
-                     name=f"{study} summary", tags=[study, "summary"], dir=str(out), mode=mode,
-                     config={"best_params": summary["params"]},
-                     reinit="finish_previous")
+                name=f"{study} summary", tags=[study, "summary"], dir=str(out), mode=mode,
+                config={"best_params": params}, reinit="finish_previous")
     with open(out / "trials.csv") as f:
         rows = list(csv.reader(f))
     log: dict[str, Any] = {"trials": wandb.Table(columns=rows[0], data=rows[1:])}
     log |= {f"plots/{p.stem}": wandb.Image(str(p)) for p in sorted(out.glob("*.png"))}
     run.log(log)
-    run.summary.update({k: summary[k] for k in ("cv_mean", "cv_std", "test_acc", "best_trial")})
+    run.summary.update(numbers)
     run.finish()
 
 
 def image_run(cfg: ExperimentConfig, out: Path, job_type: str, images: dict[str, Path],
               summary: dict[str, float]) -> None:
     """A small W&B run holding a command's images and numbers (e.g. the LR finder's plot)."""
+    import wandb
+
     mode = wandb_mode(cfg)
     if mode == "disabled":
         return
-    import wandb
-
-    from cnnlab.config import to_dict
-
     run = _init(project=cfg.wandb.project, group=cfg.wandb.group, job_type=job_type,
                      tags=list(cfg.wandb.tags), dir=str(out), mode=mode, config=to_dict(cfg),
                      reinit="finish_previous")

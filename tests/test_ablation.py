@@ -95,7 +95,7 @@ def test_report_numbers_equal_a_hand_computation(cli, tmp_path: Path) -> None:
     values: dict[str, dict[int, float]] = {}
     for t in trials(out):
         if t.state == TrialState.COMPLETE:
-            values.setdefault(t.params["arm"], {})[t.params["seed"]] = t.user_attrs["test_acc"]
+            values.setdefault(t.user_attrs["arm"], {})[t.user_attrs["seed"]] = t.user_attrs["test_acc"]
     base = values["model.norm=none, reg=l2"]
     rows = {line.split(" | ")[0].strip("| "): line for line in
             (out / "report.md").read_text().splitlines() if line.startswith("| model.norm")}
@@ -126,7 +126,7 @@ def test_a_changed_spec_does_not_mix_into_an_existing_study(cli, tmp_path: Path)
 
 
 def test_shipped_specs_are_valid() -> None:
-    from cnnlab.studies.search import load_search_spec
+    from cnnlab.studies.search_spec import load_search_spec
 
     paths = sorted(Path("experiments").glob("*.yaml"))
     specs = [load_spec(p) for p in paths if p.name != "search.yaml"]

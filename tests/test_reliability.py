@@ -147,10 +147,10 @@ def test_a_diverging_arm_is_pruned_with_its_reason_and_the_ablation_goes_on(cli,
     study = load_study(open_storage(str(out / "study.journal"), readonly=True), "lr")
     by_state = {s: [t for t in study.get_trials() if t.state == s]
                 for s in (TrialState.COMPLETE, TrialState.PRUNED)}
-    assert {t.params["arm"] for t in by_state[TrialState.COMPLETE]} == {"optim.lr=0.01"}
+    assert {t.user_attrs["arm"] for t in by_state[TrialState.COMPLETE]} == {"optim.lr=0.01"}
     assert len(by_state[TrialState.PRUNED]) == 2
     for t in by_state[TrialState.PRUNED]:
-        assert t.params["arm"] == "optim.lr=10.0"
+        assert t.user_attrs["arm"] == "optim.lr=10.0"
         assert t.user_attrs["reason"].startswith("diverged: training loss")
     assert "optim.lr=10.0 | seed=0: diverged: training loss" in (out / "report.md").read_text()
     assert "(0 seeds, 2 diverged)" in stdout

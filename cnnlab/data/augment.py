@@ -12,25 +12,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from cnnlab.config import AugmentConfig
+from cnnlab.config import AugmentConfig, enabled_ops
 
-ENABLED: dict[str, Callable[[AugmentConfig], bool]] = {
-    "hflip": lambda c: c.hflip,
-    "crop": lambda c: c.crop_padding > 0,
-    "resized_crop": lambda c: c.resized_crop_scale < 1 or c.resized_crop_ratio > 1,
-    "translate": lambda c: c.translate > 0,
-    "rotate": lambda c: c.rotate > 0,
-    "stretch": lambda c: c.stretch > 0,
-    "shear": lambda c: c.shear > 0,
-    "lens": lambda c: c.lens > 0,
-}
 GRID_OPS = ("resized_crop", "translate", "rotate", "stretch", "shear", "lens")
 
 
@@ -48,10 +36,6 @@ POLICIES: dict[str, Callable[[int, int, AugmentConfig, torch.Generator, torch.de
     "k_of_n": _k_of_n,
 }
 
-
-def enabled_ops(cfg: AugmentConfig) -> list[str]:
-    """The ops whose magnitude is non-zero, in their fixed order."""
-    return [name for name, on in ENABLED.items() if on(cfg)]
 
 
 def padded_crop(x: Tensor, dy: Tensor, dx: Tensor, padding: int) -> Tensor:

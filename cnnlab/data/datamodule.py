@@ -4,19 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from math import ceil
-from typing import TYPE_CHECKING
 
 import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
 
+from cnnlab.config import DataConfig
 from cnnlab.data.augment import build_augment
 from cnnlab.data.sources import ImageData, load
 from cnnlab.data.splits import fold_indices, split_indices
-
-if TYPE_CHECKING:
-    from cnnlab.config import DataConfig
 
 Augment = Callable[[Tensor, torch.Generator], Tensor]
 

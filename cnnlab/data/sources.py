@@ -12,16 +12,14 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from cnnlab.config import DataConfig
 from cnnlab.errors import CnnlabError
-
-if TYPE_CHECKING:
-    from cnnlab.config import DataConfig
 
 
 @dataclass(frozen=True)

@@ -5,15 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from itertools import pairwise
 from math import prod
-from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
+from cnnlab.config import ModelConfig
 from cnnlab.errors import CnnlabError
 from cnnlab.models.norms import NORMS
-
-if TYPE_CHECKING:
-    from cnnlab.config import ModelConfig
 
 Shape = tuple[int, int, int]
 

@@ -19,8 +19,8 @@ from scipy import stats
 
 from cnnlab.files import claim_study_folder, write_owned
 from cnnlab.images import figure_png
-from cnnlab.studies.ablation import RESULT_KEYS
 from cnnlab.studies.spec import AblationSpec
+from cnnlab.studies.trials import ARM, KEY, NOTE, RESULT_KEYS, SEED, reason_of
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,20 @@ class Report:
 
 
 
+def arm_seed(attrs: dict[str, Any], params: dict[str, Any]) -> tuple[str, int]:
+    """A trial's arm and seed (user attributes; studies of cnnlab 0.1 kept them as parameters)."""
+    if ARM in attrs:
+        return attrs[ARM], attrs[SEED]
+    return params["arm"], params["seed"]
+
+
+def val_curve(trial: optuna.trial.FrozenTrial) -> list[float]:
+    """Validation accuracy per epoch: the intermediate values (cnnlab 0.1: a ``history`` attr)."""
+    if trial.intermediate_values:
+        return [trial.intermediate_values[e] for e in sorted(trial.intermediate_values)]
+    return [row.get("val/acc", math.nan) for row in trial.user_attrs.get("history", [])]
+
+
 def collect(study: optuna.Study) -> Report:
     """Finished trials (one per arm × seed) and the per-arm statistics."""
     spec = AblationSpec.from_dict({**study.user_attrs["spec"], "seeds": 0})
@@ -81,18 +95,19 @@ def collect(study: optuna.Study) -> Report:
     problems: list[tuple[str, str]] = []
     running: list[str] = []
     for t in study.get_trials(deepcopy=False):
-        key = t.user_attrs.get("key")
+        key = t.user_attrs.get(KEY)
         if key is None:
             continue
         if t.state in (TrialState.RUNNING, TrialState.WAITING):
             running.append(key)
         if t.state == TrialState.COMPLETE and key not in trials:
-            row = {"arm": t.params["arm"], "seed": t.params["seed"]}
+            arm, seed = arm_seed(t.user_attrs, t.params)
+            row = {"arm": arm, "seed": seed}
             row.update({name: t.user_attrs[name] for name in RESULT_KEYS if name in t.user_attrs})
-            row["history"] = t.user_attrs.get("history", [])
+            row["curve"] = val_curve(t)
             trials[key] = row
-        elif t.state in (TrialState.FAIL, TrialState.PRUNED) and "note" not in t.user_attrs:
-            reason = t.user_attrs.get("error") or t.user_attrs.get("reason")
+        elif t.state in (TrialState.FAIL, TrialState.PRUNED) and NOTE not in t.user_attrs:
+            reason = reason_of(t)
             if reason:  # none: a killed worker's trial, redone by the rerun
                 problems.append((key, f"{key}: {reason}"))
     done = sorted(trials.values(), key=lambda r: (list(arms).index(r["arm"]), r["seed"]))
@@ -170,10 +185,10 @@ def plots(report: Report) -> dict[str, bytes]:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for name in names:
-        curves = [t["history"] for t in report.trials if t["arm"] == name and t["history"]]
+        curves = [t["curve"] for t in report.trials if t["arm"] == name and t["curve"]]
         length = min((len(c) for c in curves), default=0)
         if length:
-            acc = np.array([[row.get("val/acc", np.nan) for row in c[:length]] for c in curves])
+            acc = np.array([c[:length] for c in curves])
             ax.plot(range(1, length + 1), np.nanmean(acc, axis=0), label=name)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy (mean over seeds)")

@@ -17,7 +17,7 @@ import optuna
 from optuna.storages.journal import JournalFileBackend
 
 from cnnlab.errors import CnnlabError
-from cnnlab.files import check_study_folder, claim_study_folder, owner_alive, owner_id, write_owned
+from cnnlab.files import check_study_folder, claim_study_folder, write_owned
 from cnnlab.studies.journal import ReadOnlyJournal, repair
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -151,9 +151,3 @@ def load_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
         names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
         raise CnnlabError(f"study {name!r} is not in this storage; allowed: "
                           f"{', '.join(names) or 'none yet — run cnnlab ablate first'}") from None
-
-
-def is_dead_local_worker(worker: str | None) -> bool:
-    """True for a trial's worker id (host:pid) of this host whose process is gone, or of this
-    very process (asked before it starts work, so none of its trials can still be running)."""
-    return worker == owner_id() or not owner_alive(worker)

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from cnnlab.config import ExperimentConfig
+from cnnlab.config import ExperimentConfig
 
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
 

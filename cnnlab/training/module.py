@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import lightning as L
 import torch
@@ -12,11 +12,9 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from cnnlab.config import OptimConfig, RegConfig
 from cnnlab.regularization import Regularizer
 from cnnlab.training.optim import OPTIMIZERS, SCHEDULERS
-
-if TYPE_CHECKING:
-    from cnnlab.config import OptimConfig, RegConfig
 
 SPLITS = ("train", "val", "test")
 

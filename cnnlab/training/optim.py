@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from cnnlab.config import OptimConfig
+from cnnlab.config import OptimConfig
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter], "OptimConfig"], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer, "OptimConfig", int], Any]

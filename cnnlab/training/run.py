@@ -14,20 +14,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import lightning as L
 import torch
 
 from cnnlab.config import ExperimentConfig, to_yaml
 from cnnlab.data.augment import preview
-from cnnlab.data.datamodule import DataModule
 from cnnlab.data.sources import ImageData
-from cnnlab.diagnostics import bn_train_eval_gap, curves_png, find_lr, first_conv_filters
+from cnnlab.diagnostics import bn_train_eval_gap, curves_png, first_conv_filters
 from cnnlab.files import abort_run, begin_run, commit_run, staging_path, write_atomic
 from cnnlab.images import png_bytes, png_image
-from cnnlab.models.convnet import ConvNet
 from cnnlab.tracking import finish, wandb_logger
+from cnnlab.training.build import build
 from cnnlab.training.distributed import is_rank_zero
 from cnnlab.training.fast import prepare, resolve
+from cnnlab.training.lr_find import find_lr
 from cnnlab.training.module import Classifier
 from cnnlab.training.trainer import build_trainer
 
@@ -57,6 +56,7 @@ def run(
     data: ImageData | None = None,
     refit: bool = False,
     overwrite: bool = False,
+    takeover: bool = False,
 ) -> RunResult:
     """Train ``cfg`` and write ``out/{config.yaml, metrics.json, history.csv, checkpoints/}``.
 
@@ -69,11 +69,12 @@ def run(
 
     The run is built in a staging folder beside ``out`` and renamed into place when it finished
     (``files.begin_run``): a failed or killed run leaves ``out`` as it was, and ``overwrite``
-    replaces an earlier cnnlab run there only once the new one is complete.
+    replaces an earlier cnnlab run there only once the new one is complete. ``takeover`` (study
+    trials) clears a staging folder another worker left, see ``files.begin_run``.
     """
     if not is_rank_zero():
         return _run(cfg, staging_path(out), out, fold, data, refit)
-    staging = begin_run(out, overwrite)
+    staging = begin_run(out, overwrite, takeover)
     try:
         result = _run(cfg, staging, out, fold, data, refit)
         commit_run(staging, out)
@@ -96,9 +97,7 @@ def _run(cfg: ExperimentConfig, out: Path, final: Path, fold: tuple[int, int] | 
     cfg = dataclasses.replace(
         cfg, model=dataclasses.replace(cfg.model, channels_last=fast.channels_last),
         trainer=dataclasses.replace(cfg.trainer, precision=fast.precision))
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = DataModule(cfg.data, cfg.seed, fold=fold, data=data, refit=refit)
-    model = ConvNet(cfg.model, datamodule.input_shape, datamodule.num_classes)
+    datamodule, model = build(cfg, fold, data, refit)
     module = Classifier(model, cfg.optim, cfg.reg, datamodule.num_classes, cfg.trainer.log_norms)
     prepare(model, fast, cfg.trainer.compile)
 

@@ -6,12 +6,12 @@ import logging
 import sys
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 
+from cnnlab.config import TrainerConfig
 from cnnlab.training.distributed import layer_sync
 
 # Lightning sets its own INFO level on import; its device and tip banners are noise here.
@@ -24,8 +24,6 @@ for pattern in (".*does not have many workers.*", ".*Checkpoint directory .* exi
                 ".*when logging on epoch level in distributed setting.*"):
     warnings.filterwarnings("ignore", message=pattern)
 
-if TYPE_CHECKING:
-    from cnnlab.config import TrainerConfig
 
 BEST = "best"
 

@@ -1,0 +1,119 @@
+"""A search's report: ``trials.csv``, Optuna's plots, hidden units vs CV accuracy, ``search.md``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from cnnlab.files import write_owned
+from cnnlab.images import figure_png
+from cnnlab.studies.search_spec import SearchSpec
+from cnnlab.studies.trials import CV_STD, FOLD_EPOCHS, FOLD_SCORES, NOTE, reason_of
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """The best trial (by CV mean), its refit's test accuracy, and where the report is."""
+
+    study: str
+    best_trial: int
+    params: dict[str, Any]
+    cv_mean: float
+    cv_std: float
+    fold_scores: list[float]
+    test_acc: float
+
+    def numbers(self) -> dict[str, float]:
+        return {"cv_mean": self.cv_mean, "cv_std": self.cv_std, "test_acc": self.test_acc,
+                "best_trial": self.best_trial}
+
+
+def _trials_csv(study: optuna.Study) -> str:
+    trials = [t for t in study.get_trials(deepcopy=False) if NOTE not in t.user_attrs]
+    keys = sorted({k for t in trials for k in t.params})
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["number", "state", *keys, "cv_mean", "cv_std", "fold_scores",
+                     "fold_epochs", "reason"])
+    for t in trials:
+        writer.writerow([t.number, t.state.name, *(t.params.get(k, "") for k in keys),
+                         "" if t.value is None else t.value,
+                         t.user_attrs.get(CV_STD, ""),
+                         " ".join(f"{s:.4f}" for s in t.user_attrs.get(FOLD_SCORES, [])),
+                         t.user_attrs.get(FOLD_EPOCHS, ""), reason_of(t) or ""])
+    return buffer.getvalue()
+
+
+def _plots(study: optuna.Study) -> dict[str, bytes]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ov
+
+    plots = {"history.png": ov.plot_optimization_history,
+             "intermediate.png": ov.plot_intermediate_values,
+             "slice.png": ov.plot_slice,
+             "importances.png": ov.plot_param_importances}
+    out = {}
+    for name, plot in plots.items():
+        try:
+            with warnings.catch_warnings():  # with very few trials the plots warn; still drawn
+                warnings.simplefilter("ignore", UserWarning)
+                axes = plot(study)
+        except (ValueError, RuntimeError, ZeroDivisionError):  # too few trials for this plot
+            plt.close("all")
+            continue
+        first = axes.flat[0] if hasattr(axes, "flat") else axes
+        out[name] = figure_png(first.figure)
+    widths = [k for k in ("model.hidden_units.0",) if any(k in t.params for t in study.trials)]
+    for key in widths:  # the course: hidden units chosen by cross-validation
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for state, style in ((TrialState.COMPLETE, "o"), (TrialState.PRUNED, "x")):
+            trials = [t for t in study.get_trials(deepcopy=False, states=(state,))
+                      if key in t.params and t.user_attrs.get(FOLD_SCORES)]
+            ax.plot([t.params[key] for t in trials],
+                    [statistics.mean(t.user_attrs[FOLD_SCORES]) for t in trials], style,
+                    label=f"{state.name.lower()} (mean of its folds)")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("hidden units (first FC layer)")
+        ax.set_ylabel("CV accuracy")
+        ax.legend()
+        out["hidden_units.png"] = figure_png(fig)
+    return out
+
+
+def write_search_report(study: optuna.Study, spec: SearchSpec, result: SearchResult,
+                        out: Path) -> None:
+    states = [t.state for t in study.get_trials(deepcopy=False) if NOTE not in t.user_attrs]
+    count = {s.name.lower(): states.count(s) for s in (TrialState.COMPLETE, TrialState.PRUNED,
+                                                        TrialState.FAIL)}
+    epochs = sum(t.user_attrs.get(FOLD_EPOCHS, 0) for t in study.get_trials(deepcopy=False))
+    images = _plots(study)
+    for name, png in images.items():
+        write_owned(out, name, png)
+    write_owned(out, "trials.csv", _trials_csv(study))
+    params = "\n".join(f"| `{k}` | {v} |" for k, v in result.params.items())
+    scores = ", ".join(f"{s:.4f}" for s in result.fold_scores)
+    text = "\n".join([
+        f"# Search: {study.study_name}", "", spec.description, "",
+        f"- {spec.folds}-fold stratified CV of the training portion; sampler "
+        f"{spec.sampler['name']}, pruner {spec.pruner['name']}",
+        f"- trials: {count['complete']} complete, {count['pruned']} pruned, {count['fail']} "
+        f"failed; {epochs} fold-epochs trained",
+        f"- best trial {result.best_trial}: CV accuracy {result.cv_mean:.4f} ± "
+        f"{result.cv_std:.4f} (std over folds: {scores})",
+        f"- refit on the whole training portion, tested once: **test accuracy "
+        f"{result.test_acc:.4f}**", "",
+        "| parameter | best value |", "|---|---|", params, "",
+        *[f"![{name}]({name})" for name in images], "",
+    ])
+    write_owned(out, "search.md", text)

@@ -1,0 +1,150 @@
+"""Search specs: the space to sample, folds, trial count, sampler and pruner, validated."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+
+from cnnlab.config import ExperimentConfig, load_config
+from cnnlab.errors import CnnlabError
+from cnnlab.studies.spec import one_process, read_spec, safe_name, yaml_scalar
+
+SPEC_KEYS = ("name", "description", "configs", "overrides", "space", "folds", "trials",
+             "sampler", "pruner", "quick")
+SPACE_TYPES = ("float", "int", "categorical")
+PRUNERS: dict[str, Callable[[dict[str, Any], int], optuna.pruners.BasePruner]] = {
+    "median": lambda o, folds: optuna.pruners.MedianPruner(
+        n_startup_trials=o.get("n_startup_trials", 5), n_warmup_steps=o.get("n_warmup_steps", 0)),
+    "hyperband": lambda o, folds: optuna.pruners.HyperbandPruner(
+        min_resource=1, max_resource=folds, reduction_factor=o.get("reduction_factor", 3)),
+    "wilcoxon": lambda o, folds: optuna.pruners.WilcoxonPruner(
+        p_threshold=o.get("p_threshold", 0.1), n_startup_steps=o.get("n_startup_steps", 1)),
+    "none": lambda o, folds: optuna.pruners.NopPruner(),
+}
+SAMPLERS: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
+    "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed),
+    "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
+}
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    name: str
+    description: str
+    configs: tuple[str, ...]
+    overrides: tuple[str, ...]
+    space: dict[str, dict[str, Any]]
+    folds: int
+    trials: int
+    sampler: dict[str, Any]
+    pruner: dict[str, Any]
+    quick: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description, "configs": list(self.configs),
+                "overrides": list(self.overrides), "space": self.space, "folds": self.folds,
+                "sampler": self.sampler, "pruner": self.pruner, "quick": list(self.quick)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], trials: int = 0) -> SearchSpec:
+        return cls(d["name"], d["description"], tuple(d["configs"]), tuple(d["overrides"]),
+                   d["space"], d["folds"], trials, d["sampler"], d["pruner"], tuple(d["quick"]))
+
+
+def _fail(path: Path, what: str, allowed: str) -> CnnlabError:
+    return CnnlabError(f"spec {path}: {what}; allowed: {allowed}")
+
+
+def load_search_spec(path: Path) -> SearchSpec:
+    """Read and validate a search spec; each dimension's bounds must make a valid config."""
+    raw = read_spec(path, SPEC_KEYS)
+    space = raw.get("space")
+    if not isinstance(space, dict) or not space:
+        raise _fail(path, "space is empty", "a mapping of config keys to {type: float|int|"
+                    "categorical, ...}")
+    for key, dim in space.items():
+        kind = dim.get("type") if isinstance(dim, dict) else None
+        if kind not in SPACE_TYPES:
+            raise _fail(path, f"space.{key}.type is {kind!r}", ", ".join(SPACE_TYPES))
+        if kind == "categorical":
+            ok = isinstance(dim.get("choices"), list) and len(dim["choices"]) > 0
+        else:
+            low, high = dim.get("low"), dim.get("high")
+            ok = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high))
+            ok = ok and low < high and (not dim.get("log") or low > 0)
+        if not ok:
+            raise _fail(path, f"space.{key} is {dim}", "categorical with a list of choices, or "
+                        "float/int with numbers low < high (log: true needs low > 0)")
+    sampler = raw.get("sampler", {"name": "tpe", "seed": 0})
+    pruner = raw.get("pruner", {"name": "median"})
+    if sampler.get("name") not in SAMPLERS:
+        raise _fail(path, f"unknown sampler {sampler.get('name')!r}", ", ".join(SAMPLERS))
+    if pruner.get("name") not in PRUNERS:
+        raise _fail(path, f"unknown pruner {pruner.get('name')!r}", ", ".join(PRUNERS))
+    folds, trials = raw.get("folds", 3), raw.get("trials", 20)
+    if not isinstance(folds, int) or folds < 2:
+        raise _fail(path, f"folds is {folds!r}", "an integer ≥ 2")
+    if not isinstance(trials, int) or trials < 1:
+        raise _fail(path, f"trials is {trials!r}", "a positive integer")
+    spec = SearchSpec(safe_name(str(raw.get("name") or path.stem)), str(raw.get("description", "")),
+                      tuple(raw.get("configs", [])), tuple(raw.get("overrides", [])), space, folds,
+                      trials, sampler, pruner, tuple(raw.get("quick", [])))
+    for corner in CORNERS:  # both ends of every range must be valid configs
+        try:
+            one_process(corner_config(spec, corner))
+        except CnnlabError as err:
+            raise _fail(path, f"space at its {corner} end: {err}", "a space whose values are valid "
+                        "config values") from None
+    return spec
+
+
+CORNERS = ("low", "high")
+
+
+def corner_config(spec: SearchSpec, corner: str, quick: bool = False) -> ExperimentConfig:
+    """The config at the ``low`` or ``high`` end of every range (first choice of categoricals)."""
+    fixed = {k: (d["choices"][0] if d["type"] == "categorical" else d[corner])
+             for k, d in spec.space.items()}
+    return load_config(list(spec.configs), [*spec.overrides, *(spec.quick if quick else ()),
+                                            *as_overrides(fixed)])
+
+
+def as_overrides(params: dict[str, Any]) -> list[str]:
+    """Sampled params → overrides; ``key.0``, ``key.1``… build the list ``key`` (FC widths)."""
+    lists: dict[str, dict[int, Any]] = {}
+    out = []
+    for key, value in params.items():
+        match = re.fullmatch(r"(.+)\.(\d+)", key)
+        if match:
+            lists.setdefault(match[1], {})[int(match[2])] = value
+        else:
+            out.append(f"{key}={yaml_scalar(value)}")
+    for key, items in lists.items():
+        out.append(f"{key}={yaml_scalar([items[i] for i in sorted(items)])}")
+    return out
+
+
+def suggest(trial: optuna.Trial, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    params = {}
+    for key, dim in space.items():
+        if dim["type"] == "categorical":
+            choices = [c if isinstance(c, str | int | float | bool) or c is None else yaml_scalar(c)
+                       for c in dim["choices"]]
+            value = trial.suggest_categorical(key, choices)
+            params[key] = yaml.safe_load(value) if isinstance(value, str) and value[:1] == "[" else value
+        elif dim["type"] == "int":
+            params[key] = trial.suggest_int(key, dim["low"], dim["high"], log=dim.get("log", False))
+        else:
+            params[key] = trial.suggest_float(key, dim["low"], dim["high"], log=dim.get("log", False))
+    return params
+
+
+def with_overrides(spec: SearchSpec, trials: int | None, folds: int | None) -> SearchSpec:
+    """The spec with the command line's --trials / --folds."""
+    return replace(spec, trials=trials or spec.trials, folds=folds or spec.folds)

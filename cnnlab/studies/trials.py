@@ -1,0 +1,226 @@
+"""The one trial loop of ablations and searches: pop queued work, run it, record the outcome.
+
+Work is queued in the storage as WAITING trials (an ablation's arm × seed, a search's slots), and
+the storage hands each to exactly one worker. While a trial runs, its worker stamps a heartbeat
+on it every ``CNNLAB_HEARTBEAT_S`` seconds. A RUNNING trial is *lost* when its worker is a dead
+process of this host, or when no heartbeat came for ``CNNLAB_GRACE_S`` seconds, whichever host
+ran it: it is failed and its work queued again. A live worker's trial, on any host, is never
+taken. A worker with nothing queued waits for the trials others still run (and takes over the
+lost ones), so the last worker standing finishes the study.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import FrozenTrial, TrialState
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from cnnlab.errors import CnnlabError
+from cnnlab.files import owner_alive, owner_id
+
+# Trial user attributes, one name each (a dashboard shows them under these names).
+KEY = "key"              # the unit of work: "<arm> | seed=<n>" (ablation), "slot <n>" (search)
+ARM, SEED = "arm", "seed"                 # an ablation trial's arm and seed
+CONFIGS, OVERRIDES = "configs", "overrides"  # what an ablation trial runs
+WORKER = "worker"        # host:pid of the process that runs (or ran) the trial
+HEARTBEAT = "heartbeat"  # Unix time of that worker's last sign of life
+REASON = "reason"        # why the trial failed or was pruned
+NOTE = "note"            # the trial ran nothing (a lost race for queued work)
+RESULT_KEYS = ("test_acc", "val_acc", "train_loss", "test_loss", "fit_seconds", "epochs")
+FOLD_SCORES, FOLD_EPOCHS, CV_STD = "fold_scores", "fold_epochs", "cv_std"
+QUEUED = (KEY, ARM, SEED, CONFIGS, OVERRIDES)  # what a lost trial's requeued copy keeps
+LEGACY_REASON = "error"  # studies of cnnlab before 0.2 stored an ablation's failure here
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # pruned: diverged or stopped; not redone
+FAILURES = (CnnlabError, RuntimeError, ValueError)  # a trial's run failed; the study goes on
+POLL_S = 1.0  # how often a worker with nothing queued looks at the others' trials
+
+
+def _seconds(name: str, default: float) -> float:
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < 86400:
+        raise CnnlabError(f"{name}: got {text!r}; allowed: seconds, a number in (0, 86400)")
+    return value
+
+
+def liveness() -> tuple[float, float]:
+    """(heartbeat interval, grace period) in seconds: ``$CNNLAB_HEARTBEAT_S`` (default 10) and
+    ``$CNNLAB_GRACE_S`` (default 60; at least two intervals, so one late beat is not a death)."""
+    interval, grace = _seconds("CNNLAB_HEARTBEAT_S", 10.0), _seconds("CNNLAB_GRACE_S", 60.0)
+    if grace < 2 * interval:
+        raise CnnlabError(f"CNNLAB_GRACE_S: got {grace:g}; allowed: at least twice "
+                          f"CNNLAB_HEARTBEAT_S ({interval:g}), so one late heartbeat is no death")
+    return interval, grace
+
+
+def reason_of(trial: FrozenTrial) -> str | None:
+    return trial.user_attrs.get(REASON) or trial.user_attrs.get(LEGACY_REASON)
+
+
+def is_lost(trial: FrozenTrial, now: float, grace: float) -> bool:
+    """A RUNNING trial whose worker is a dead process of this host (or this very process, which
+    asks between its own trials) or has sent no heartbeat for ``grace`` seconds."""
+    worker = trial.user_attrs.get(WORKER)
+    if worker is not None and (worker == owner_id() or not owner_alive(worker)):
+        return True
+    beat = trial.user_attrs.get(HEARTBEAT)
+    if beat is None:  # an older cnnlab, or the instant between ask and the first stamp
+        beat = trial.datetime_start.timestamp() if trial.datetime_start else now
+    return now - beat > grace
+
+
+def reclaim(study: optuna.Study, requeue: Callable[[FrozenTrial], None]) -> int:
+    """Fail every lost trial and ``requeue`` its work; returns how many. When two workers judge
+    the same trial, the storage lets only one of them fail it, so its work is queued once."""
+    _, grace = liveness()
+    now, count = time.time(), 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not is_lost(t, now, grace):
+            continue
+        try:
+            study.tell(t.number, state=TrialState.FAIL)
+        except (UpdateFinishedTrialError, ValueError):  # another worker failed it (or it ended)
+            continue
+        requeue(t)
+        count += 1
+    return count
+
+
+def requeue_same(study: optuna.Study) -> Callable[[FrozenTrial], None]:
+    """Queue a lost trial again with its parameters and its work attributes."""
+    def requeue(t: FrozenTrial) -> None:
+        study.enqueue_trial(t.params, user_attrs={k: t.user_attrs[k] for k in QUEUED
+                                                  if k in t.user_attrs})
+    return requeue
+
+
+class _Heartbeat:
+    """Stamps the running trial with the time every interval, from a thread."""
+
+    def __init__(self, trial: optuna.Trial, interval: float) -> None:
+        self.trial, self.interval = trial, interval
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        while not self.stop.wait(self.interval):
+            try:
+                self.trial.set_user_attr(HEARTBEAT, time.time())
+            except Exception:  # noqa: BLE001  a missed beat (storage busy); the next one may land
+                continue
+
+    def __enter__(self) -> _Heartbeat:
+        self.trial.set_user_attr(WORKER, owner_id())
+        self.trial.set_user_attr(HEARTBEAT, time.time())
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def _taken_elsewhere(study: optuna.Study, trial: optuna.Trial, key: str) -> bool:
+    return any(t.user_attrs.get(KEY) == key and t.number != trial.number
+               and t.state in (*FINISHED, TrialState.RUNNING)
+               for t in study.get_trials(deepcopy=False))
+
+
+def work(study: optuna.Study, objective: Callable[[optuna.Trial], float],
+         requeue: Callable[[FrozenTrial], None], on_done: Callable[[], None] = lambda: None) -> None:
+    """Run queued trials until the study has neither queued nor running ones.
+
+    ``objective`` returns the trial's value, raises ``optuna.TrialPruned(reason)`` (diverged or
+    pruned: recorded, not redone) or one of ``FAILURES`` (recorded; a rerun queues it again).
+    """
+    interval, _ = liveness()
+    while True:
+        reclaim(study, requeue)
+        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        if not waiting:
+            if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                return
+            time.sleep(POLL_S)  # others' trials: wait for them to finish, or to be lost
+            continue
+        trial = study.ask()
+        key = trial.user_attrs.get(KEY)
+        if key is None or _taken_elsewhere(study, trial, key):  # another worker was faster
+            trial.set_user_attr(WORKER, owner_id())
+            trial.set_user_attr(NOTE, "no queued work left" if key is None else "duplicate")
+            study.tell(trial, state=TrialState.FAIL)
+            continue
+        with _Heartbeat(trial, interval):
+            try:
+                value: float | None = objective(trial)
+                state = TrialState.COMPLETE
+            except optuna.TrialPruned as reason:
+                trial.set_user_attr(REASON, str(reason))
+                value, state = None, TrialState.PRUNED
+            except FAILURES as err:
+                trial.set_user_attr(REASON, (str(err).splitlines() or [type(err).__name__])[0])
+                value, state = None, TrialState.FAIL
+        study.tell(trial, value, state=state)
+        on_done()
+
+
+def run_workers(target: Callable[..., None], args: list[tuple[Any, ...]],
+                poll: Callable[[], None]) -> None:
+    """Start one spawned process per ``args`` entry, call ``poll`` every second until all
+    finish, and fail if any worker did (the storage keeps what the others finished)."""
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=target, args=a) for a in args]
+    for p in procs:
+        p.start()
+    while any(p.is_alive() for p in procs):
+        poll()
+        time.sleep(1.0)
+    poll()
+    failed = [p.exitcode for p in procs if p.exitcode]
+    if failed:
+        raise CnnlabError(f"{len(failed)} of {len(procs)} workers exited with an error; rerun "
+                          "the same command to finish the missing trials")
+
+
+class StudyProgress:
+    """A progress bar with ETA over a study's units of work; ``lines`` adds one-line news."""
+
+    def __init__(self, name: str, total: int, console: Console,
+                 done: Callable[[list[FrozenTrial]], int],
+                 lines: Callable[[list[FrozenTrial]], list[str]] = lambda trials: []) -> None:
+        self.done, self.lines, self.total = done, lines, total
+        self.bar = Progress(TextColumn(f"[bold]{name}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("ETA"), TimeRemainingColumn(), console=console,
+                            disable=not console.is_terminal)
+        self.task = self.bar.add_task(name, total=total)
+        self.before: int | None = None
+
+    def __enter__(self) -> StudyProgress:
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.stop()
+
+    def update(self, trials: list[FrozenTrial]) -> None:
+        count = self.done(trials)
+        if self.before is None:  # work done by an earlier run doesn't count towards the ETA
+            self.before = count
+            self.bar.reset(self.task, total=max(self.total - count, 0), completed=0)
+        self.bar.update(self.task, completed=count - self.before)
+        for line in self.lines(trials):
+            self.bar.console.print(line)

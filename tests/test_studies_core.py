@@ -1,0 +1,231 @@
+"""Studies core: heartbeats across machines, one trial loop, and a house without import circles."""
+
+import ast
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from test_ablation import write_spec
+from test_search import write_spec as write_search_spec
+
+from cnnlab.config import CHOICES
+from cnnlab.data.augment import POLICIES
+from cnnlab.data.sources import SOURCES
+from cnnlab.errors import CnnlabError
+from cnnlab.models.convnet import INITS, POOLS
+from cnnlab.models.norms import NORMS
+from cnnlab.regularization import REGULARIZERS
+from cnnlab.studies.storage import load_study, open_storage
+from cnnlab.studies.trials import HEARTBEAT, KEY, NOTE, WORKER, liveness, reclaim, requeue_same
+from cnnlab.training.fast import PRECISIONS
+from cnnlab.training.optim import OPTIMIZERS, SCHEDULERS
+
+ROOT = Path(__file__).resolve().parent.parent
+INTERVAL, GRACE = 0.5, 4.0
+ENV = {**os.environ, "WANDB_MODE": "disabled", "CNNLAB_HEARTBEAT_S": str(INTERVAL),
+       "CNNLAB_GRACE_S": str(GRACE)}
+# cnnlab as a worker of another machine: every worker id it records is other-host:PID
+OTHER_HOST = ("import socket, sys; socket.gethostname = lambda: 'other-host'; "
+              "from cnnlab.cli import main; sys.exit(main(sys.argv[1:]))")
+
+
+def _url(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    return (str(tmp_path / "shared.journal") if kind == "journal"
+            else request.getfixturevalue("postgres_url"))
+
+
+def _trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    try:
+        return load_study(open_storage(url, readonly=True), name).get_trials()
+    except (CnnlabError, FileNotFoundError):  # nothing stored yet
+        return []
+
+
+def _kill_mid_trial(args: list[str], url: str, name: str) -> float:
+    """Run ``cnnlab ARGS`` as a worker of other-host, SIGKILL it while a trial of its runs and
+    has sent a heartbeat; returns the time of the kill."""
+    proc = subprocess.Popen([sys.executable, "-c", OTHER_HOST, *args], env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any(t.state == TrialState.RUNNING and HEARTBEAT in t.user_attrs
+               for t in _trials(url, name)):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return time.time()
+
+
+def _lost(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    lost = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(lost) == 1 and lost[0].user_attrs[WORKER].startswith("other-host:")
+    return lost
+
+
+@pytest.mark.parametrize("kind", ["journal", "postgresql"])
+def test_a_dead_machines_ablation_trial_is_redone_after_the_grace_period(
+        tmp_path: Path, kind: str, request: pytest.FixtureRequest) -> None:
+    url, name = _url(kind, tmp_path, request), f"dead-{tmp_path.name}"
+    spec = write_spec(tmp_path, seeds=2, arms="norm only")  # 3 arms × 2 seeds
+    spec.write_text(spec.read_text().replace("name: tiny", f"name: {name}"))
+    args = ["ablate", str(spec), "--out", str(tmp_path / "out"), "--storage", url]
+    killed = _kill_mid_trial(args, url, name)
+    done = subprocess.run([sys.executable, "-m", "cnnlab.cli", *args], env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    trials = _trials(url, name)
+    keys = [t.user_attrs[KEY] for t in trials if t.state == TrialState.COMPLETE]
+    assert len(keys) == 6 and len(set(keys)) == 6  # every arm × seed exactly once
+    (lost,) = _lost(trials)
+    assert lost.user_attrs[KEY] in keys  # its work was queued again and finished here
+    (redo,) = [t for t in trials if t.state == TrialState.COMPLETE
+               and t.user_attrs[KEY] == lost.user_attrs[KEY]]
+    assert redo.user_attrs[WORKER].startswith(socket.gethostname() + ":")
+    assert list(redo.intermediate_values) == [0]  # validation accuracy per epoch (1 epoch)
+    assert "history" not in redo.user_attrs and "seed" not in redo.params
+    # not before the grace period: its last heartbeat came at most one interval before the kill
+    assert lost.datetime_complete.timestamp() - killed >= GRACE - INTERVAL - 0.1
+    assert not [t for t in trials if NOTE in t.user_attrs]
+    assert not list((tmp_path / "out").rglob("*.cnnlab-partial"))  # the lost attempt's folder
+    assert "## Incomplete" not in (tmp_path / "out" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("kind", ["journal", "postgresql"])
+def test_a_dead_machines_search_trial_is_redone_and_the_count_is_exact(
+        tmp_path: Path, kind: str, request: pytest.FixtureRequest) -> None:
+    url, name = _url(kind, tmp_path, request), f"dead-{tmp_path.name}"
+    args = ["tune", str(write_search_spec(tmp_path)), "--out", str(tmp_path / "out"),
+            "--storage", url, "--study", name, "--trials", "4"]
+    killed = _kill_mid_trial(args, url, name)
+    done = subprocess.run([sys.executable, "-m", "cnnlab.cli", *args], env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    trials = _trials(url, name)
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 4  # exactly --trials, the lost one not counted
+    (lost,) = _lost(trials)  # and no placeholder trials
+    assert any(t.params == lost.params for t in finished)  # its configuration was redone
+    assert lost.datetime_complete.timestamp() - killed >= GRACE - INTERVAL - 0.1
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+
+
+@pytest.mark.parametrize("kind", ["journal", "postgresql"])
+def test_a_live_workers_trial_is_never_taken_on_any_host(
+        tmp_path: Path, kind: str, request: pytest.FixtureRequest) -> None:
+    study = optuna.create_study(storage=open_storage(_url(kind, tmp_path, request)),
+                                study_name=f"live-{tmp_path.name}")
+    requeued: list[int] = []
+    live_here = f"{socket.gethostname()}:{os.getppid()}"  # a live process of this host
+    for number, worker in enumerate(("other-host:1", live_here)):
+        study.enqueue_trial({"x": float(number)}, user_attrs={KEY: f"slot {number}"})
+        trial = study.ask()
+        trial.suggest_float("x", 0, 10)
+        trial.set_user_attr(WORKER, worker)
+        trial.set_user_attr(HEARTBEAT, time.time())
+    assert reclaim(study, lambda t: requeued.append(t.number)) == 0  # fresh heartbeats
+    for t in study.get_trials(states=(TrialState.RUNNING,)):  # both stop beating
+        study._storage.set_trial_user_attr(t._trial_id, HEARTBEAT, time.time() - GRACE - 1)
+    os.environ.update(CNNLAB_HEARTBEAT_S=str(INTERVAL), CNNLAB_GRACE_S=str(GRACE))
+    try:
+        assert reclaim(study, requeue_same(study)) == 2  # silent past the grace: lost
+        assert reclaim(study, requeue_same(study)) == 0  # failed once, queued once
+    finally:
+        del os.environ["CNNLAB_HEARTBEAT_S"], os.environ["CNNLAB_GRACE_S"]
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert sorted(t.user_attrs[KEY] for t in waiting) == ["slot 0", "slot 1"]
+    assert not requeued
+
+
+def test_liveness_settings_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert liveness() == (10.0, 60.0)
+    monkeypatch.setenv("CNNLAB_GRACE_S", "abc")
+    with pytest.raises(CnnlabError, match="CNNLAB_GRACE_S: got 'abc'; allowed"):
+        liveness()
+    monkeypatch.setenv("CNNLAB_GRACE_S", "5")
+    with pytest.raises(CnnlabError, match="at least twice CNNLAB_HEARTBEAT_S"):
+        liveness()
+
+
+def _imports(path: Path) -> set[str]:
+    """Every cnnlab module ``path`` imports: at the top, inside functions, under TYPE_CHECKING."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("cnnlab"):
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("cnnlab"))
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = {}
+    for path in (ROOT / "cnnlab").rglob("*.py"):
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        modules[name] = path
+    return {name: {m for m in _imports(path) if m in modules and m != name}
+            for name, path in modules.items()}
+
+
+def test_no_import_circles_in_cnnlab() -> None:
+    graph = _graph()
+    on_path: list[str] = []
+    done: set[str] = set()
+
+    def visit(module: str) -> None:
+        assert module not in on_path, f"import circle: {' → '.join([*on_path, module])}"
+        if module in done:
+            return
+        on_path.append(module)
+        for imported in sorted(graph[module]):
+            visit(imported)
+        on_path.pop()
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module)
+    assert not {m for m in graph["cnnlab.tracking"] if m.startswith("cnnlab.studies")}
+    assert "cnnlab.studies.ablation" not in graph["cnnlab.studies.report"]
+    assert graph["cnnlab.config"] <= {"cnnlab.errors"}  # the schema reads no registry
+
+
+def test_config_and_a_config_error_load_no_torch() -> None:
+    code = ("import sys; from cnnlab.cli import main; import cnnlab.config; "
+            "status = main(['fit', 'model.norm=batchy']); "
+            "print(status, 'torch' in sys.modules, 'lightning' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+    assert done.stdout.split() == ["2", "False", "False"], done.stderr
+    assert "model.norm: unknown value 'batchy'; allowed: batch, layer" in done.stderr
+
+
+def test_registries_implement_exactly_the_config_choices() -> None:
+    tables = {"data.name": SOURCES, "data.augment.policy": POLICIES, "model.pool": POOLS,
+              "model.norm": NORMS, "model.init": INITS, "optim.name": OPTIMIZERS,
+              "optim.scheduler": SCHEDULERS, "reg.kind": REGULARIZERS,
+              "trainer.precision": PRECISIONS}
+    for key, table in tables.items():
+        assert tuple(table) == CHOICES[key], key
+
+
+def test_the_trial_loop_records_failures_under_one_name(cli, tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, seeds=1, arms="norm only")
+    spec.write_text(spec.read_text().replace("[batch, layer, none]", "[batch, none]")
+                    .replace("data.batch_size=128", "data.batch_size=128, optim.lr=1.0e+6"))
+    status, _, err = cli("ablate", spec, "--out", tmp_path / "out")
+    assert status == 0, err
+    trials = _trials(str(tmp_path / "out" / "study.journal"), "tiny")
+    assert trials and all(t.state == TrialState.PRUNED for t in trials)
+    assert all(t.user_attrs["reason"].startswith("diverged") for t in trials)
+    assert all("error" not in t.user_attrs for t in trials)
+    assert all(set(t.params) == {"model.norm"} for t in trials)  # the factor, not the seed
+    assert sorted(t.user_attrs["seed"] for t in trials) == [0, 0]
