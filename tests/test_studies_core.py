@@ -1,7 +1,9 @@
 """Studies core: heartbeats across machines, one trial loop, and a house without import circles."""
 
 import ast
+import csv
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -229,3 +231,39 @@ def test_the_trial_loop_records_failures_under_one_name(cli, tmp_path: Path) -> 
     assert all("error" not in t.user_attrs for t in trials)
     assert all(set(t.params) == {"model.norm"} for t in trials)  # the factor, not the seed
     assert sorted(t.user_attrs["seed"] for t in trials) == [0, 0]
+
+
+OLD = Path(__file__).resolve().parent / "data" / "v0.1"  # written by cnnlab 0.1 (commit e9137fb)
+
+
+def test_an_ablation_of_cnnlab_0_1_still_reports_and_resumes(cli, tmp_path: Path) -> None:
+    journal = tmp_path / "old.journal"
+    shutil.copy(OLD / "ablation.journal", journal)
+    status, _, err = cli("report", "tiny", "--storage", journal, "--out", tmp_path / "report")
+    assert status == 0, err
+    assert (tmp_path / "report" / "results.csv").read_text() == (OLD / "results.csv").read_text()
+    assert (tmp_path / "report" / "curves.png").is_file()  # from the old per-epoch history
+    status, _, err = cli("ablate", OLD / "tiny.yaml", "--seeds", "3", "--storage", journal,
+                         "--out", tmp_path / "more")
+    assert status == 0, err
+    done = [t for t in _trials(str(journal), "tiny") if t.state == TrialState.COMPLETE]
+    assert sorted(t.user_attrs[KEY] for t in done) == sorted(
+        f"model.norm={norm} | seed={seed}" for norm in ("batch", "none") for seed in range(3))
+    rows = list(csv.DictReader((tmp_path / "more" / "results.csv").open()))
+    old = list(csv.DictReader((OLD / "results.csv").open()))
+    assert len(rows) == 6 and [r for r in rows if r["seed"] != "2"] == old  # kept, not rerun
+
+
+def test_a_search_of_cnnlab_0_1_resumes_to_the_exact_count(cli, tmp_path: Path) -> None:
+    journal = tmp_path / "old.journal"
+    shutil.copy(OLD / "search.journal", journal)
+    before = _trials(str(journal), "small")
+    assert [t for t in before if "beyond" in t.user_attrs.get(NOTE, "")]  # its placeholder
+    status, _, err = cli("tune", OLD / "small.yaml", "--storage", journal, "--out",
+                         tmp_path / "out", "--trials", "4")
+    assert status == 0, err
+    after = _trials(str(journal), "small")
+    finished = [t for t in after if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 4 and len(after) == len(before) + 1  # one new trial, no placeholder
+    rows = list(csv.DictReader((tmp_path / "out" / "trials.csv").open()))
+    assert len(rows) == 4 and all(r["state"] == "COMPLETE" for r in rows)

@@ -20,7 +20,7 @@ from scipy import stats
 from cnnlab.files import claim_study_folder, write_owned
 from cnnlab.images import figure_png
 from cnnlab.studies.spec import AblationSpec
-from cnnlab.studies.trials import ARM, KEY, NOTE, RESULT_KEYS, SEED, reason_of
+from cnnlab.studies.trials import ARM, KEY, LEGACY_HISTORY, NOTE, RESULT_KEYS, SEED, reason_of
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def val_curve(trial: optuna.trial.FrozenTrial) -> list[float]:
     """Validation accuracy per epoch: the intermediate values (cnnlab 0.1: a ``history`` attr)."""
     if trial.intermediate_values:
         return [trial.intermediate_values[e] for e in sorted(trial.intermediate_values)]
-    return [row.get("val/acc", math.nan) for row in trial.user_attrs.get("history", [])]
+    return [row.get("val/acc", math.nan) for row in trial.user_attrs.get(LEGACY_HISTORY, [])]
 
 
 def collect(study: optuna.Study) -> Report:

@@ -38,7 +38,8 @@ NOTE = "note"            # the trial ran nothing (a lost race for queued work)
 RESULT_KEYS = ("test_acc", "val_acc", "train_loss", "test_loss", "fit_seconds", "epochs")
 FOLD_SCORES, FOLD_EPOCHS, CV_STD = "fold_scores", "fold_epochs", "cv_std"
 QUEUED = (KEY, ARM, SEED, CONFIGS, OVERRIDES)  # what a lost trial's requeued copy keeps
-LEGACY_REASON = "error"  # studies of cnnlab before 0.2 stored an ablation's failure here
+LEGACY_REASON = "error"  # cnnlab 0.1 stored an ablation's failure here,
+LEGACY_HISTORY = "history"  # and its per-epoch metrics here
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # pruned: diverged or stopped; not redone
 FAILURES = (CnnlabError, RuntimeError, ValueError)  # a trial's run failed; the study goes on
