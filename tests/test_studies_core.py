@@ -267,3 +267,18 @@ def test_a_search_of_cnnlab_0_1_resumes_to_the_exact_count(cli, tmp_path: Path) 
     assert len(finished) == 4 and len(after) == len(before) + 1  # one new trial, no placeholder
     rows = list(csv.DictReader((tmp_path / "out" / "trials.csv").open()))
     assert len(rows) == 4 and all(r["state"] == "COMPLETE" for r in rows)
+
+
+def test_a_timed_out_search_leaves_its_slots_for_the_rerun(cli, tmp_path: Path) -> None:
+    spec, out = write_search_spec(tmp_path), tmp_path / "out"
+    status, _, err = cli("tune", spec, "--out", out, "--trials", "5", "--timeout", "1")
+    assert status == 0, err
+    trials = _trials(str(out / "study.journal"), "small")
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    waiting = [t for t in trials if t.state == TrialState.WAITING]
+    assert 1 <= len(finished) < 5 and len(finished) + len(waiting) == 5
+    status, _, err = cli("tune", spec, "--out", out, "--trials", "5")
+    assert status == 0, err
+    trials = _trials(str(out / "study.journal"), "small")
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 5
+    assert len(trials) == 5  # the rerun ran the queued slots, nothing more

@@ -10,6 +10,7 @@ user attributes, and the per-epoch validation accuracy is the trial's intermedia
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,7 @@ def reconcile(study: optuna.Study, spec: AblationSpec, quick: bool) -> int:
 
 
 def objective(study: optuna.Study, spec: AblationSpec, out: Path, threads: int
-              ) -> optuna.study.study.ObjectiveFuncType:
+              ) -> Callable[[optuna.Trial], float]:
     """One arm × seed: its config through the run path; diverged runs are pruned."""
     datasets: dict[tuple[Any, ...], ImageData] = {}
 
@@ -111,7 +112,7 @@ def objective(study: optuna.Study, spec: AblationSpec, out: Path, threads: int
 
 
 def work_on(study: optuna.Study, spec: AblationSpec, quick: bool, out: Path, threads: int = 0,
-            on_done: Any = lambda: None) -> None:
+            on_done: Callable[[], None] = lambda: None) -> None:
     """This process's share of the ablation (a lost trial is queued again by ``reconcile``)."""
     work(study, objective(study, spec, out, threads),
          lambda lost: reconcile(study, spec, quick), on_done)
@@ -126,7 +127,7 @@ def _worker_main(url: str, name: str, out: str, seeds: int, threads: int = 1) ->
     work_on(study, spec, attrs["preset"] == "quick", Path(out), threads=threads)
 
 
-def arm_lines(spec: AblationSpec) -> Any:
+def arm_lines(spec: AblationSpec) -> Callable[[list[FrozenTrial]], list[str]]:
     """One line per arm as its last seed finishes: its metric's mean ± CI."""
     reported: set[str] = set()
 

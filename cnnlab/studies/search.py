@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +71,7 @@ def check_data(spec: SearchSpec, quick: bool) -> None:
 
 
 def cross_validate(spec: SearchSpec, quick: bool, out: Path, threads: int
-                   ) -> optuna.study.study.ObjectiveFuncType:
+                   ) -> Callable[[optuna.Trial], float]:
     """The objective: train the trial's config on each fold, reporting after each so it can be
     pruned; a diverged fold prunes the trial."""
     datasets: dict[tuple[Any, ...], ImageData] = {}
@@ -145,22 +146,11 @@ def _worker_main(url: str, name: str, out: str, deadline_s: float, index: int) -
 
 
 def _work(study: optuna.Study, spec: SearchSpec, quick: bool, out: Path, deadline: float,
-          threads: int = 0, on_done: Any = lambda: None) -> None:
-    """This process's share of the queued slots; after ``deadline`` it starts none."""
-    def stop_at_deadline() -> None:
-        on_done()
-        if time.monotonic() >= deadline:
-            raise _Deadline
-
-    try:
-        work(study, cross_validate(spec, quick, out, threads), requeue_same(study),
-             stop_at_deadline)
-    except _Deadline:
-        pass
-
-
-class _Deadline(Exception):
-    """``--timeout`` passed: start no new trial (the queued slots wait for a rerun)."""
+          threads: int = 0, on_done: Callable[[], None] = lambda: None) -> None:
+    """This process's share of the queued slots; after ``deadline`` it starts none (the slots
+    left wait for a rerun)."""
+    work(study, cross_validate(spec, quick, out, threads), requeue_same(study), on_done,
+         stop=lambda: time.monotonic() >= deadline)
 
 
 def finished_count(trials: list[FrozenTrial]) -> int:

@@ -143,14 +143,15 @@ def _taken_elsewhere(study: optuna.Study, trial: optuna.Trial, key: str) -> bool
 
 
 def work(study: optuna.Study, objective: Callable[[optuna.Trial], float],
-         requeue: Callable[[FrozenTrial], None], on_done: Callable[[], None] = lambda: None) -> None:
-    """Run queued trials until the study has neither queued nor running ones.
+         requeue: Callable[[FrozenTrial], None], on_done: Callable[[], None] = lambda: None,
+         stop: Callable[[], bool] = lambda: False) -> None:
+    """Run queued trials until the study has neither queued nor running ones (or ``stop()``).
 
     ``objective`` returns the trial's value, raises ``optuna.TrialPruned(reason)`` (diverged or
     pruned: recorded, not redone) or one of ``FAILURES`` (recorded; a rerun queues it again).
     """
     interval, _ = liveness()
-    while True:
+    while not stop():
         reclaim(study, requeue)
         waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
         if not waiting:
