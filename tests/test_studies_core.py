@@ -21,6 +21,7 @@ from cnnlab.config import CHOICES
 from cnnlab.data.augment import POLICIES
 from cnnlab.data.sources import SOURCES
 from cnnlab.errors import CnnlabError
+from cnnlab.files import Manifest, abort_run, begin_run, staging_path
 from cnnlab.models.convnet import INITS, POOLS
 from cnnlab.models.norms import NORMS
 from cnnlab.regularization import REGULARIZERS
@@ -147,7 +148,8 @@ def test_a_live_workers_trial_is_never_taken_on_any_host(
     assert not requeued
 
 
-def test_liveness_settings_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_liveness_settings_are_checked(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                       ) -> None:
     assert liveness() == (10.0, 60.0)
     monkeypatch.setenv("CNNLAB_GRACE_S", "abc")
     with pytest.raises(CnnlabError, match="CNNLAB_GRACE_S: got 'abc'; allowed"):
@@ -155,6 +157,31 @@ def test_liveness_settings_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CNNLAB_GRACE_S", "5")
     with pytest.raises(CnnlabError, match="at least twice CNNLAB_HEARTBEAT_S"):
         liveness()
+    spec = write_spec(tmp_path, seeds=1)
+    for command in (["ablate", spec], ["tune", write_search_spec(tmp_path)]):
+        before = sorted(tmp_path.rglob("*"))
+        status, _, err = cli(*command, "--out", tmp_path / "out")
+        assert status == 2 and "CNNLAB_GRACE_S: got 5" in err
+        assert sorted(tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_takeover_clears_a_lost_attempt_but_never_a_folder_cnnlab_did_not_make(
+        tmp_path: Path) -> None:
+    out = tmp_path / "trials" / "arm" / "seed0"
+    staging = staging_path(out)
+    staging.mkdir(parents=True)
+    Manifest("partial", "other-host:1").write(staging)  # another machine's attempt, judged lost
+    (staging / "half.ckpt").write_bytes(b"half")
+    with pytest.raises(CnnlabError, match="another cnnlab process"):
+        begin_run(out, overwrite=True)  # without takeover, another host counts as alive
+    assert begin_run(out, overwrite=True, takeover=True) == staging
+    assert not (staging / "half.ckpt").exists()
+    abort_run(staging)
+    staging.mkdir()
+    (staging / "mine.txt").write_text("mine")  # the same name, but the user's folder
+    with pytest.raises(CnnlabError, match="cnnlab did not make it"):
+        begin_run(out, overwrite=True, takeover=True)
+    assert (staging / "mine.txt").read_text() == "mine"
 
 
 def _imports(path: Path) -> set[str]:

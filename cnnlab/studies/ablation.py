@@ -34,6 +34,7 @@ from cnnlab.studies.trials import (
     RESULT_KEYS,
     SEED,
     StudyProgress,
+    liveness,
     reclaim,
     run_workers,
     work,
@@ -169,6 +170,7 @@ def check_architectures(spec: AblationSpec, quick: bool) -> None:
 def ablate(spec: AblationSpec, quick: bool, out: Path, url: str, workers: int,
            console: Console) -> Report:
     """Run (or resume) an ablation, then write its report and a W&B summary run."""
+    liveness()  # bad heartbeat settings: one line before anything is written
     check_architectures(spec, quick)
     study = open_ablation(spec, quick, open_study_storage(out, url))
     reclaim(study, lambda lost: None)  # reconcile, next, queues their work again

@@ -47,6 +47,7 @@ from cnnlab.studies.trials import (
     FOLD_SCORES,
     KEY,
     StudyProgress,
+    liveness,
     reclaim,
     requeue_same,
     run_workers,
@@ -160,6 +161,7 @@ def finished_count(trials: list[FrozenTrial]) -> int:
 def tune(spec: SearchSpec, quick: bool, out: Path, url: str, name: str, workers: int,
          timeout: float | None, console: Console) -> SearchResult:
     """Run (or resume) the search, refit the best config, test it once, write the report."""
+    liveness()  # bad heartbeat settings: one line before anything is written
     check_data(spec, quick)
     study = open_search(spec, quick, open_study_storage(out, url), name)
     reclaim(study, requeue_same(study))
