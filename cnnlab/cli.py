@@ -12,7 +12,6 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
@@ -122,13 +121,19 @@ def _positive(text: str) -> int:
     return value
 
 
+def _seeds(text: str) -> int | str:
+    if text == "auto" or (text.isdigit() and int(text) > 0):
+        return text if text == "auto" else int(text)
+    raise argparse.ArgumentTypeError(f"got {text!r}; allowed: a positive integer or auto")
+
+
 def cmd_ablate(args: argparse.Namespace) -> None:
     specs = [load_spec(path) for path in args.specs]  # all validated before any work
     from cnnlab.studies.ablation import ablate, study_name
     from cnnlab.studies.report import table_rows
 
     if args.seeds:
-        specs = [replace(spec, seeds=args.seeds) for spec in specs]
+        specs = [spec.with_seeds(args.seeds) for spec in specs]
     console = Console()
     for spec in specs:
         name = study_name(spec, args.quick)
@@ -267,7 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="ablation spec(s), e.g. experiments/norm.yaml")
     ablate.add_argument("--quick", action="store_true",
                         help="the spec's quick preset (its own study, <name>-quick)")
-    ablate.add_argument("--seeds", type=_positive, help="seeds per arm (default: the spec's)")
+    ablate.add_argument("--seeds", type=_seeds, metavar="N|auto",
+                        help="seeds per arm (default: the spec's), or auto: add 2 seeds per "
+                        "round to the arms of undecided comparisons, up to 10")
     ablate.add_argument("--storage", help="Optuna storage URL (default DIR/study.journal)")
     ablate.add_argument("--workers", type=_positive, default=1,
                         help="worker processes on this machine (one torch thread each)")

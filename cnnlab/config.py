@@ -106,6 +106,7 @@ class TrainerConfig:
     threads: int = MISSING
     log_norms: bool = MISSING
     images: bool = MISSING
+    target_acc: float = MISSING
 
 
 @dataclass
@@ -362,6 +363,7 @@ def validate(cfg: ExperimentConfig) -> None:
     _check(all(h > 0 for h in m.hidden_units), "model.hidden_units", m.hidden_units,
            "a list of positive integers (may be empty)")
     _check(t.threads >= 0, "trainer.threads", t.threads, "an integer ≥ 0 (0 = torch default)")
+    _check(0 < t.target_acc <= 1, "trainer.target_acc", t.target_acc, "a number in (0, 1]")
     _check(m.padding >= 0, "model.padding", m.padding, "an integer ≥ 0")
     _check(m.norm != "group" or all(c % m.groups == 0 for c in m.channels), "model.groups",
            m.groups, f"a divisor of every entry of model.channels {m.channels}")

@@ -1,4 +1,5 @@
-"""Course diagnostics on a model: BN folded into convs, the BN train/eval gap, curves, filters."""
+"""Course diagnostics on a model: BN folded into convs, the BN train/eval gap, curves, filters,
+and the mechanism metrics an ablation compares (sparsity, weight norm, accuracy, speed)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,11 @@ from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from cnnlab.images import figure_png
+from cnnlab.regularization import penalized_weights
+
+# |w| below this counts as zero in ``weight_sparsity``: about 1% of a typical initial conv weight
+# (Kaiming init over 9–75 fan-in gives |w| ~ 0.1), far above float noise.
+SPARSITY_THRESHOLD = 1e-3
 
 
 def fuse_bn(model: nn.Module) -> nn.Module:
@@ -41,7 +47,9 @@ def max_abs_diff(a: nn.Module, b: nn.Module, x: Tensor, batch: int = 512) -> flo
                for i in range(0, len(x), batch))
 
 
-def _accuracy(model: nn.Module, x: Tensor, y: Tensor, batch: int) -> float:
+@torch.no_grad()
+def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch: int) -> float:
+    """Share of ``x`` classified as ``y`` by ``model`` in its current mode."""
     correct = sum(int((model(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum())
                   for i in range(0, len(x), batch))
     return correct / len(y)
@@ -58,11 +66,31 @@ def bn_train_eval_gap(model: nn.Module, x: Tensor, y: Tensor, batch: int) -> flo
     if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         return None
     probe = copy.deepcopy(model).eval()
-    eval_acc = _accuracy(probe, x, y, batch)
+    eval_acc = accuracy(probe, x, y, batch)
     for m in probe.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.train()
-    return _accuracy(probe, x, y, batch) - eval_acc
+    return accuracy(probe, x, y, batch) - eval_acc
+
+
+@torch.no_grad()
+def weight_sparsity(model: nn.Module, threshold: float = SPARSITY_THRESHOLD) -> float:
+    """Share of conv and linear weights (what a penalty acts on) with |w| < ``threshold``."""
+    weights = penalized_weights(model)
+    small = sum(int((w.abs() < threshold).sum()) for w in weights)
+    return small / sum(w.numel() for w in weights)
+
+
+@torch.no_grad()
+def weight_l2(model: nn.Module) -> float:
+    """L2 norm ‖W‖ of all conv and linear weights together (biases and norm layers excluded)."""
+    return float(sum(float(w.double().pow(2).sum()) for w in penalized_weights(model)) ** 0.5)
+
+
+def epochs_to(history: list[dict[str, Any]], target: float) -> int | None:
+    """The first epoch (counting from 1) whose validation accuracy reaches ``target``."""
+    return next((i + 1 for i, row in enumerate(history) if row.get("val/acc", -1.0) >= target),
+                None)
 
 
 def first_conv_filters(model: nn.Module) -> Tensor:

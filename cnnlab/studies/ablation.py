@@ -22,8 +22,9 @@ from cnnlab.config import load_config
 from cnnlab.data.sources import ImageData, load_cached
 from cnnlab.errors import CnnlabError
 from cnnlab.models.convnet import feature_shape
-from cnnlab.studies.report import Interval, Report, arm_seed, table_rows, write_report
-from cnnlab.studies.spec import AblationSpec, safe_name
+from cnnlab.studies.comparisons import Interval
+from cnnlab.studies.report import SEEDS_ATTR, Report, arm_seed, table_rows, write_report
+from cnnlab.studies.spec import METRICS, REPORT_KEYS, SEED_KEYS, AblationSpec, safe_name
 from cnnlab.studies.storage import load_study, open_storage, open_study_storage, study_for
 from cnnlab.studies.trials import (
     ARM,
@@ -53,19 +54,39 @@ def trial_key(arm: str, seed: int) -> str:
 
 def open_ablation(spec: AblationSpec, quick: bool, storage: optuna.storages.BaseStorage
                   ) -> optuna.Study:
-    """Create or load the study; its ``spec`` attribute guards against mixing different specs."""
+    """Create or load the study; its ``spec`` attribute guards against mixing different specs
+    (seeds may be added, and what only the report reads may change, between runs)."""
     attrs = {**spec.to_dict(), "preset": "quick" if quick else "full"}
-    attrs.pop("seeds")  # more seeds may be added to a study later
-    return study_for(storage, study_name(spec, quick), spec.direction, attrs)
+    study = study_for(storage, study_name(spec, quick), spec.direction, attrs,
+                      mutable=SEED_KEYS + REPORT_KEYS)
+    if spec.looks > study.user_attrs.get(SEEDS_ATTR, 1):  # α per look: 0.05 / most looks planned
+        study.set_user_attr(SEEDS_ATTR, spec.looks)
+    return study
 
 
-def reconcile(study: optuna.Study, spec: AblationSpec, quick: bool) -> int:
-    """Queue every arm × seed that is not finished, queued or running; returns how many."""
+def planned(study: optuna.Study, spec: AblationSpec) -> dict[str, int]:
+    """Seeds per arm: the spec's, or more where earlier rounds queued more (any state)."""
+    seeds = {arm.name: spec.seeds for arm in spec.arms}
+    for t in study.get_trials(deepcopy=False):
+        if KEY in t.user_attrs:
+            arm, seed = arm_seed(t.user_attrs, t.params)
+            if arm in seeds:
+                seeds[arm] = max(seeds[arm], seed + 1)
+    return seeds
+
+
+def reconcile(study: optuna.Study, spec: AblationSpec, quick: bool,
+              more: dict[str, int] | None = None) -> int:
+    """Queue every planned arm × seed (``more``: raise an arm's count) that is not finished,
+    queued or running; returns how many."""
     taken = {t.user_attrs.get(KEY) for t in study.get_trials(deepcopy=False)
              if t.state in (*FINISHED, TrialState.WAITING, TrialState.RUNNING)}
+    seeds = planned(study, spec)
+    for arm, count in (more or {}).items():
+        seeds[arm] = max(seeds[arm], count)
     queued = 0
     for arm in spec.arms:
-        for seed in range(spec.seeds):
+        for seed in range(seeds[arm.name]):
             key = trial_key(arm.name, seed)
             if key not in taken:
                 study.enqueue_trial(dict(arm.levels), user_attrs={
@@ -119,18 +140,20 @@ def work_on(study: optuna.Study, spec: AblationSpec, quick: bool, out: Path, thr
          lambda lost: reconcile(study, spec, quick), on_done)
 
 
-def _worker_main(url: str, name: str, out: str, seeds: int, threads: int = 1) -> None:
+def _worker_main(url: str, name: str, out: str, threads: int = 1) -> None:
     """A spawned worker process: its own storage connection, one torch thread (0: torch's
     default, which oversubscribes the cores when several workers run)."""
     study = load_study(open_storage(url), name)
     attrs = study.user_attrs["spec"]
-    spec = AblationSpec.from_dict({**attrs, "seeds": seeds})
+    spec = AblationSpec.from_dict(attrs)
     work_on(study, spec, attrs["preset"] == "quick", Path(out), threads=threads)
 
 
-def arm_lines(spec: AblationSpec) -> Callable[[list[FrozenTrial]], list[str]]:
-    """One line per arm as its last seed finishes: its metric's mean ± CI."""
+def arm_lines(spec: AblationSpec, seeds: dict[str, int]
+              ) -> Callable[[list[FrozenTrial]], list[str]]:
+    """One line per arm as its last planned seed finishes: its metric's mean [CI]."""
     reported: set[str] = set()
+    bounds = METRICS[spec.metric].bounds
 
     def lines(trials: list[FrozenTrial]) -> list[str]:
         done: dict[str, dict[int, float | None]] = {}
@@ -141,11 +164,11 @@ def arm_lines(spec: AblationSpec) -> Callable[[list[FrozenTrial]], list[str]]:
         out = []
         for arm in spec.arms:
             values = done.get(arm.name, {})
-            if arm.name not in reported and len(values) >= spec.seeds:
+            if arm.name not in reported and len(values) >= seeds[arm.name]:
                 reported.add(arm.name)
                 scores = [v for v in values.values() if v is not None]
                 diverged = f", {len(values) - len(scores)} diverged" if len(scores) < len(values) else ""
-                out.append(f"✓ {arm.name}: {spec.metric} {Interval.of(scores).text()} "
+                out.append(f"✓ {arm.name}: {spec.metric} {Interval.of(scores, bounds).text()} "
                            f"({len(scores)} seeds{diverged})")
         return out
 
@@ -167,26 +190,48 @@ def check_architectures(spec: AblationSpec, quick: bool) -> None:
             raise CnnlabError(f"spec {spec.name}: arm {arm.name!r}: {err}") from None
 
 
+def next_round(report: Report, seeds: dict[str, int]) -> dict[str, int]:
+    """More seeds for both arms of every undecided comparison, up to the spec's maximum."""
+    spec, more = report.spec, {}
+    for c in report.undecided:
+        count = min(spec.max_seeds, max(seeds[c.arm], seeds[c.reference]) + spec.seed_step)
+        for arm in (c.arm, c.reference):
+            if count > seeds[arm]:
+                more[arm] = max(more.get(arm, 0), count)
+    return more
+
+
 def ablate(spec: AblationSpec, quick: bool, out: Path, url: str, workers: int,
            console: Console) -> Report:
-    """Run (or resume) an ablation, then write its report and a W&B summary run."""
+    """Run (or resume) an ablation, then write its report and a W&B summary run.
+
+    With ``spec.auto`` it runs in rounds: after each, the arms of undecided comparisons get
+    ``seed_step`` more seeds (up to ``max_seeds``). The rounds live in the storage (queued
+    trials), so a rerun after a crash goes on where it stopped."""
     liveness()  # bad heartbeat settings: one line before anything is written
     check_architectures(spec, quick)
     study = open_ablation(spec, quick, open_study_storage(out, url))
     reclaim(study, lambda lost: None)  # reconcile, next, queues their work again
-    reconcile(study, spec, quick)
-    total = len(spec.arms) * spec.seeds
-    with StudyProgress(study.study_name, total, console, finished_keys, arm_lines(spec)) as bar:
-        def progress() -> None:
-            bar.update(study.get_trials(deepcopy=False))
+    more: dict[str, int] = {}
+    while True:
+        reconcile(study, spec, quick, more)
+        seeds = planned(study, spec)
+        with StudyProgress(study.study_name, sum(seeds.values()), console, finished_keys,
+                           arm_lines(spec, seeds)) as bar:
+            def progress() -> None:
+                bar.update(study.get_trials(deepcopy=False))
 
-        progress()
-        if workers == 1:
-            work_on(study, spec, quick, out, on_done=progress)
-        else:
-            run_workers(_worker_main, [(url, study.study_name, str(out), spec.seeds)] * workers,
-                        progress)
-    report = write_report(study, out)
+            progress()
+            if workers == 1:
+                work_on(study, spec, quick, out, on_done=progress)
+            else:
+                run_workers(_worker_main, [(url, study.study_name, str(out))] * workers, progress)
+        report = write_report(study, out)
+        more = next_round(report, seeds) if spec.auto and not report.running else {}
+        if not more:
+            break
+        console.print(f"{study.study_name}: {len(report.undecided)} comparisons undecided; "
+                      f"adding seeds to {len(more)} arms (up to {spec.max_seeds})")
     base = spec.config(spec.arms[0], 0, quick)
     summary_run(base, out, study.study_name, table_rows(report), {"spec": spec.to_dict()})
     return report

@@ -1,4 +1,5 @@
-"""Ablation reports from the storage: mean ± 95% CI per arm, paired deltas vs the baseline, plots.
+"""Ablation reports from the storage: per-arm intervals, paired Δ with Holm-adjusted p-values,
+the mechanism metrics, the hypothesis's verdict, and plots (statistics: ``comparisons``).
 
 Writes ``report.md``, ``results.csv`` and PNG plots; every file is written atomically.
 """
@@ -6,6 +7,7 @@ Writes ``report.md``, ``results.csv`` and PNG plots; every file is written atomi
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 from dataclasses import dataclass
@@ -15,50 +17,33 @@ from typing import Any
 import numpy as np
 import optuna
 from optuna.trial import TrialState
-from scipy import stats
 
 from cnnlab.files import claim_study_folder, write_owned
 from cnnlab.images import figure_png
-from cnnlab.studies.spec import AblationSpec
+from cnnlab.studies.comparisons import ALPHA, Comparison, Interval, Pair, compare
+from cnnlab.studies.spec import MECHANISMS, METRICS, AblationSpec, Expectation
 from cnnlab.studies.trials import ARM, KEY, LEGACY_HISTORY, NOTE, RESULT_KEYS, SEED, reason_of
 
-
-@dataclass(frozen=True)
-class Interval:
-    """A mean with its 95% t-interval half-width (nan with fewer than two values)."""
-
-    mean: float
-    half: float
-    n: int
-
-    @classmethod
-    def of(cls, values: list[float]) -> Interval:
-        n = len(values)
-        if n == 0:
-            return cls(math.nan, math.nan, 0)
-        mean = float(np.mean(values))
-        if n < 2:
-            return cls(mean, math.nan, n)
-        half = float(stats.t.ppf(0.975, n - 1) * np.std(values, ddof=1) / math.sqrt(n))
-        return cls(mean, half, n)
-
-    @property
-    def significant(self) -> bool:
-        """The interval excludes zero (for a paired difference)."""
-        return self.n >= 2 and abs(self.mean) > self.half
-
-    def text(self, signed: bool = False) -> str:
-        mean = f"{self.mean:+.4f}" if signed else f"{self.mean:.4f}"
-        return mean if math.isnan(self.half) else f"{mean} ± {self.half:.4f}"
+SEEDS_ATTR = "looks"  # study attribute: most rounds of seeds any run of it planned
 
 
 @dataclass(frozen=True)
 class ArmRow:
     arm: str
     levels: dict[str, str]
-    values: dict[int, float]  # seed → metric
+    values: dict[int, float]  # seed → primary metric (finished, not diverged)
     interval: Interval
-    delta: Interval | None  # paired vs baseline, None for the baseline itself
+    diverged: int
+    delta: Comparison | None  # paired vs baseline, None for the baseline itself
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The spec's hypothesis answered: one outcome per expectation, and overall."""
+
+    claim: str
+    checks: list[tuple[Expectation, Comparison, str]]  # outcome: as expected | against | undecided
+    verdict: str  # supported | not supported | undecided
 
 
 @dataclass(frozen=True)
@@ -70,7 +55,20 @@ class Report:
     failed: list[str]
     preset: str
     running: list[str]  # arm × seed trials another worker was still running
+    alpha: float  # per comparison family: 0.05, divided by the rounds of seeds when adaptive
+    mechanisms: dict[str, list[tuple[str, Interval, Comparison | None]]]  # metric → per arm
+    verdict: Verdict | None
 
+    def values(self, arm: str, metric: str) -> dict[int, float]:
+        """Seed → ``metric`` of ``arm``'s finished, non-diverged trials."""
+        return {t["seed"]: t[metric] for t in self.trials
+                if t["arm"] == arm and not t["diverged"] and t.get(metric) is not None}
+
+    @property
+    def undecided(self) -> list[Comparison]:
+        """The comparisons adding seeds could decide: primary vs baseline, and the hypothesis."""
+        checks = [] if self.verdict is None else [c for _, c, _ in self.verdict.checks]
+        return [c for c in [r.delta for r in self.rows if r.delta] + checks if not c.decided]
 
 
 def arm_seed(attrs: dict[str, Any], params: dict[str, Any]) -> tuple[str, int]:
@@ -87,9 +85,55 @@ def val_curve(trial: optuna.trial.FrozenTrial) -> list[float]:
     return [row.get("val/acc", math.nan) for row in trial.user_attrs.get(LEGACY_HISTORY, [])]
 
 
+DIVERGED = "diverged"  # how a diverged trial's reason starts
+
+
+def _trial_row(t: optuna.trial.FrozenTrial, diverged: bool) -> dict[str, Any]:
+    arm, seed = arm_seed(t.user_attrs, t.params)
+    row: dict[str, Any] = {"arm": arm, "seed": seed, "diverged": diverged}
+    row.update({name: t.user_attrs[name] for name in RESULT_KEYS if name in t.user_attrs})
+    if "epochs" in row and "epochs_to_target" in row and row["epochs_to_target"] is None:
+        row["epochs_to_target"] = row["epochs"] + 1  # never reached: a lower bound (censored)
+    row["curve"] = val_curve(t)
+    return row
+
+
+def _shown(report_trials: list[dict[str, Any]], spec: AblationSpec) -> list[str]:
+    """The spec's ``metrics:``, or the mechanism metrics that differ between arms."""
+    if spec.metrics:
+        return [m for m in spec.metrics if m != spec.metric]
+    shown = []
+    for metric in MECHANISMS:
+        values = {round(t[metric], 12) for t in report_trials if t.get(metric) is not None}
+        if len(values) > 1:
+            shown.append(metric)
+    return shown
+
+
+def _verdict(spec: AblationSpec, report: Report) -> Verdict | None:
+    if spec.hypothesis is None:
+        return None
+    expect = spec.hypothesis.expect
+    pairs = [Pair(e.arm, e.than, e.metric, report.values(e.arm, e.metric),
+                  report.values(e.than, e.metric)) for e in expect]
+    comparisons = compare(pairs, BOUNDS, report.alpha, {spec.metric: spec.margin})
+    checks = []
+    for e, c in zip(expect, comparisons, strict=True):
+        outcome = ("as expected" if c.sign == e.sign
+                   else "against" if c.sign == -e.sign or c.equivalent else "undecided")
+        checks.append((e, c, outcome))
+    outcomes = {o for _, _, o in checks}
+    verdict = ("not supported" if "against" in outcomes
+               else "supported" if outcomes == {"as expected"} else "undecided")
+    return Verdict(spec.hypothesis.claim, checks, verdict)
+
+
+BOUNDS = {name: m.bounds for name, m in METRICS.items()}
+
+
 def collect(study: optuna.Study) -> Report:
-    """Finished trials (one per arm × seed) and the per-arm statistics."""
-    spec = AblationSpec.from_dict({**study.user_attrs["spec"], "seeds": 0})
+    """Finished trials (one per arm × seed), per-arm statistics, comparisons and the verdict."""
+    spec = AblationSpec.from_dict(study.user_attrs["spec"])
     arms = {arm.name: arm for arm in spec.arms}
     trials: dict[str, dict[str, Any]] = {}
     problems: list[tuple[str, str]] = []
@@ -100,54 +144,91 @@ def collect(study: optuna.Study) -> Report:
             continue
         if t.state in (TrialState.RUNNING, TrialState.WAITING):
             running.append(key)
-        if t.state == TrialState.COMPLETE and key not in trials:
-            arm, seed = arm_seed(t.user_attrs, t.params)
-            row = {"arm": arm, "seed": seed}
-            row.update({name: t.user_attrs[name] for name in RESULT_KEYS if name in t.user_attrs})
-            row["curve"] = val_curve(t)
-            trials[key] = row
-        elif t.state in (TrialState.FAIL, TrialState.PRUNED) and NOTE not in t.user_attrs:
-            reason = reason_of(t)
-            if reason:  # none: a killed worker's trial, redone by the rerun
-                problems.append((key, f"{key}: {reason}"))
+        reason = reason_of(t) or ""
+        diverged = reason.startswith(DIVERGED)
+        if key not in trials and (t.state == TrialState.COMPLETE or diverged):
+            trials[key] = _trial_row(t, diverged)
+        if t.state in (TrialState.FAIL, TrialState.PRUNED) and NOTE not in t.user_attrs and reason:
+            problems.append((key, f"{key}: {reason}"))  # none: a killed worker's, redone
     done = sorted(trials.values(), key=lambda r: (list(arms).index(r["arm"]), r["seed"]))
-    by_arm = {name: {r["seed"]: r[spec.metric] for r in done if r["arm"] == name} for name in arms}
-    base = by_arm.get(spec.baseline, {})
-    rows = []
-    for name, values in by_arm.items():
-        if not values:
-            continue
-        common = sorted(set(values) & set(base))
-        delta = None if name == spec.baseline else Interval.of([values[s] - base[s] for s in common])
-        rows.append(ArmRow(name, arms[name].levels, values, Interval.of(list(values.values())), delta))
-    failed = [line for key, line in problems if key not in trials]  # a rerun may have fixed it
-    return Report(spec, study.study_name, done, rows, failed, study.user_attrs["spec"]["preset"],
-                  sorted(set(running) - set(trials)))
+    alpha = ALPHA / study.user_attrs.get(SEEDS_ATTR, 1)
+    failed = [line for key, line in problems if key not in trials or trials[key]["diverged"]]
+    report = Report(spec, study.study_name, done, [], failed, study.user_attrs["spec"]["preset"],
+                    sorted(set(running) - set(trials)), alpha, {}, None)
+    present = [name for name in arms if any(t["arm"] == name for t in done)]
+    others = [name for name in present if name != spec.baseline]
+
+    def family(metric: str, margin: float = 0.0) -> dict[str, Comparison]:
+        pairs = [Pair(name, spec.baseline, metric, report.values(name, metric),
+                      report.values(spec.baseline, metric)) for name in others]
+        return {c.arm: c for c in compare(pairs, BOUNDS, alpha, {metric: margin})}
+
+    primary = family(spec.metric, spec.margin)
+    for name in present:
+        values = report.values(name, spec.metric)
+        diverged = sum(t["diverged"] for t in done if t["arm"] == name)
+        report.rows.append(ArmRow(name, arms[name].levels, values,
+                                  Interval.of(list(values.values()), BOUNDS[spec.metric], alpha),
+                                  diverged, primary.get(name)))
+    for metric in _shown(done, spec):
+        deltas = family(metric)
+        report.mechanisms[metric] = [
+            (name, Interval.of(list(report.values(name, metric).values()), BOUNDS[metric], alpha),
+             deltas.get(name)) for name in present]
+    return dataclasses.replace(report, verdict=_verdict(spec, report))
 
 
 def results_csv(report: Report) -> str:
     factors = list(report.spec.factors)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["arm", "seed", *factors, *RESULT_KEYS])
-    levels = {row.arm: row.levels for row in report.rows}
+    writer.writerow(["arm", "seed", *factors, "diverged", *RESULT_KEYS])
+    levels = {arm.name: arm.levels for arm in report.spec.arms}
     for t in report.trials:
         writer.writerow([t["arm"], t["seed"], *(levels[t["arm"]][f] for f in factors),
-                         *(t.get(k, "") for k in RESULT_KEYS)])
+                         t["diverged"], *(t.get(k, "") for k in RESULT_KEYS)])
     return buffer.getvalue()
 
 
+def _p(p: float) -> str:
+    return "–" if math.isnan(p) else f"{p:.3g}"
+
+
+def _decision(c: Comparison) -> str:
+    return ("higher" if c.sign > 0 else "lower" if c.sign < 0
+            else "equivalent" if c.equivalent else "undecided")
+
+
 def table_rows(report: Report) -> list[list[str]]:
-    """Header + one row per arm: arm, seeds, mean ± CI, paired delta ± CI, significant."""
-    rows = [["arm", "seeds", f"{report.spec.metric} (mean ± 95% CI)",
-             "Δ vs baseline (paired, 95% CI)", "significant"]]
+    """Header + one row per arm: seeds, diverged, mean [CI], paired Δ [CI], p, Holm p, decision."""
+    level = f"{1 - report.alpha:.1%}".replace(".0%", "%")
+    rows = [["arm", "seeds", "diverged", f"{report.spec.metric} (mean [{level} CI])",
+             f"Δ vs baseline (paired, [{level} CI])", "p", "p (Holm)", "decision"]]
     for r in report.rows:
         if r.delta is None:
-            delta, sig = "baseline", ""
+            cells = ["baseline", "", "", ""]
+        elif not r.delta.delta.n:
+            cells = ["no common seeds", "–", "–", "undecided"]
         else:
-            delta = r.delta.text(signed=True) if r.delta.n else "no common seeds"
-            sig = "yes" if r.delta.significant else "no"
-        rows.append([r.arm, str(r.interval.n), r.interval.text(), delta, sig])
+            cells = [r.delta.delta.text(signed=True), _p(r.delta.p), _p(r.delta.p_holm),
+                     _decision(r.delta)]
+        rows.append([r.arm, str(r.interval.n), str(r.diverged), r.interval.text(), *cells])
+    return rows
+
+
+def mechanism_rows(report: Report) -> list[list[str]]:
+    """Header + one row per arm: each shown metric's mean [CI] and its Δ's Holm p."""
+    metrics = list(report.mechanisms)
+    rows = [["arm", *metrics]]
+    for i, row in enumerate(report.rows):
+        cells = []
+        for metric in metrics:
+            _, interval, delta = report.mechanisms[metric][i]
+            mark = "" if delta is None or not delta.delta.n else (
+                f" (Δ {delta.delta.mean:+.4g}, p_Holm {_p(delta.p_holm)}"
+                f"{', ' + _decision(delta) if delta.significant else ''})")
+            cells.append(f"{interval.text()}{mark}")
+        rows.append([row.arm, *cells])
     return rows
 
 
@@ -157,35 +238,99 @@ def _markdown_table(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _errors(intervals: list[Interval]) -> np.ndarray:
+    """Asymmetric error bars (below, above the mean); zero where no interval exists."""
+    return np.array([[0.0, 0.0] if math.isnan(i.low) else [i.mean - i.low, i.high - i.mean]
+                     for i in intervals]).T
+
+
+def _strip(ax: Any, report: Report, metric: str) -> None:
+    """Each seed as a dot over its arm (diverged seeds as red crosses at their value)."""
+    rng = np.random.default_rng(0)
+    for x, row in enumerate(report.rows):
+        for t in (t for t in report.trials if t["arm"] == row.arm and t.get(metric) is not None):
+            jitter = x + rng.uniform(-0.18, 0.18)
+            if t["diverged"]:
+                ax.plot(jitter, t[metric], "x", color="tab:red", markersize=7, zorder=3)
+            else:
+                ax.plot(jitter, t[metric], "o", color="black", markersize=3.5, zorder=3)
+
+
+def _per_arm(ax: Any, report: Report, metric: str, intervals: list[Interval]) -> None:
+    """Mean (diamond) with its interval per arm, seeds as dots; baseline orange."""
+    names = [r.arm for r in report.rows]
+    errors = _errors(intervals)
+    for x, (name, interval) in enumerate(zip(names, intervals, strict=True)):
+        color = "tab:orange" if name == report.spec.baseline else "tab:blue"
+        ax.errorbar([x], [interval.mean], yerr=errors[:, x : x + 1], fmt="D", color=color,
+                    markersize=8, capsize=6, elinewidth=2, zorder=2)
+    _strip(ax, report, metric)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+    values = [t[metric] for t in report.trials if t.get(metric) is not None]
+    values += [v for i in intervals for v in (i.low, i.high) if not math.isnan(v)]
+    low, high = min(values), max(values)
+    pad = 0.1 * (high - low) + 1e-3
+    bounds = METRICS[metric].bounds
+    ax.set_ylim(max(low - pad, bounds[0]), min(high + pad, bounds[1] + pad))
+
+
 def plots(report: Report) -> dict[str, bytes]:
-    """PNG bytes by file name: bars, learning curves, and metric vs a numeric factor."""
+    """PNG bytes by file name: per-seed bars, Δ forest, mechanisms, curves, metric vs factor."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     metric, out = report.spec.metric, {}
+    level = f"{1 - report.alpha:.1%}".replace(".0%", "%")
     names = [r.arm for r in report.rows]
-    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(names) + 2), 4))
-    means = [r.interval.mean for r in report.rows]
-    errors = [0 if math.isnan(r.interval.half) else r.interval.half for r in report.rows]
-    colors = ["tab:orange" if n == report.spec.baseline else "tab:blue" for n in names]
-    ax.bar(range(len(names)), means, yerr=errors, capsize=4, color=colors)
-    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
-    low = min(m - e for m, e in zip(means, errors, strict=True))
-    high = max(m + e for m, e in zip(means, errors, strict=True))
-    pad = 0.15 * (high - low + 1e-3)
-    low, high = low - pad, high + pad
-    if metric.endswith("_acc"):
-        low, high = max(low, 0.0), min(high, 1.0)
-    ax.set_ylim(low, high)
-    ax.set_ylabel(f"{metric} (mean ± 95% CI)")
-    ax.set_title(f"{report.study}: baseline in orange")
+    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(names) + 2), 4.5))
+    _per_arm(ax, report, metric, [r.interval for r in report.rows])
+    ax.set_ylabel(f"{metric} (mean, {level} CI, seeds)")
+    ax.set_title(f"{report.study}: ◆ mean, dots = seeds, × = diverged, baseline orange",
+                 fontsize=10)
+    fig.tight_layout()
     out["bars.png"] = figure_png(fig)
+
+    deltas = [r for r in report.rows if r.delta is not None and r.delta.delta.n]
+    if deltas:
+        fig, ax = plt.subplots(figsize=(7, 0.45 * len(deltas) + 1.6))
+        for y, r in enumerate(deltas):
+            c = r.delta
+            color = "tab:green" if c.sign > 0 else "tab:red" if c.sign < 0 else "tab:gray"
+            err = _errors([c.delta])
+            ax.errorbar([c.delta.mean], [y], xerr=err, fmt="o", color=color, capsize=4)
+            ax.annotate(f"p_Holm {_p(c.p_holm)}", (c.delta.mean, y), xytext=(0, 7),
+                        textcoords="offset points", ha="center", fontsize=7)
+        ax.axvline(0, color="black", linewidth=1)
+        ax.set_yticks(range(len(deltas)), [r.arm for r in deltas], fontsize=8)
+        ax.set_ylim(-0.7, len(deltas) - 0.3)
+        ax.invert_yaxis()
+        ax.set_xlabel(f"Δ {metric} vs {report.spec.baseline} (paired, {level} CI)")
+        ax.set_title(f"{report.study}: green/red = significant after Holm", fontsize=10)
+        fig.tight_layout()
+        out["forest.png"] = figure_png(fig)
+
+    if report.mechanisms:
+        shown = list(report.mechanisms)
+        cols = min(3, len(shown))
+        rows = math.ceil(len(shown) / cols)
+        width = max(4.0, 0.55 * len(names) + 1.5)
+        fig, axes = plt.subplots(rows, cols, figsize=(width * cols, 4.2 * rows), squeeze=False)
+        for ax, name in zip(axes.flat, shown, strict=False):
+            _per_arm(ax, report, name, [i for _, i, _ in report.mechanisms[name]])
+            ax.set_title(name, fontsize=10)
+        for ax in list(axes.flat)[len(shown):]:
+            ax.set_visible(False)
+        fig.suptitle(f"{report.study}: mechanism metrics (mean, {level} CI, seeds)", fontsize=10)
+        fig.tight_layout()
+        out["mechanisms.png"] = figure_png(fig)
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for name in names:
-        curves = [t["curve"] for t in report.trials if t["arm"] == name and t["curve"]]
+        curves = [t["curve"] for t in report.trials if t["arm"] == name and t["curve"]
+                  and not t["diverged"]]
         length = min((len(c) for c in curves), default=0)
         if length:
             acc = np.array([c[:length] for c in curves])
@@ -204,24 +349,42 @@ def plots(report: Report) -> dict[str, bytes]:
             continue
         (group,) = [f for f in factors if f != x_factor]
         fig, ax = plt.subplots(figsize=(7, 4))
-        for level in report.spec.factors[group]:
-            rows = sorted((r for r in report.rows if r.levels[group] == level),
+        for lv in report.spec.factors[group]:
+            rows = sorted((r for r in report.rows if r.levels[group] == lv),
                           key=lambda r: x_of[r.arm])
             ax.errorbar([x_of[r.arm] for r in rows], [r.interval.mean for r in rows],
-                        yerr=[0 if math.isnan(r.interval.half) else r.interval.half for r in rows],
-                        marker="o", capsize=3, label=f"{group}={level}")
+                        yerr=_errors([r.interval for r in rows]), marker="o", capsize=3,
+                        label=f"{group}={lv}")
         ax.set_xscale("log", base=2)
         ax.set_xlabel(x_factor)
-        ax.set_ylabel(f"{metric} (mean ± 95% CI)")
+        ax.set_ylabel(f"{metric} (mean, {level} CI)")
         ax.legend(fontsize=8)
         ax.set_title(f"{report.study}: {metric} vs {x_factor}")
         out[f"by_{x_factor.replace('.', '_')}.png"] = figure_png(fig)
     return out
 
 
+def _verdict_lines(report: Report) -> list[str]:
+    v = report.verdict
+    if v is None:
+        return []
+    lines = ["## Hypothesis", "", f"> {v.claim}", "", f"**Verdict: {v.verdict}.**", "",
+             "| expectation | Δ (paired) | pairs | p | p (Holm) | outcome |",
+             "|---|---|---|---|---|---|"]
+    for e, c, outcome in v.checks:
+        lines.append(f"| {e.text()} | {c.delta.text(signed=True)} | {c.delta.n} | {_p(c.p)} | "
+                     f"{_p(c.p_holm)} | {outcome} |")
+    lines += ["", "Supported: every expectation significant in its direction (Holm across the "
+              "expectations); not supported: one significant the other way, or equivalent within "
+              f"±{report.spec.margin} on {report.spec.metric}; otherwise undecided — more seeds "
+              "(`--seeds auto`) or a longer preset may decide it.", ""]
+    return lines
+
+
 def markdown(report: Report, images: list[str]) -> str:
     spec = report.spec
     seeds = sorted({t["seed"] for t in report.trials})
+    level = f"{1 - report.alpha:.1%}".replace(".0%", "%")
     lines = [f"# Ablation: {report.study}", ""]
     if spec.description:
         lines += [spec.description, ""]
@@ -232,13 +395,28 @@ def markdown(report: Report, images: list[str]) -> str:
         f"- preset: {report.preset}" + (f" (`{' '.join(spec.quick)}`)" if report.preset == "quick"
                                         else ""),
         "",
+        *_verdict_lines(report),
+        "## Arms", "",
         _markdown_table(table_rows(report)),
         "",
-        "Mean ± half-width of the 95% t-interval over seeds. Δ pairs each seed with the "
-        "baseline's run of the same seed (same data split, same initialisation seed) and is "
-        "significant when its 95% interval excludes zero.",
+        f"Intervals: {level} Student-t over seeds, clipped to the metric's range (a clipped "
+        "interval still covers the true mean as often). Δ pairs each seed with the baseline's run "
+        "of the same seed (same split, same initialisation); p is a paired t-test, adjusted with "
+        f"Holm's method across the {sum(r.delta is not None for r in report.rows)} comparisons; "
+        f"the decision is higher / lower when the adjusted p < {report.alpha:.3g}, equivalent "
+        f"when both one-sided tests put Δ within ±{spec.margin} (TOST), undecided otherwise. "
+        "Diverged seeds are counted apart and left out of the statistics.",
         "",
     ]
+    if report.alpha < ALPHA:
+        lines += [f"Seeds were added in rounds until decided (at most {round(ALPHA / report.alpha)}"
+                  f" looks), so each look tests at α = 0.05 / looks = {report.alpha:.3g} "
+                  "(Bonferroni over looks keeps the error rate of the whole sequence at 5%).", ""]
+    if report.mechanisms:
+        lines += ["## Mechanisms", "", _markdown_table(mechanism_rows(report)), "",
+                  *[f"- `{m}`: {METRICS[m].meaning}" for m in report.mechanisms],
+                  "", "Δ vs the baseline, paired by seed; p Holm-adjusted across the arms, per "
+                  "metric.", ""]
     if report.running:
         lines += ["## Incomplete", "",
                   f"{len(report.running)} trials were still running or queued when this report was "

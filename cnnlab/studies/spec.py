@@ -11,11 +11,16 @@ or a name with named levels, each a bundle of overrides::
       spatial: {model.spatial_dropout: 0.2}
 
 Arms are the cross product of the factors' levels; the baseline names one level per factor.
+``metrics:`` lists the mechanism metrics the report shows beside the primary ``metric:``, and
+``hypothesis:`` states a claim as expected directions of paired differences, which the report
+answers. ``seeds: {min, max, step}`` adds seeds in rounds until every comparison is decided.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +31,66 @@ import yaml
 from cnnlab.config import ExperimentConfig, load_config, load_yaml, to_yaml
 from cnnlab.errors import CnnlabError
 
-METRICS = {"test_acc": "maximize", "val_acc": "maximize", "test_loss": "minimize",
-           "train_loss": "minimize", "fit_seconds": "minimize"}
+
+@dataclass(frozen=True)
+class Metric:
+    """A run metric an ablation can compare: which way is better, its range, what it measures."""
+
+    direction: str
+    bounds: tuple[float, float]
+    meaning: str
+
+
+INF = float("inf")
+METRICS: dict[str, Metric] = {
+    "test_acc": Metric("maximize", (0, 1), "test accuracy (best validation epoch's weights)"),
+    "val_acc": Metric("maximize", (0, 1), "best validation accuracy"),
+    "train_acc": Metric("maximize", (0, 1), "accuracy on the (un-augmented) training split"),
+    "test_loss": Metric("minimize", (0, INF), "test cross-entropy"),
+    "train_loss": Metric("minimize", (0, INF), "last epoch's training loss"),
+    "fit_seconds": Metric("minimize", (0, INF), "wall seconds of training"),
+    "generalization_gap": Metric("minimize", (-1, 1), "train_acc − test_acc (overfitting)"),
+    "weight_sparsity": Metric("maximize", (0, 1),
+                              "share of conv/linear weights with |w| < 1e-3"),
+    "weight_l2": Metric("minimize", (0, INF), "L2 norm of all conv/linear weights"),
+    "epochs_to_target": Metric("minimize", (1, INF),
+                               "first epoch with val accuracy ≥ trainer.target_acc "
+                               "(never: max_epochs + 1)"),
+    "bn_train_eval_gap": Metric("maximize", (-1, 1),
+                                "val accuracy with batch statistics − with running statistics"),
+}
+# shown when a spec names no ``metrics:`` (and only those that differ between arms)
+MECHANISMS = ("train_acc", "generalization_gap", "weight_sparsity", "weight_l2",
+              "epochs_to_target", "bn_train_eval_gap")
 SPEC_KEYS = ("name", "description", "configs", "overrides", "factors", "seeds", "metric",
-             "baseline", "quick")
+             "metrics", "baseline", "quick", "margin", "hypothesis")
+SEEDS_AUTO = {"min": 3, "max": 10, "step": 2}  # --seeds auto over a spec with fixed seeds
+SEED_KEYS = ("seeds", "max_seeds", "seed_step")  # how many seeds: may change between runs
+REPORT_KEYS = ("description", "metrics", "margin", "hypothesis")  # read by the report only
+DIRECTIONS = ("higher", "lower")
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """``arm`` has a higher / lower ``metric`` than ``than`` (paired by seed)."""
+
+    arm: str
+    than: str
+    metric: str
+    direction: str
+
+    @property
+    def sign(self) -> int:
+        return 1 if self.direction == "higher" else -1
+
+    def text(self) -> str:
+        return f"{self.metric}: {self.arm} {self.direction} than {self.than}"
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    claim: str
+    expect: tuple[Expectation, ...]
 
 
 @dataclass(frozen=True)
@@ -48,10 +109,24 @@ class AblationSpec:
     configs: tuple[str, ...]
     overrides: tuple[str, ...]
     factors: dict[str, dict[str, tuple[str, ...]]]  # factor → level → overrides
-    seeds: int
+    seeds: int  # per arm; the first round's when seeds are added until decided
     metric: str
     baseline: str
     quick: tuple[str, ...]
+    metrics: tuple[str, ...] = ()
+    margin: float = 0.01  # equivalence margin of the primary metric (its units)
+    hypothesis: Hypothesis | None = None
+    max_seeds: int = 0  # > seeds: add seed_step seeds to undecided arms up to this many
+    seed_step: int = 2
+
+    @property
+    def auto(self) -> bool:
+        return self.max_seeds > self.seeds
+
+    @property
+    def looks(self) -> int:
+        """How many times the comparisons may be tested (one per round of seeds)."""
+        return 1 + math.ceil((self.max_seeds - self.seeds) / self.seed_step) if self.auto else 1
 
     @property
     def arms(self) -> list[Arm]:
@@ -65,7 +140,7 @@ class AblationSpec:
 
     @property
     def direction(self) -> str:
-        return METRICS[self.metric]
+        return METRICS[self.metric].direction
 
     def trial_overrides(self, arm: Arm, seed: int, quick: bool) -> list[str]:
         """Everything after the base config files: base, quick preset, arm, seed."""
@@ -76,16 +151,37 @@ class AblationSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AblationSpec:
+        """From ``to_dict`` (a study's ``spec`` attribute; cnnlab ≤ 0.2 stored fewer keys)."""
         factors = {f: {lv: tuple(o) for lv, o in levels.items()} for f, levels in d["factors"].items()}
+        hyp = d.get("hypothesis")
+        hypothesis = None if hyp is None else Hypothesis(
+            hyp["claim"], tuple(Expectation(**e) for e in hyp["expect"]))
         return cls(d["name"], d["description"], tuple(d["configs"]), tuple(d["overrides"]), factors,
-                   d["seeds"], d["metric"], d["baseline"], tuple(d["quick"]))
+                   d.get("seeds", 0), d["metric"], d["baseline"], tuple(d["quick"]),
+                   tuple(d.get("metrics", ())), d.get("margin", 0.01), hypothesis,
+                   d.get("max_seeds", 0), d.get("seed_step", 2))
 
     def to_dict(self) -> dict[str, Any]:
+        hyp = None if self.hypothesis is None else {
+            "claim": self.hypothesis.claim,
+            "expect": [dataclasses.asdict(e) for e in self.hypothesis.expect]}
         return {"name": self.name, "description": self.description, "configs": list(self.configs),
                 "overrides": list(self.overrides), "seeds": self.seeds, "metric": self.metric,
                 "baseline": self.baseline, "quick": list(self.quick),
                 "factors": {f: {lv: list(o) for lv, o in levels.items()}
-                            for f, levels in self.factors.items()}}
+                            for f, levels in self.factors.items()},
+                "metrics": list(self.metrics), "margin": self.margin, "hypothesis": hyp,
+                "max_seeds": self.max_seeds, "seed_step": self.seed_step}
+
+    def with_seeds(self, seeds: int | str) -> AblationSpec:
+        """``--seeds N`` (N fixed) or ``--seeds auto`` (from the spec's count, in rounds)."""
+        if seeds == "auto":
+            if self.auto:
+                return self
+            step = SEEDS_AUTO["step"]
+            return dataclasses.replace(self, max_seeds=max(SEEDS_AUTO["max"], self.seeds + step),
+                                       seed_step=step)
+        return dataclasses.replace(self, seeds=int(seeds), max_seeds=0)
 
 
 def arm_name(levels: dict[str, str]) -> str:
@@ -164,6 +260,78 @@ def _check_disjoint(path: Path, factors: dict[str, dict[str, tuple[str, ...]]]) 
             owner[key] = name
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _metric(path: Path, key: str, name: Any) -> str:
+    if not isinstance(name, str) or name not in METRICS:
+        raise CnnlabError(f"spec {path}: {key}: unknown metric {name!r}; allowed: "
+                          f"{', '.join(METRICS)}")
+    return name
+
+
+def _seeds(path: Path, raw: Any) -> tuple[int, int, int]:
+    """``seeds: N`` → (N, 0, 2); ``seeds: {min, max, step}`` → (min, max, step)."""
+    if isinstance(raw, dict):
+        unknown = sorted(set(map(str, raw)) - set(SEEDS_AUTO))
+        values = {**SEEDS_AUTO, **raw}
+        if unknown or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                              for v in values.values()) or values["max"] <= values["min"]:
+            raise CnnlabError(f"spec {path}: seeds is {raw!r}; allowed: a positive integer, or "
+                              "{min: 3, max: 10, step: 2} (positive integers, max > min) to add "
+                              "step seeds per round until the comparisons are decided")
+        return values["min"], values["max"], values["step"]
+    if not isinstance(raw, int) or isinstance(raw, bool) or raw < 1:
+        raise CnnlabError(f"spec {path}: seeds is {raw!r}; allowed: a positive integer, or "
+                          "{min: 3, max: 10, step: 2}")
+    return raw, 0, SEEDS_AUTO["step"]
+
+
+def _levels_arm(path: Path, where: str, raw: Any, spec: AblationSpec) -> str:
+    """An arm named by its levels; factors left out take the baseline's level."""
+    base = next(a.levels for a in spec.arms if a.name == spec.baseline)
+    if not isinstance(raw, dict):
+        raise CnnlabError(f"spec {path}: {where}: got {raw!r}; allowed: a mapping of factor to "
+                          f"level, e.g. {{{next(iter(spec.factors))}: ...}}")
+    for factor, level in raw.items():
+        if factor not in spec.factors:
+            raise CnnlabError(f"spec {path}: {where}: {factor!r} is not a factor; allowed: "
+                              f"{', '.join(spec.factors)}")
+        text = level if isinstance(level, str) else yaml_scalar(level)
+        if text not in spec.factors[factor]:
+            raise CnnlabError(f"spec {path}: {where}: {factor}={text} is not a level; allowed: "
+                              f"{', '.join(spec.factors[factor])}")
+    return arm_name({f: level if isinstance(level := raw.get(f, base[f]), str)
+                     else yaml_scalar(level) for f in spec.factors})
+
+
+def _hypothesis(path: Path, raw: Any, spec: AblationSpec) -> Hypothesis:
+    """``{claim: text, expect: [{arm: {...}, than: {...}, metric: m, is: higher|lower}, ...]}``."""
+    shape = ("{claim: text, expect: [{arm: {factor: level}, than: {factor: level} (default the "
+             "baseline), metric: name (default the spec's), is: higher|lower}, ...]}")
+    if (not isinstance(raw, dict) or set(map(str, raw)) != {"claim", "expect"}
+            or not isinstance(raw["expect"], list) or not raw["expect"]):
+        raise CnnlabError(f"spec {path}: hypothesis: got {raw!r}; allowed: {shape}")
+    expect = []
+    for i, item in enumerate(raw["expect"]):
+        where = f"hypothesis.expect[{i}]"
+        if not isinstance(item, dict) or not {"arm", "is"} <= set(item) <= {"arm", "than",
+                                                                            "metric", "is"}:
+            raise CnnlabError(f"spec {path}: {where}: got {item!r}; allowed: {shape}")
+        if item["is"] not in DIRECTIONS:
+            raise CnnlabError(f"spec {path}: {where}.is: got {item['is']!r}; allowed: "
+                              f"{', '.join(DIRECTIONS)}")
+        arm = _levels_arm(path, f"{where}.arm", item["arm"], spec)
+        than = _levels_arm(path, f"{where}.than", item.get("than", {}), spec)
+        if arm == than:
+            raise CnnlabError(f"spec {path}: {where}: compares arm {arm!r} with itself; allowed: "
+                              "two different arms")
+        metric = _metric(path, f"{where}.metric", item.get("metric", spec.metric))
+        expect.append(Expectation(arm, than, metric, item["is"]))
+    return Hypothesis(str(raw["claim"]), tuple(expect))
+
+
 def read_spec(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
     """A spec file's top-level mapping; unreadable files, bad YAML and unknown keys are errors."""
     raw = load_yaml(path, "spec")
@@ -185,12 +353,17 @@ def load_spec(path: Path) -> AblationSpec:
                           "levels, e.g. factors: {{model.norm: [batch, none]}}")
     factors = {str(name): _factor(path, str(name), body) for name, body in factors_raw.items()}
     _check_disjoint(path, factors)
-    metric = raw.get("metric", "test_acc")
-    if not isinstance(metric, str) or metric not in METRICS:
-        raise CnnlabError(f"spec {path}: unknown metric {metric!r}; allowed: {', '.join(METRICS)}")
-    seeds = raw.get("seeds", 3)
-    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
-        raise CnnlabError(f"spec {path}: seeds is {seeds!r}; allowed: a positive integer")
+    metric = _metric(path, "metric", raw.get("metric", "test_acc"))
+    metrics_raw = raw.get("metrics", [])
+    if not isinstance(metrics_raw, list):
+        raise CnnlabError(f"spec {path}: metrics is {metrics_raw!r}; allowed: a list of "
+                          f"{', '.join(METRICS)}")
+    metrics = tuple(_metric(path, "metrics", m) for m in metrics_raw)
+    margin = raw.get("margin", 0.01)
+    if not _number(margin) or not margin > 0:
+        raise CnnlabError(f"spec {path}: margin is {margin!r}; allowed: a positive number in "
+                          f"{metric}'s units (the equivalence margin)")
+    seeds, max_seeds, seed_step = _seeds(path, raw.get("seeds", 3))
     baseline_raw = raw.get("baseline") or {f: next(iter(levels)) for f, levels in factors.items()}
     if not isinstance(baseline_raw, dict):
         raise CnnlabError(f"spec {path}: baseline is {baseline_raw!r}; allowed: a mapping of "
@@ -212,11 +385,17 @@ def load_spec(path: Path) -> AblationSpec:
         metric=metric,
         baseline=baseline,
         quick=_overrides(f"spec {path}: quick", raw.get("quick", [])),
+        metrics=metrics,
+        margin=float(margin),
+        max_seeds=max_seeds,
+        seed_step=seed_step,
     )
     arms = [arm.name for arm in spec.arms]
     if baseline not in arms:
         raise CnnlabError(f"spec {path}: baseline {baseline!r} is not an arm; allowed: "
                           + "; ".join(arms))
+    if "hypothesis" in raw:
+        spec = dataclasses.replace(spec, hypothesis=_hypothesis(path, raw["hypothesis"], spec))
     seen: dict[str, str] = {}
     for arm in spec.arms:
         try:

@@ -131,16 +131,21 @@ def _rdb_storage(url: str, engine_kwargs: dict[str, Any], readonly: bool,
 
 
 def study_for(storage: optuna.storages.BaseStorage, name: str, direction: str,
-              attrs: dict[str, Any]) -> optuna.Study:
-    """Create the study (or load it) and check it was made from the same ``attrs`` (the spec)."""
+              attrs: dict[str, Any], mutable: tuple[str, ...] = ()) -> optuna.Study:
+    """Create the study (or load it) and check it was made from the same ``attrs`` (the spec).
+
+    Keys in ``mutable`` (what the report reads, how many seeds) may change between runs: the
+    stored spec takes the new values. Older studies lack some of them, which is no difference.
+    """
     study = optuna.create_study(storage=storage, study_name=name, direction=direction,
                                 load_if_exists=True)
     stored = study.user_attrs.get("spec")
-    if stored is None:
-        study.set_user_attr("spec", attrs)
-    elif stored != attrs:
+    fixed = {k: v for k, v in attrs.items() if k not in mutable}
+    if stored is not None and {k: v for k, v in stored.items() if k not in mutable} != fixed:
         raise CnnlabError(f"study {name!r} in this storage was made from a different spec; "
                           "allowed: the same spec to resume it, or another --out / --storage")
+    if stored != attrs:
+        study.set_user_attr("spec", attrs)
     return study
 
 

@@ -35,7 +35,9 @@ WORKER = "worker"        # host:pid of the process that runs (or ran) the trial
 HEARTBEAT = "heartbeat"  # Unix time of that worker's last sign of life
 REASON = "reason"        # why the trial failed or was pruned
 NOTE = "note"            # the trial ran nothing (a lost race for queued work)
-RESULT_KEYS = ("test_acc", "val_acc", "train_loss", "test_loss", "fit_seconds", "epochs")
+RESULT_KEYS = ("test_acc", "val_acc", "train_loss", "test_loss", "fit_seconds", "epochs",
+               "train_acc", "generalization_gap", "weight_sparsity", "weight_l2",
+               "epochs_to_target", "bn_train_eval_gap")
 FOLD_SCORES, FOLD_EPOCHS, CV_STD = "fold_scores", "fold_epochs", "cv_std"
 QUEUED = (KEY, ARM, SEED, CONFIGS, OVERRIDES)  # what a lost trial's requeued copy keeps
 LEGACY_REASON = "error"  # cnnlab 0.1 stored an ablation's failure here,

@@ -19,7 +19,15 @@ import torch
 from cnnlab.config import ExperimentConfig, to_yaml
 from cnnlab.data.augment import preview
 from cnnlab.data.sources import ImageData
-from cnnlab.diagnostics import bn_train_eval_gap, curves_png, first_conv_filters
+from cnnlab.diagnostics import (
+    accuracy,
+    bn_train_eval_gap,
+    curves_png,
+    epochs_to,
+    first_conv_filters,
+    weight_l2,
+    weight_sparsity,
+)
 from cnnlab.files import abort_run, begin_run, commit_run, staging_path, write_atomic
 from cnnlab.images import png_bytes, png_image
 from cnnlab.tracking import finish, wandb_logger
@@ -35,7 +43,7 @@ from cnnlab.training.trainer import build_trainer
 class RunResult:
     """Final metrics, one history row per epoch, and the run directory."""
 
-    metrics: dict[str, float]
+    metrics: dict[str, float | bool | None]
     history: list[dict[str, float]]
     out: Path
 
@@ -47,6 +55,21 @@ def _history_csv(history: list[dict[str, float]]) -> str:
     writer.writeheader()
     writer.writerows(history)
     return buffer.getvalue()
+
+
+def _mechanisms(model: torch.nn.Module, history: list[dict[str, float]],
+                train: tuple[torch.Tensor, torch.Tensor], cfg: ExperimentConfig,
+                metrics: dict[str, float | bool | None]) -> dict[str, float | None]:
+    """What the course's claims are about, on the weights that were tested (the best epoch's):
+    sparsity (L1), weight norm (L2), train accuracy and its gap to test accuracy (overfitting),
+    and the epochs to ``trainer.target_acc`` validation accuracy (speed of convergence)."""
+    train_acc = accuracy(model, *train, batch=512)  # eval mode: the batch size changes nothing
+    out: dict[str, float | None] = {
+        "train_acc": train_acc, "weight_sparsity": weight_sparsity(model),
+        "weight_l2": weight_l2(model), "epochs_to_target": epochs_to(history, cfg.trainer.target_acc)}
+    if "test_acc" in metrics:
+        out["generalization_gap"] = train_acc - float(metrics["test_acc"])
+    return out
 
 
 def run(
@@ -114,7 +137,7 @@ def _run(cfg: ExperimentConfig, out: Path, final: Path, fold: tuple[int, int] | 
         sample = datamodule.train[0][:8]
         grid = preview(sample, datamodule.augment, datamodule.mean, datamodule.std, seed=cfg.seed)
         logger.log_image("augment/preview", [grid.cpu()])
-    metrics: dict[str, float | bool] = {} if found is None else {"lr_found": found.suggestion}
+    metrics: dict[str, float | bool | None] = {} if found is None else {"lr_found": found.suggestion}
     filters_start = first_conv_filters(model) if cfg.trainer.images else None
     try:
         start = time.perf_counter()
@@ -136,6 +159,8 @@ def _run(cfg: ExperimentConfig, out: Path, final: Path, fold: tuple[int, int] | 
                                    weights_only=True)
             metrics["test_acc"] = test["test/acc"]
             metrics["test_loss"] = test["test/loss"]
+        if zero:
+            metrics |= _mechanisms(model.eval(), module.history, datamodule.train, cfg, metrics)
         if logger is not None and filters_start is not None:
             logger.log_image("filters", [filters_start, first_conv_filters(model)],
                              caption=["start", "end"])
@@ -152,6 +177,7 @@ def _run(cfg: ExperimentConfig, out: Path, final: Path, fold: tuple[int, int] | 
             write_atomic(out / name, png_bytes(image))
         write_atomic(out / "curves.png", curves_png(module.history))
     write_atomic(out / "history.csv", _history_csv(module.history))
-    clean = {k: v if isinstance(v, bool) or math.isfinite(v) else None for k, v in metrics.items()}
+    clean = {k: v if v is None or isinstance(v, bool) or math.isfinite(v) else None
+             for k, v in metrics.items()}
     write_atomic(out / "metrics.json", json.dumps(clean, indent=2) + "\n")
     return RunResult(metrics, module.history, final)

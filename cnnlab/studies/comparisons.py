@@ -1,0 +1,155 @@
+"""The statistics of an ablation: intervals inside the metric's range, paired tests, Holm.
+
+- An arm's interval is the 95% Student-t interval of its mean over seeds, intersected with the
+  metric's range (accuracies [0, 1], their differences [−1, 1]). The true mean always lies in
+  that range, so the intersection covers it exactly as often as the t-interval does, and a
+  collapsed seed widens the interval up to the range instead of past it.
+- A comparison pairs each seed of an arm with the same seed of its reference (same split, same
+  initialisation) and tests the mean difference with a two-sided paired t-test. Why not a
+  sign-flip permutation test: with n seeds its smallest p-value is 2/2ⁿ, so 3–5 seeds could
+  never be significant, whatever the effect.
+- A family of comparisons (an arm against the baseline, per metric; a hypothesis's expectations)
+  is adjusted with Holm's step-down method, which controls the family-wise error rate without
+  assuming independence; "significant" means the adjusted p < α.
+- Equivalence: two one-sided t-tests (TOST) against ±margin, at the same α.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.weightstats import ttost_paired
+
+ALPHA = 0.05
+Bounds = tuple[float, float]
+UNBOUNDED: Bounds = (-math.inf, math.inf)
+
+
+def difference_bounds(bounds: Bounds) -> Bounds:
+    """The range of a difference of two values in ``bounds``."""
+    low, high = bounds
+    return low - high, high - low
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A mean over seeds with its t-interval, clipped to the metric's range (nan below 2 values)."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+    @classmethod
+    def of(cls, values: list[float], bounds: Bounds = UNBOUNDED, alpha: float = ALPHA
+           ) -> Interval:
+        n = len(values)
+        if n == 0:
+            return cls(math.nan, math.nan, math.nan, 0)
+        mean = float(np.mean(values))
+        if n < 2:
+            return cls(mean, math.nan, math.nan, n)
+        half = float(stats.t.ppf(1 - alpha / 2, n - 1) * np.std(values, ddof=1) / math.sqrt(n))
+        return cls(mean, max(mean - half, bounds[0]), min(mean + half, bounds[1]), n)
+
+    def text(self, signed: bool = False) -> str:
+        if self.n == 0:
+            return "–"
+        mean = f"{self.mean:+.4f}" if signed else f"{self.mean:.4f}"
+        if math.isnan(self.low):
+            return mean
+        fmt = "{:+.4f}" if signed else "{:.4f}"
+        return f"{mean} [{fmt.format(self.low)}, {fmt.format(self.high)}]"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """``arm`` minus ``reference`` on ``metric``, paired by seed."""
+
+    arm: str
+    reference: str
+    metric: str
+    delta: Interval
+    p: float  # two-sided paired t-test; nan with fewer than two pairs
+    p_holm: float  # Holm-adjusted within its family
+    alpha: float
+    equivalent: bool  # TOST: the difference lies within ±margin
+
+    @property
+    def significant(self) -> bool:
+        return self.p_holm < self.alpha
+
+    @property
+    def decided(self) -> bool:
+        return self.significant or self.equivalent
+
+    @property
+    def sign(self) -> int:
+        """+1 / −1 when significantly higher / lower, 0 otherwise."""
+        return int(math.copysign(1, self.delta.mean)) if self.significant else 0
+
+
+def paired_p(diffs: list[float]) -> float:
+    """Two-sided paired t-test p-value of mean difference 0 (nan below two pairs)."""
+    if len(diffs) < 2:
+        return math.nan
+    if np.ptp(diffs) == 0:  # no spread: t is ±inf, or 0/0 when every difference is 0
+        return 1.0 if diffs[0] == 0 else 0.0
+    return float(stats.ttest_1samp(diffs, 0.0).pvalue)
+
+
+def equivalent(arm: list[float], reference: list[float], margin: float, alpha: float) -> bool:
+    """TOST: both one-sided tests reject a difference beyond ±margin at ``alpha``."""
+    if margin <= 0 or len(arm) < 2:
+        return False
+    diffs = np.subtract(arm, reference)
+    if np.ptp(diffs) == 0:
+        return bool(abs(diffs[0]) < margin)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        p, _, _ = ttost_paired(np.asarray(arm, float), np.asarray(reference, float), -margin, margin)
+    return bool(p < alpha)
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm-adjusted p-values; nan (untestable) entries stay nan and don't count."""
+    tested = [i for i, p in enumerate(p_values) if not math.isnan(p)]
+    adjusted = [math.nan] * len(p_values)
+    if tested:
+        _, p_adj, _, _ = multipletests([p_values[i] for i in tested], method="holm")
+        for i, p in zip(tested, p_adj, strict=True):
+            adjusted[i] = float(p)
+    return adjusted
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One comparison to make: per-seed values of an arm and of its reference."""
+
+    arm: str
+    reference: str
+    metric: str
+    values: dict[int, float]
+    reference_values: dict[int, float]
+
+
+def compare(pairs: list[Pair], bounds: dict[str, Bounds], alpha: float = ALPHA,
+            margin: dict[str, float] | None = None) -> list[Comparison]:
+    """One family: paired Δ, t-test p, Holm across the family, TOST where a margin is given."""
+    margin = margin or {}
+    seeds = [sorted(set(p.values) & set(p.reference_values)) for p in pairs]
+    arms = [[p.values[s] for s in common] for p, common in zip(pairs, seeds, strict=True)]
+    refs = [[p.reference_values[s] for s in common] for p, common in zip(pairs, seeds, strict=True)]
+    diffs = [list(np.subtract(a, r)) for a, r in zip(arms, refs, strict=True)]
+    raw = [paired_p(d) for d in diffs]
+    return [Comparison(p.arm, p.reference, p.metric,
+                       Interval.of(d, difference_bounds(bounds.get(p.metric, UNBOUNDED)), alpha),
+                       p_raw, p_adj, alpha,
+                       equivalent(a, r, margin.get(p.metric, 0.0), alpha))
+            for p, d, a, r, p_raw, p_adj in zip(pairs, diffs, arms, refs, raw, holm(raw),
+                                                 strict=True)]
