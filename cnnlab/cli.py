@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
@@ -23,6 +24,9 @@ from cnnlab.files import check_output, check_run_out, check_study_folder, write_
 from cnnlab.studies.search_spec import load_search_spec, with_overrides
 from cnnlab.studies.spec import load_spec, safe_name
 from cnnlab.studies.storage import default_url, load_study, open_storage
+
+if TYPE_CHECKING:  # the report module loads numpy and Optuna: only the commands that need it do
+    from cnnlab.studies.report import Report
 
 
 class _Parser(argparse.ArgumentParser):
@@ -142,7 +146,13 @@ def cmd_ablate(args: argparse.Namespace) -> None:
         report = ablate(spec, args.quick, out, args.storage or default_url(out), args.workers,
                         console)
         _print_table(console, f"{name} → {out}/report.md", table_rows(report))
+        _verdict(console, report)
         _incomplete(console, report.study, report.running)
+
+
+def _verdict(console: Console, report: Report) -> None:
+    if report.verdict is not None:
+        console.print(f"hypothesis: {report.verdict.claim} → {report.verdict.verdict}")
 
 
 def _incomplete(console: Console, study: str, running: list[str]) -> None:
@@ -197,13 +207,14 @@ def cmd_report(args: argparse.Namespace) -> None:
     report = write_report(study, out)
     console = Console()
     _print_table(console, f"{name} → {out}/report.md", table_rows(report))
+    _verdict(console, report)
     _incomplete(console, report.study, report.running)
 
 
 def _print_table(console: Console, title: str, rows: list[list[str]]) -> None:
     table = Table(title=title)
-    for column in rows[0]:
-        table.add_column(column)
+    for i, column in enumerate(rows[0]):  # whole arm names; the numbers fold if they must
+        table.add_column(column, no_wrap=i == 0, overflow="fold")
     for row in rows[1:]:
         table.add_row(*row)
     console.print(table)

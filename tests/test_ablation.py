@@ -96,19 +96,28 @@ def test_report_numbers_equal_a_hand_computation(cli, tmp_path: Path) -> None:
     for t in trials(out):
         if t.state == TrialState.COMPLETE:
             values.setdefault(t.user_attrs["arm"], {})[t.user_attrs["seed"]] = t.user_attrs["test_acc"]
-    base = values["model.norm=none, reg=l2"]
-    rows = {line.split(" | ")[0].strip("| "): line for line in
-            (out / "report.md").read_text().splitlines() if line.startswith("| model.norm")}
+    text = (out / "report.md").read_text()
+    arms_table = text[text.index("## Arms"):text.index("## Mechanisms")]
+    rows = {line.split(" | ")[0].strip("| "): line for line in arms_table.splitlines()
+            if line.startswith("| model.norm")}
     for arm, by_seed in values.items():
         xs = [by_seed[s] for s in range(3)]
-        half = stats.t.ppf(0.975, 2) * statistics.stdev(xs) / math.sqrt(3)
-        assert f"| {statistics.mean(xs):.4f} ± {half:.4f} |" in rows[arm]
-    arm = "model.norm=none, reg=l2"
-    d = [values[arm][s] - values["model.norm=batch, reg=none"][s] for s in range(3)]
-    half = stats.t.ppf(0.975, 2) * np.std(d, ddof=1) / math.sqrt(3)
-    assert f"| {np.mean(d):+.4f} ± {half:.4f} | {'yes' if abs(np.mean(d)) > half else 'no'} |" \
-        in rows[arm]
-    assert base  # the baseline row reads "baseline"
+        m, half = statistics.mean(xs), stats.t.ppf(0.975, 2) * statistics.stdev(xs) / math.sqrt(3)
+        assert f"| {m:.4f} [{max(m - half, 0):.4f}, {min(m + half, 1):.4f}] |" in rows[arm]
+    others = [a for a in values if a != "model.norm=batch, reg=none"]
+    raw = {}
+    for arm in others:
+        d = [values[arm][s] - values["model.norm=batch, reg=none"][s] for s in range(3)]
+        half = stats.t.ppf(0.975, 2) * np.std(d, ddof=1) / math.sqrt(3)
+        raw[arm] = stats.ttest_rel([values[arm][s] for s in range(3)],
+                                   [values["model.norm=batch, reg=none"][s] for s in range(3)]).pvalue
+        assert f"| {np.mean(d):+.4f} [{np.mean(d) - half:+.4f}, {np.mean(d) + half:+.4f}] | " \
+            f"{raw[arm]:.3g} |" in rows[arm]
+    order = sorted(others, key=raw.get)  # Holm by hand: (m − rank)·p, running maximum, cap 1
+    running = 0.0
+    for rank, arm in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * raw[arm]))
+        assert f"| {raw[arm]:.3g} | {running:.3g} |" in rows[arm]
     assert "| baseline |" in rows["model.norm=batch, reg=none"]
     (out / "report.md").unlink()
     status, stdout, _ = cli("report", "tiny", "--out", out)  # rebuilt from the storage alone

@@ -96,7 +96,7 @@ def test_ablation_survives_repeated_sigkills(tmp_path: Path) -> None:
     assert _without_time(out / "results.csv") == _without_time(clean / "results.csv")
     table = [[line for line in (d / "report.md").read_text().splitlines()
               if line.startswith("| model.norm")] for d in (out, clean)]
-    assert table[0] == table[1] and len(table[0]) == 3
+    assert table[0] == table[1] and len(table[0]) == 6  # 3 arms in the arms and mechanisms tables
 
 
 def test_search_survives_repeated_sigkills(tmp_path: Path) -> None:

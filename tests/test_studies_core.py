@@ -268,7 +268,10 @@ def test_an_ablation_of_cnnlab_0_1_still_reports_and_resumes(cli, tmp_path: Path
     shutil.copy(OLD / "ablation.journal", journal)
     status, _, err = cli("report", "tiny", "--storage", journal, "--out", tmp_path / "report")
     assert status == 0, err
-    assert (tmp_path / "report" / "results.csv").read_text() == (OLD / "results.csv").read_text()
+    old = list(csv.DictReader((OLD / "results.csv").open()))
+    now = list(csv.DictReader((tmp_path / "report" / "results.csv").open()))
+    assert [{k: r[k] for k in old[0]} for r in now] == old  # 0.2 added columns, kept the values
+    assert all(r["diverged"] == "False" and r["weight_l2"] == "" for r in now)  # not measured then
     assert (tmp_path / "report" / "curves.png").is_file()  # from the old per-epoch history
     status, _, err = cli("ablate", OLD / "tiny.yaml", "--seeds", "3", "--storage", journal,
                          "--out", tmp_path / "more")
@@ -277,8 +280,8 @@ def test_an_ablation_of_cnnlab_0_1_still_reports_and_resumes(cli, tmp_path: Path
     assert sorted(t.user_attrs[KEY] for t in done) == sorted(
         f"model.norm={norm} | seed={seed}" for norm in ("batch", "none") for seed in range(3))
     rows = list(csv.DictReader((tmp_path / "more" / "results.csv").open()))
-    old = list(csv.DictReader((OLD / "results.csv").open()))
-    assert len(rows) == 6 and [r for r in rows if r["seed"] != "2"] == old  # kept, not rerun
+    assert len(rows) == 6 and [{k: r[k] for k in old[0]} for r in rows if r["seed"] != "2"] == old
+    assert all(r["weight_l2"] for r in rows if r["seed"] == "2")  # the new trials measure it
 
 
 def test_a_search_of_cnnlab_0_1_resumes_to_the_exact_count(cli, tmp_path: Path) -> None:

@@ -337,7 +337,8 @@ def plots(report: Report) -> dict[str, bytes]:
             ax.plot(range(1, length + 1), np.nanmean(acc, axis=0), label=name)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy (mean over seeds)")
-    ax.legend(fontsize=7)
+    if ax.get_lines():
+        ax.legend(fontsize=7)
     ax.set_title(f"{report.study}: learning curves")
     out["curves.png"] = figure_png(fig)
 
