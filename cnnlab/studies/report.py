@@ -406,7 +406,8 @@ def markdown(report: Report, images: list[str]) -> str:
         f"Holm's method across the {sum(r.delta is not None for r in report.rows)} comparisons; "
         f"the decision is higher / lower when the adjusted p < {report.alpha:.3g}, equivalent "
         f"when both one-sided tests put Δ within ±{spec.margin} (TOST), undecided otherwise. "
-        "Diverged seeds are counted apart and left out of the statistics.",
+        "The Δ intervals are per comparison, so one can exclude zero and still be undecided "
+        "after the adjustment. Diverged seeds are counted apart and left out of the statistics.",
         "",
     ]
     if report.alpha < ALPHA:
