@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 from scipy import stats
 from test_reliability import ENV
 from torch import nn
+from wandb_records import run_contents
 
 from cnnlab.diagnostics import SPARSITY_THRESHOLD, epochs_to, weight_l2, weight_sparsity
 from cnnlab.studies.comparisons import Interval, Pair, compare, holm
@@ -51,6 +52,9 @@ def test_holm_matches_a_hand_computation() -> None:
     assert (big.p_holm, small.p_holm) == pytest.approx(
         [2 * min(raw), max(2 * min(raw), max(raw))])
     assert big.significant and big.sign == -1 and not small.significant
+    (same,) = compare([Pair("a", "b", "epochs_to_target", {0: 2, 1: 3, 2: 4}, {0: 3, 1: 4, 2: 5})],
+                      {"epochs_to_target": (1, math.inf)})
+    assert same.p == 0.25 and not same.significant  # no spread: 2/2³, not the t-test's p = 0
 
 
 def test_sparsity_and_weight_norm_match_a_hand_computation() -> None:
@@ -70,28 +74,53 @@ def test_sparsity_and_weight_norm_match_a_hand_computation() -> None:
     assert epochs_to(history, 0.95) == 2 and epochs_to(history, 0.97) is None
 
 
-def test_every_run_records_the_mechanism_metrics(cli, tmp_path: Path) -> None:
+MECHANISMS = ("train_acc", "generalization_gap", "weight_sparsity", "weight_l2",
+              "epochs_to_target", "bn_train_eval_gap")
+
+
+def test_every_run_records_the_mechanism_metrics(cli, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # an offline W&B run to read back
     out = tmp_path / "run"
     status, _, err = cli("fit", "--out", out, "trainer.max_epochs=2", "model.channels=[8]",
                          "model.hidden_units=[16]", "reg.kind=l1", "reg.strength=1e-3",
-                         "trainer.target_acc=0.01", "wandb.mode=disabled")
+                         "trainer.target_acc=0.01", "trainer.images=false")
     assert status == 0, err
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 <= metrics["weight_sparsity"] <= 1 and metrics["weight_l2"] > 0
     assert metrics["generalization_gap"] == pytest.approx(metrics["train_acc"] - metrics["test_acc"])
     assert metrics["epochs_to_target"] == 1  # any accuracy reaches 1%
+    (record,) = out.rglob("run-*.wandb")
+    summary = run_contents(record)["summary"]  # what W&B shows, read back from its offline file
+    assert {k: summary[k] for k in MECHANISMS} == pytest.approx({k: metrics[k] for k in MECHANISMS})
+
+
+def test_a_trial_stores_the_mechanism_metrics_and_never_reached_is_censored(
+        cli, tmp_path: Path) -> None:
+    spec = tmp_path / "one.yaml"
+    spec.write_text(AUTO_SPEC.replace("seeds: {min: 3, max: 5, step: 1}", "seeds: 1")
+                    .replace("data.batch_size=16,", "data.batch_size=16, trainer.target_acc=1.0,"))
+    status, _, err = cli("ablate", spec, "--out", tmp_path / "out")
+    assert status == 0, err
+    study = load_study(open_storage(str(tmp_path / "out" / "study.journal"), readonly=True), "auto")
+    for t in study.get_trials(states=(TrialState.COMPLETE,)):
+        assert set(MECHANISMS) <= set(t.user_attrs) and t.user_attrs["epochs_to_target"] is None
+    rows = (tmp_path / "out" / "results.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    column = header.index("epochs_to_target")
+    assert {row.split(",")[column] for row in rows[1:]} == {"2"}  # 1 epoch, never: 1 + 1
 
 
 AUTO_SPEC = """
 name: auto
 overrides: [trainer.max_epochs=1, "model.channels=[8]", "model.hidden_units=[16]",
-            data.batch_size=128, wandb.mode=disabled]
+            data.batch_size=16, optim.scheduler=none, wandb.mode=disabled]
 factors:
   arm:
     base: {}
     frozen: {optim.lr: 1.0e-9}
     dropout: {model.dropout: 0.2}
-seeds: {min: 2, max: 4, step: 1}
+seeds: {min: 3, max: 5, step: 1}
 baseline: {arm: base}
 """
 
@@ -119,10 +148,10 @@ def test_seeds_auto_stops_when_decided_and_resumes_after_sigkill(tmp_path: Path)
                           timeout=300)
     assert done.returncode == 0, done.stderr
     seeds, decisions = _seeds(clean), _decisions(clean)
-    assert seeds["arm=frozen"] == [0, 1]  # chance accuracy vs ~0.5: decided at the first look
-    assert decisions["arm=frozen"] == "lower"
+    assert decisions["arm=frozen"] == "lower"  # chance accuracy: decided before the maximum,
+    assert len(seeds["arm=frozen"]) < 5  # and no seeds were added to it after that
     for arm in ("arm=frozen", "arm=dropout"):  # more seeds only while undecided, up to the max
-        assert decisions[arm] != "undecided" or seeds[arm] == [0, 1, 2, 3]
+        assert decisions[arm] != "undecided" or seeds[arm] == [0, 1, 2, 3, 4]
     assert seeds["arm=base"] == list(range(max(len(s) for s in seeds.values())))
     text = (clean / "report.md").read_text()
     assert "at most 3 looks" in text and "α = 0.05 / looks = 0.0167" in text
@@ -144,7 +173,7 @@ def test_seeds_auto_stops_when_decided_and_resumes_after_sigkill(tmp_path: Path)
     assert done.returncode == 0, done.stderr
     assert _seeds(killed) == seeds and _decisions(killed) == decisions
     if rounds:  # the first round left undecided comparisons, so the kill hit round two
-        assert max(len(s) for s in seeds.values()) > 2
+        assert max(len(s) for s in seeds.values()) > 3
 
 
 def test_a_hypothesis_naming_an_unknown_level_is_one_line(cli, tmp_path: Path) -> None:
@@ -155,6 +184,6 @@ def test_a_hypothesis_naming_an_unknown_level_is_one_line(cli, tmp_path: Path) -
     assert status == 2 and not (tmp_path / "out").exists()
     assert err.strip().endswith("hypothesis.expect[0].arm: arm=fast is not a level; allowed: "
                                 "base, frozen, dropout")
-    spec.write_text(AUTO_SPEC.replace("seeds: {min: 2, max: 4, step: 1}", "seeds: {min: 4, max: 2}"))
+    spec.write_text(AUTO_SPEC.replace("seeds: {min: 3, max: 5, step: 1}", "seeds: {min: 4, max: 2}"))
     status, _, err = cli("ablate", spec, "--out", tmp_path / "out")
     assert status == 2 and "seeds is {'min': 4, 'max': 2}; allowed:" in err

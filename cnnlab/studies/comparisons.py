@@ -12,6 +12,7 @@
   is adjusted with Holm's step-down method, which controls the family-wise error rate without
   assuming independence; "significant" means the adjusted p < α.
 - Equivalence: two one-sided t-tests (TOST) against ±margin, at the same α.
+- Differences without spread (t = ±∞) get the exact sign-flip p-value 2/2ⁿ instead of 0.
 """
 
 from __future__ import annotations
@@ -95,11 +96,15 @@ class Comparison:
 
 
 def paired_p(diffs: list[float]) -> float:
-    """Two-sided paired t-test p-value of mean difference 0 (nan below two pairs)."""
+    """Two-sided paired t-test p-value of mean difference 0 (nan below two pairs).
+
+    Without spread (every difference equal, as integer epoch counts often are) t is ±∞ and would
+    claim p = 0 from three seeds; the exact sign-flip p-value, 2/2ⁿ, is what such data can show.
+    """
     if len(diffs) < 2:
         return math.nan
-    if np.ptp(diffs) == 0:  # no spread: t is ±inf, or 0/0 when every difference is 0
-        return 1.0 if diffs[0] == 0 else 0.0
+    if np.ptp(diffs) == 0:
+        return 1.0 if diffs[0] == 0 else min(1.0, 2 / 2 ** len(diffs))
     return float(stats.ttest_1samp(diffs, 0.0).pvalue)
 
 

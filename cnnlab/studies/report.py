@@ -356,7 +356,7 @@ def plots(report: Report) -> dict[str, bytes]:
             ax.errorbar([x_of[r.arm] for r in rows], [r.interval.mean for r in rows],
                         yerr=_errors([r.interval for r in rows]), marker="o", capsize=3,
                         label=f"{group}={lv}")
-        ax.set_xscale("log", base=2)
+        ax.set_xscale("log", base=2 if all(x.is_integer() for x in x_of.values()) else 10)
         ax.set_xlabel(x_factor)
         ax.set_ylabel(f"{metric} (mean, {level} CI)")
         ax.legend(fontsize=8)
@@ -369,9 +369,22 @@ def _verdict_lines(report: Report) -> list[str]:
     v = report.verdict
     if v is None:
         return []
-    lines = ["## Hypothesis", "", f"> {v.claim}", "", f"**Verdict: {v.verdict}.**", "",
-             "| expectation | Δ (paired) | pairs | p | p (Holm) | outcome |",
-             "|---|---|---|---|---|---|"]
+    spec, quick = report.spec, report.preset == "quick"
+    arm = next(a for a in spec.arms if a.name == spec.baseline)
+    data = spec.config(arm, 0, quick).data.name
+    low, high = min(r.interval.n + r.diverged for r in report.rows), max(
+        r.interval.n + r.diverged for r in report.rows)
+    seeds = str(low) if low == high else f"{low}–{high}"
+    lines = ["## Hypothesis", "", f"> {v.claim}", "",
+             f"**Verdict: {v.verdict}** (on `{data}`, {report.preset} preset, {seeds} seeds per "
+             "arm).", ""]
+    if v.verdict != "supported":
+        lines += [f"The data of this study do not show the claim. That is a finding about "
+                  f"`{data}` and this preset, not a proof against the claim: more seeds "
+                  "(`--seeds auto`), the full preset or harder data (MNIST, Fashion-MNIST or "
+                  "CIFAR-10 from files: `data.name=... data.root=...`) may show it.", ""]
+    lines += ["| expectation | Δ (paired) | pairs | p | p (Holm) | outcome |",
+              "|---|---|---|---|---|---|"]
     for e, c, outcome in v.checks:
         lines.append(f"| {e.text()} | {c.delta.text(signed=True)} | {c.delta.n} | {_p(c.p)} | "
                      f"{_p(c.p_holm)} | {outcome} |")
