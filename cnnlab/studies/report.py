@@ -60,9 +60,7 @@ class Report:
     verdict: Verdict | None
 
     def values(self, arm: str, metric: str) -> dict[int, float]:
-        """Seed → ``metric`` of ``arm``'s finished, non-diverged trials."""
-        return {t["seed"]: t[metric] for t in self.trials
-                if t["arm"] == arm and not t["diverged"] and t.get(metric) is not None}
+        return seed_values(self.trials, arm, metric)
 
     @property
     def undecided(self) -> list[Comparison]:
@@ -86,6 +84,12 @@ def val_curve(trial: optuna.trial.FrozenTrial) -> list[float]:
 
 
 DIVERGED = "diverged"  # how a diverged trial's reason starts
+
+
+def seed_values(trials: list[dict[str, Any]], arm: str, metric: str) -> dict[int, float]:
+    """Seed → ``metric`` of ``arm``'s finished, non-diverged trials."""
+    return {t["seed"]: t[metric] for t in trials
+            if t["arm"] == arm and not t["diverged"] and t.get(metric) is not None}
 
 
 def _trial_row(t: optuna.trial.FrozenTrial, diverged: bool) -> dict[str, Any]:
@@ -152,29 +156,26 @@ def collect(study: optuna.Study) -> Report:
             problems.append((key, f"{key}: {reason}"))  # none: a killed worker's, redone
     done = sorted(trials.values(), key=lambda r: (list(arms).index(r["arm"]), r["seed"]))
     alpha = ALPHA / study.user_attrs.get(SEEDS_ATTR, 1)
-    failed = [line for key, line in problems if key not in trials or trials[key]["diverged"]]
-    report = Report(spec, study.study_name, done, [], failed, study.user_attrs["spec"]["preset"],
-                    sorted(set(running) - set(trials)), alpha, {}, None)
     present = [name for name in arms if any(t["arm"] == name for t in done)]
     others = [name for name in present if name != spec.baseline]
 
     def family(metric: str, margin: float = 0.0) -> dict[str, Comparison]:
-        pairs = [Pair(name, spec.baseline, metric, report.values(name, metric),
-                      report.values(spec.baseline, metric)) for name in others]
+        pairs = [Pair(name, spec.baseline, metric, seed_values(done, name, metric),
+                      seed_values(done, spec.baseline, metric)) for name in others]
         return {c.arm: c for c in compare(pairs, BOUNDS, alpha, {metric: margin})}
 
+    def interval(name: str, metric: str) -> Interval:
+        return Interval.of(list(seed_values(done, name, metric).values()), BOUNDS[metric], alpha)
+
     primary = family(spec.metric, spec.margin)
-    for name in present:
-        values = report.values(name, spec.metric)
-        diverged = sum(t["diverged"] for t in done if t["arm"] == name)
-        report.rows.append(ArmRow(name, arms[name].levels, values,
-                                  Interval.of(list(values.values()), BOUNDS[spec.metric], alpha),
-                                  diverged, primary.get(name)))
-    for metric in _shown(done, spec):
-        deltas = family(metric)
-        report.mechanisms[metric] = [
-            (name, Interval.of(list(report.values(name, metric).values()), BOUNDS[metric], alpha),
-             deltas.get(name)) for name in present]
+    rows = [ArmRow(name, arms[name].levels, seed_values(done, name, spec.metric),
+                   interval(name, spec.metric), sum(t["diverged"] for t in done if t["arm"] == name),
+                   primary.get(name)) for name in present]
+    mechanisms = {metric: [(name, interval(name, metric), deltas.get(name)) for name in present]
+                  for metric in _shown(done, spec) for deltas in [family(metric)]}
+    failed = [line for key, line in problems if key not in trials or trials[key]["diverged"]]
+    report = Report(spec, study.study_name, done, rows, failed, study.user_attrs["spec"]["preset"],
+                    sorted(set(running) - set(trials)), alpha, mechanisms, None)
     return dataclasses.replace(report, verdict=_verdict(spec, report))
 
 
