@@ -55,6 +55,12 @@ def test_holm_matches_a_hand_computation() -> None:
     (same,) = compare([Pair("a", "b", "epochs_to_target", {0: 2, 1: 3, 2: 4}, {0: 3, 1: 4, 2: 5})],
                       {"epochs_to_target": (1, math.inf)})
     assert same.p == 0.25 and not same.significant  # no spread: 2/2³, not the t-test's p = 0
+    near = {0: 0.901, 1: 0.899, 2: 0.902, 3: 0.9}
+    close, far = compare([Pair("close", "base", "test_acc", near, base),
+                          Pair("far", "base", "test_acc", {0: 0.93, 1: 0.87, 2: 0.95, 3: 0.85},
+                               base)], {"test_acc": (0, 1)}, margin={"test_acc": 0.01})
+    assert close.equivalent and close.decided and not close.significant  # TOST within ±0.01
+    assert not far.equivalent and not far.decided  # too noisy to tell either way
 
 
 def test_sparsity_and_weight_norm_match_a_hand_computation() -> None:

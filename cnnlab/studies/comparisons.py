@@ -79,7 +79,7 @@ class Comparison:
     p: float  # two-sided paired t-test; nan with fewer than two pairs
     p_holm: float  # Holm-adjusted within its family
     alpha: float
-    equivalent: bool  # TOST: the difference lies within ±margin
+    equivalent: bool  # TOST (Holm-adjusted like p): the difference lies within ±margin
 
     @property
     def significant(self) -> bool:
@@ -108,17 +108,17 @@ def paired_p(diffs: list[float]) -> float:
     return float(stats.ttest_1samp(diffs, 0.0).pvalue)
 
 
-def equivalent(arm: list[float], reference: list[float], margin: float, alpha: float) -> bool:
-    """TOST: both one-sided tests reject a difference beyond ±margin at ``alpha``."""
+def tost_p(arm: list[float], reference: list[float], margin: float) -> float:
+    """p of two one-sided paired t-tests that the difference lies within ±margin (nan: none)."""
     if margin <= 0 or len(arm) < 2:
-        return False
+        return math.nan
     diffs = np.subtract(arm, reference)
-    if np.ptp(diffs) == 0:
-        return bool(abs(diffs[0]) < margin)
+    if np.ptp(diffs) == 0:  # as in ``paired_p``: the exact sign-flip bound, not t's 0
+        return min(1.0, 2 / 2 ** len(diffs)) if abs(diffs[0]) < margin else 1.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         p, _, _ = ttost_paired(np.asarray(arm, float), np.asarray(reference, float), -margin, margin)
-    return bool(p < alpha)
+    return float(p)
 
 
 def holm(p_values: list[float]) -> list[float]:
@@ -145,16 +145,17 @@ class Pair:
 
 def compare(pairs: list[Pair], bounds: dict[str, Bounds], alpha: float = ALPHA,
             margin: dict[str, float] | None = None) -> list[Comparison]:
-    """One family: paired Δ, t-test p, Holm across the family, TOST where a margin is given."""
+    """One family: paired Δ, t-test p, Holm across the family; TOST where a margin is given,
+    Holm-adjusted across the family too."""
     margin = margin or {}
     seeds = [sorted(set(p.values) & set(p.reference_values)) for p in pairs]
     arms = [[p.values[s] for s in common] for p, common in zip(pairs, seeds, strict=True)]
     refs = [[p.reference_values[s] for s in common] for p, common in zip(pairs, seeds, strict=True)]
     diffs = [list(np.subtract(a, r)) for a, r in zip(arms, refs, strict=True)]
     raw = [paired_p(d) for d in diffs]
+    same = holm([tost_p(a, r, margin.get(p.metric, 0.0)) for p, a, r in zip(pairs, arms, refs,
+                                                                            strict=True)])
     return [Comparison(p.arm, p.reference, p.metric,
                        Interval.of(d, difference_bounds(bounds.get(p.metric, UNBOUNDED)), alpha),
-                       p_raw, p_adj, alpha,
-                       equivalent(a, r, margin.get(p.metric, 0.0), alpha))
-            for p, d, a, r, p_raw, p_adj in zip(pairs, diffs, arms, refs, raw, holm(raw),
-                                                 strict=True)]
+                       p_raw, p_adj, alpha, p_same < alpha)
+            for p, d, p_raw, p_adj, p_same in zip(pairs, diffs, raw, holm(raw), same, strict=True)]
