@@ -13,12 +13,14 @@ import pytest
 import torch
 from optuna.trial import TrialState
 from scipy import stats
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.weightstats import ttost_paired
 from test_reliability import ENV
 from torch import nn
 from wandb_records import run_contents
 
 from cnnlab.diagnostics import SPARSITY_THRESHOLD, epochs_to, weight_l2, weight_sparsity
-from cnnlab.studies.comparisons import Interval, Pair, compare, holm
+from cnnlab.studies.comparisons import Interval, Pair, compare, holm, tost_p
 from cnnlab.studies.storage import load_study, open_storage
 
 
@@ -40,6 +42,9 @@ def test_an_accuracy_interval_stays_inside_0_1_when_a_seed_collapses() -> None:
 def test_holm_matches_a_hand_computation() -> None:
     # sorted p: 0.01·4 = 0.04; 0.03·3 = 0.09; 0.04·2 = 0.08 → 0.09 (monotone); 0.2·1 = 0.2
     assert holm([0.01, 0.04, 0.03, 0.2]) == pytest.approx([0.04, 0.09, 0.09, 0.2])
+    rng = np.random.default_rng(0)  # and the same as statsmodels' implementation
+    for p_values in rng.uniform(0, 0.2, size=(20, 7)):
+        assert holm(list(p_values)) == pytest.approx(list(multipletests(p_values, method="holm")[1]))
     adjusted = holm([0.3, math.nan, 0.6])  # an untestable comparison neither counts nor changes
     assert adjusted[0] == pytest.approx(0.6) and math.isnan(adjusted[1])
     assert adjusted[2] == pytest.approx(0.6)
@@ -60,6 +65,11 @@ def test_holm_matches_a_hand_computation() -> None:
                           Pair("far", "base", "test_acc", {0: 0.93, 1: 0.87, 2: 0.95, 3: 0.85},
                                base)], {"test_acc": (0, 1)}, margin={"test_acc": 0.01})
     assert close.equivalent and close.decided and not close.significant  # TOST within ±0.01
+    diffs = np.subtract(list(near.values()), list(base.values()))
+    ours = tost_p(list(near.values()), list(base.values()), 0.01)
+    assert ours == pytest.approx(ttost_paired(np.array(list(near.values())),
+                                              np.array(list(base.values())), -0.01, 0.01)[0])
+    assert ours < 0.05 and abs(diffs.mean()) < 0.01
     assert not far.equivalent and not far.decided  # too noisy to tell either way
 
 
