@@ -150,6 +150,43 @@ def cmd_ablate(args: argparse.Namespace) -> None:
         _incomplete(console, report.study, report.running)
 
 
+def cmd_sync(args: argparse.Namespace) -> None:
+    from cnnlab.tracking import check_reachable, is_synced, offline_runs, sync_run
+
+    roots = []
+    for target in args.targets or ["reports", "runs"]:
+        path = Path(target)
+        if not path.is_dir() and (Path("reports") / target).is_dir():
+            path = Path("reports") / target
+        if not path.is_dir():
+            if args.targets:
+                raise CnnlabError(f"sync: {target}: no such folder or study under reports/; "
+                                  "allowed: a study name (reports/NAME) or a folder of runs")
+            continue
+        roots.append(path)
+    runs = offline_runs(roots)
+    todo = [r for r in runs if not is_synced(r)]
+    if args.dry_run:
+        for run in runs:
+            print(f"{run}{'  (synced)' if is_synced(run) else ''}")
+        print(f"{len(todo)} offline W&B runs to sync, {len(runs) - len(todo)} already synced")
+        return
+    if not todo:
+        print(f"nothing to sync ({len(runs)} runs, all synced)")
+        return
+    url = check_reachable()
+    failed = []
+    for run in todo:
+        why = sync_run(run, args.timeout)
+        if why is not None:
+            failed.append(f"{run}: {why}")
+    print(f"synced {len(todo) - len(failed)} of {len(todo)} offline runs to {url}")
+    for line in failed:
+        print(f"failed: {line}", file=sys.stderr)
+    if failed:
+        raise SystemExit(1)
+
+
 def _verdict(console: Console, report: Report) -> None:
     if report.verdict is not None:
         console.print(f"hypothesis: {report.verdict.claim} → {report.verdict.verdict}")
@@ -233,10 +270,10 @@ def cmd_lr_find(args: argparse.Namespace) -> None:
                           "0 < min < max")
     found = find_lr(cfg, args.out.parent, args.min_lr, args.max_lr, args.num_training)
     write_output(args.out, found.plot_png, is_cnnlab_png)
-    from cnnlab.tracking import image_run
+    from cnnlab.tracking import small_run
 
-    image_run(cfg, args.out.parent, "lr-find", {"lr_find": args.out},
-              {"lr_suggestion": found.suggestion, "points": found.points})
+    small_run(cfg, args.out.parent, "lr-find", {"lr_suggestion": found.suggestion,
+                                                "points": found.points}, {"lr_find": args.out})
     print(f"suggested learning rate {found.suggestion:.4g} ({found.points} points); plot: {args.out}")
 
 
@@ -312,6 +349,15 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--storage", help="Optuna storage URL (default DIR/study.journal)")
     report.add_argument("--out", type=Path, help="report directory (default reports/NAME)")
     report.set_defaults(func=cmd_report)
+
+    sync = commands.add_parser("sync", help="upload the offline W&B runs of studies and runs "
+                               "(wandb sync over each)")
+    sync.add_argument("targets", nargs="*", metavar="STUDY|DIR",
+                      help="a study (reports/NAME) or a folder (default: reports and runs)")
+    sync.add_argument("--dry-run", action="store_true", help="list the runs; upload nothing")
+    sync.add_argument("--timeout", type=_seconds, default=300.0,
+                      help="seconds one run may take to upload (default 300)")
+    sync.set_defaults(func=cmd_sync)
 
     lr = commands.add_parser("lr-find", help="LR range test: loss vs learning rate, a suggestion")
     _common(lr)

@@ -117,6 +117,7 @@ class WandbConfig:
     job_type: str = MISSING
     name: str | None = MISSING
     tags: list[str] = MISSING
+    log_model: bool = MISSING
 
 
 @dataclass

@@ -8,6 +8,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 from torch import Tensor
 
@@ -20,15 +21,18 @@ def _tagged() -> PngImagePlugin.PngInfo:
     return info
 
 
+def to_uint8(image: Tensor) -> np.ndarray:
+    """A C×H×W float image in [0, 1] as H×W(×3) uint8 pixels: what PNGs and W&B should get
+    (W&B casts floats to uint8 without scaling, which leaves only the values 0 and 1)."""
+    pixels = image.detach().float().cpu().mul(255).add_(0.5).clamp_(0, 255).byte()
+    pixels = pixels.permute(1, 2, 0).numpy()
+    return pixels[..., 0] if pixels.shape[-1] == 1 else pixels
+
+
 def png_bytes(image: Tensor) -> bytes:
     """PNG encoding of a C×H×W float image in [0, 1]."""
-    from torchvision.utils import make_grid
-
-    grid = make_grid(image.detach().cpu().unsqueeze(0) if image.dim() == 3 else image, padding=0)
-    pixels = grid.mul(255).add_(0.5).clamp_(0, 255).byte().permute(1, 2, 0).numpy()
     buffer = io.BytesIO()
-    Image.fromarray(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels).save(
-        buffer, format="png", pnginfo=_tagged())
+    Image.fromarray(to_uint8(image)).save(buffer, format="png", pnginfo=_tagged())
     return buffer.getvalue()
 
 

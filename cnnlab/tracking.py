@@ -1,14 +1,25 @@
 """Weights & Biases setup: offline unless the user chose a mode, one run per call, always finished.
 
-``wandb`` is imported by the functions that start a run: with W&B disabled no process pays for it.
+A run's per-epoch metrics are charted against ``epoch`` (``define_metric``), with the best
+validation accuracy and loss as its summary. A study has one summary run (a stable id derived
+from the study, resumed on every rerun) with numeric tables, native charts and an artifact of its
+report. ``wandb`` is imported by the functions that start a run: with W&B disabled no process
+pays for it.
 """
 
 from __future__ import annotations
 
-import csv
+import hashlib
 import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from lightning.pytorch.loggers import WandbLogger
 
@@ -47,8 +58,26 @@ def _init(**kwargs: Any) -> Any:
                           "and a valid key") from None
 
 
-def wandb_logger(cfg: ExperimentConfig, out: Path) -> WandbLogger | None:
-    """A Lightning W&B logger writing under ``out/wandb``, or None when W&B is disabled."""
+PER_EPOCH = ("train/*", "val/*", "lr", "grad_norm/*", "weight_norm/*")  # charted vs epoch
+
+
+def define_metrics(run: Any) -> None:
+    """One x-axis (``epoch``) for every per-epoch metric; best val accuracy / loss as summary
+    (test metrics are logged once, so their summary is their value)."""
+    run.define_metric("epoch")
+    for pattern in PER_EPOCH:
+        run.define_metric(pattern, step_metric="epoch")
+    run.define_metric("val/acc", step_metric="epoch", summary="max")
+    run.define_metric("val/loss", step_metric="epoch", summary="min")
+
+
+def wandb_logger(cfg: ExperimentConfig, out: Path, context: dict[str, Any] | None = None
+                 ) -> WandbLogger | None:
+    """A Lightning W&B logger writing under ``out/wandb``, or None when W&B is disabled.
+
+    ``context`` joins the run's config (a study trial's study, arm, factor levels and seed; a
+    fold's trial and fold), so the dashboard can group, filter and plot runs by them.
+    """
     mode = wandb_mode(cfg)
     if mode == "disabled":
         return None
@@ -61,68 +90,149 @@ def wandb_logger(cfg: ExperimentConfig, out: Path) -> WandbLogger | None:
         tags=list(cfg.wandb.tags),
         dir=str(out),
         mode=mode,
-        config=to_dict(cfg),
+        config={**to_dict(cfg), **(context or {})},
     )
-    logger = WandbLogger(experiment=experiment, save_dir=str(out))
-    return logger
+    define_metrics(experiment)
+    return WandbLogger(experiment=experiment, save_dir=str(out))
 
 
-def finish(logger: WandbLogger | None, summary: dict[str, float]) -> None:
-    """Record ``summary`` as the run's final metrics and close the run."""
+def log_files(run: Any, name: str, kind: str, files: list[Path], metadata: dict[str, Any]
+              ) -> None:
+    """One artifact holding ``files`` (W&B copies them, so they may move afterwards)."""
+    import wandb
+
+    artifact = wandb.Artifact(re.sub(r"[^A-Za-z0-9_.-]", "_", name), type=kind, metadata=metadata)
+    for path in files:
+        artifact.add_file(str(path), name=path.name)
+    run.log_artifact(artifact)
+
+
+def finish(logger: WandbLogger | None, summary: dict[str, Any],
+           model: list[Path] | None = None) -> None:
+    """Record ``summary`` as the run's final metrics, log ``model`` files (a checkpoint and its
+    config) as a ``model`` artifact, and close the run."""
     if logger is None:
         return
-    logger.experiment.summary.update(summary)
-    logger.experiment.finish()
-
-
-def summary_run(cfg: ExperimentConfig, out: Path, study: str, table: list[list[str]],
-                config: dict[str, Any]) -> None:
-    """One W&B run per ablation: its report table (header row first) and every plot of ``out``."""
-    import wandb
-
-    mode = wandb_mode(cfg)
-    if mode == "disabled":
-        return
-    run = _init(project=cfg.wandb.project, group=study, job_type="summary",
-                name=f"{study} summary", tags=[study, "summary"], dir=str(out), mode=mode,
-                config=config, reinit="finish_previous")
-    log: dict[str, Any] = {"report": wandb.Table(columns=table[0], data=table[1:])}
-    log |= {f"plots/{p.stem}": wandb.Image(str(p)) for p in sorted(out.glob("*.png"))}
-    run.log(log)
+    run = logger.experiment
+    run.summary.update(summary)
+    if model:
+        log_files(run, f"model-{run.id}", "model", model, {k: v for k, v in summary.items()
+                                                           if isinstance(v, int | float)})
     run.finish()
 
 
-def search_summary_run(cfg: ExperimentConfig, out: Path, study: str, params: dict[str, Any],
-                       numbers: dict[str, float]) -> None:
-    """One W&B run per search: best parameters, its numbers, ``out/trials.csv`` and the plots."""
+def stable_id(project: str, study: str) -> str:
+    """The W&B run id of a study's summary run: the same for every rerun of the study."""
+    return "summary-" + hashlib.sha256(f"{project}/{study}".encode()).hexdigest()[:16]
+
+
+@dataclass
+class StudySummary:
+    """What a study's summary run shows: numeric tables, charts, numbers, files to download."""
+
+    study: str
+    notes: str
+    config: dict[str, Any]
+    tables: dict[str, list[dict[str, Any]]]  # name → rows (column → number, text or bool)
+    summary: dict[str, Any]
+    files: list[Path]
+    bar: tuple[str, str, str] | None = None  # (table, x column, y column)
+    lines: list[tuple[str, str, str, str]] = field(default_factory=list)  # table, x, y, series
+    step: int = 0  # this write's step: a rerun's tables come after the earlier ones
+
+
+def study_run(cfg: ExperimentConfig, out: Path, s: StudySummary) -> None:
+    """Create or update the study's one summary run (stable id, resumed) under ``out``."""
     import wandb
 
     mode = wandb_mode(cfg)
     if mode == "disabled":
         return
-    run = _init(project=cfg.wandb.project, group=study, job_type="summary",
-                name=f"{study} summary", tags=[study, "summary"], dir=str(out), mode=mode,
-                config={"best_params": params}, reinit="finish_previous")
-    with open(out / "trials.csv") as f:
-        rows = list(csv.reader(f))
-    log: dict[str, Any] = {"trials": wandb.Table(columns=rows[0], data=rows[1:])}
-    log |= {f"plots/{p.stem}": wandb.Image(str(p)) for p in sorted(out.glob("*.png"))}
-    run.log(log)
-    run.summary.update(numbers)
+    run = _init(project=cfg.wandb.project, group=s.study, job_type="summary",
+                name=f"{s.study} summary", tags=[s.study, "summary"], dir=str(out), mode=mode,
+                config=s.config, notes=s.notes, id=stable_id(cfg.wandb.project, s.study),
+                resume="allow", reinit="finish_previous")
+    tables = {}
+    for name, rows in s.tables.items():
+        columns = list(dict.fromkeys(k for row in rows for k in row))
+        tables[name] = wandb.Table(columns=columns, data=[[row.get(c) for c in columns]
+                                                          for row in rows])
+    log: dict[str, Any] = dict(tables)
+    if s.bar is not None:
+        table, x, y = s.bar
+        log[f"charts/{y}_by_{x}"] = wandb.plot.bar(tables[table], x, y, title=f"{s.study}: {y}")
+    for table, x, y, series in s.lines:
+        log[f"charts/{y}_vs_{x}"] = wandb.plot.line(tables[table], x, y, stroke=series,
+                                                    title=f"{s.study}: {y} vs {x}")
+    log |= {f"plots/{p.stem}": wandb.Image(str(p)) for p in s.files if p.suffix == ".png"}
+    run.log(log, step=s.step)
+    run.summary.update(s.summary)
+    log_files(run, f"{s.study}-report", "report", s.files, {"study": s.study})
     run.finish()
 
 
-def image_run(cfg: ExperimentConfig, out: Path, job_type: str, images: dict[str, Path],
-              summary: dict[str, float]) -> None:
-    """A small W&B run holding a command's images and numbers (e.g. the LR finder's plot)."""
+def small_run(cfg: ExperimentConfig, out: Path, job_type: str, summary: dict[str, Any],
+              images: dict[str, Path] | None = None, name: str | None = None,
+              context: dict[str, Any] | None = None) -> None:
+    """A short W&B run of numbers and images: the LR finder's plot, a search trial's folds."""
     import wandb
 
     mode = wandb_mode(cfg)
     if mode == "disabled":
         return
-    run = _init(project=cfg.wandb.project, group=cfg.wandb.group, job_type=job_type,
-                     tags=list(cfg.wandb.tags), dir=str(out), mode=mode, config=to_dict(cfg),
-                     reinit="finish_previous")
-    run.log({key: wandb.Image(str(path)) for key, path in images.items()})
+    run = _init(project=cfg.wandb.project, group=cfg.wandb.group, job_type=job_type, name=name,
+                tags=list(cfg.wandb.tags), dir=str(out), mode=mode,
+                config={**to_dict(cfg), **(context or {})}, reinit="finish_previous")
+    if images:
+        run.log({key: wandb.Image(str(path)) for key, path in images.items()})
     run.summary.update(summary)
     run.finish()
+
+
+OFFLINE = "offline-run-"  # how W&B names an offline run's folder: offline-run-DATE_TIME-ID
+CONNECT_S = 5.0  # how long ``cnnlab sync`` waits for the W&B server before giving up
+
+
+def offline_runs(roots: list[Path]) -> list[Path]:
+    """Every offline W&B run folder under ``roots``, oldest first: a resumed summary run's
+    folders then sync in the order they were written, the newest tables last."""
+    runs = {p for root in roots for p in [root, *root.rglob(f"{OFFLINE}*")]
+            if p.is_dir() and p.name.startswith(OFFLINE)}
+    return sorted(runs, key=lambda p: (p.name.split("-")[2], str(p)))
+
+
+def is_synced(run: Path) -> bool:
+    """W&B leaves ``run-ID.wandb.synced`` beside a run file it uploaded."""
+    return any(run.glob("*.wandb.synced"))
+
+
+def check_reachable() -> str:
+    """The W&B server's URL, after a TCP connection to it worked within ``CONNECT_S``:
+    ``wandb sync`` itself retries for minutes when there is no network."""
+    url = os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname or "", port), timeout=CONNECT_S).close()
+    except OSError as err:
+        raise CnnlabError(f"W&B server {url}: cannot connect ({err.strerror or err}); allowed: a "
+                          "machine that reaches it (set WANDB_BASE_URL for your own server); "
+                          "nothing was synced") from None
+    return url
+
+
+def sync_run(run: Path, timeout: float) -> str | None:
+    """Upload one offline run with W&B's own ``wandb sync``; None when it worked, else why not."""
+    cli = shutil.which("wandb", path=str(Path(sys.executable).parent)) or shutil.which("wandb")
+    if cli is None:
+        return "the wandb command is not installed"
+    try:
+        done = subprocess.run([cli, "sync", str(run)], capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return f"no answer within {timeout:.0f} s"
+    if is_synced(run):
+        return None
+    lines = [line for line in (done.stderr + done.stdout).splitlines()
+             if "error" in line.lower()] or (done.stderr + done.stdout).splitlines() or ["failed"]
+    return lines[-1].strip()[:200]

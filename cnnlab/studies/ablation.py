@@ -23,9 +23,16 @@ from cnnlab.data.sources import ImageData, load_cached
 from cnnlab.errors import CnnlabError
 from cnnlab.models.convnet import feature_shape
 from cnnlab.studies.comparisons import Interval
-from cnnlab.studies.report import SEEDS_ATTR, Report, arm_seed, table_rows, write_report
+from cnnlab.studies.report import SEEDS_ATTR, Report, arm_seed, study_summary, write_report
 from cnnlab.studies.spec import METRICS, REPORT_KEYS, SEED_KEYS, AblationSpec, safe_name
-from cnnlab.studies.storage import load_study, open_storage, open_study_storage, study_for
+from cnnlab.studies.storage import (
+    load_study,
+    open_storage,
+    open_study_storage,
+    study_for,
+    summary_step,
+    with_journal,
+)
 from cnnlab.studies.trials import (
     ARM,
     CONFIGS,
@@ -40,7 +47,7 @@ from cnnlab.studies.trials import (
     run_workers,
     work,
 )
-from cnnlab.tracking import summary_run
+from cnnlab.tracking import study_run
 from cnnlab.training.run import run
 
 
@@ -113,12 +120,15 @@ def objective(study: optuna.Study, spec: AblationSpec, out: Path, threads: int
         cfg.wandb.group, cfg.wandb.job_type = study.study_name, arm
         cfg.wandb.name, cfg.wandb.tags = f"{arm} seed={seed}", [study.study_name, f"seed={seed}"]
         cfg.trainer.images = False  # the report draws the study's curves
+        cfg.wandb.log_model = False  # a checkpoint per arm × seed: too many to upload
         if threads:
             cfg.trainer.threads = threads
         run_dir = out / "trials" / safe_name(arm) / f"seed{seed}"
         # a lost attempt may have finished its folder but not its trial, or left it half-built
+        levels = next(a.levels for a in spec.arms if a.name == arm)
+        context = {"study": study.study_name, "arm": arm, "seed": seed, "factor": levels}
         result = run(cfg, run_dir, data=load_cached(cfg.data, datasets), overwrite=True,
-                     takeover=True)
+                     takeover=True, context=context)
         for name in RESULT_KEYS:
             if name in result.metrics:
                 trial.set_user_attr(name, result.metrics[name])
@@ -233,5 +243,6 @@ def ablate(spec: AblationSpec, quick: bool, out: Path, url: str, workers: int,
         console.print(f"{study.study_name}: {len(report.undecided)} comparisons undecided; "
                       f"adding seeds to {len(more)} arms (up to {spec.max_seeds})")
     base = spec.config(spec.arms[0], 0, quick)
-    summary_run(base, out, study.study_name, table_rows(report), {"spec": spec.to_dict()})
+    files = with_journal(out, [out / "report.md", out / "results.csv", *sorted(out.glob("*.png"))])
+    study_run(base, out, study_summary(report, files, summary_step(study)))
     return report

@@ -23,6 +23,7 @@ from cnnlab.images import figure_png
 from cnnlab.studies.comparisons import ALPHA, Comparison, Interval, Pair, compare
 from cnnlab.studies.spec import MECHANISMS, METRICS, AblationSpec, Expectation
 from cnnlab.studies.trials import ARM, KEY, LEGACY_HISTORY, NOTE, RESULT_KEYS, SEED, reason_of
+from cnnlab.tracking import StudySummary
 
 SEEDS_ATTR = "looks"  # study attribute: most rounds of seeds any run of it planned
 
@@ -443,6 +444,59 @@ def markdown(report: Report, images: list[str]) -> str:
         lines += ["## Failed or diverged trials", "", *[f"- {f}" for f in report.failed], ""]
     lines += [f"![{name}]({name})" for name in images]
     return "\n".join(lines) + "\n"
+
+
+def _number(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+def arm_records(report: Report) -> list[dict[str, Any]]:
+    """One numeric row per arm (W&B's table): levels, n, diverged, mean and CI, Δ, p, decision."""
+    rows = []
+    for r in report.rows:
+        row: dict[str, Any] = {"arm": r.arm, **r.levels, "n": r.interval.n,
+                               "diverged": r.diverged, "mean": _number(r.interval.mean),
+                               "ci_low": _number(r.interval.low),
+                               "ci_high": _number(r.interval.high)}
+        c = r.delta
+        row |= {"delta": None if c is None else _number(c.delta.mean),
+                "delta_low": None if c is None else _number(c.delta.low),
+                "delta_high": None if c is None else _number(c.delta.high),
+                "p": None if c is None else _number(c.p),
+                "p_holm": None if c is None else _number(c.p_holm),
+                "significant": c is not None and c.significant,
+                "decision": "baseline" if c is None else _decision(c)}
+        for metric, cells in report.mechanisms.items():
+            row[metric] = next(_number(i.mean) for name, i, _ in cells if name == r.arm)
+        rows.append(row)
+    return rows
+
+
+def study_summary(report: Report, files: list[Path], step: int) -> StudySummary:
+    """The study's W&B summary run: the arms table, a bar chart of the means, the metric against
+    a numeric factor, per-arm numbers and the verdict in the summary, the report as artifact."""
+    spec = report.spec
+    rows = arm_records(report)
+    numbers: dict[str, Any] = {"alpha": report.alpha, "trials": len(report.trials)}
+    for row in rows:
+        numbers |= {f"{row['arm']}/{spec.metric}/{k}": row[k]
+                    for k in ("mean", "ci_low", "ci_high", "delta", "p_holm")}
+    if report.verdict is not None:
+        numbers |= {"hypothesis": report.verdict.claim, "verdict": report.verdict.verdict}
+    lines = []
+    for factor in spec.factors:
+        try:
+            [float(level) for level in spec.factors[factor]]
+        except ValueError:
+            continue
+        others = [f for f in spec.factors if f != factor]
+        for row in rows:
+            row[f"{factor} (number)"] = float(row[factor])
+        lines.append(("arms", f"{factor} (number)", "mean", others[0] if others else "arm"))
+    return StudySummary(report.study, spec.description, {"spec": spec.to_dict(),
+                                                         "preset": report.preset},
+                        {"arms": rows}, numbers, files, bar=("arms", "arm", "mean"), lines=lines,
+                        step=step)
 
 
 def write_report(study: optuna.Study, out: Path) -> Report:

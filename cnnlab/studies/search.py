@@ -29,7 +29,7 @@ from cnnlab.data.datamodule import DataModule
 from cnnlab.data.sources import ImageData, load_cached
 from cnnlab.errors import CnnlabError
 from cnnlab.models.convnet import feature_shape
-from cnnlab.studies.search_report import SearchResult, write_search_report
+from cnnlab.studies.search_report import SearchResult, search_summary, write_search_report
 from cnnlab.studies.search_spec import (
     CORNERS,
     PRUNERS,
@@ -39,7 +39,14 @@ from cnnlab.studies.search_spec import (
     corner_config,
     suggest,
 )
-from cnnlab.studies.storage import load_study, open_storage, open_study_storage, study_for
+from cnnlab.studies.storage import (
+    load_study,
+    open_storage,
+    open_study_storage,
+    study_for,
+    summary_step,
+    with_journal,
+)
 from cnnlab.studies.trials import (
     CV_STD,
     FINISHED,
@@ -53,7 +60,7 @@ from cnnlab.studies.trials import (
     run_workers,
     work,
 )
-from cnnlab.tracking import search_summary_run
+from cnnlab.tracking import small_run, study_run
 from cnnlab.training.run import run
 
 
@@ -83,30 +90,46 @@ def cross_validate(spec: SearchSpec, quick: bool, out: Path, threads: int
         cfg = load_config(list(spec.configs), overrides)
         cfg.wandb.group, cfg.wandb.job_type = spec.name, "fold"
         cfg.trainer.images = False  # per-fold images would cost more than the report shows
+        cfg.wandb.log_model = False  # the refit's checkpoint is the one to keep
         if threads:
             cfg.trainer.threads = threads
         data = load_cached(cfg.data, datasets)
         scores: list[float] = []
-        epochs = 0
-        for fold in range(spec.folds):
-            cfg.wandb.name = f"trial {trial.number} fold {fold}"
-            cfg.wandb.tags = [spec.name, f"trial={trial.number}", f"fold={fold}"]
-            result = run(cfg, out / "trials" / f"{trial.number:04d}" / f"fold{fold}",
-                         fold=(fold, spec.folds), data=data, overwrite=True, takeover=True)
-            epochs += result.metrics["epochs"]
-            trial.set_user_attr(FOLD_EPOCHS, epochs)
-            if result.metrics["diverged"]:
-                raise optuna.TrialPruned(f"diverged in fold {fold}: training loss "
-                                         f"{result.metrics['train_loss']:.4g}")
-            scores.append(result.metrics["val_acc"])
-            trial.set_user_attr(FOLD_SCORES, scores)
-            wilcoxon = spec.pruner["name"] == "wilcoxon"
-            trial.report(scores[-1] if wilcoxon else statistics.mean(scores), fold)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned after fold {fold} (CV mean so far "
-                                         f"{statistics.mean(scores):.4f})")
-        trial.set_user_attr(CV_STD, statistics.stdev(scores))
-        return statistics.mean(scores)
+        epochs, state = 0, "failed"
+        try:
+            for fold in range(spec.folds):
+                cfg.wandb.name = f"trial {trial.number} fold {fold}"
+                cfg.wandb.tags = [spec.name, f"trial={trial.number}", f"fold={fold}"]
+                result = run(cfg, out / "trials" / f"{trial.number:04d}" / f"fold{fold}",
+                             fold=(fold, spec.folds), data=data, overwrite=True, takeover=True,
+                             context={"study": trial.study.study_name, "trial": trial.number,
+                                      "fold": fold})
+                epochs += result.metrics["epochs"]
+                trial.set_user_attr(FOLD_EPOCHS, epochs)
+                if result.metrics["diverged"]:
+                    state = "pruned"
+                    raise optuna.TrialPruned(f"diverged in fold {fold}: training loss "
+                                             f"{result.metrics['train_loss']:.4g}")
+                scores.append(result.metrics["val_acc"])
+                trial.set_user_attr(FOLD_SCORES, scores)
+                wilcoxon = spec.pruner["name"] == "wilcoxon"
+                trial.report(scores[-1] if wilcoxon else statistics.mean(scores), fold)
+                if trial.should_prune():
+                    state = "pruned"
+                    raise optuna.TrialPruned(f"pruned after fold {fold} (CV mean so far "
+                                             f"{statistics.mean(scores):.4f})")
+            trial.set_user_attr(CV_STD, statistics.stdev(scores))
+            state = "complete"
+            return statistics.mean(scores)
+        finally:  # one W&B run per trial: its parameters, folds and outcome, beside the folds'
+            cfg.wandb.job_type, cfg.wandb.tags = "trial", [spec.name, f"trial={trial.number}"]
+            small_run(cfg, out / "trials" / f"{trial.number:04d}", "trial",
+                      {"state": state, "fold_scores": scores, "folds_done": len(scores),
+                       "fold_epochs": epochs, "cv_mean": statistics.mean(scores) if scores else None,
+                       "cv_std": statistics.stdev(scores) if len(scores) > 1 else None},
+                      name=f"trial {trial.number}",
+                      context={"study": trial.study.study_name, "trial": trial.number,
+                               "params": dict(trial.params)})
 
     return one
 
@@ -196,6 +219,6 @@ def refit(study: optuna.Study, spec: SearchSpec, quick: bool, out: Path) -> Sear
     result = SearchResult(study.study_name, best.number, params, best.value,
                           best.user_attrs.get(CV_STD, math.nan),
                           best.user_attrs.get(FOLD_SCORES, []), final.metrics["test_acc"])
-    write_search_report(study, spec, result, out)
-    search_summary_run(cfg, out, study.study_name, result.params, result.numbers())
+    files = with_journal(out, write_search_report(study, spec, result, out))
+    study_run(cfg, out, search_summary(study, spec, result, files, summary_step(study)))
     return result

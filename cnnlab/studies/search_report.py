@@ -17,6 +17,7 @@ from cnnlab.files import write_owned
 from cnnlab.images import figure_png
 from cnnlab.studies.search_spec import SearchSpec
 from cnnlab.studies.trials import CV_STD, FOLD_EPOCHS, FOLD_SCORES, NOTE, reason_of
+from cnnlab.tracking import StudySummary
 
 
 @dataclass(frozen=True)
@@ -91,8 +92,33 @@ def _plots(study: optuna.Study) -> dict[str, bytes]:
     return out
 
 
+def trial_records(study: optuna.Study) -> list[dict[str, Any]]:
+    """One numeric row per trial (W&B's table): number, state, parameters, CV mean and std."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        if NOTE in t.user_attrs:
+            continue
+        row: dict[str, Any] = {"number": t.number, "state": t.state.name, **t.params,
+                               "cv_mean": t.value, "cv_std": t.user_attrs.get(CV_STD),
+                               "folds": len(t.user_attrs.get(FOLD_SCORES, [])),
+                               "fold_epochs": t.user_attrs.get(FOLD_EPOCHS, 0)}
+        rows.append({k: str(v) if isinstance(v, list) else v for k, v in row.items()})
+    return rows
+
+
+def search_summary(study: optuna.Study, spec: SearchSpec, result: SearchResult, files: list[Path],
+                   step: int) -> StudySummary:
+    """The search's W&B summary run: the trials table, best values, the report as artifact."""
+    numbers = {**result.numbers(), **{f"best/{k}": v for k, v in result.params.items()}}
+    return StudySummary(study.study_name, spec.description,
+                        {"best_params": result.params, "folds": spec.folds},
+                        {"trials": trial_records(study)}, numbers, files,
+                        bar=None, step=step)
+
+
 def write_search_report(study: optuna.Study, spec: SearchSpec, result: SearchResult,
-                        out: Path) -> None:
+                        out: Path) -> list[Path]:
+    """Write ``search.md``, ``trials.csv`` and the plots; returns their paths."""
     states = [t.state for t in study.get_trials(deepcopy=False) if NOTE not in t.user_attrs]
     count = {s.name.lower(): states.count(s) for s in (TrialState.COMPLETE, TrialState.PRUNED,
                                                         TrialState.FAIL)}
@@ -117,3 +143,4 @@ def write_search_report(study: optuna.Study, spec: SearchSpec, result: SearchRes
         *[f"![{name}]({name})" for name in images], "",
     ])
     write_owned(out, "search.md", text)
+    return [out / name for name in ("search.md", "trials.csv", *images)]

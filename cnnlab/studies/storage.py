@@ -156,3 +156,22 @@ def load_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
         names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
         raise CnnlabError(f"study {name!r} is not in this storage; allowed: "
                           f"{', '.join(names) or 'none yet — run cnnlab ablate first'}") from None
+
+
+WANDB_STEP = "wandb_step"  # study attribute: the step of the summary run's latest tables
+ARTIFACT_BYTES = 50 * 2**20  # a default journal this small joins the study's W&B artifact
+
+
+def summary_step(study: optuna.Study) -> int:
+    """The next step of the study's one W&B summary run: each rerun logs after the last, so
+    after ``wandb sync`` the dashboard shows the newest tables (offline runs cannot ask)."""
+    step = study.user_attrs.get(WANDB_STEP, -1) + 1
+    study.set_user_attr(WANDB_STEP, step)
+    return step
+
+
+def with_journal(out: Path, files: list[Path]) -> list[Path]:
+    """``files`` plus the study's default journal under ``out`` when it exists and is small."""
+    journal = out / "study.journal"
+    small = journal.is_file() and journal.stat().st_size <= ARTIFACT_BYTES
+    return [*files, journal] if small else files

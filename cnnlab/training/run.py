@@ -13,6 +13,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -29,7 +30,7 @@ from cnnlab.diagnostics import (
     weight_sparsity,
 )
 from cnnlab.files import abort_run, begin_run, commit_run, staging_path, write_atomic
-from cnnlab.images import png_bytes, png_image
+from cnnlab.images import png_bytes, png_image, to_uint8
 from cnnlab.tracking import finish, wandb_logger
 from cnnlab.training.build import build
 from cnnlab.training.distributed import is_rank_zero
@@ -80,6 +81,7 @@ def run(
     refit: bool = False,
     overwrite: bool = False,
     takeover: bool = False,
+    context: dict[str, Any] | None = None,
 ) -> RunResult:
     """Train ``cfg`` and write ``out/{config.yaml, metrics.json, history.csv, checkpoints/}``.
 
@@ -93,13 +95,14 @@ def run(
     The run is built in a staging folder beside ``out`` and renamed into place when it finished
     (``files.begin_run``): a failed or killed run leaves ``out`` as it was, and ``overwrite``
     replaces an earlier cnnlab run there only once the new one is complete. ``takeover`` (study
-    trials) clears a staging folder another worker left, see ``files.begin_run``.
+    trials) clears a staging folder another worker left, see ``files.begin_run``. ``context``
+    joins the W&B run's config (a study trial's study, arm, levels and seed).
     """
     if not is_rank_zero():
-        return _run(cfg, staging_path(out), out, fold, data, refit)
+        return _run(cfg, staging_path(out), out, fold, data, refit, context)
     staging = begin_run(out, overwrite, takeover)
     try:
-        result = _run(cfg, staging, out, fold, data, refit)
+        result = _run(cfg, staging, out, fold, data, refit, context)
         commit_run(staging, out)
     except BaseException:
         abort_run(staging)  # after a failed commit too: the old run is still in place
@@ -108,7 +111,7 @@ def run(
 
 
 def _run(cfg: ExperimentConfig, out: Path, final: Path, fold: tuple[int, int] | None,
-         data: ImageData | None, refit: bool) -> RunResult:
+         data: ImageData | None, refit: bool, context: dict[str, Any] | None) -> RunResult:
     """``run`` inside the staging folder ``out``; the result names the ``final`` folder."""
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
@@ -129,16 +132,17 @@ def _run(cfg: ExperimentConfig, out: Path, final: Path, fold: tuple[int, int] | 
         write_atomic(out / "config.yaml", to_yaml(cfg))
         if found is not None:
             write_atomic(out / "lr_find.png", found.plot_png)
-    logger = wandb_logger(cfg, out) if zero else None
+    logger = wandb_logger(cfg, out, context) if zero else None
     trainer = build_trainer(cfg.trainer, out, [logger] if logger else [], validate=not refit,
                             sync_batchnorm=cfg.model.sync_batchnorm)
     datamodule.to_device(trainer.strategy.root_device, fast.channels_last)
     if logger is not None and datamodule.augment is not None:
         sample = datamodule.train[0][:8]
         grid = preview(sample, datamodule.augment, datamodule.mean, datamodule.std, seed=cfg.seed)
-        logger.log_image("augment/preview", [grid.cpu()])
+        logger.log_image("augment/preview", [to_uint8(grid)])
     metrics: dict[str, float | bool | None] = {} if found is None else {"lr_found": found.suggestion}
     filters_start = first_conv_filters(model) if cfg.trainer.images else None
+    model_files: list[Path] | None = None  # the W&B model artifact's
     try:
         start = time.perf_counter()
         trainer.fit(module, datamodule=datamodule)
@@ -162,13 +166,17 @@ def _run(cfg: ExperimentConfig, out: Path, final: Path, fold: tuple[int, int] | 
         if zero:
             metrics |= _mechanisms(model.eval(), module.history, datamodule.train, cfg, metrics)
         if logger is not None and filters_start is not None:
-            logger.log_image("filters", [filters_start, first_conv_filters(model)],
+            logger.log_image("filters", [to_uint8(filters_start),
+                                         to_uint8(first_conv_filters(model))],
                              caption=["start", "end"])
             logger.log_image("curves", [png_image(curves_png(module.history))])
         if logger is not None and found is not None:
             logger.log_image("lr_find", [png_image(found.plot_png)])
+        ckpt = best.best_model_path
+        if cfg.wandb.log_model and ckpt:
+            model_files = [Path(ckpt), out / "config.yaml"]
     finally:
-        finish(logger, metrics)
+        finish(logger, metrics, model_files)
     if not zero:
         return RunResult(metrics, module.history, final)
     if filters_start is not None:
