@@ -336,6 +336,9 @@ CATALOGUE: dict[str, Case] = {
                                            "no such database file"),
     "report of a search": Case(("report", "s", "--out", "{out}", "--storage", "{d}/s.journal"),
                                "study 's' is not an ablation (a cnnlab tune search?)", {"s.journal": _search_journal}),
+    "sync of an unknown study": Case(("sync", "{d}/no-such-study"),
+                                     "no-such-study: no such folder or study under reports/"),
+    "sync with a bad timeout": Case(("sync", "--timeout", "0"), "--timeout: got '0'"),
     # output folders that are not cnnlab's
     "fit into the user's folder": Case(("fit", "--out", "{d}"), "--out {d}: holds files cnnlab did not write (notes.txt)",
                                        {"notes.txt": "mine"}),
@@ -396,7 +399,7 @@ def test_bad_input(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: s
 def test_the_catalogue_covers_every_kind_of_input() -> None:
     assert len(CATALOGUE) >= 140
     commands = {c.args[0] for c in CATALOGUE.values() if c.args}
-    assert {"fit", "ablate", "tune", "report", "summary", "export", "lr-find"} <= commands
+    assert {"fit", "ablate", "tune", "report", "summary", "export", "lr-find", "sync"} <= commands
 
 
 def test_the_console_script_exits_2_without_traceback(tmp_path: Path) -> None:
