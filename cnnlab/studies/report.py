@@ -492,7 +492,7 @@ def study_summary(report: Report, files: list[Path], step: int) -> StudySummary:
         others = [f for f in spec.factors if f != factor]
         for row in rows:
             row[f"{factor} (number)"] = float(row[factor])
-        lines.append(("arms", f"{factor} (number)", "mean", others[0] if others else "arm"))
+        lines.append(("arms", f"{factor} (number)", "mean", others[0] if others else None))
     return StudySummary(report.study, spec.description, {"spec": spec.to_dict(),
                                                          "preset": report.preset},
                         {"arms": rows}, numbers, files, bar=("arms", "arm", "mean"), lines=lines,
