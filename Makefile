@@ -42,4 +42,4 @@ $(addprefix ablation-,$(SPECS)): ablation-%: install
 
 .PHONY: tune
 tune: install ## cross-validated Optuna search (experiments/search.yaml), refit, test (reports/search/)
-	$(VENV)/bin/cnnlab tune experiments/search.yaml --workers 2 $(ARGS)
+	$(VENV)/bin/cnnlab tune experiments/search.yaml $(ARGS)

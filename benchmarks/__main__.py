@@ -1,12 +1,21 @@
 """`python -m benchmarks`: every ratio benchmark, one table."""
 
-from benchmarks import bench_ablation, bench_augment, bench_fast, bench_fit, bench_fuse, bench_search
+from benchmarks import (
+    bench_ablation,
+    bench_augment,
+    bench_fast,
+    bench_fit,
+    bench_fuse,
+    bench_load,
+    bench_search,
+)
 from benchmarks.common import print_ratios
 
 
 def main() -> None:
     print_ratios([*bench_fit.bench(), *bench_augment.bench(), *bench_ablation.bench(),
-                  *bench_search.bench(), *bench_fuse.bench(), *bench_fast.bench()])
+                  *bench_search.bench(), *bench_fuse.bench(), *bench_fast.bench(),
+                  *bench_load.bench()])
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -19,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cnnlab.config import ExperimentConfig, load_config, to_yaml
+from cnnlab.cpus import WORKERS_ENV, free_cpus
 from cnnlab.errors import CnnlabError
 from cnnlab.files import check_output, check_run_out, check_study_folder, write_output
 from cnnlab.studies.search_spec import load_search_spec, with_overrides
@@ -123,6 +125,18 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"got {text!r}; allowed: a positive integer")
     return value
+
+
+WORKERS_HELP = (f"worker processes on this machine, one torch thread each (default: ${WORKERS_ENV}, "
+                "else auto = one per core that other processes leave free)")
+
+
+def _workers(text: str) -> int:
+    if text == "auto":
+        return free_cpus()
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"got {text!r}; allowed: a positive integer or auto")
 
 
 def _seeds(text: str) -> int | str:
@@ -324,8 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seeds per arm (default: the spec's), or auto: add 2 seeds per "
                         "round to the arms of undecided comparisons, up to 10")
     ablate.add_argument("--storage", help="Optuna storage URL (default DIR/study.journal)")
-    ablate.add_argument("--workers", type=_positive, default=1,
-                        help="worker processes on this machine (one torch thread each)")
+    ablate.add_argument("--workers", type=_workers, default=os.environ.get(WORKERS_ENV, "auto"),
+                        metavar="N|auto", help=WORKERS_HELP)
     ablate.add_argument("--out", type=Path, help="report directory (default reports/<study>)")
     ablate.set_defaults(func=cmd_ablate)
 
@@ -337,8 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--timeout", type=_seconds, help="start no new trial after S seconds")
     tune.add_argument("--folds", type=_positive, help="k of k-fold CV (default: the spec's)")
     tune.add_argument("--storage", help="Optuna storage URL (default DIR/study.journal)")
-    tune.add_argument("--workers", type=_positive, default=1,
-                      help="worker processes on this machine (one torch thread each)")
+    tune.add_argument("--workers", type=_workers, default=os.environ.get(WORKERS_ENV, "auto"),
+                      metavar="N|auto", help=WORKERS_HELP)
     tune.add_argument("--study", help="study name (default: the spec's name)")
     tune.add_argument("--quick", action="store_true", help="the spec's quick preset")
     tune.add_argument("--out", type=Path, help="report directory (default reports/<study>)")

@@ -10,6 +10,7 @@ from cnnlab.cli import main
 from cnnlab.config import ExperimentConfig, load_config
 
 os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("CNNLAB_WORKERS", "1")  # in-process studies; tests of workers say how many
 
 FAST = ["trainer.max_epochs=1", "wandb.mode=disabled", "model.channels=[8,16]", "data.batch_size=32",
         "optim.scheduler=none", "optim.lr=0.01",

@@ -167,3 +167,18 @@ def test_make_ablation_runs_every_ablation_spec_and_not_the_search() -> None:
     for name in ("norm", "dropout", "regularization", "augmentation", "batch_norm_size",
                  "hidden_units", "learning_rate"):
         assert f"experiments/{name}.yaml" in command
+
+
+def test_workers_auto_gives_the_same_trial_metrics_as_one_worker(cli, tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, seeds=1)
+    spec.write_text(spec.read_text().replace("data.batch_size=128]",
+                                             "data.batch_size=128, trainer.threads=1]"))
+    results = {}
+    for workers in ("1", "auto"):
+        out = tmp_path / workers
+        status, _, err = cli("ablate", spec, "--out", out, "--workers", workers)
+        assert status == 0, err
+        results[workers] = {t.user_attrs["key"]: {k: t.user_attrs[k] for k in
+                                                  ("test_acc", "val_acc", "train_loss", "epochs")}
+                            for t in trials(out) if t.state == TrialState.COMPLETE}
+    assert len(results["1"]) == 4 and results["auto"] == results["1"]

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from cnnlab.config import ExperimentConfig, to_yaml
+from cnnlab.cpus import free_cpus
 from cnnlab.data.augment import preview
 from cnnlab.data.sources import ImageData
 from cnnlab.diagnostics import (
@@ -113,8 +114,7 @@ def run(
 def _run(cfg: ExperimentConfig, out: Path, final: Path, fold: tuple[int, int] | None,
          data: ImageData | None, refit: bool, context: dict[str, Any] | None) -> RunResult:
     """``run`` inside the staging folder ``out``; the result names the ``final`` folder."""
-    if cfg.trainer.threads:
-        torch.set_num_threads(cfg.trainer.threads)
+    torch.set_num_threads(cfg.trainer.threads or free_cpus())  # 0: the cores free right now
     found = None
     if cfg.optim.lr == "auto":
         found = find_lr(cfg, out)

@@ -1,0 +1,72 @@
+"""Speed under load: the default digits fit and a quick ablation with one CPU-bound competitor
+process running (on a core of its own when the machine has several) against the same idle.
+
+cnnlab's default thread count is the cores other processes leave free when a run starts
+(``cnnlab.cpus``); torch's own default (one thread per core) collapses when one is taken.
+"""
+
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.console import Console
+
+from benchmarks.common import Ratio
+from cnnlab.config import load_config
+from cnnlab.cpus import usable_cpus
+from cnnlab.studies.ablation import ablate
+from cnnlab.studies.spec import load_spec
+from cnnlab.studies.storage import default_url
+from cnnlab.training.run import run
+
+QUICK = """
+name: load
+overrides: ["model.channels=[16,32]", trainer.max_epochs=3]
+factors:
+  model.norm: [batch, none]
+seeds: 2
+"""
+
+
+def _fit(*overrides: str) -> float:
+    cfg = load_config(overrides=["wandb.mode=disabled", "trainer.images=false", *overrides])
+    return run(cfg, Path(tempfile.mkdtemp(prefix="cnnlab-bench-")) / "fit").metrics["fit_seconds"]
+
+
+def _quick() -> float:
+    root = Path(tempfile.mkdtemp(prefix="cnnlab-bench-"))
+    (root / "load.yaml").write_text(QUICK)
+    out = root / "out"
+    start = time.perf_counter()
+    ablate(load_spec(root / "load.yaml"), False, out, default_url(out), 1, Console(quiet=True))
+    return time.perf_counter() - start
+
+
+def _loaded(measure: Callable[[], float]) -> float:
+    """``measure`` while a busy-looping process keeps one core."""
+    competitor = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)  # running before cnnlab counts the free cores
+        return measure()
+    finally:
+        competitor.kill()
+        competitor.wait()
+
+
+def bench() -> list[Ratio]:
+    _fit(), _quick()  # warm-up
+    torch_default = _loaded(lambda: _fit(f"trainer.threads={usable_cpus()}"))
+    out = []
+    for name, measure, note in (
+            ("default digits fit (fit_seconds)", _fit,
+             f"; torch's default threads ({usable_cpus()}) under the same load: "
+             f"{torch_default:.2f}s"),
+            ("quick ablation, 4 trials, W&B offline (wall)", _quick, "")):
+        idle, loaded = measure(), _loaded(measure)
+        out.append(Ratio(f"under load / idle: {name}", loaded / idle, 2.5,
+                         f"one busy-looping competitor process: {loaded:.2f}s vs idle "
+                         f"{idle:.2f}s{note}", lower_is_better=True))
+    return out
