@@ -15,6 +15,7 @@ import torch
 from benchmarks.bench_ablation import SPEC, _throughput
 from benchmarks.common import Ratio
 from cnnlab.config import load_config
+from cnnlab.cpus import usable_cpus
 from cnnlab.data.sources import ImageData
 from cnnlab.studies.ablation import _worker_main, open_ablation, reconcile
 from cnnlab.studies.spec import load_spec
@@ -64,12 +65,12 @@ def bench(repeats: int = 3) -> list[Ratio]:
         slow.append(_fit_seconds(data, *plain))
     fast_s, slow_s = sorted(fast)[repeats // 2], sorted(slow)[repeats // 2]
     chosen = resolve(load_config())
-    one, default = _two_workers(1), _two_workers(0)
+    one, default = _two_workers(1), _two_workers(usable_cpus())  # torch's default: 1 per core
     return [
         Ratio("fast path / fp32 contiguous, 32×32 training", slow_s / fast_s, 1.5,
               f"auto = {chosen.precision}, channels_last={chosen.channels_last}: {fast_s:.2f}s vs "
               f"{slow_s:.2f}s for 2 epochs of 4,096 3×32×32 images (target for a CPU with bf16)"),
         Ratio("2 workers: 1 thread each / torch default threads", one / default, 1.1,
-              f"trials/s: {one:.2f} vs {default:.2f} ({torch.get_num_threads()} threads each by "
+              f"trials/s: {one:.2f} vs {default:.2f} ({usable_cpus()} threads each by "
               "default on this machine)"),
     ]

@@ -19,7 +19,6 @@ from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 
 from cnnlab.config import load_config
-from cnnlab.cpus import free_cpus
 from cnnlab.data.sources import ImageData, load_cached
 from cnnlab.errors import CnnlabError
 from cnnlab.models.convnet import feature_shape
@@ -108,7 +107,6 @@ def objective(study: optuna.Study, spec: AblationSpec, out: Path, threads: int
               ) -> Callable[[optuna.Trial], float]:
     """One arm × seed: its config through the run path; diverged runs are pruned."""
     datasets: dict[tuple[Any, ...], ImageData] = {}
-    free_cores = free_cpus()
 
     def one(trial: optuna.Trial) -> float:
         if ARM in trial.user_attrs:
@@ -123,8 +121,8 @@ def objective(study: optuna.Study, spec: AblationSpec, out: Path, threads: int
         cfg.wandb.name, cfg.wandb.tags = f"{arm} seed={seed}", [study.study_name, f"seed={seed}"]
         cfg.trainer.images = False  # the report draws the study's curves
         cfg.wandb.log_model = False  # a checkpoint per arm × seed: too many to upload
-        if threads or not cfg.trainer.threads:  # 0: the free cores, counted once per process
-            cfg.trainer.threads = threads or free_cores
+        if threads or not cfg.trainer.threads:  # results must not depend on the worker count
+            cfg.trainer.threads = threads or 1  # or the load: torch's sums vary with threads
         run_dir = out / "trials" / safe_name(arm) / f"seed{seed}"
         # a lost attempt may have finished its folder but not its trial, or left it half-built
         levels = next(a.levels for a in spec.arms if a.name == arm)
@@ -153,8 +151,8 @@ def work_on(study: optuna.Study, spec: AblationSpec, quick: bool, out: Path, thr
 
 
 def _worker_main(url: str, name: str, out: str, threads: int = 1) -> None:
-    """A spawned worker process: its own storage connection, one torch thread (0: torch's
-    default, which oversubscribes the cores when several workers run)."""
+    """A spawned worker process: its own storage connection, ``threads`` torch threads per trial
+    (0: the spec's ``trainer.threads``, else one)."""
     study = load_study(open_storage(url), name)
     attrs = study.user_attrs["spec"]
     spec = AblationSpec.from_dict(attrs)

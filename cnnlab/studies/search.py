@@ -25,7 +25,6 @@ from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 
 from cnnlab.config import load_config
-from cnnlab.cpus import free_cpus
 from cnnlab.data.datamodule import DataModule
 from cnnlab.data.sources import ImageData, load_cached
 from cnnlab.errors import CnnlabError
@@ -84,7 +83,6 @@ def cross_validate(spec: SearchSpec, quick: bool, out: Path, threads: int
     """The objective: train the trial's config on each fold, reporting after each so it can be
     pruned; a diverged fold prunes the trial."""
     datasets: dict[tuple[Any, ...], ImageData] = {}
-    free_cores = free_cpus()
 
     def one(trial: optuna.Trial) -> float:
         overrides = [*spec.overrides, *(spec.quick if quick else ()),
@@ -93,8 +91,8 @@ def cross_validate(spec: SearchSpec, quick: bool, out: Path, threads: int
         cfg.wandb.group, cfg.wandb.job_type = spec.name, "fold"
         cfg.trainer.images = False  # per-fold images would cost more than the report shows
         cfg.wandb.log_model = False  # the refit's checkpoint is the one to keep
-        if threads or not cfg.trainer.threads:  # 0: the free cores, counted once per process
-            cfg.trainer.threads = threads or free_cores
+        if threads or not cfg.trainer.threads:  # results must not depend on the worker count
+            cfg.trainer.threads = threads or 1  # or the load: torch's sums vary with threads
         data = load_cached(cfg.data, datasets)
         scores: list[float] = []
         epochs, state = 0, "failed"
