@@ -137,8 +137,8 @@ class StudySummary:
     summary: dict[str, Any]
     files: list[Path]
     bar: tuple[str, str, str] | None = None  # (table, x column, y column)
-    lines: list[tuple[str, str, str, str | None]] = field(default_factory=list)  # table, x, y,
-    # and the column whose values are separate lines (None: one line)
+    # (table, x, y, the column whose values get a line each, or None for one line)
+    lines: list[tuple[str, str, str, str | None]] = field(default_factory=list)
     step: int = 0  # this write's step: a rerun's tables come after the earlier ones
 
 

@@ -92,6 +92,11 @@ class Comparison:
         return int(math.copysign(1, self.delta.mean)) if self.significant else 0
 
 
+def sign_flip_p(n: int) -> float:
+    """The smallest two-sided p a sign-flip test of n equal, nonzero differences can give."""
+    return min(1.0, 2 / 2**n)
+
+
 def paired_p(diffs: list[float]) -> float:
     """Two-sided paired t-test p-value of mean difference 0 (nan below two pairs).
 
@@ -101,7 +106,7 @@ def paired_p(diffs: list[float]) -> float:
     if len(diffs) < 2:
         return math.nan
     if np.ptp(diffs) == 0:
-        return 1.0 if diffs[0] == 0 else min(1.0, 2 / 2 ** len(diffs))
+        return 1.0 if diffs[0] == 0 else sign_flip_p(len(diffs))
     return float(stats.ttest_1samp(diffs, 0.0).pvalue)
 
 
@@ -111,7 +116,7 @@ def tost_p(arm: list[float], reference: list[float], margin: float) -> float:
         return math.nan
     diffs = np.subtract(arm, reference)
     if np.ptp(diffs) == 0:  # as in ``paired_p``: the exact sign-flip bound, not t's 0
-        return min(1.0, 2 / 2 ** len(diffs)) if abs(diffs[0]) < margin else 1.0
+        return sign_flip_p(len(diffs)) if abs(diffs[0]) < margin else 1.0
     above = stats.ttest_1samp(diffs, -margin, alternative="greater").pvalue
     below = stats.ttest_1samp(diffs, margin, alternative="less").pvalue
     return float(max(above, below))

@@ -374,9 +374,8 @@ def _verdict_lines(report: Report) -> list[str]:
     spec, quick = report.spec, report.preset == "quick"
     arm = next(a for a in spec.arms if a.name == spec.baseline)
     data = spec.config(arm, 0, quick).data.name
-    low, high = min(r.interval.n + r.diverged for r in report.rows), max(
-        r.interval.n + r.diverged for r in report.rows)
-    seeds = str(low) if low == high else f"{low}–{high}"
+    counts = [r.interval.n + r.diverged for r in report.rows]
+    seeds = f"{min(counts)}" if min(counts) == max(counts) else f"{min(counts)}–{max(counts)}"
     lines = ["## Hypothesis", "", f"> {v.claim}", "",
              f"**Verdict: {v.verdict}** (on `{data}`, {report.preset} preset, {seeds} seeds per "
              "arm).", ""]
