@@ -12,6 +12,7 @@ lost ones), so the last worker standing finishes the study.
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.connection
 import os
 import threading
 import time
@@ -182,17 +183,41 @@ def work(study: optuna.Study, objective: Callable[[optuna.Trial], float],
         on_done()
 
 
+def _child(target: Callable[..., None], args: tuple[Any, ...], env: dict[str, str], cwd: str
+           ) -> None:
+    """A worker forked from the fork server: the caller's environment and folder, then work."""
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(cwd)
+    target(*args)
+
+
+def _context(target: Callable[..., None]) -> multiprocessing.context.BaseContext:
+    """A fork server that imported ``target``'s module (torch, Lightning, W&B) once: workers
+    start in milliseconds instead of paying seconds of imports each (spawn where there is no
+    fork server)."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([target.__module__])  # no effect once the server runs
+    return ctx
+
+
 def run_workers(target: Callable[..., None], args: list[tuple[Any, ...]],
                 poll: Callable[[], None]) -> None:
-    """Start one spawned process per ``args`` entry, call ``poll`` every second until all
-    finish, and fail if any worker did (the storage keeps what the others finished)."""
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=target, args=a) for a in args]
+    """Start one worker process per ``args`` entry, call ``poll`` every second (and as each
+    worker ends) until all finish, and fail if any worker did (the storage keeps what the
+    others finished)."""
+    ctx = _context(target)
+    env, cwd = dict(os.environ), os.getcwd()
+    procs = [ctx.Process(target=_child, args=(target, a, env, cwd)) for a in args]
     for p in procs:
         p.start()
-    while any(p.is_alive() for p in procs):
+    while running := [p.sentinel for p in procs if p.is_alive()]:
         poll()
-        time.sleep(1.0)
+        multiprocessing.connection.wait(running, timeout=1.0)
+    for p in procs:
+        p.join()
     poll()
     failed = [p.exitcode for p in procs if p.exitcode]
     if failed:
