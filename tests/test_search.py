@@ -44,11 +44,14 @@ def test_small_search_completes_refits_and_reports(cli, tmp_path: Path) -> None:
     done = [t for t in trials(out) if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(done) == 4
     for t in done:
-        scores = t.user_attrs["fold_scores"]
-        assert t.user_attrs["fold_epochs"] == 2 * len(scores)
+        scores = t.user_attrs.get("fold_scores", [])
         if t.state == TrialState.COMPLETE:  # the value is the mean of the fold scores
+            assert t.user_attrs["fold_epochs"] == 2 * len(scores) == 4
             assert t.value == pytest.approx(sum(scores) / 2)
-            assert list(t.intermediate_values) == [0, 1]
+            # fold 0's validation accuracy per epoch (steps 0, 1), then the CV mean after fold 1
+            assert list(t.intermediate_values) == [0, 1, 2]
+            assert max(t.intermediate_values[0], t.intermediate_values[1]) == pytest.approx(scores[0])
+            assert t.intermediate_values[2] == pytest.approx(t.value)
     report = (out / "search.md").read_text()
     assert "test accuracy" in report and "CV accuracy" in report
     assert (out / "history.png").is_file() and (out / "refit" / "metrics.json").is_file()
@@ -67,9 +70,11 @@ def test_pruner_stops_trials_in_a_bad_region(cli, tmp_path: Path) -> None:
     assert status == 0, err
     pruned = [t for t in trials(out) if t.state == TrialState.PRUNED]
     assert pruned
-    for t in pruned:
-        assert t.user_attrs["reason"].startswith("pruned after fold 0")
-        assert t.user_attrs["fold_epochs"] == 2  # stopped before the second fold
+    for t in pruned:  # inside fold 0, after the epoch where it fell below the median
+        epoch = max(t.intermediate_values)
+        assert t.user_attrs["reason"].startswith(f"pruned in fold 0 after epoch {epoch} ")
+        assert t.user_attrs["fold_epochs"] == epoch + 1 <= 2
+        assert (out / "trials" / f"{t.number:04d}" / "fold0" / "metrics.json").is_file()
 
 
 def test_rerun_adds_trials_instead_of_restarting(cli, tmp_path: Path) -> None:

@@ -1,12 +1,14 @@
 """Hyperparameter search by stratified k-fold cross-validation of the training portion.
 
 Each Optuna trial samples a configuration from the spec's space and trains it on k folds (the
-test split is never touched). After fold i the trial reports the cumulative mean of its fold
-validation accuracies at step i (the fold's own score for the Wilcoxon pruner, which compares
-folds as paired instances), so a pruner can stop it between folds. The study holds one queued
-slot per requested trial and workers run them through the shared trial loop, so a search never
-runs more than ``--trials`` trials. Afterwards the best configuration is retrained on the whole
-training portion and tested once.
+test split is never touched). Intermediate values, so a pruner can stop a trial early:
+fold 0's validation accuracy after each epoch at steps 0 … E−1 (E: the spec's most epochs), then
+the cumulative mean of the fold accuracies after fold i ≥ 1 at step E − 1 + i. Most bad
+configurations show in fold 0's first epochs, so that is where most of the budget is saved. The
+Wilcoxon pruner compares folds as paired instances instead: its step i is fold i's own score.
+The study holds one queued slot per requested trial and workers run them through the shared
+trial loop, so a search never runs more than ``--trials`` trials. Afterwards the best
+configuration is retrained on the whole training portion and tested once.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import numpy as np
 import optuna
 import yaml
+from lightning.pytorch.callbacks import Callback
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 
@@ -78,11 +82,41 @@ def check_data(spec: SearchSpec, quick: bool) -> None:
             raise CnnlabError(f"spec {spec.name}: space at its {corner} end: {err}") from None
 
 
+class EpochPruning(Callback):
+    """Reports fold 0's validation accuracy after each epoch and, when the pruner says so, stops
+    the fold (gracefully: the fold's run and its W&B record stay complete up to that epoch)."""
+
+    def __init__(self, trial: optuna.Trial) -> None:
+        self.trial = trial
+        self.stopped_at: int | None = None
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        score = trainer.callback_metrics.get("val/acc")
+        if trainer.sanity_checking or score is None:
+            return
+        self.trial.report(float(score), trainer.current_epoch)
+        if self.trial.should_prune():
+            self.stopped_at, trainer.should_stop = trainer.current_epoch, True
+
+
+def report_steps(spec: SearchSpec, quick: bool) -> int:
+    """How many intermediate steps a trial can report (see the module docstring)."""
+    if spec.pruner["name"] == "wilcoxon":
+        return spec.folds
+    return max_epochs(spec, quick) + spec.folds - 1
+
+
+def max_epochs(spec: SearchSpec, quick: bool) -> int:
+    return max(corner_config(spec, corner, quick).trainer.max_epochs for corner in CORNERS)
+
+
 def cross_validate(spec: SearchSpec, quick: bool, out: Path, threads: int
                    ) -> Callable[[optuna.Trial], float]:
-    """The objective: train the trial's config on each fold, reporting after each so it can be
-    pruned; a diverged fold prunes the trial."""
+    """The objective: train the trial's config on each fold, reporting fold 0's epochs and then
+    each fold so it can be pruned; a diverged fold prunes the trial."""
     datasets: dict[tuple[Any, ...], ImageData] = {}
+    paired = spec.pruner["name"] == "wilcoxon"  # fold scores as paired instances
+    first_fold_steps = max_epochs(spec, quick)
 
     def one(trial: optuna.Trial) -> float:
         overrides = [*spec.overrides, *(spec.quick if quick else ()),
@@ -100,21 +134,29 @@ def cross_validate(spec: SearchSpec, quick: bool, out: Path, threads: int
             for fold in range(spec.folds):
                 cfg.wandb.name = f"trial {trial.number} fold {fold}"
                 cfg.wandb.tags = [spec.name, f"trial={trial.number}", f"fold={fold}"]
+                pruning = [EpochPruning(trial)] if fold == 0 and not paired else []
                 result = run(cfg, out / "trials" / f"{trial.number:04d}" / f"fold{fold}",
                              fold=(fold, spec.folds), data=data, overwrite=True, takeover=True,
                              context={"study": trial.study.study_name, "trial": trial.number,
-                                      "fold": fold})
+                                      "fold": fold}, callbacks=pruning)
                 epochs += result.metrics["epochs"]
                 trial.set_user_attr(FOLD_EPOCHS, epochs)
                 if result.metrics["diverged"]:
                     state = "pruned"
                     raise optuna.TrialPruned(f"diverged in fold {fold}: training loss "
                                              f"{result.metrics['train_loss']:.4g}")
+                if pruning and pruning[0].stopped_at is not None:
+                    state = "pruned"
+                    raise optuna.TrialPruned(
+                        f"pruned in fold 0 after epoch {pruning[0].stopped_at} (validation "
+                        f"accuracy {result.history[-1]['val/acc']:.4f})")
                 scores.append(result.metrics["val_acc"])
                 trial.set_user_attr(FOLD_SCORES, scores)
-                wilcoxon = spec.pruner["name"] == "wilcoxon"
-                trial.report(scores[-1] if wilcoxon else statistics.mean(scores), fold)
-                if trial.should_prune():
+                if paired:
+                    trial.report(scores[-1], fold)
+                elif fold:
+                    trial.report(statistics.mean(scores), first_fold_steps - 1 + fold)
+                if (paired or fold) and trial.should_prune():
                     state = "pruned"
                     raise optuna.TrialPruned(f"pruned after fold {fold} (CV mean so far "
                                              f"{statistics.mean(scores):.4f})")
@@ -156,7 +198,7 @@ def open_search(spec: SearchSpec, quick: bool, storage: optuna.storages.BaseStor
     stored = len(study.get_trials(deepcopy=False))
     seed = np.random.SeedSequence([spec.sampler.get("seed", 0), worker, stored]).generate_state(1)[0]
     sampler = SAMPLERS[spec.sampler["name"]](int(seed))
-    pruner = PRUNERS[spec.pruner["name"]](spec.pruner, spec.folds)
+    pruner = PRUNERS[spec.pruner["name"]](spec.pruner, report_steps(spec, quick))
     return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
 
 

@@ -18,14 +18,15 @@ from cnnlab.studies.spec import one_process, read_spec, safe_name, yaml_scalar
 SPEC_KEYS = ("name", "description", "configs", "overrides", "space", "folds", "trials",
              "sampler", "pruner", "quick")
 SPACE_TYPES = ("float", "int", "categorical")
+# name -> pruner from the spec's options and the number of steps a trial reports
 PRUNERS: dict[str, Callable[[dict[str, Any], int], optuna.pruners.BasePruner]] = {
-    "median": lambda o, folds: optuna.pruners.MedianPruner(
+    "median": lambda o, steps: optuna.pruners.MedianPruner(
         n_startup_trials=o.get("n_startup_trials", 5), n_warmup_steps=o.get("n_warmup_steps", 0)),
-    "hyperband": lambda o, folds: optuna.pruners.HyperbandPruner(
-        min_resource=1, max_resource=folds, reduction_factor=o.get("reduction_factor", 3)),
-    "wilcoxon": lambda o, folds: optuna.pruners.WilcoxonPruner(
+    "hyperband": lambda o, steps: optuna.pruners.HyperbandPruner(
+        min_resource=1, max_resource=steps, reduction_factor=o.get("reduction_factor", 3)),
+    "wilcoxon": lambda o, steps: optuna.pruners.WilcoxonPruner(
         p_threshold=o.get("p_threshold", 0.1), n_startup_steps=o.get("n_startup_steps", 1)),
-    "none": lambda o, folds: optuna.pruners.NopPruner(),
+    "none": lambda o, steps: optuna.pruners.NopPruner(),
 }
 SAMPLERS: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
     "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed),

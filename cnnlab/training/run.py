@@ -11,11 +11,13 @@ import io
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.callbacks import Callback
 
 from cnnlab.config import ExperimentConfig, to_yaml
 from cnnlab.cpus import free_cpus
@@ -83,6 +85,7 @@ def run(
     overwrite: bool = False,
     takeover: bool = False,
     context: dict[str, Any] | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> RunResult:
     """Train ``cfg`` and write ``out/{config.yaml, metrics.json, history.csv, checkpoints/}``.
 
@@ -97,13 +100,14 @@ def run(
     (``files.begin_run``): a failed or killed run leaves ``out`` as it was, and ``overwrite``
     replaces an earlier cnnlab run there only once the new one is complete. ``takeover`` (study
     trials) clears a staging folder another worker left, see ``files.begin_run``. ``context``
-    joins the W&B run's config (a study trial's study, arm, levels and seed).
+    joins the W&B run's config (a study trial's study, arm, levels and seed); ``callbacks`` join
+    the Trainer's (a search's pruning inside a fold).
     """
     if not is_rank_zero():
-        return _run(cfg, staging_path(out), out, fold, data, refit, context)
+        return _run(cfg, staging_path(out), out, fold, data, refit, context, callbacks)
     staging = begin_run(out, overwrite, takeover)
     try:
-        result = _run(cfg, staging, out, fold, data, refit, context)
+        result = _run(cfg, staging, out, fold, data, refit, context, callbacks)
         commit_run(staging, out)
     except BaseException:
         abort_run(staging)  # after a failed commit too: the old run is still in place
@@ -112,7 +116,8 @@ def run(
 
 
 def _run(cfg: ExperimentConfig, out: Path, final: Path, fold: tuple[int, int] | None,
-         data: ImageData | None, refit: bool, context: dict[str, Any] | None) -> RunResult:
+         data: ImageData | None, refit: bool, context: dict[str, Any] | None,
+         callbacks: Sequence[Callback]) -> RunResult:
     """``run`` inside the staging folder ``out``; the result names the ``final`` folder."""
     torch.set_num_threads(cfg.trainer.threads or free_cpus())  # 0: the cores free right now
     found = None
@@ -134,7 +139,7 @@ def _run(cfg: ExperimentConfig, out: Path, final: Path, fold: tuple[int, int] | 
             write_atomic(out / "lr_find.png", found.plot_png)
     logger = wandb_logger(cfg, out, context) if zero else None
     trainer = build_trainer(cfg.trainer, out, [logger] if logger else [], validate=not refit,
-                            sync_batchnorm=cfg.model.sync_batchnorm)
+                            callbacks=callbacks, sync_batchnorm=cfg.model.sync_batchnorm)
     datamodule.to_device(trainer.strategy.root_device, fast.channels_last)
     if logger is not None and datamodule.augment is not None:
         sample = datamodule.train[0][:8]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
@@ -30,7 +31,7 @@ BEST = "best"
 
 def build_trainer(
     cfg: TrainerConfig, out: Path, loggers: list[Logger], validate: bool = True,
-    callbacks: list[Callback] = (), sync_batchnorm: bool = False,
+    callbacks: Sequence[Callback] = (), sync_batchnorm: bool = False,
 ) -> L.Trainer:
     """No sanity steps, no model summary, only the best checkpoint, a progress bar on a TTY.
 
