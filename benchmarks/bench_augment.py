@@ -4,11 +4,14 @@
 lens distortion, so the full policy's torchvision side does one op less than cnnlab's.
 """
 
+import statistics
+
 import torch
 from torchvision.transforms import v2
 
-from benchmarks.common import Ratio, median_times
+from benchmarks.common import Ratio, timed
 from cnnlab.config import load_config
+from cnnlab.cpus import usable_cpus
 from cnnlab.data.augment import Augmenter
 
 N, BATCH = 10_000, 512
@@ -29,7 +32,9 @@ def torchvision_pipeline(full: bool) -> v2.Compose:
     return v2.Compose([*ops, v2.ToDtype(torch.float32, scale=True)])
 
 
-def _compare(images: torch.Tensor, options: list[str], full: bool, repeats: int) -> dict[str, float]:
+def _compare(images: torch.Tensor, options: list[str], full: bool, repeats: int
+             ) -> list[tuple[float, float]]:
+    """(batched, per-sample) seconds of each interleaved repeat, after a warm-up of both."""
     augment = Augmenter(load_config(overrides=[f"data.augment.{o}" for o in options]).data.augment)
     pipeline = torchvision_pipeline(full)
     gen = torch.Generator().manual_seed(0)
@@ -42,18 +47,24 @@ def _compare(images: torch.Tensor, options: list[str], full: bool, repeats: int)
         for img in images:
             pipeline(img)
 
-    batched(), per_sample()  # warm-up
-    return median_times({"batched": batched, "per_sample": per_sample}, repeats)
+    batched(), batched(), per_sample()  # warm-up: the first batched passes allocate
+    return [(timed(batched), timed(per_sample)) for _ in range(repeats)]
 
 
-def bench(repeats: int = 3) -> list[Ratio]:
+def bench(repeats: int = 7) -> list[Ratio]:
+    """The median of the per-repeat ratios, with their range: one busy moment of the machine
+    moves one repeat, not the result."""
+    torch.set_num_threads(usable_cpus())  # as an idle fit; earlier benchmarks may have changed it
     images = torch.randint(0, 256, (N, 3, 32, 32), dtype=torch.uint8)
     ratios = []
     for name, options, full, target in (("flip + padded crop", FLIP_CROP, False, 5.0),
                                         ("full policy", FULL, True, 3.0)):
-        t = _compare(images, options, full, repeats)
+        times = _compare(images, options, full, repeats)
+        each = sorted(per_sample / batched for batched, per_sample in times)
+        batched, per_sample = (statistics.median(t) for t in zip(*times, strict=True))
         ratios.append(Ratio(f"augmentation, {name}: batched / per-sample v2",
-                            t["per_sample"] / t["batched"], target,
-                            f"10k 3×32×32 uint8: cnnlab {N / t['batched']:,.0f} img/s, "
-                            f"torchvision {N / t['per_sample']:,.0f} img/s"))
+                            statistics.median(each), target,
+                            f"10k 3×32×32 uint8, {torch.get_num_threads()} threads, median of "
+                            f"{repeats} interleaved repeats (range {each[0]:.1f}–{each[-1]:.1f}): "
+                            f"cnnlab {N / batched:,.0f} img/s, torchvision {N / per_sample:,.0f} img/s"))
     return ratios

@@ -79,6 +79,18 @@ def test_padded_crop_shifts_by_whole_pixels_and_fills_zeros() -> None:
     assert out[0, 0, 3].tolist() == [0.0, 0.0, 0.0, 0.0]  # below the image: padding
 
 
+def test_crop_and_flip_in_one_gather_equal_a_slice_of_the_padded_image_then_a_flip() -> None:
+    dy, dx = torch.tensor([-2, 0, 1, 2, -1]), torch.tensor([1, -2, 0, 2, 0])
+    flip = torch.tensor([True, False, True, True, False])
+    out = padded_crop(X, dy, dx, padding=2, flip=flip)
+    padded = torch.nn.functional.pad(X, (2, 2, 2, 2))
+    for i in range(len(X)):
+        window = padded[i, :, 2 + dy[i] : 14 + dy[i], 2 + dx[i] : 14 + dx[i]]
+        assert torch.equal(out[i], window.flip(-1) if flip[i] else window)
+    both = Augmenter(aug_config("hflip=true", "crop_padding=2", "prob=1.0"))(X, gen())
+    assert not torch.equal(both, X.flip(-1)) and both.shape == X.shape
+
+
 def _centroid(img: torch.Tensor) -> tuple[float, float]:
     rows, cols = torch.meshgrid(torch.arange(img.shape[0]), torch.arange(img.shape[1]),
                                 indexing="ij")

@@ -37,13 +37,17 @@ POLICIES: dict[str, Callable[[int, int, AugmentConfig, torch.Generator, torch.de
 }
 
 
-
-def padded_crop(x: Tensor, dy: Tensor, dx: Tensor, padding: int) -> Tensor:
-    """Zero-pad by ``padding`` and cut the original size shifted by integer (dy, dx) per sample."""
+def padded_crop(x: Tensor, dy: Tensor, dx: Tensor, padding: int, flip: Tensor | None = None
+                ) -> Tensor:
+    """Zero-pad by ``padding``, cut the original size shifted by integer (dy, dx) per sample,
+    and mirror it left–right where ``flip``: one gather for both."""
     n, c, h, w = x.shape
-    padded = F.pad(x, (padding, padding, padding, padding)).flatten(2)
+    padded = F.pad(x, (padding, padding, padding, padding)).flatten(2) if padding else x.flatten(2)
     rows = (torch.arange(h, device=x.device) + padding)[None] + dy[:, None]
-    cols = (torch.arange(w, device=x.device) + padding)[None] + dx[:, None]
+    cols = torch.arange(w, device=x.device).expand(n, w)
+    if flip is not None:
+        cols = torch.where(flip[:, None], w - 1 - cols, cols)
+    cols = cols + padding + dx[:, None]
     index = (rows[:, :, None] * (w + 2 * padding) + cols[:, None, :]).view(n, 1, h * w)
     return padded.gather(2, index.expand(n, c, h * w)).view(n, c, h, w)
 
@@ -96,13 +100,12 @@ class Augmenter:
         if grid_on:
             warped = torch.stack(grid_on).any(0).view(-1, 1, 1, 1)
             x = torch.where(warped, self._warp(x, on, gen), x)
-        if "crop" in on:
+        if "crop" in on or "hflip" in on:
             p = cfg.crop_padding
             dy, dx = (torch.randint(-p, p + 1, (n,), generator=gen, device=device) * on["crop"]
+                      if "crop" in on else torch.zeros(n, dtype=torch.long, device=device)
                       for _ in range(2))  # a zero shift is the identity
-            x = padded_crop(x, dy, dx, p)
-        if "hflip" in on:
-            x = torch.where(on["hflip"].view(-1, 1, 1, 1), x.flip(-1), x)
+            x = padded_crop(x, dy, dx, p, on.get("hflip"))  # crop, then flip
         x = x if self.fill is None else x + self.fill.to(x.device)
         return x.contiguous(memory_format=layout)  # the model's layout, as the batch came in
 
