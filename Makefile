@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 
-.PHONY: help install test fit lint bench
+.PHONY: help install test fit lint bench bench-gpu
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -29,6 +29,9 @@ lint: install ## ruff over the code, tests and benchmarks
 
 bench: install ## ratio benchmarks, each against a baseline run side by side
 	$(PY) -m benchmarks
+
+bench-gpu: install ## the CIFAR-10 fast preset on this machine's GPU (synthetic data; ARGS="--data-root DIR")
+	$(PY) -m benchmarks --gpu $(ARGS)
 
 # Every experiments/*.yaml is an ablation spec except search.yaml (make tune).
 SPECS := $(filter-out search,$(basename $(notdir $(wildcard experiments/*.yaml))))

@@ -10,20 +10,21 @@ from benchmarks.common import Ratio, median_times
 from cnnlab.config import ExperimentConfig, load_config
 from cnnlab.data.datamodule import DataModule
 from cnnlab.models.convnet import ConvNet
-from cnnlab.training.fast import prepare, resolve
+from cnnlab.training.fast import device_type, prepare, resolve
 from cnnlab.training.optim import OPTIMIZERS, SCHEDULERS
 from cnnlab.training.run import run
 
 
 def plain_loop(cfg: ExperimentConfig, data: DataModule) -> float:
-    """Train and validate every epoch by hand, with the same fast path (layout, precision) and
-    optimizer as cnnlab's; returns the last validation accuracy."""
+    """Train and validate every epoch by hand, with the same fast path (device, layout,
+    precision) and optimizer as cnnlab's; returns the last validation accuracy."""
     torch.manual_seed(cfg.seed)
-    model = ConvNet(cfg.model, data.input_shape, data.num_classes)
     fast = resolve(cfg)
+    device = torch.device(device_type(cfg.trainer.accelerator))
+    model = ConvNet(cfg.model, data.input_shape, data.num_classes).to(device)
     prepare(model, fast, compile_model=False)
-    data.to_device(torch.device("cpu"), fast.channels_last)
-    bf16 = torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast.precision == "bf16-mixed")
+    data.to_device(device, fast.channels_last)
+    bf16 = torch.autocast(device.type, dtype=torch.bfloat16, enabled=fast.precision == "bf16-mixed")
     optimizer = OPTIMIZERS[cfg.optim.name](model.parameters(), cfg.optim)
     batches = data.train_dataloader()
     scheduler = SCHEDULERS[cfg.optim.scheduler](
@@ -42,6 +43,8 @@ def plain_loop(cfg: ExperimentConfig, data: DataModule) -> float:
         model.eval()
         with torch.no_grad(), bf16:
             correct = sum(int((model(x).argmax(1) == y).sum()) for x, y in data.val_dataloader())
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     return correct / len(data.val[1])
 
 
