@@ -1,4 +1,15 @@
-"""The ``cnnlab`` command: fit, summary, lr-find, augment-preview, export, ablate, tune, report.
+"""The ``cnnlab`` command.
+
+  fit              train and test one model (runs/fit-<time>/ unless --out)
+  summary          per-layer output shapes, parameters and multiply-adds
+  lr-find          the LR range test: loss vs learning rate and a suggestion (runs/lr-find/)
+  augment-preview  training samples and augmented variants as a PNG (runs/augment-preview/)
+  export           a run's model as one self-contained file, optionally BN-fused
+  predict          classify images, folders of images or .npz arrays with a model
+  ablate           run (or resume) ablation specs; report with intervals and tests (reports/)
+  tune             cross-validated Optuna search, then refit and test (reports/)
+  report           rebuild an ablation's report from its storage
+  sync             upload offline W&B runs
 
 Each command imports its machinery (torch, Lightning, Optuna) when it runs, after its arguments
 and config are checked: ``cnnlab --help`` and a bad key answer without loading torch.
@@ -10,6 +21,7 @@ import argparse
 import errno
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -45,7 +57,9 @@ def _config(args: argparse.Namespace) -> ExperimentConfig:
 def cmd_fit(args: argparse.Namespace) -> None:
     cfg = _config(args)
     if args.print_config:
-        print(to_yaml(cfg), end="")
+        from cnnlab.training.fast import resolved
+
+        print(to_yaml(resolved(cfg)[0]), end="")
         return
     out = args.out or Path("runs") / time.strftime("fit-%Y%m%d-%H%M%S")
     check_run_out(out, args.overwrite)  # fail now, not after training
@@ -145,8 +159,16 @@ def _seeds(text: str) -> int | str:
     raise argparse.ArgumentTypeError(f"got {text!r}; allowed: a positive integer or auto")
 
 
+OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")  # key=value, as opposed to a spec file's path
+
+
 def cmd_ablate(args: argparse.Namespace) -> None:
-    specs = [load_spec(path) for path in args.specs]  # all validated before any work
+    extra = tuple(a for a in args.specs if OVERRIDE.match(a))
+    paths = [Path(a) for a in args.specs if not OVERRIDE.match(a)]
+    if not paths:
+        raise CnnlabError("ablate: no spec file given; allowed: one or more specs, e.g. "
+                          "experiments/norm.yaml, then key=value overrides for every trial")
+    specs = [load_spec(path).with_extra(extra) for path in paths]  # validated before any work
     from cnnlab.studies.ablation import ablate, study_name
     from cnnlab.studies.report import table_rows
 
@@ -223,7 +245,8 @@ def _seconds(text: str) -> float:
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
-    spec = with_overrides(load_search_spec(args.spec), args.trials, args.folds)
+    spec = with_overrides(load_search_spec(args.spec), args.trials, args.folds,
+                          tuple(args.overrides))
     from cnnlab.studies.search import tune
 
     name = safe_name(args.study or (f"{spec.name}-quick" if args.quick else spec.name))
@@ -294,14 +317,46 @@ def cmd_lr_find(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from cnnlab.export import export
 
-    out = args.out or args.run / ("model_fused.pt" if args.fuse_bn else "model.pt")
+    folder = args.run if args.run.is_dir() else args.run.parent
+    folder = folder.parent if folder.name == "checkpoints" else folder  # a run's .ckpt: the run
+    out = args.out or folder / ("model_fused.pt" if args.fuse_bn else "model.pt")
     report = export(args.run, out, args.fuse_bn)
-    line = f"wrote {out}"
-    if args.fuse_bn:
+    line = f"wrote {out} (weights, input normalisation, class names, input shape, config)"
+    if report["fused_bn"]:
         line += (f": batch norm folded into the convs; max |fused − original| on the validation "
                  f"set {report['max_abs_diff']:.2e}; inference {report['speedup']:.2f}× faster "
                  "(batch 256)")
+    elif args.fuse_bn:
+        line += (f": no batch norm in this model (model.norm={report['norm']}), nothing to fold; "
+                 "exported unfused")
     print(line)
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from cnnlab.data.sources import read_inputs
+    from cnnlab.export import load
+
+    model = load(args.model)
+    names, pixels, resized = read_inputs(args.inputs, model.input_shape)
+    index, confidence = model.predict(pixels)
+    rows = [[name, model.classes[i], f"{p:.4f}"]
+            for name, i, p in zip(names, index.tolist(), confidence.tolist(), strict=True)]
+    if args.out is not None:
+        import csv
+        import io
+
+        buffer = io.StringIO()
+        csv.writer(buffer).writerows([["input", "class", "probability"], *rows])
+        check_output(args.out, lambda path: False)  # never replaces an existing file
+        write_output(args.out, buffer.getvalue().encode(), lambda path: False)
+        print(f"wrote {args.out}: {len(rows)} predictions")
+    else:
+        _print_table(Console(), f"{args.model}: {len(rows)} predictions",
+                     [["input", "class", "probability"], *rows])
+    if resized:
+        shape = "×".join(map(str, model.input_shape[1:]))
+        print(f"note: {resized} of {len(rows)} inputs were resized to the model's {shape} pixels",
+              file=sys.stderr)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -319,19 +374,24 @@ def build_parser() -> argparse.ArgumentParser:
     _common(fit)
     fit.add_argument("--out", type=Path, help="run directory (default runs/fit-<time>)")
     fit.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
-    fit.add_argument("--print-config", action="store_true", help="print the resolved config")
+    fit.add_argument("--print-config", action="store_true",
+                     help="print the config as the run will record it ('auto' resolved on this "
+                     "machine) and exit")
     fit.set_defaults(func=cmd_fit)
 
     summary = commands.add_parser("summary", help="per-layer shapes, parameters and mult-adds")
     _common(summary)
     summary.add_argument("--input-shape", metavar="C,H,W",
                          help="input shape (default: the configured dataset's)")
-    summary.add_argument("--num-classes", type=_positive, default=10, help="with --input-shape")
+    summary.add_argument("--num-classes", type=_positive, default=10,
+                         help="with --input-shape (default: %(default)s)")
     summary.set_defaults(func=cmd_summary)
 
     ablate = commands.add_parser("ablate", help="run (or resume) ablation specs and report them")
-    ablate.add_argument("specs", nargs="+", type=Path, metavar="SPEC",
-                        help="ablation spec(s), e.g. experiments/norm.yaml")
+    ablate.add_argument("specs", nargs="+", metavar="SPEC|key=value",
+                        help="ablation spec(s), e.g. experiments/norm.yaml; key=value overrides "
+                        "apply to every trial, after the quick preset (part of the study: a "
+                        "rerun with other overrides is refused)")
     ablate.add_argument("--quick", action="store_true",
                         help="the spec's quick preset (its own study, <name>-quick)")
     ablate.add_argument("--seeds", type=_seeds, metavar="N|auto",
@@ -346,6 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune = commands.add_parser("tune", help="cross-validated Optuna search, then refit and test")
     tune.add_argument("spec", type=Path, metavar="SPEC", help="search spec, e.g. "
                       "experiments/search.yaml")
+    tune.add_argument("overrides", nargs="*", metavar="key=value",
+                      help="overrides for every trial and the refit, after the quick preset "
+                      "(part of the study: a rerun with other overrides is refused)")
     tune.add_argument("--trials", type=_positive, help="finished trials the study should hold "
                       "(default: the spec's; rerun with more to add trials)")
     tune.add_argument("--timeout", type=_seconds, help="start no new trial after S seconds")
@@ -375,27 +438,58 @@ def build_parser() -> argparse.ArgumentParser:
 
     lr = commands.add_parser("lr-find", help="LR range test: loss vs learning rate, a suggestion")
     _common(lr)
-    lr.add_argument("--out", type=Path, default=Path("lr_find.png"), help="the plot (PNG)")
-    lr.add_argument("--min-lr", type=float, default=1e-6)
-    lr.add_argument("--max-lr", type=float, default=1.0)
-    lr.add_argument("--num-training", type=_positive, default=100, help="steps to try")
+    lr.add_argument("--out", type=Path, default=Path("runs/lr-find/lr_find.png"),
+                    help="the plot (PNG); its W&B run goes beside it (default: %(default)s)")
+    lr.add_argument("--min-lr", type=float, default=1e-6,
+                    help="the first learning rate tried (default: %(default)g)")
+    lr.add_argument("--max-lr", type=float, default=1.0,
+                    help="the last learning rate tried (default: %(default)g)")
+    lr.add_argument("--num-training", type=_positive, default=100,
+                    help="training steps, one learning rate each (default: %(default)s)")
     lr.set_defaults(func=cmd_lr_find)
 
-    exp = commands.add_parser("export", help="save a run's best model, optionally BN-fused")
-    exp.add_argument("run", type=Path, metavar="RUN_DIR", help="the --out of a cnnlab fit")
+    exp = commands.add_parser("export", help="a run's best model as one self-contained file "
+                              "(normalisation, class names inside), optionally BN-fused")
+    exp.add_argument("run", type=Path, metavar="RUN", help="the --out of a cnnlab fit, or a "
+                     ".ckpt it wrote")
     exp.add_argument("--fuse-bn", action="store_true",
                      help="fold batch norm into the preceding convs (checked, timed)")
-    exp.add_argument("--out", type=Path, help="file to write (default RUN_DIR/model[_fused].pt)")
+    exp.add_argument("--out", type=Path, help="file to write (default: beside the run, "
+                     "model.pt or model_fused.pt)")
     exp.set_defaults(func=cmd_export)
+
+    pred = commands.add_parser("predict", help="classify image files, folders of images or .npz "
+                               "arrays with a run's model or an export")
+    pred.add_argument("model", type=Path, metavar="RUN_OR_EXPORT",
+                      help="a cnnlab fit's --out, a .ckpt it wrote, or a cnnlab export")
+    pred.add_argument("inputs", type=Path, nargs="+", metavar="INPUT",
+                      help="image files, folders of images, or .npz files with an array x")
+    pred.add_argument("--out", type=Path, help="write a CSV (input, class, probability) instead "
+                      "of printing a table; never replaces an existing file")
+    pred.set_defaults(func=cmd_predict)
 
     aug = commands.add_parser("augment-preview",
                               help="a PNG grid of training samples and augmented variants")
     _common(aug)
-    aug.add_argument("--out", type=Path, required=True, help="the PNG file to write")
-    aug.add_argument("--samples", type=_positive, default=8, help="rows: training samples")
-    aug.add_argument("--variants", type=_positive, default=7, help="augmented columns per sample")
+    aug.add_argument("--out", type=Path, default=Path("runs/augment-preview/preview.png"),
+                     help="the PNG file to write (default: %(default)s)")
+    aug.add_argument("--samples", type=_positive, default=8,
+                     help="rows: training samples (default: %(default)s)")
+    aug.add_argument("--variants", type=_positive, default=7,
+                     help="augmented columns per sample (default: %(default)s)")
     aug.set_defaults(func=cmd_augment_preview)
     return parser
+
+
+def _dotted_options(argv: list[str]) -> None:
+    """``--trainer.max_epochs 2`` (Lightning CLI / jsonargparse habit): one line on the cnnlab way."""
+    for i, arg in enumerate(argv):
+        key, sep, value = arg[2:].partition("=")
+        if arg.startswith("--") and "." in key:
+            if not sep:
+                value = argv[i + 1] if i + 1 < len(argv) else "VALUE"
+            raise CnnlabError(f"{arg}: cnnlab takes config overrides as key=value; allowed: "
+                              f"{key}={value}")
 
 
 STORAGE_ERRORS = {
@@ -411,9 +505,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: user errors print one line on stderr and return 2."""
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     try:
+        argv = list(sys.argv[1:] if argv is None else argv)
+        _dotted_options(argv)
         args, extra = build_parser().parse_known_args(argv)
-        if extra and hasattr(args, "overrides") and all("=" in e and e[:1] != "-" for e in extra):
-            args.overrides += extra  # key=value after an option: still an override
+        listed = next((name for name in ("overrides", "specs") if hasattr(args, name)), None)
+        if extra and listed and all(OVERRIDE.match(e) for e in extra):
+            setattr(args, listed, getattr(args, listed) + extra)  # key=value after an option
         elif extra:
             raise CnnlabError(f"cnnlab: unrecognized arguments: {' '.join(extra)} (overrides are "
                               "key=value, e.g. trainer.max_epochs=2; see cnnlab --help)")

@@ -106,6 +106,7 @@ class TrainerConfig:
     threads: int = MISSING
     log_norms: bool = MISSING
     images: bool = MISSING
+    progress_bar: bool = MISSING
     target_acc: float = MISSING
 
 

@@ -1,4 +1,13 @@
-"""Export a trained run's best weights, optionally with batch norm folded into the convs."""
+"""Trained models out of cnnlab: load one from a run, a checkpoint or an export, and export it
+self-contained (weights, input normalisation, class names, input shape, config), optionally with
+batch norm folded into the convs.
+
+Loading is safe: checkpoints and exports are read with ``torch.load(weights_only=True)``, which
+unpickles tensors and plain Python values (dicts, lists, strings, numbers) and refuses anything
+that could run code. An export is a plain ``torch.save`` dict (no TorchScript or ``torch.export``
+program): it loads with ``cnnlab.load`` and stays readable with torch alone, and the network
+code it needs is the one ConvNet this package defines.
+"""
 
 from __future__ import annotations
 
@@ -10,75 +19,117 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from cnnlab.config import ExperimentConfig, load_config, merge, to_dict
+from cnnlab.config import merge
 from cnnlab.data.datamodule import DataModule
 from cnnlab.diagnostics import fuse_bn, inference_seconds, max_abs_diff
 from cnnlab.errors import CnnlabError
 from cnnlab.files import check_output, write_output
 from cnnlab.models.convnet import ConvNet
-from cnnlab.training.build import build
+from cnnlab.models.predictor import Predictor
+from cnnlab.training.module import Classifier
 
 TOLERANCE = 1e-4
-FORMAT = "cnnlab-export-1"  # marks the files cnnlab export writes
+FORMAT = "cnnlab-export-2"  # marks the files cnnlab export writes
+OLD_FORMATS = ("cnnlab-export-1",)  # no normalisation inside: cnnlab's, but not loadable
 
 
-def load_run(run_dir: Path) -> tuple[ExperimentConfig, DataModule, nn.Module]:
-    """A finished run's config, its data and its model with the best checkpoint's weights."""
-    config, checkpoint = run_dir / "config.yaml", run_dir / "checkpoints" / "best.ckpt"
-    for path in (config, checkpoint):
-        if not path.is_file():
-            raise CnnlabError(f"{run_dir}: no {path.relative_to(run_dir)}; allowed: the --out "
-                              "directory of a finished cnnlab fit")
-    cfg = load_config([config])
-    data, model = build(cfg)
+def checkpoint_of(path: Path) -> Path:
+    """The checkpoint ``path`` names: a run folder's best one, or the file itself."""
+    ckpt = path / "checkpoints" / "best.ckpt" if path.is_dir() else path
+    if not ckpt.is_file():
+        raise CnnlabError(f"{path}: no {'checkpoints/best.ckpt' if path.is_dir() else 'such file'}"
+                          "; allowed: the --out folder of a finished cnnlab fit, a .ckpt it "
+                          "wrote, or a cnnlab export")
+    return ckpt
+
+
+def load_classifier(path: Path) -> Classifier:
+    """``Classifier.load_from_checkpoint`` on a run folder's best checkpoint or a .ckpt file."""
+    ckpt = checkpoint_of(path)
     try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
-    except Exception as err:  # pickle, zip and key errors all mean the same to the user
-        raise CnnlabError(f"{checkpoint}: unreadable checkpoint ({type(err).__name__}); allowed: "
-                          "a checkpoint written by cnnlab fit") from None
-    model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()
-                           if k.startswith("model.")})
-    return cfg, data, model.eval()
+        saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+    except Exception:  # pickle, zip and key errors all mean the same to the user
+        saved = None
+    if not isinstance(saved, dict) or "state_dict" not in saved:
+        raise CnnlabError(f"{ckpt}: unreadable checkpoint; allowed: a checkpoint written by "
+                          "cnnlab fit")
+    if "config" not in saved.get("hyper_parameters", {}):
+        raise CnnlabError(f"{ckpt}: the checkpoint holds no cnnlab hyperparameters (written "
+                          "before cnnlab 0.3); allowed: a checkpoint of a current cnnlab fit "
+                          "(rerun the fit)")
+    return Classifier.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True).eval()
 
 
-def export(run_dir: Path, out: Path, fuse: bool) -> dict[str, Any]:
-    """Write ``out`` (weights + config); with ``fuse`` check the fused model against the original."""
+def load(path: Path) -> Predictor:
+    """A ready model in eval mode that takes pixels in [0, 1], from a run folder, a checkpoint
+    or a ``cnnlab export`` file."""
+    path = Path(path)
+    if path.is_file() and _format(path) is not None:
+        return load_exported(path)
+    module = load_classifier(path)
+    h = module.hparams
+    return Predictor(module.model, h.mean, h.std, h.classes, tuple(h.input_shape)).eval()
+
+
+def has_batch_norm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+def export(source: Path, out: Path, fuse: bool) -> dict[str, Any]:
+    """Write ``out``: the model of ``source`` (run folder or checkpoint) with its normalisation,
+    class names, input shape and config; with ``fuse`` (and batch norm in the model) folded and
+    checked against the original on the validation set."""
     check_output(out, is_export)
-    cfg, data, model = load_run(run_dir)
-    x_val = data.val[0]
-    report: dict[str, Any] = {"fused_bn": fuse}
-    exported = model
-    if fuse:
-        exported = fuse_bn(model)
-        report["max_abs_diff"] = max_abs_diff(model, exported, x_val)
+    module = load_classifier(source)
+    h = module.hparams
+    model: nn.Module = module.model
+    report: dict[str, Any] = {"fused_bn": fuse and has_batch_norm(model), "norm": h.config["model"]["norm"]}
+    if report["fused_bn"]:
+        cfg = merge(OmegaConf.create(h.config))
+        x_val = DataModule(cfg.data, cfg.seed).val[0]  # normalised, as the network sees it
+        fused = fuse_bn(model)
+        report["max_abs_diff"] = max_abs_diff(model, fused, x_val)
         if report["max_abs_diff"] > TOLERANCE:
             raise CnnlabError(f"fused model differs from the original by "
                               f"{report['max_abs_diff']:.2e} on the validation set; allowed: "
                               f"≤ {TOLERANCE:g}")
         x = x_val.repeat(max(1, 4096 // len(x_val)), 1, 1, 1)
-        report["speedup"] = inference_seconds(model, x) / inference_seconds(exported, x)
+        report["speedup"] = inference_seconds(model, x) / inference_seconds(fused, x)
+        model = fused
+    predictor = Predictor(model, h.mean, h.std, h.classes, tuple(h.input_shape))
     buffer = io.BytesIO()
-    torch.save({"format": FORMAT, "config": to_dict(cfg), "fused_bn": fuse,
-                "input_shape": data.input_shape, "num_classes": data.num_classes,
-                "state_dict": exported.state_dict()}, buffer)
+    torch.save({"format": FORMAT, "config": dict(h.config), "fused_bn": report["fused_bn"],
+                "input_shape": list(h.input_shape), "classes": list(h.classes),
+                "mean": list(h.mean), "std": list(h.std), "state_dict": predictor.state_dict()},
+               buffer)
     write_output(out, buffer.getvalue(), is_export)
     return report
 
 
-def is_export(path: Path) -> bool:
-    """True for a file ``cnnlab export`` wrote (it may be replaced by the next export)."""
+def _format(path: Path) -> str | None:
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # not a torch file at all: someone else's
-        return False
-    return isinstance(saved, dict) and saved.get("format") == FORMAT
+        return None
+    form = saved.get("format") if isinstance(saved, dict) else None
+    return form if form in (FORMAT, *OLD_FORMATS) else None
 
 
-def load_exported(path: Path) -> nn.Module:
+def is_export(path: Path) -> bool:
+    """True for a file ``cnnlab export`` wrote (it may be replaced by the next export)."""
+    return _format(path) is not None
+
+
+def load_exported(path: Path) -> Predictor:
     """Rebuild an exported model (fused or not) from its file."""
     saved = torch.load(path, map_location="cpu", weights_only=True)
+    if saved.get("format") != FORMAT:
+        raise CnnlabError(f"{path}: exported by an older cnnlab, without its input normalisation; "
+                          "allowed: export the run again (cnnlab export RUN)")
     cfg = merge(OmegaConf.create(saved["config"]))
-    model = ConvNet(cfg.model, tuple(saved["input_shape"]), saved["num_classes"])
+    model = ConvNet(cfg.model, tuple(saved["input_shape"]), len(saved["classes"]))
     model = fuse_bn(model) if saved["fused_bn"] else model
-    model.load_state_dict(saved["state_dict"])
-    return model.eval()
+    predictor = Predictor(model, saved["mean"], saved["std"], saved["classes"],
+                          tuple(saved["input_shape"]))
+    predictor.load_state_dict(saved["state_dict"])
+    return predictor.eval()

@@ -96,6 +96,9 @@ class Manifest:
         write_atomic(folder / MANIFEST, json.dumps(asdict(self), indent=1, sort_keys=True) + "\n")
 
 
+PENDING = "|"  # separates a file's old and new digest while cnnlab replaces it
+
+
 def _digest(path: Path) -> str:
     if path.is_symlink():
         return "symlink:" + os.readlink(path)
@@ -117,8 +120,10 @@ def _files(folder: Path) -> Iterator[str]:
 
 
 def _is_ours(folder: Path, manifest: Manifest, rel: str) -> bool:
+    """Listed, and unchanged since (``old|new``: a write was under way, either content is ours)."""
     listed = manifest.files.get(rel)
-    return listed is not None and (listed == APPEND_ONLY or listed == _digest(folder / rel))
+    return listed is not None and (listed == APPEND_ONLY
+                                   or _digest(folder / rel) in listed.split(PENDING))
 
 
 def foreign_files(folder: Path, manifest: Manifest) -> list[str]:
@@ -286,10 +291,13 @@ def write_owned(folder: Path, rel: str, data: str | bytes | None) -> None:
                               "allowed: move it away, or another --out")
         if data is None:
             manifest.files[rel] = APPEND_ONLY
-        else:
+        else:  # listed before it lands: a kill between the two leaves either content ours
+            new = hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
+            old = manifest.files.get(rel)
+            manifest.files[rel] = new if old in (None, APPEND_ONLY, new) else f"{old}{PENDING}{new}"
+            manifest.write(folder)
             write_atomic(path, data)
-            manifest.files[rel] = hashlib.sha256(data.encode() if isinstance(data, str) else data
-                                                 ).hexdigest()
+            manifest.files[rel] = new
         manifest.write(folder)
 
 

@@ -58,6 +58,20 @@ def _init(**kwargs: Any) -> Any:
                           "and a valid key") from None
 
 
+# What a process's first W&B run imports (W&B's launch inputs alone take about a second): worker
+# processes fork from a server that imported them already.
+WANDB_MODULES = ("wandb", "wandb.sdk.launch.inputs.internal")
+
+
+def share_service(cfg: ExperimentConfig) -> None:
+    """Start W&B's service in this process, so worker processes started afterwards (they inherit
+    ``WANDB_SERVICE``) log through it instead of each starting their own."""
+    if wandb_mode(cfg) != "disabled":
+        import wandb
+
+        wandb.setup()
+
+
 PER_EPOCH = ("train/*", "val/*", "lr", "grad_norm/*", "weight_norm/*")  # charted vs epoch
 
 

@@ -259,8 +259,8 @@ CATALOGUE: dict[str, Case] = {
                          "positive integer", {"spec.yaml": TINY_ABLATION}),
     "negative timeout": Case(("tune", "{d}/spec.yaml", "--timeout", "-5"), "--timeout: got '-5'",
                              {"spec.yaml": TINY_SEARCH}),
-    "export of a directory without a run": Case(("export", "{d}"), "no config.yaml; allowed: the --out "
-                                                "directory of a finished cnnlab fit"),
+    "export of a directory without a run": Case(("export", "{d}"), "no checkpoints/best.ckpt; allowed: the --out "
+                                                "folder of a finished cnnlab fit"),
     "lr-find plot not a PNG": Case(("lr-find", "--out", "{d}/plot.jpg"), "allowed: a file name ending in .png"),
     # config values that read as something else, or as nothing sensible
     "comma-separated list": fit("model.channels=32,64", expected="model.channels: got '32,64' (write [32,64] for a list)"),

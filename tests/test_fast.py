@@ -12,7 +12,7 @@ from conftest import FAST
 from lightning.pytorch.callbacks import Callback
 from test_sources import write_cifar
 
-from cnnlab.config import load_config
+from cnnlab.config import load_config, to_dict
 from cnnlab.models.convnet import ConvNet
 from cnnlab.models.summary import summarize
 from cnnlab.training import fast
@@ -86,7 +86,7 @@ def watch(monkeypatch: pytest.MonkeyPatch) -> _Watch:
         monkeypatch.setattr(torch.Tensor, name, counted)
     build = run_module.build_trainer
     monkeypatch.setattr(run_module, "build_trainer",
-                        lambda *a, **k: build(*a, **k, callbacks=[w]))
+                        lambda *a, **k: build(*a, **{**k, "callbacks": [*k.get("callbacks", ()), w]}))
     return w
 
 
@@ -135,7 +135,7 @@ def test_compiled_model_is_compiled_once_per_architecture(tmp_path: Path) -> Non
 def test_label_smoothing_applies_to_the_training_loss_only() -> None:
     cfg = load_config(overrides=["reg.label_smoothing=0.2", "model.channels=[4]"])
     model = ConvNet(cfg.model, (1, 8, 8), 10)
-    module = Classifier(model, cfg.optim, cfg.reg, 10)
+    module = Classifier(to_dict(cfg), (1, 8, 8), [str(i) for i in range(10)], [0.0], [1.0], model)
     x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
     model.eval()
     logits = model(x)

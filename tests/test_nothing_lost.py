@@ -18,7 +18,9 @@ from optuna.trial import TrialState
 from PIL import Image
 from test_ablation import write_spec
 
-from cnnlab.files import MANIFEST, Manifest, staging_path
+from cnnlab import files
+from cnnlab.errors import CnnlabError
+from cnnlab.files import MANIFEST, Manifest, claim_study_folder, staging_path, write_owned
 from cnnlab.studies.storage import load_study, open_storage
 
 FAST = ["trainer.max_epochs=1", "model.channels=[8]", "model.hidden_units=[16]", "data.batch_size=128"]
@@ -291,3 +293,30 @@ def test_a_plot_cnnlab_wrote_is_replaced_and_carries_the_proof(cli, tmp_path: Pa
         status, _, err = cli("augment-preview", "--out", plot, "data.augment.hflip=true", "--samples", "2")
         assert status == 0, err
     assert Image.open(plot).info["Software"] == "cnnlab"
+
+
+@pytest.mark.parametrize("landed", [False, True])
+def test_a_kill_while_cnnlab_replaces_a_report_file_leaves_the_file_its_own(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, landed: bool) -> None:
+    folder = tmp_path / "study"
+    claim_study_folder(folder)
+    write_owned(folder, "report.md", "old")
+    real = files.write_atomic
+
+    def killed(path: Path, data: str | bytes) -> None:  # dies around the rename into place
+        if path.name == "report.md":
+            if landed:
+                real(path, data)
+            raise KeyboardInterrupt
+        real(path, data)
+
+    monkeypatch.setattr(files, "write_atomic", killed)
+    with pytest.raises(KeyboardInterrupt):
+        write_owned(folder, "report.md", "new")
+    monkeypatch.setattr(files, "write_atomic", real)
+    assert (folder / "report.md").read_text() == ("new" if landed else "old")
+    write_owned(folder, "report.md", "rerun")  # either content is cnnlab's: the rerun replaces it
+    assert (folder / "report.md").read_text() == "rerun"
+    (folder / "report.md").write_text("the user's notes")
+    with pytest.raises(CnnlabError, match="cnnlab did not write this file"):
+        write_owned(folder, "report.md", "again")

@@ -234,7 +234,7 @@ def test_checkpoints_load_weights_only(cli, tmp_path: Path) -> None:
     (run_dir / "config.yaml").write_text(to_yaml(load_config()))
     torch.save({"state_dict": {}, "extra": _Payload(marker)}, run_dir / "checkpoints" / "best.ckpt")
     status, _, err = cli("export", run_dir)
-    assert status == 2 and "unreadable checkpoint (UnpicklingError)" in err
+    assert status == 2 and "unreadable checkpoint; allowed" in err
     assert not marker.exists() and not (run_dir / "model.pt").exists()
 
 

@@ -47,7 +47,7 @@ from cnnlab.studies.trials import (
     run_workers,
     work,
 )
-from cnnlab.tracking import study_run
+from cnnlab.tracking import WANDB_MODULES, share_service, study_run
 from cnnlab.training.run import run
 
 
@@ -120,6 +120,7 @@ def objective(study: optuna.Study, spec: AblationSpec, out: Path, threads: int
         cfg.wandb.group, cfg.wandb.job_type = study.study_name, arm
         cfg.wandb.name, cfg.wandb.tags = f"{arm} seed={seed}", [study.study_name, f"seed={seed}"]
         cfg.trainer.images = False  # the report draws the study's curves
+        cfg.trainer.progress_bar = False  # the study shows one
         cfg.wandb.log_model = False  # a checkpoint per arm × seed: too many to upload
         if threads or not cfg.trainer.threads:  # results must not depend on the worker count
             cfg.trainer.threads = threads or 1  # or the load: torch's sums vary with threads
@@ -227,7 +228,7 @@ def ablate(spec: AblationSpec, quick: bool, out: Path, url: str, workers: int,
         reconcile(study, spec, quick, more)
         seeds = planned(study, spec)
         with StudyProgress(study.study_name, sum(seeds.values()), console, finished_keys,
-                           arm_lines(spec, seeds)) as bar:
+                           arm_lines(spec, seeds), spec.metric) as bar:
             def progress() -> None:
                 bar.update(study.get_trials(deepcopy=False))
 
@@ -235,7 +236,9 @@ def ablate(spec: AblationSpec, quick: bool, out: Path, url: str, workers: int,
             if workers == 1:
                 work_on(study, spec, quick, out, on_done=progress)
             else:
-                run_workers(_worker_main, [(url, study.study_name, str(out))] * workers, progress)
+                share_service(spec.config(spec.arms[0], 0, quick))
+                run_workers(_worker_main, [(url, study.study_name, str(out))] * workers, progress,
+                            preload=WANDB_MODULES)
         report = write_report(study, out)
         more = next_round(report, seeds) if spec.auto and not report.running else {}
         if not more:

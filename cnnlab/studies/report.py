@@ -406,7 +406,8 @@ def markdown(report: Report, images: list[str]) -> str:
     lines += [
         f"- metric: `{spec.metric}` ({spec.direction}); baseline: `{spec.baseline}`",
         f"- {len(report.trials)} finished trials over {len(report.rows)} arms; seeds {seeds}",
-        f"- base overrides: `{' '.join(spec.overrides) or 'none'}`",
+        f"- base overrides: `{' '.join(spec.overrides) or 'none'}`"
+        + (f"; from the command line: `{' '.join(spec.extra)}`" if spec.extra else ""),
         f"- preset: {report.preset}" + (f" (`{' '.join(spec.quick)}`)" if report.preset == "quick"
                                         else ""),
         "",

@@ -64,7 +64,7 @@ from cnnlab.studies.trials import (
     run_workers,
     work,
 )
-from cnnlab.tracking import small_run, study_run
+from cnnlab.tracking import WANDB_MODULES, share_service, small_run, study_run
 from cnnlab.training.run import run
 
 
@@ -119,11 +119,11 @@ def cross_validate(spec: SearchSpec, quick: bool, out: Path, threads: int
     first_fold_steps = max_epochs(spec, quick)
 
     def one(trial: optuna.Trial) -> float:
-        overrides = [*spec.overrides, *(spec.quick if quick else ()),
-                     *as_overrides(suggest(trial, spec.space))]
+        overrides = [*spec.base_overrides(quick), *as_overrides(suggest(trial, spec.space))]
         cfg = load_config(list(spec.configs), overrides)
         cfg.wandb.group, cfg.wandb.job_type = spec.name, "fold"
         cfg.trainer.images = False  # per-fold images would cost more than the report shows
+        cfg.trainer.progress_bar = False  # the study shows one
         cfg.wandb.log_model = False  # the refit's checkpoint is the one to keep
         if threads or not cfg.trainer.threads:  # results must not depend on the worker count
             cfg.trainer.threads = threads or 1  # or the load: torch's sums vary with threads
@@ -232,7 +232,7 @@ def tune(spec: SearchSpec, quick: bool, out: Path, url: str, name: str, workers:
     reclaim(study, requeue_same(study))
     queue_slots(study, spec.trials)
     deadline_s = timeout if timeout else math.inf
-    with StudyProgress(name, spec.trials, console, finished_count) as bar:
+    with StudyProgress(name, spec.trials, console, finished_count, metric="CV accuracy") as bar:
         def progress() -> None:
             bar.update(study.get_trials(deepcopy=False))
 
@@ -240,8 +240,9 @@ def tune(spec: SearchSpec, quick: bool, out: Path, url: str, name: str, workers:
         if workers == 1:
             _work(study, spec, quick, out, time.monotonic() + deadline_s, on_done=progress)
         else:
+            share_service(corner_config(spec, CORNERS[0], quick))
             run_workers(_worker_main, [(url, name, str(out), deadline_s, i)
-                                       for i in range(workers)], progress)
+                                       for i in range(workers)], progress, preload=WANDB_MODULES)
     return refit(study, spec, quick, out)
 
 
@@ -254,8 +255,7 @@ def refit(study: optuna.Study, spec: SearchSpec, quick: bool, out: Path) -> Sear
     best = study.best_trial
     params = {k: yaml.safe_load(v) if isinstance(v, str) and v[:1] == "[" else v
               for k, v in best.params.items()}
-    cfg = load_config(list(spec.configs), [*spec.overrides, *(spec.quick if quick else ()),
-                                           *as_overrides(params)])
+    cfg = load_config(list(spec.configs), [*spec.base_overrides(quick), *as_overrides(params)])
     cfg.wandb.group, cfg.wandb.job_type, cfg.wandb.name = spec.name, "refit", "refit best"
     final = run(cfg, out / "refit", refit=True, overwrite=True)  # a rerun refits the best
     result = SearchResult(study.study_name, best.number, params, best.value,

@@ -46,16 +46,23 @@ class SearchSpec:
     sampler: dict[str, Any]
     pruner: dict[str, Any]
     quick: tuple[str, ...]
+    extra: tuple[str, ...] = ()  # the command line's key=value, after the quick preset
+
+    def base_overrides(self, quick: bool) -> list[str]:
+        """Every trial's overrides before its sampled parameters."""
+        return [*self.overrides, *(self.quick if quick else ()), *self.extra]
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "configs": list(self.configs),
                 "overrides": list(self.overrides), "space": self.space, "folds": self.folds,
-                "sampler": self.sampler, "pruner": self.pruner, "quick": list(self.quick)}
+                "sampler": self.sampler, "pruner": self.pruner, "quick": list(self.quick)} | (
+                    {"extra": list(self.extra)} if self.extra else {})  # older studies match
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], trials: int = 0) -> SearchSpec:
         return cls(d["name"], d["description"], tuple(d["configs"]), tuple(d["overrides"]),
-                   d["space"], d["folds"], trials, d["sampler"], d["pruner"], tuple(d["quick"]))
+                   d["space"], d["folds"], trials, d["sampler"], d["pruner"], tuple(d["quick"]),
+                   tuple(d.get("extra", ())))
 
 
 def _fail(path: Path, what: str, allowed: str) -> CnnlabError:
@@ -112,8 +119,7 @@ def corner_config(spec: SearchSpec, corner: str, quick: bool = False) -> Experim
     """The config at the ``low`` or ``high`` end of every range (first choice of categoricals)."""
     fixed = {k: (d["choices"][0] if d["type"] == "categorical" else d[corner])
              for k, d in spec.space.items()}
-    return load_config(list(spec.configs), [*spec.overrides, *(spec.quick if quick else ()),
-                                            *as_overrides(fixed)])
+    return load_config(list(spec.configs), [*spec.base_overrides(quick), *as_overrides(fixed)])
 
 
 def as_overrides(params: dict[str, Any]) -> list[str]:
@@ -146,6 +152,12 @@ def suggest(trial: optuna.Trial, space: dict[str, dict[str, Any]]) -> dict[str, 
     return params
 
 
-def with_overrides(spec: SearchSpec, trials: int | None, folds: int | None) -> SearchSpec:
-    """The spec with the command line's --trials / --folds."""
-    return replace(spec, trials=trials or spec.trials, folds=folds or spec.folds)
+def with_overrides(spec: SearchSpec, trials: int | None, folds: int | None,
+                   extra: tuple[str, ...] = ()) -> SearchSpec:
+    """The spec with the command line's --trials / --folds and key=value overrides (which may
+    not set a searched key: every trial would get the same value)."""
+    fixed = sorted({o.partition("=")[0] for o in extra} & set(spec.space))
+    if fixed:
+        raise CnnlabError(f"override {fixed[0]}: the spec {spec.name} searches it; allowed: "
+                          "keys outside its space")
+    return replace(spec, trials=trials or spec.trials, folds=folds or spec.folds, extra=extra)

@@ -118,6 +118,7 @@ class AblationSpec:
     hypothesis: Hypothesis | None = None
     max_seeds: int = 0  # > seeds: add seed_step seeds to undecided arms up to this many
     seed_step: int = 2
+    extra: tuple[str, ...] = ()  # the command line's key=value, after the quick preset
 
     @property
     def auto(self) -> bool:
@@ -143,8 +144,9 @@ class AblationSpec:
         return METRICS[self.metric].direction
 
     def trial_overrides(self, arm: Arm, seed: int, quick: bool) -> list[str]:
-        """Everything after the base config files: base, quick preset, arm, seed."""
-        return [*self.overrides, *(self.quick if quick else ()), *arm.overrides, f"seed={seed}"]
+        """Everything after the base config files: base, quick preset, command line, arm, seed."""
+        return [*self.overrides, *(self.quick if quick else ()), *self.extra, *arm.overrides,
+                f"seed={seed}"]
 
     def config(self, arm: Arm, seed: int, quick: bool) -> ExperimentConfig:
         return load_config(list(self.configs), self.trial_overrides(arm, seed, quick))
@@ -159,7 +161,7 @@ class AblationSpec:
         return cls(d["name"], d["description"], tuple(d["configs"]), tuple(d["overrides"]), factors,
                    d.get("seeds", 0), d["metric"], d["baseline"], tuple(d["quick"]),
                    tuple(d.get("metrics", ())), d.get("margin", 0.01), hypothesis,
-                   d.get("max_seeds", 0), d.get("seed_step", 2))
+                   d.get("max_seeds", 0), d.get("seed_step", 2), tuple(d.get("extra", ())))
 
     def to_dict(self) -> dict[str, Any]:
         hyp = None if self.hypothesis is None else {
@@ -171,7 +173,18 @@ class AblationSpec:
                 "factors": {f: {lv: list(o) for lv, o in levels.items()}
                             for f, levels in self.factors.items()},
                 "metrics": list(self.metrics), "margin": self.margin, "hypothesis": hyp,
-                "max_seeds": self.max_seeds, "seed_step": self.seed_step}
+                "max_seeds": self.max_seeds, "seed_step": self.seed_step} | (
+                    {"extra": list(self.extra)} if self.extra else {})  # older studies match
+
+    def with_extra(self, extra: tuple[str, ...]) -> AblationSpec:
+        """The command line's key=value overrides for every trial (not a factor's key: the arms
+        would no longer differ in it); they are part of the stored spec."""
+        factors = {k for levels in self.factors.values() for o in levels.values() for k in _keys(o)}
+        clash = sorted(_keys(extra) & factors)
+        if clash:
+            raise CnnlabError(f"override {clash[0]}: the spec {self.name} varies it between arms; "
+                              "allowed: keys its factors do not set")
+        return dataclasses.replace(self, extra=extra)
 
     def with_seeds(self, seeds: int | str) -> AblationSpec:
         """``--seeds N`` (N fixed) or ``--seeds auto`` (from the spec's count, in rounds)."""

@@ -137,8 +137,11 @@ def study_for(storage: optuna.storages.BaseStorage, name: str, direction: str,
     Keys in ``mutable`` (what the report reads, how many seeds) may change between runs: the
     stored spec takes the new values. Older studies lack some of them, which is no difference.
     """
-    study = optuna.create_study(storage=storage, study_name=name, direction=direction,
-                                load_if_exists=True)
+    try:  # load first: a journal records even a refused create, and a refusal writes nothing
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        study = optuna.create_study(storage=storage, study_name=name, direction=direction,
+                                    load_if_exists=True)
     stored = study.user_attrs.get("spec")
     fixed = {k: v for k, v in attrs.items() if k not in mutable}
     if stored is not None and {k: v for k, v in stored.items() if k not in mutable} != fixed:

@@ -16,7 +16,7 @@ import multiprocessing.connection
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import optuna
@@ -192,23 +192,24 @@ def _child(target: Callable[..., None], args: tuple[Any, ...], env: dict[str, st
     target(*args)
 
 
-def _context(target: Callable[..., None]) -> multiprocessing.context.BaseContext:
-    """A fork server that imported ``target``'s module (torch, Lightning, W&B) once: workers
-    start in milliseconds instead of paying seconds of imports each (spawn where there is no
-    fork server)."""
+def _context(modules: list[str]) -> multiprocessing.context.BaseContext:
+    """A fork server that imported ``modules`` (torch, Lightning, W&B) once: workers start in
+    milliseconds instead of paying seconds of imports each (spawn where there is no fork
+    server)."""
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload([target.__module__])  # no effect once the server runs
+    ctx.set_forkserver_preload(modules)  # no effect once the server runs
     return ctx
 
 
 def run_workers(target: Callable[..., None], args: list[tuple[Any, ...]],
-                poll: Callable[[], None]) -> None:
+                poll: Callable[[], None], preload: Sequence[str] = ()) -> None:
     """Start one worker process per ``args`` entry, call ``poll`` every second (and as each
     worker ends) until all finish, and fail if any worker did (the storage keeps what the
-    others finished)."""
-    ctx = _context(target)
+    others finished). Workers fork from a server that imported ``target``'s module and
+    ``preload``."""
+    ctx = _context([target.__module__, *preload])
     env, cwd = dict(os.environ), os.getcwd()
     procs = [ctx.Process(target=_child, args=(target, a, env, cwd)) for a in args]
     for p in procs:
@@ -226,17 +227,23 @@ def run_workers(target: Callable[..., None], args: list[tuple[Any, ...]],
 
 
 class StudyProgress:
-    """A progress bar with ETA over a study's units of work; ``lines`` adds one-line news."""
+    """Progress over a study's units of work. On a terminal: one bar with ETA (trials show no
+    bars of their own); elsewhere (a log file, nohup, SLURM): a line per finished trial with its
+    value, its time, the elapsed time and the ETA. ``lines`` adds one-line news either way."""
 
     def __init__(self, name: str, total: int, console: Console,
                  done: Callable[[list[FrozenTrial]], int],
-                 lines: Callable[[list[FrozenTrial]], list[str]] = lambda trials: []) -> None:
-        self.done, self.lines, self.total = done, lines, total
+                 lines: Callable[[list[FrozenTrial]], list[str]] = lambda trials: [],
+                 metric: str = "value") -> None:
+        self.name, self.done, self.lines, self.total, self.metric = name, done, lines, total, metric
+        self.console = console
         self.bar = Progress(TextColumn(f"[bold]{name}"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("ETA"), TimeRemainingColumn(), console=console,
                             disable=not console.is_terminal)
         self.task = self.bar.add_task(name, total=total)
         self.before: int | None = None
+        self.seen: set[int] = set()
+        self.start = time.monotonic()
 
     def __enter__(self) -> StudyProgress:
         self.bar.start()
@@ -247,9 +254,32 @@ class StudyProgress:
 
     def update(self, trials: list[FrozenTrial]) -> None:
         count = self.done(trials)
+        ended = [t for t in trials if t.state in (*FINISHED, TrialState.FAIL)
+                 and NOTE not in t.user_attrs]
         if self.before is None:  # work done by an earlier run doesn't count towards the ETA
             self.before = count
+            self.seen = {t.number for t in ended}
             self.bar.reset(self.task, total=max(self.total - count, 0), completed=0)
         self.bar.update(self.task, completed=count - self.before)
+        if not self.console.is_terminal:
+            for t in sorted((t for t in ended if t.number not in self.seen), key=lambda t: t.number):
+                self.seen.add(t.number)
+                self.console.print(self._line(t, count), soft_wrap=True)
         for line in self.lines(trials):
             self.bar.console.print(line)
+
+    def _line(self, trial: FrozenTrial, count: int) -> str:
+        elapsed = time.monotonic() - self.start
+        done_now = max(count - (self.before or 0), 1)
+        eta = elapsed / done_now * max(self.total - count, 0)
+        outcome = (f"{self.metric} {trial.value:.4f}" if trial.state == TrialState.COMPLETE
+                   else f"{trial.state.name.lower()}: {reason_of(trial) or 'no reason recorded'}")
+        took = ((trial.datetime_complete - trial.datetime_start).total_seconds()
+                if trial.datetime_complete and trial.datetime_start else 0.0)
+        return (f"{self.name} [{count}/{self.total}] {trial.user_attrs.get(KEY, trial.number)}: "
+                f"{outcome} ({took:.1f} s) · elapsed {_clock(elapsed)} · ETA {_clock(eta)}")
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"

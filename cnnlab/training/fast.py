@@ -9,6 +9,7 @@ bf16 autocast only on GPUs that support bf16 and on CPUs with native bf16 instru
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -55,6 +56,15 @@ def resolve(cfg: ExperimentConfig) -> FastPath:
     if channels_last == "auto":
         channels_last = device in ("cpu", "cuda")
     return FastPath(precision, bool(channels_last))
+
+
+def resolved(cfg: ExperimentConfig) -> tuple[ExperimentConfig, FastPath]:
+    """``cfg`` with precision and memory layout as this machine resolves ``auto``: what a run's
+    config.yaml and W&B record, and what ``cnnlab fit --print-config`` shows."""
+    fast = resolve(cfg)
+    return dataclasses.replace(
+        cfg, model=dataclasses.replace(cfg.model, channels_last=fast.channels_last),
+        trainer=dataclasses.replace(cfg.trainer, precision=fast.precision)), fast
 
 
 def prepare(model: nn.Module, fast: FastPath, compile_model: bool) -> nn.Module:

@@ -39,7 +39,7 @@ def find_lr(cfg: ExperimentConfig, out: Path, min_lr: float = 1e-6, max_lr: floa
     cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=min_lr,
                                                               scheduler="none"))
     data, model = build(cfg)
-    module = Classifier(model, cfg.optim, cfg.reg, data.num_classes)
+    module = Classifier.of(cfg, data, model)
     fast = resolve(cfg)
     prepare(model, fast, compile_model=False)  # the layout and precision the fit will use
     steps_per_epoch = len(data.train_dataloader())

@@ -8,11 +8,14 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from cnnlab.config import OptimConfig, RegConfig
+from cnnlab.config import ExperimentConfig, merge, to_dict
+from cnnlab.data.datamodule import DataModule
+from cnnlab.models.convnet import ConvNet
 from cnnlab.regularization import Regularizer
 from cnnlab.training.optim import OPTIMIZERS, SCHEDULERS
 
@@ -20,7 +23,13 @@ SPLITS = ("train", "val", "test")
 
 
 class Classifier(L.LightningModule):
-    """Trains ``model`` on cross-entropy + regularizer; logs loss, reg loss and accuracy per epoch.
+    """Trains a ConvNet on cross-entropy + regularizer; logs loss, reg loss and accuracy per epoch.
+
+    Its hyperparameters are the run's whole config plus what the data told it (input shape,
+    class names, the training split's per-channel mean and std): every checkpoint rebuilds
+    itself with ``Classifier.load_from_checkpoint(path)``, and knows how to normalise raw pixels
+    (``cnnlab.load``). ``model`` passes in a network built (and seeded) by ``build``; without it
+    the network is built from the config (loading a checkpoint).
 
     Each step only keeps its predictions and losses (no host sync, no metric bookkeeping); the
     torchmetrics objects consume a whole epoch at once, which keeps small models fast, and
@@ -30,14 +39,17 @@ class Classifier(L.LightningModule):
     """
 
     def __init__(
-        self, model: nn.Module, optim: OptimConfig, reg: RegConfig, num_classes: int,
-        log_norms: bool = False,
+        self, config: dict[str, Any], input_shape: tuple[int, int, int], classes: list[str],
+        mean: list[float], std: list[float], model: nn.Module | None = None,
     ) -> None:
         super().__init__()
-        self.model = model
-        self.optim = optim
-        self.regularizer = Regularizer(reg, model)
-        self.label_smoothing = reg.label_smoothing
+        self.save_hyperparameters(ignore=["model"], logger=False)  # W&B has the config already
+        cfg = merge(OmegaConf.create(config))
+        num_classes = len(classes)
+        self.model = model if model is not None else ConvNet(cfg.model, input_shape, num_classes)
+        self.optim = cfg.optim
+        self.regularizer = Regularizer(cfg.reg, self.model)
+        self.label_smoothing = cfg.reg.label_smoothing
         # Keys are "<split>_acc" / "<split>_loss": a bare "train" would shadow Module.train.
         self.metrics = nn.ModuleDict(
             {f"{s}_acc": MulticlassAccuracy(num_classes, average="micro") for s in SPLITS}
@@ -47,9 +59,15 @@ class Classifier(L.LightningModule):
         self.outputs: dict[str, list[tuple[Tensor, ...]]] = {s: [] for s in SPLITS}
         self.history: list[dict[str, float]] = []
         self.diverged = False
-        self.log_norms = log_norms
+        self.log_norms = cfg.trainer.log_norms
         self.grad_norms: dict[str, Tensor] = {}
         self.diverge_above = 10 * math.log(num_classes)  # ten times the loss of a uniform guess
+
+    @classmethod
+    def of(cls, cfg: ExperimentConfig, data: DataModule, model: nn.Module) -> Classifier:
+        """The module for ``model`` trained on ``data`` under ``cfg``."""
+        return cls(to_dict(cfg), data.input_shape, list(data.classes),
+                   data.mean.flatten().tolist(), data.std.flatten().tolist(), model)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)

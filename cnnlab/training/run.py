@@ -37,7 +37,7 @@ from cnnlab.images import png_bytes, png_image, to_uint8
 from cnnlab.tracking import finish, wandb_logger
 from cnnlab.training.build import build
 from cnnlab.training.distributed import is_rank_zero
-from cnnlab.training.fast import prepare, resolve
+from cnnlab.training.fast import prepare, resolved
 from cnnlab.training.lr_find import find_lr
 from cnnlab.training.module import Classifier
 from cnnlab.training.trainer import build_trainer
@@ -124,12 +124,9 @@ def _run(cfg: ExperimentConfig, out: Path, final: Path, fold: tuple[int, int] | 
     if cfg.optim.lr == "auto":
         found = find_lr(cfg, out)
         cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=found.suggestion))
-    fast = resolve(cfg)  # config.yaml and W&B record what "auto" turned into
-    cfg = dataclasses.replace(
-        cfg, model=dataclasses.replace(cfg.model, channels_last=fast.channels_last),
-        trainer=dataclasses.replace(cfg.trainer, precision=fast.precision))
+    cfg, fast = resolved(cfg)  # config.yaml and W&B record what "auto" turned into
     datamodule, model = build(cfg, fold, data, refit)
-    module = Classifier(model, cfg.optim, cfg.reg, datamodule.num_classes, cfg.trainer.log_norms)
+    module = Classifier.of(cfg, datamodule, model)
     prepare(model, fast, cfg.trainer.compile)
 
     zero = is_rank_zero()

@@ -58,7 +58,7 @@ def build_trainer(
         deterministic=cfg.deterministic,
         logger=loggers or False,
         callbacks=[checkpoint, *callbacks],
-        enable_progress_bar=sys.stderr.isatty(),
+        enable_progress_bar=cfg.progress_bar and sys.stderr.isatty(),
         enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=None if validate else 0,
