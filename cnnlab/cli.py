@@ -324,8 +324,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     line = f"wrote {out} (weights, input normalisation, class names, input shape, config)"
     if report["fused_bn"]:
         line += (f": batch norm folded into the convs; max |fused − original| on the validation "
-                 f"set {report['max_abs_diff']:.2e}; inference {report['speedup']:.2f}× faster "
-                 "(batch 256)")
+                 f"set {report['max_abs_diff']:.2e}; inference speed {report['speedup']:.2f}× the unfused "
+                 "model's (batch 256)")
     elif args.fuse_bn:
         line += (f": no batch norm in this model (model.norm={report['norm']}), nothing to fold; "
                  "exported unfused")

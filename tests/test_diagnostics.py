@@ -70,7 +70,7 @@ def test_fit_writes_monitoring_images_and_export_fuses(cli, tmp_path: Path) -> N
     assert "bn_train_eval_gap" in metrics
     status, out, err = cli("export", run, "--fuse-bn")
     assert status == 0, err
-    assert "max |fused − original|" in out and "faster" in out
+    assert "max |fused − original|" in out and "× the unfused model's" in out
     fused = load_exported(run / "model_fused.pt")
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
     original = load(run)

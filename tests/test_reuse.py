@@ -126,7 +126,7 @@ def test_fuse_bn_on_a_model_without_batch_norm_says_so_and_exports_unfused(
                "wandb.mode=disabled", "trainer.images=false")[0] == 0
     status, stdout, err = cli("export", run / "checkpoints" / "best.ckpt", "--fuse-bn")
     assert status == 0, err
-    assert "no batch norm in this model (model.norm=group)" in stdout and "faster" not in stdout
+    assert "no batch norm in this model (model.norm=group)" in stdout and "unfused model's" not in stdout
     model = cnnlab.load(run / "model_fused.pt")  # beside the run, as for a run folder
     assert any(isinstance(m, torch.nn.GroupNorm) for m in model.modules())
 
