@@ -262,9 +262,11 @@ class StudyProgress:
             self.bar.reset(self.task, total=max(self.total - count, 0), completed=0)
         self.bar.update(self.task, completed=count - self.before)
         if not self.console.is_terminal:
-            for t in sorted((t for t in ended if t.number not in self.seen), key=lambda t: t.number):
+            new = sorted((t for t in ended if t.number not in self.seen),
+                         key=lambda t: t.datetime_complete or t.datetime_start)
+            for i, t in enumerate(new):  # several may end between two looks: number them apart
                 self.seen.add(t.number)
-                self.console.print(self._line(t, count), soft_wrap=True)
+                self.console.print(self._line(t, max(count - len(new) + 1 + i, 0)), soft_wrap=True)
         for line in self.lines(trials):
             self.bar.console.print(line)
 
