@@ -6,6 +6,8 @@
   trial timestamps, so process start-up is not counted.
 """
 
+import contextlib
+import io
 import tempfile
 import time
 from pathlib import Path
@@ -15,6 +17,7 @@ from optuna.trial import TrialState
 from rich.console import Console
 
 from benchmarks.common import Ratio
+from cnnlab.cli import main
 from cnnlab.cpus import free_cpus
 from cnnlab.studies.ablation import ablate
 from cnnlab.studies.spec import load_spec
@@ -53,21 +56,20 @@ def _throughput(trials: list) -> float:
 
 
 def make_ablation() -> tuple[float, float, int, int]:
-    """(wall seconds, Σ trial fit seconds, trials, workers) of ``make ablation`` in a scratch
-    folder: the shipped specs' quick presets with the default worker count."""
+    """(wall seconds, Σ trial fit seconds, trials, workers) of what ``make ablation`` runs
+    (``cnnlab ablate experiments/*.yaml --quick``, default workers), in a scratch folder."""
     root = Path(tempfile.mkdtemp(prefix="cnnlab-bench-"))
-    workers = free_cpus()
+    specs = sorted(p for p in Path("experiments").glob("*.yaml") if p.stem != "search")
+    workers = free_cpus()  # what --workers auto will see
     start = time.perf_counter()
-    fits = []
-    for path in sorted(Path("experiments").glob("*.yaml")):
-        if path.stem == "search":
-            continue
-        out = root / path.stem
-        ablate(load_spec(path), True, out, default_url(out), workers, Console(quiet=True))
-        fits += [t.user_attrs["fit_seconds"] for t in load_study(
-            open_storage(default_url(out), readonly=True), f"{path.stem}-quick").get_trials()
-                 if "fit_seconds" in t.user_attrs]
-    return time.perf_counter() - start, sum(fits), len(fits), workers
+    with contextlib.redirect_stdout(io.StringIO()):
+        status = main(["ablate", *map(str, specs), "--quick", "--out", str(root)])
+    wall = time.perf_counter() - start
+    assert status == 0, "cnnlab ablate failed"
+    fits = [t.user_attrs["fit_seconds"] for spec in specs for t in load_study(
+        open_storage(default_url(root / f"{spec.stem}-quick"), readonly=True),
+        f"{spec.stem}-quick").get_trials() if "fit_seconds" in t.user_attrs]
+    return wall, sum(fits), len(fits), workers
 
 
 def bench() -> list[Ratio]:

@@ -25,6 +25,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -175,15 +176,20 @@ def cmd_ablate(args: argparse.Namespace) -> None:
     if args.seeds:
         specs = [spec.with_seeds(args.seeds) for spec in specs]
     console = Console()
-    for spec in specs:
-        name = study_name(spec, args.quick)
-        root = args.out or Path("reports")
-        out = root / name if args.out is None or len(specs) > 1 else args.out
-        report = ablate(spec, args.quick, out, args.storage or default_url(out), args.workers,
-                        console)
-        _print_table(console, f"{name} → {out}/report.md", table_rows(report))
-        _verdict(console, report)
-        _incomplete(console, report.study, report.running)
+    # each spec's report files and W&B summary are written while the next spec's trials run
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        written = []
+        for spec in specs:
+            name = study_name(spec, args.quick)
+            root = args.out or Path("reports")
+            out = root / name if args.out is None or len(specs) > 1 else args.out
+            report = ablate(spec, args.quick, out, args.storage or default_url(out), args.workers,
+                            console, finish=lambda job: written.append(writer.submit(job)))
+            _print_table(console, f"{name} → {out}/report.md", table_rows(report))
+            _verdict(console, report)
+            _incomplete(console, report.study, report.running)
+        for job in written:
+            job.result()  # a failed write (a full disk) fails the command
 
 
 def cmd_sync(args: argparse.Namespace) -> None:

@@ -20,7 +20,9 @@ from torch import nn
 from wandb_records import run_contents
 
 from cnnlab.diagnostics import SPARSITY_THRESHOLD, epochs_to, weight_l2, weight_sparsity
+from cnnlab.studies.ablation import open_ablation, planned, reconcile
 from cnnlab.studies.comparisons import Interval, Pair, compare, holm, tost_p
+from cnnlab.studies.spec import load_spec
 from cnnlab.studies.storage import load_study, open_storage
 
 
@@ -190,6 +192,31 @@ def test_seeds_auto_stops_when_decided_and_resumes_after_sigkill(tmp_path: Path)
     assert _seeds(killed) == seeds and _decisions(killed) == decisions
     if rounds:  # the first round left undecided comparisons, so the kill hit round two
         assert max(len(s) for s in seeds.values()) > 3
+
+
+def test_a_kill_while_a_round_is_queued_resumes_the_whole_round(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "auto.yaml").write_text(AUTO_SPEC)
+    spec = load_spec(tmp_path / "auto.yaml")
+    study = open_ablation(spec, False, open_storage(str(tmp_path / "study.journal")))
+    reconcile(study, spec, False)  # round one: 3 seeds per arm
+    real, calls = study.enqueue_trial, []
+
+    def killed(*args, **kwargs):  # the process dies after queueing one trial of round two
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(study, "enqueue_trial", killed)
+    with pytest.raises(KeyboardInterrupt):
+        reconcile(study, spec, False, {"arm=base": 4, "arm=frozen": 4})
+    monkeypatch.setattr(study, "enqueue_trial", real)
+    rerun = open_ablation(spec, False, open_storage(str(tmp_path / "study.journal")))
+    assert planned(rerun, spec) == {"arm=base": 4, "arm=frozen": 4, "arm=dropout": 3}
+    assert reconcile(rerun, spec, False) == 1  # the rest of the round, nothing more
+    keys = {t.user_attrs["key"] for t in rerun.get_trials()}
+    assert {"arm=base | seed=3", "arm=frozen | seed=3"} <= keys and "arm=dropout | seed=3" not in keys
 
 
 def test_a_hypothesis_naming_an_unknown_level_is_one_line(cli, tmp_path: Path) -> None:

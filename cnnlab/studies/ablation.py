@@ -23,7 +23,14 @@ from cnnlab.data.sources import ImageData, load_cached
 from cnnlab.errors import CnnlabError
 from cnnlab.models.convnet import feature_shape
 from cnnlab.studies.comparisons import Interval
-from cnnlab.studies.report import SEEDS_ATTR, Report, arm_seed, study_summary, write_report
+from cnnlab.studies.report import (
+    SEEDS_ATTR,
+    Report,
+    arm_seed,
+    collect,
+    study_summary,
+    write_report,
+)
 from cnnlab.studies.spec import METRICS, REPORT_KEYS, SEED_KEYS, AblationSpec, safe_name
 from cnnlab.studies.storage import (
     load_study,
@@ -71,9 +78,15 @@ def open_ablation(spec: AblationSpec, quick: bool, storage: optuna.storages.Base
     return study
 
 
+PLAN = "planned_seeds"  # study attribute: seeds per arm of the latest round, stored before its trials
+
+
 def planned(study: optuna.Study, spec: AblationSpec) -> dict[str, int]:
-    """Seeds per arm: the spec's, or more where earlier rounds queued more (any state)."""
-    seeds = {arm.name: spec.seeds for arm in spec.arms}
+    """Seeds per arm: the spec's, or more where earlier rounds planned or queued more (any
+    state). A round's plan is stored in one record before its trials are queued, so a kill
+    half-way through queueing resumes the whole round, not a part of it."""
+    stored = study.user_attrs.get(PLAN, {})
+    seeds = {arm.name: max(spec.seeds, stored.get(arm.name, 0)) for arm in spec.arms}
     for t in study.get_trials(deepcopy=False):
         if KEY in t.user_attrs:
             arm, seed = arm_seed(t.user_attrs, t.params)
@@ -91,6 +104,8 @@ def reconcile(study: optuna.Study, spec: AblationSpec, quick: bool,
     seeds = planned(study, spec)
     for arm, count in (more or {}).items():
         seeds[arm] = max(seeds[arm], count)
+    if more:
+        study.set_user_attr(PLAN, seeds)
     queued = 0
     for arm in spec.arms:
         for seed in range(seeds[arm.name]):
@@ -213,12 +228,15 @@ def next_round(report: Report, seeds: dict[str, int]) -> dict[str, int]:
 
 
 def ablate(spec: AblationSpec, quick: bool, out: Path, url: str, workers: int,
-           console: Console) -> Report:
+           console: Console, finish: Callable[[Callable[[], None]], object] = lambda job: job()
+           ) -> Report:
     """Run (or resume) an ablation, then write its report and a W&B summary run.
 
     With ``spec.auto`` it runs in rounds: after each, the arms of undecided comparisons get
     ``seed_step`` more seeds (up to ``max_seeds``). The rounds live in the storage (queued
-    trials), so a rerun after a crash goes on where it stopped."""
+    trials), so a rerun after a crash goes on where it stopped. ``finish`` runs the last
+    round's report files and W&B summary run (now, by default; the CLI hands them to a thread
+    so the next spec's workers start meanwhile); the returned report is the same either way."""
     liveness()  # bad heartbeat settings: one line before anything is written
     check_architectures(spec, quick)
     study = open_ablation(spec, quick, open_study_storage(out, url))
@@ -239,13 +257,20 @@ def ablate(spec: AblationSpec, quick: bool, out: Path, url: str, workers: int,
                 share_service(spec.config(spec.arms[0], 0, quick))
                 run_workers(_worker_main, [(url, study.study_name, str(out))] * workers, progress,
                             preload=WANDB_MODULES)
-        report = write_report(study, out)
+        report = collect(study)
         more = next_round(report, seeds) if spec.auto and not report.running else {}
         if not more:
             break
+        write_report(study, out)  # each round's report: a crash in the next leaves this one
         console.print(f"{study.study_name}: {len(report.undecided)} comparisons undecided; "
                       f"adding seeds to {len(more)} arms (up to {spec.max_seeds})")
     base = spec.config(spec.arms[0], 0, quick)
-    files = with_journal(out, [out / "report.md", out / "results.csv", *sorted(out.glob("*.png"))])
-    study_run(base, out, study_summary(report, files, summary_step(study)))
+
+    def files_and_summary() -> None:
+        final = write_report(study, out)
+        files = with_journal(out, [out / "report.md", out / "results.csv",
+                                   *sorted(out.glob("*.png"))])
+        study_run(base, out, study_summary(final, files, summary_step(study)))
+
+    finish(files_and_summary)
     return report
