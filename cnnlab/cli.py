@@ -18,7 +18,9 @@ and config are checked: ``cnnlab --help`` and a bad key answer without loading t
 from __future__ import annotations
 
 import argparse
+import csv
 import errno
+import io
 import logging
 import os
 import re
@@ -348,9 +350,6 @@ def cmd_predict(args: argparse.Namespace) -> None:
     rows = [[name, model.classes[i], f"{p:.4f}"]
             for name, i, p in zip(names, index.tolist(), confidence.tolist(), strict=True)]
     if args.out is not None:
-        import csv
-        import io
-
         buffer = io.StringIO()
         csv.writer(buffer).writerows([["input", "class", "probability"], *rows])
         check_output(args.out, lambda path: False)  # never replaces an existing file
