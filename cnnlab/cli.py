@@ -352,8 +352,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     if args.out is not None:
         buffer = io.StringIO()
         csv.writer(buffer).writerows([["input", "class", "probability"], *rows])
-        check_output(args.out, lambda path: False)  # never replaces an existing file
-        write_output(args.out, buffer.getvalue().encode(), lambda path: False)
+        write_output(args.out, buffer.getvalue().encode(), lambda path: False)  # never replaces
         print(f"wrote {args.out}: {len(rows)} predictions")
     else:
         _print_table(Console(), f"{args.model}: {len(rows)} predictions",

@@ -64,8 +64,9 @@ def load(path: Path) -> Predictor:
     """A ready model in eval mode that takes pixels in [0, 1], from a run folder, a checkpoint
     or a ``cnnlab export`` file."""
     path = Path(path)
-    if path.is_file() and _format(path) is not None:
-        return load_exported(path)
+    saved = _read(path) if path.is_file() else None
+    if _format_of(saved) is not None:
+        return _from_export(saved, path)
     module = load_classifier(path)
     h = module.hparams
     return Predictor(module.model, h.mean, h.std, h.classes, tuple(h.input_shape)).eval()
@@ -106,24 +107,32 @@ def export(source: Path, out: Path, fuse: bool) -> dict[str, Any]:
     return report
 
 
-def _format(path: Path) -> str | None:
+def _read(path: Path) -> Any:
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # not a torch file at all: someone else's
         return None
+
+
+def _format_of(saved: Any) -> str | None:
     form = saved.get("format") if isinstance(saved, dict) else None
     return form if form in (FORMAT, *OLD_FORMATS) else None
 
 
 def is_export(path: Path) -> bool:
     """True for a file ``cnnlab export`` wrote (it may be replaced by the next export)."""
-    return _format(path) is not None
+    return _format_of(_read(path)) is not None
 
 
 def load_exported(path: Path) -> Predictor:
     """Rebuild an exported model (fused or not) from its file."""
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    if saved.get("format") != FORMAT:
+    return _from_export(_read(path), path)
+
+
+def _from_export(saved: Any, path: Path) -> Predictor:
+    if _format_of(saved) is None:
+        raise CnnlabError(f"{path}: not a cnnlab export; allowed: a file cnnlab export wrote")
+    if _format_of(saved) != FORMAT:
         raise CnnlabError(f"{path}: exported by an older cnnlab, without its input normalisation; "
                           "allowed: export the run again (cnnlab export RUN)")
     cfg = merge(OmegaConf.create(saved["config"]))
