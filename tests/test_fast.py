@@ -1,6 +1,10 @@
 """Fast paths: what ``auto`` turns on, channels-last and bf16 in a real fit, no host syncs per
 step, compiled models reused across runs, and the CIFAR-10 preset."""
 
+import ctypes
+import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -165,3 +169,19 @@ def test_the_cifar10_fast_preset_trains_on_cifar_files(cli, tmp_path: Path) -> N
     written = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert written["model"]["convs_per_block"] == 2 and written["reg"]["label_smoothing"] > 0
     assert written["data"]["augment"]["hflip"] and written["data"]["augment"]["crop_padding"] > 0
+
+
+def test_a_cpu_machine_checks_for_cuda_without_loading_nvml_each_step() -> None:
+    """Lightning asks torch for NVML-based CUDA checks; where NVML cannot load, cnnlab asks the
+    CUDA runtime instead (torch's own fallback), so Adam's per-step check loads no library."""
+    script = ("import os, torch, cnnlab.training.trainer; "
+              "print(os.environ.get('PYTORCH_NVML_BASED_CUDA_CHECK'), torch.cuda.is_available())")
+    env = {k: v for k, v in os.environ.items() if k != "PYTORCH_NVML_BASED_CUDA_CHECK"}
+    shown = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           env=env, check=True).stdout.split()
+    try:
+        ctypes.CDLL("libnvidia-ml.so.1")
+        nvml = True
+    except OSError:
+        nvml = False
+    assert shown == ["1" if nvml else "None", str(torch.cuda.is_available())]

@@ -75,6 +75,7 @@ def test_a_fit_logs_real_pixels_epoch_charts_and_its_model(cli, tmp_path: Path) 
     assert contents["summary"]["val/acc"]["max"] == max(row["val/acc"] for row in history)
     (files,) = _artifacts(record).values()  # log_model defaults to true for a fit
     assert files[0].endswith(".ckpt") and files[1] == "config.yaml"
+    assert "torch==" in (run / "files" / "requirements.txt").read_text()  # its environment
 
 
 def _table(run: Path, name: str) -> list[dict]:
@@ -97,8 +98,10 @@ def test_an_ablation_is_reviewable_in_wandb(cli, tmp_path: Path) -> None:
         assert config["arm"] == f"model.norm={config['factor']['model.norm']}, " \
                                 f"opt={config['factor']['opt']}"
         assert not _artifacts(_record(run))  # no checkpoint per trial
+        assert not (run / "files" / "requirements.txt").exists()  # the summary run lists them
 
     (summary,) = _runs(out)
+    assert "lightning==" in (summary / "files" / "requirements.txt").read_text()
     rows = _table(summary, "arms")
     results = list(csv.DictReader(io.StringIO((out / "results.csv").read_text())))
     assert [r["arm"] for r in rows] == list(dict.fromkeys(r["arm"] for r in results))
