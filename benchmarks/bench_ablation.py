@@ -19,7 +19,7 @@ from rich.console import Console
 from benchmarks.common import Ratio
 from cnnlab.cli import main
 from cnnlab.cpus import free_cpus
-from cnnlab.studies.ablation import ablate
+from cnnlab.studies.ablation import Job, ablate
 from cnnlab.studies.spec import load_spec
 from cnnlab.studies.storage import default_url, load_study, open_storage
 
@@ -38,7 +38,7 @@ def _run(workers: int, seeds: int) -> tuple[float, list]:
     spec = load_spec(root / "bench.yaml")
     out = root / "out"
     start = time.perf_counter()
-    ablate(spec, False, out, default_url(out), workers, Console(quiet=True))
+    ablate([Job(spec, out, default_url(out))], False, workers, Console(quiet=True))
     wall = time.perf_counter() - start
     trials = load_study(open_storage(default_url(out), readonly=True), "bench").get_trials()
     return wall, [t for t in trials if t.state == TrialState.COMPLETE]

@@ -49,7 +49,7 @@ def _two_workers(threads: int) -> float:
     url, spec = str(root / "study.journal"), load_spec(root / "bench.yaml")
     study = open_ablation(spec, False, open_storage(url))
     reconcile(study, spec, False)
-    run_workers(_worker_main, [(url, study.study_name, str(root / "out"), threads)] * 2,
+    run_workers(_worker_main, [([(url, study.study_name, str(root / "out"))], threads)] * 2,
                 lambda: None)
     return _throughput([t for t in study.get_trials() if t.value is not None])
 

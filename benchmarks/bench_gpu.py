@@ -21,7 +21,7 @@ from benchmarks.bench_ablation import _throughput
 from benchmarks.bench_fit import plain_loop
 from cnnlab.config import ExperimentConfig, load_config
 from cnnlab.data.datamodule import DataModule
-from cnnlab.studies.ablation import ablate
+from cnnlab.studies.ablation import Job, ablate
 from cnnlab.studies.spec import load_spec
 from cnnlab.studies.storage import default_url, load_study, open_storage
 from cnnlab.training.run import run
@@ -87,7 +87,8 @@ def trials_per_second(device: str, extra: list[str], workers: int, scratch: Path
     (root / "spec.yaml").write_text(SPEC.format(preset=Path(PRESET).resolve(),
                                                 overrides=overrides, seeds=max(2, 2 * workers)))
     out = root / "out"
-    ablate(load_spec(root / "spec.yaml"), False, out, default_url(out), workers, Console(quiet=True))
+    ablate([Job(load_spec(root / "spec.yaml"), out, default_url(out))], False, workers,
+           Console(quiet=True))
     trials = load_study(open_storage(default_url(out), readonly=True), "gpu-workers").get_trials()
     return _throughput([t for t in trials if "fit_seconds" in t.user_attrs])
 

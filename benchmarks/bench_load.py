@@ -17,7 +17,7 @@ from rich.console import Console
 from benchmarks.common import Ratio
 from cnnlab.config import load_config
 from cnnlab.cpus import usable_cpus
-from cnnlab.studies.ablation import ablate
+from cnnlab.studies.ablation import Job, ablate
 from cnnlab.studies.spec import load_spec
 from cnnlab.studies.storage import default_url
 from cnnlab.training.run import run
@@ -41,7 +41,7 @@ def _quick() -> float:
     (root / "load.yaml").write_text(QUICK)
     out = root / "out"
     start = time.perf_counter()
-    ablate(load_spec(root / "load.yaml"), False, out, default_url(out), 1, Console(quiet=True))
+    ablate([Job(load_spec(root / "load.yaml"), out, default_url(out))], False, 1, Console(quiet=True))
     return time.perf_counter() - start
 
 

@@ -62,11 +62,6 @@ def _init(requirements: bool = True, **kwargs: Any) -> Any:
                           "and a valid key") from None
 
 
-# What a process's first W&B run imports (W&B's launch inputs alone take about a second): worker
-# processes fork from a server that imported them already.
-WANDB_MODULES = ("wandb", "wandb.sdk.launch.inputs.internal")
-
-
 def share_service(cfg: ExperimentConfig) -> None:
     """Start W&B's service in this process, so worker processes started afterwards (they inherit
     ``WANDB_SERVICE``) log through it instead of each starting their own."""

@@ -88,6 +88,25 @@ def test_two_workers_share_one_ablation(cli, tmp_path: Path, monkeypatch: pytest
     assert job_types == {"model.norm=batch", "model.norm=layer", "model.norm=none", "summary"}
 
 
+def test_one_set_of_workers_runs_several_specs(cli, tmp_path: Path) -> None:
+    """Every spec's trials are queued up front; the same worker processes run them all (a worker
+    with nothing left in one spec goes on with the next), and each spec gets its report."""
+    first = write_spec(tmp_path, seeds=2, arms="norm only")  # 6 trials
+    second = tmp_path / "other.yaml"
+    second.write_text(first.read_text().replace("name: tiny", "name: other"))
+    status, stdout, err = cli("ablate", first, second, "--out", tmp_path / "out", "--workers", "2")
+    assert status == 0, err
+    workers = {}
+    for name in ("tiny", "other"):
+        out = tmp_path / "out" / name
+        done = [t for t in load_study(open_storage(str(out / "study.journal"), readonly=True),
+                                      name).get_trials() if t.state == TrialState.COMPLETE]
+        assert len({t.user_attrs["key"] for t in done}) == len(done) == 6
+        assert (out / "report.md").is_file() and f"{name} → " in stdout  # its table
+        workers[name] = {t.user_attrs["worker"] for t in done}
+    assert workers["tiny"] & workers["other"]  # not a new set of processes per spec
+
+
 def test_report_numbers_equal_a_hand_computation(cli, tmp_path: Path) -> None:
     out = tmp_path / "out"
     status, _, err = cli("ablate", write_spec(tmp_path, seeds=3), "--out", out)

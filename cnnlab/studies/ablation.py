@@ -1,16 +1,19 @@
 """Ablations: every arm × seed of a spec is one Optuna trial that runs the one run path.
 
-All trials are queued in the storage first; workers then run them through the shared trial loop
-(``trials.work``), so several processes (``--workers``, other shells, other machines on
-PostgreSQL) share one ablation and every arm × seed runs exactly once. Rerunning the command
-queues only what is missing: finished trials are kept, and trials a dead worker left are redone.
+All trials (of every spec a command names) are queued in the storage first; workers then run
+them through the shared trial loop (``trials.work``), so several processes (``--workers``, other
+shells, other machines on PostgreSQL) share one ablation and every arm × seed runs exactly once.
+Rerunning the command queues only what is missing: finished trials are kept, and trials a dead
+worker left are redone.
 Each factor is a categorical parameter (what optuna-dashboard ranks and plots); arm and seed are
 user attributes, and the per-epoch validation accuracy is the trial's intermediate values.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,13 +51,15 @@ from cnnlab.studies.trials import (
     OVERRIDES,
     RESULT_KEYS,
     SEED,
+    Queue,
     StudyProgress,
     liveness,
     reclaim,
     run_workers,
+    study_bars,
     work,
 )
-from cnnlab.tracking import WANDB_MODULES, share_service, study_run
+from cnnlab.tracking import share_service, study_run
 from cnnlab.training.run import run
 
 
@@ -159,20 +164,25 @@ def objective(study: optuna.Study, spec: AblationSpec, out: Path, threads: int
     return one
 
 
-def work_on(study: optuna.Study, spec: AblationSpec, quick: bool, out: Path, threads: int = 0,
-            on_done: Callable[[], None] = lambda: None) -> None:
-    """This process's share of the ablation (a lost trial is queued again by ``reconcile``)."""
-    work(study, objective(study, spec, out, threads),
-         lambda lost: reconcile(study, spec, quick), on_done)
+def queue(study: optuna.Study, spec: AblationSpec, quick: bool, out: Path, threads: int = 0
+          ) -> Queue:
+    """The ablation's queued work (a lost trial is queued again by ``reconcile``)."""
+    return Queue(study, objective(study, spec, out, threads),
+                 lambda lost: reconcile(study, spec, quick))
 
 
-def _worker_main(url: str, name: str, out: str, threads: int = 1) -> None:
-    """A spawned worker process: its own storage connection, ``threads`` torch threads per trial
-    (0: the spec's ``trainer.threads``, else one)."""
-    study = load_study(open_storage(url), name)
-    attrs = study.user_attrs["spec"]
-    spec = AblationSpec.from_dict(attrs)
-    work_on(study, spec, attrs["preset"] == "quick", Path(out), threads=threads)
+def _worker_main(studies: list[tuple[str, str, str]], threads: int = 1) -> None:
+    """A worker process: its own storage connections, then the studies' queued trials, the
+    first study's first; ``threads`` torch threads per trial (0: the spec's
+    ``trainer.threads``, else one). ``studies``: (storage URL, study name, report folder)."""
+    storages: dict[str, optuna.storages.BaseStorage] = {}
+    queues = []
+    for url, name, out in studies:
+        study = load_study(storages.setdefault(url, open_storage(url)), name)
+        attrs = study.user_attrs["spec"]
+        queues.append(queue(study, AblationSpec.from_dict(attrs), attrs["preset"] == "quick",
+                            Path(out), threads))
+    work(queues)
 
 
 def arm_lines(spec: AblationSpec, seeds: dict[str, int]
@@ -227,50 +237,91 @@ def next_round(report: Report, seeds: dict[str, int]) -> dict[str, int]:
     return more
 
 
-def ablate(spec: AblationSpec, quick: bool, out: Path, url: str, workers: int,
-           console: Console, finish: Callable[[Callable[[], None]], object] = lambda job: job()
-           ) -> Report:
-    """Run (or resume) an ablation, then write its report and a W&B summary run.
+@dataclass(frozen=True)
+class Job:
+    """One spec of an ``ablate`` command: where its report goes and its storage's URL."""
 
-    With ``spec.auto`` it runs in rounds: after each, the arms of undecided comparisons get
-    ``seed_step`` more seeds (up to ``max_seeds``). The rounds live in the storage (queued
-    trials), so a rerun after a crash goes on where it stopped. ``finish`` runs the last
-    round's report files and W&B summary run (now, by default; the CLI hands them to a thread
-    so the next spec's workers start meanwhile); the returned report is the same either way."""
+    spec: AblationSpec
+    out: Path
+    url: str
+
+
+def _files_and_summary(study: optuna.Study, job: Job, quick: bool) -> None:
+    """A finished ablation's report files and its W&B summary run."""
+    final = write_report(study, job.out)
+    files = with_journal(job.out, [job.out / "report.md", job.out / "results.csv",
+                                   *sorted(job.out.glob("*.png"))])
+    study_run(job.spec.config(job.spec.arms[0], 0, quick), job.out,
+              study_summary(final, files, summary_step(study)))
+
+
+def ablate(jobs: Sequence[Job], quick: bool, workers: int, console: Console,
+           finish: Callable[[Callable[[], None]], object] = lambda job: job(),
+           on_report: Callable[[Job, Report], None] = lambda job, report: None) -> list[Report]:
+    """Run (or resume) ablations, then write each one's report and a W&B summary run.
+
+    Every spec is checked and every study's trials queued before the first trial starts; one
+    set of workers then runs them all, the first spec's first: a worker with nothing left in
+    one spec takes the next spec's trials while the others finish theirs, so no core idles at
+    a spec's end. With ``spec.auto`` a spec runs in rounds: when a round ends, the arms of
+    undecided comparisons get ``seed_step`` more seeds (up to ``max_seeds``), queued while the
+    workers go on. The rounds live in the storage (queued trials), so a rerun after a crash goes
+    on where it stopped. As each spec ends, ``on_report`` gets its report and ``finish`` runs
+    its report files and W&B summary run (now, by default; the CLI hands them to a thread so
+    the workers go on meanwhile). Returns the reports in the order of ``jobs``."""
     liveness()  # bad heartbeat settings: one line before anything is written
-    check_architectures(spec, quick)
-    study = open_ablation(spec, quick, open_study_storage(out, url))
-    reclaim(study, lambda lost: None)  # reconcile, next, queues their work again
-    more: dict[str, int] = {}
-    while True:
-        reconcile(study, spec, quick, more)
-        seeds = planned(study, spec)
-        with StudyProgress(study.study_name, sum(seeds.values()), console, finished_keys,
-                           arm_lines(spec, seeds), spec.metric) as bar:
-            def progress() -> None:
-                bar.update(study.get_trials(deepcopy=False))
+    for job in jobs:
+        check_architectures(job.spec, quick)
+    studies = [open_ablation(job.spec, quick, open_study_storage(job.out, job.url))
+               for job in jobs]
+    for study, job in zip(studies, jobs, strict=True):
+        reclaim(study, lambda lost: None)  # reconcile, next, queues their work again
+        reconcile(study, job.spec, quick)
+    reports: dict[int, Report] = {}
+    with study_bars(console) as bars:
+        bar = []
+        for study, job in zip(studies, jobs, strict=True):
+            seeds = planned(study, job.spec)
+            bar.append(StudyProgress(study.study_name, sum(seeds.values()), bars, finished_keys,
+                                     arm_lines(job.spec, seeds), job.spec.metric))
 
-            progress()
+        def advance(i: int) -> None:
+            """Show spec i's progress; once none of its trials is queued or running, queue its
+            next round, or report it."""
+            study, job = studies[i], jobs[i]
+            trials = study.get_trials(deepcopy=False)
+            bar[i].update(trials)
+            if any(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in trials):
+                return
+            report = collect(study)
+            more = next_round(report, planned(study, job.spec)) if job.spec.auto else {}
+            if more:
+                write_report(study, job.out)  # each round's report: a crash in the next keeps it
+                reconcile(study, job.spec, quick, more)
+                seeds = planned(study, job.spec)
+                bar[i].next_round(sum(seeds.values()), arm_lines(job.spec, seeds))
+                console.print(f"{study.study_name}: {len(report.undecided)} comparisons "
+                              f"undecided; adding seeds to {len(more)} arms (up to "
+                              f"{job.spec.max_seeds})")
+                return
+            reports[i] = report
+            on_report(job, report)
+            finish(partial(_files_and_summary, study, job, quick))
+
+        def progress() -> None:
+            for i in range(len(jobs)):
+                if i not in reports:
+                    advance(i)
+
+        progress()
+        while open_ := [i for i in range(len(jobs)) if i not in reports]:
             if workers == 1:
-                work_on(study, spec, quick, out, on_done=progress)
+                work([queue(studies[i], jobs[i].spec, quick, jobs[i].out) for i in open_],
+                     on_done=progress)
             else:
-                share_service(spec.config(spec.arms[0], 0, quick))
-                run_workers(_worker_main, [(url, study.study_name, str(out))] * workers, progress,
-                            preload=WANDB_MODULES)
-        report = collect(study)
-        more = next_round(report, seeds) if spec.auto and not report.running else {}
-        if not more:
-            break
-        write_report(study, out)  # each round's report: a crash in the next leaves this one
-        console.print(f"{study.study_name}: {len(report.undecided)} comparisons undecided; "
-                      f"adding seeds to {len(more)} arms (up to {spec.max_seeds})")
-    base = spec.config(spec.arms[0], 0, quick)
-
-    def files_and_summary() -> None:
-        final = write_report(study, out)
-        files = with_journal(out, [out / "report.md", out / "results.csv",
-                                   *sorted(out.glob("*.png"))])
-        study_run(base, out, study_summary(final, files, summary_step(study)))
-
-    finish(files_and_summary)
-    return report
+                first = jobs[open_[0]].spec
+                share_service(first.config(first.arms[0], 0, quick))
+                todo = [(jobs[i].url, studies[i].study_name, str(jobs[i].out)) for i in open_]
+                run_workers(_worker_main, [(todo,)] * workers, progress)
+            progress()
+    return [reports[i] for i in range(len(jobs))]

@@ -57,14 +57,16 @@ from cnnlab.studies.trials import (
     FOLD_EPOCHS,
     FOLD_SCORES,
     KEY,
+    Queue,
     StudyProgress,
     liveness,
     reclaim,
     requeue_same,
     run_workers,
+    study_bars,
     work,
 )
-from cnnlab.tracking import WANDB_MODULES, share_service, small_run, study_run
+from cnnlab.tracking import share_service, small_run, study_run
 from cnnlab.training.run import run
 
 
@@ -215,7 +217,7 @@ def _work(study: optuna.Study, spec: SearchSpec, quick: bool, out: Path, deadlin
           threads: int = 0, on_done: Callable[[], None] = lambda: None) -> None:
     """This process's share of the queued slots; after ``deadline`` it starts none (the slots
     left wait for a rerun)."""
-    work(study, cross_validate(spec, quick, out, threads), requeue_same(study), on_done,
+    work([Queue(study, cross_validate(spec, quick, out, threads), requeue_same(study))], on_done,
          stop=lambda: time.monotonic() >= deadline)
 
 
@@ -232,7 +234,9 @@ def tune(spec: SearchSpec, quick: bool, out: Path, url: str, name: str, workers:
     reclaim(study, requeue_same(study))
     queue_slots(study, spec.trials)
     deadline_s = timeout if timeout else math.inf
-    with StudyProgress(name, spec.trials, console, finished_count, metric="CV accuracy") as bar:
+    with study_bars(console) as bars:
+        bar = StudyProgress(name, spec.trials, bars, finished_count, metric="CV accuracy")
+
         def progress() -> None:
             bar.update(study.get_trials(deepcopy=False))
 
@@ -242,7 +246,7 @@ def tune(spec: SearchSpec, quick: bool, out: Path, url: str, name: str, workers:
         else:
             share_service(corner_config(spec, CORNERS[0], quick))
             run_workers(_worker_main, [(url, name, str(out), deadline_s, i)
-                                       for i in range(workers)], progress, preload=WANDB_MODULES)
+                                       for i in range(workers)], progress)
     return refit(study, spec, quick, out)
 
 

@@ -17,6 +17,8 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from multiprocessing import forkserver
 from typing import Any
 
 import optuna
@@ -145,23 +147,37 @@ def _taken_elsewhere(study: optuna.Study, trial: optuna.Trial, key: str) -> bool
                for t in study.get_trials(deepcopy=False))
 
 
-def work(study: optuna.Study, objective: Callable[[optuna.Trial], float],
-         requeue: Callable[[FrozenTrial], None], on_done: Callable[[], None] = lambda: None,
+@dataclass(frozen=True)
+class Queue:
+    """A study's queued work: how to run a trial, and how to queue a lost one's work again."""
+
+    study: optuna.Study
+    objective: Callable[[optuna.Trial], float]
+    requeue: Callable[[FrozenTrial], None]
+
+
+def work(queues: Sequence[Queue], on_done: Callable[[], None] = lambda: None,
          stop: Callable[[], bool] = lambda: False) -> None:
-    """Run queued trials until the study has neither queued nor running ones (or ``stop()``).
+    """Run queued trials, always from the first queue that has some, until no queue has queued
+    or running ones (or ``stop()``): a worker done with one study's queue goes on with the next
+    while others finish the first one's last trials.
 
     ``objective`` returns the trial's value, raises ``optuna.TrialPruned(reason)`` (diverged or
     pruned: recorded, not redone) or one of ``FAILURES`` (recorded; a rerun queues it again).
     """
     interval, _ = liveness()
     while not stop():
-        reclaim(study, requeue)
-        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-        if not waiting:
-            if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        for queue in queues:
+            reclaim(queue.study, queue.requeue)
+        queue = next((q for q in queues
+                      if q.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))), None)
+        if queue is None:
+            if not any(q.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                       for q in queues):
                 return
             time.sleep(POLL_S)  # others' trials: wait for them to finish, or to be lost
             continue
+        study = queue.study
         trial = study.ask()
         key = trial.user_attrs.get(KEY)
         if key is None or _taken_elsewhere(study, trial, key):  # another worker was faster
@@ -171,7 +187,7 @@ def work(study: optuna.Study, objective: Callable[[optuna.Trial], float],
             continue
         with _Heartbeat(trial, interval):
             try:
-                value: float | None = objective(trial)
+                value: float | None = queue.objective(trial)
                 state = TrialState.COMPLETE
             except optuna.TrialPruned as reason:
                 trial.set_user_attr(REASON, str(reason))
@@ -192,24 +208,35 @@ def _child(target: Callable[..., None], args: tuple[Any, ...], env: dict[str, st
     target(*args)
 
 
-def _context(modules: list[str]) -> multiprocessing.context.BaseContext:
-    """A fork server that imported ``modules`` (torch, Lightning, W&B) once: workers start in
+# What a worker's first W&B run imports (W&B's launch inputs alone take about a second): the
+# fork server imports them once, with the worker's own module.
+WORKER_MODULES = ("wandb", "wandb.sdk.launch.inputs.internal")
+
+
+def _context(module: str) -> multiprocessing.context.BaseContext:
+    """A fork server that imported ``module`` (torch, Lightning) and W&B once: workers start in
     milliseconds instead of paying seconds of imports each (spawn where there is no fork
     server)."""
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(modules)  # no effect once the server runs
+    ctx.set_forkserver_preload([module, *WORKER_MODULES])  # no effect once the server runs
     return ctx
 
 
+def warm_workers(module: str) -> None:
+    """Start the fork server of ``module``'s workers now: it imports their machinery on another
+    core while this process imports its own (seconds saved at the start of ``--workers N``)."""
+    if _context(module).get_start_method() == "forkserver":
+        forkserver.ensure_running()
+
+
 def run_workers(target: Callable[..., None], args: list[tuple[Any, ...]],
-                poll: Callable[[], None], preload: Sequence[str] = ()) -> None:
+                poll: Callable[[], None]) -> None:
     """Start one worker process per ``args`` entry, call ``poll`` every second (and as each
     worker ends) until all finish, and fail if any worker did (the storage keeps what the
-    others finished). Workers fork from a server that imported ``target``'s module and
-    ``preload``."""
-    ctx = _context([target.__module__, *preload])
+    others finished). Workers fork from a server that imported ``target``'s module."""
+    ctx = _context(target.__module__)
     env, cwd = dict(os.environ), os.getcwd()
     procs = [ctx.Process(target=_child, args=(target, a, env, cwd)) for a in args]
     for p in procs:
@@ -226,31 +253,35 @@ def run_workers(target: Callable[..., None], args: list[tuple[Any, ...]],
                           "the same command to finish the missing trials")
 
 
-class StudyProgress:
-    """Progress over a study's units of work. On a terminal: one bar with ETA (trials show no
-    bars of their own); elsewhere (a log file, nohup, SLURM): a line per finished trial with its
-    value, its time, the elapsed time and the ETA. ``lines`` adds one-line news either way."""
+def study_bars(console: Console) -> Progress:
+    """One progress bar per study, with its ETA, on a terminal (none elsewhere)."""
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("ETA"), TimeRemainingColumn(), console=console,
+                    disable=not console.is_terminal)
 
-    def __init__(self, name: str, total: int, console: Console,
+
+class StudyProgress:
+    """Progress over a study's units of work. On a terminal: its bar among ``bars`` (trials show
+    no bars of their own); elsewhere (a log file, nohup, SLURM): a line per finished trial with
+    its value, its time, the time since the study's first trial started and the ETA. ``lines``
+    adds one-line news either way."""
+
+    def __init__(self, name: str, total: int, bars: Progress,
                  done: Callable[[list[FrozenTrial]], int],
                  lines: Callable[[list[FrozenTrial]], list[str]] = lambda trials: [],
                  metric: str = "value") -> None:
         self.name, self.done, self.lines, self.total, self.metric = name, done, lines, total, metric
-        self.console = console
-        self.bar = Progress(TextColumn(f"[bold]{name}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("ETA"), TimeRemainingColumn(), console=console,
-                            disable=not console.is_terminal)
-        self.task = self.bar.add_task(name, total=total)
+        self.bars, self.console = bars, bars.console
+        self.task = bars.add_task(name, total=total)
         self.before: int | None = None
         self.seen: set[int] = set()
-        self.start = time.monotonic()
+        self.start: float | None = None  # when this command first saw one of its trials run
 
-    def __enter__(self) -> StudyProgress:
-        self.bar.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.bar.stop()
+    def next_round(self, total: int, lines: Callable[[list[FrozenTrial]], list[str]]) -> None:
+        """More units of work (a new round of seeds), with their news."""
+        self.total, self.lines = total, lines
+        if self.before is not None:
+            self.bars.update(self.task, total=max(total - self.before, 0))
 
     def update(self, trials: list[FrozenTrial]) -> None:
         count = self.done(trials)
@@ -259,8 +290,11 @@ class StudyProgress:
         if self.before is None:  # work done by an earlier run doesn't count towards the ETA
             self.before = count
             self.seen = {t.number for t in ended}
-            self.bar.reset(self.task, total=max(self.total - count, 0), completed=0)
-        self.bar.update(self.task, completed=count - self.before)
+            self.bars.reset(self.task, total=max(self.total - count, 0), completed=0)
+        if self.start is None and (len(ended) > len(self.seen) or any(
+                t.state == TrialState.RUNNING for t in trials)):
+            self.start = time.monotonic()
+        self.bars.update(self.task, completed=count - self.before)
         if not self.console.is_terminal:
             new = sorted((t for t in ended if t.number not in self.seen),
                          key=lambda t: t.datetime_complete or t.datetime_start)
@@ -268,10 +302,10 @@ class StudyProgress:
                 self.seen.add(t.number)
                 self.console.print(self._line(t, max(count - len(new) + 1 + i, 0)), soft_wrap=True)
         for line in self.lines(trials):
-            self.bar.console.print(line)
+            self.console.print(line)
 
     def _line(self, trial: FrozenTrial, count: int) -> str:
-        elapsed = time.monotonic() - self.start
+        elapsed = time.monotonic() - (self.start or time.monotonic())
         done_now = max(count - (self.before or 0), 1)
         eta = elapsed / done_now * max(self.total - count, 0)
         outcome = (f"{self.metric} {trial.value:.4f}" if trial.state == TrialState.COMPLETE
