@@ -46,7 +46,11 @@ def _init(requirements: bool = True, **kwargs: Any) -> Any:
 
     ``requirements``: record the installed packages (``requirements.txt``). Reading them takes
     W&B about 70 ms, a tenth of a quick trial: a study's trials leave it to the study's
-    summary run, which records the same environment once."""
+    summary run, which records the same environment once.
+
+    Every run is a new one (``reinit="create_new"``) that only the code which started it
+    finishes: a study's summary run is written by a thread while the next trial trains in the
+    same process, and W&B's default would hand the trial the summary run to log into."""
     import wandb
 
     timeout = {} if "WANDB_INIT_TIMEOUT" in os.environ else {"init_timeout": INIT_TIMEOUT_S}
@@ -54,7 +58,7 @@ def _init(requirements: bool = True, **kwargs: Any) -> Any:
                               x_disable_machine_info=True, disable_git=True, save_code=False,
                               x_save_requirements=requirements, **timeout)
     try:
-        return wandb.init(settings=settings, **kwargs)
+        return wandb.init(settings=settings, reinit="create_new", **kwargs)
     except (wandb.errors.CommError, wandb.errors.AuthenticationError, wandb.errors.UsageError) as err:
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise CnnlabError(f"wandb.mode={kwargs.get('mode')}: W&B did not answer ({reason}); "
@@ -167,7 +171,7 @@ def study_run(cfg: ExperimentConfig, out: Path, s: StudySummary) -> None:
     run = _init(project=cfg.wandb.project, group=s.study, job_type="summary",
                 name=f"{s.study} summary", tags=[s.study, "summary"], dir=str(out), mode=mode,
                 config=s.config, notes=s.notes, id=stable_id(cfg.wandb.project, s.study),
-                resume="allow", reinit="finish_previous")
+                resume="allow")
     tables = {}
     for name, rows in s.tables.items():
         columns = list(dict.fromkeys(k for row in rows for k in row))
@@ -198,7 +202,7 @@ def small_run(cfg: ExperimentConfig, out: Path, job_type: str, summary: dict[str
         return
     run = _init(requirements=context is None, project=cfg.wandb.project, group=cfg.wandb.group,
                 job_type=job_type, name=name, tags=list(cfg.wandb.tags), dir=str(out), mode=mode,
-                config={**to_dict(cfg), **(context or {})}, reinit="finish_previous")
+                config={**to_dict(cfg), **(context or {})})
     if images:
         run.log({key: wandb.Image(str(path)) for key, path in images.items()})
     run.summary.update(summary)

@@ -135,6 +135,31 @@ def test_an_ablation_is_reviewable_in_wandb(cli, tmp_path: Path) -> None:
     assert all(str(run) in stdout for run in trials)
 
 
+def test_one_process_writes_a_summary_run_while_the_next_spec_trains(cli, tmp_path: Path
+                                                                     ) -> None:
+    """With one worker the trials train in the main process while a thread writes the previous
+    spec's summary run: neither run ends, or logs into, the other."""
+    specs = []
+    for name in ("first", "second"):
+        specs.append(tmp_path / f"{name}.yaml")
+        specs[-1].write_text(SPEC.replace("name: tiny", f"name: {name}"))
+    status, _, err = cli("ablate", *specs, "--out", tmp_path / "out", "--workers", "1")
+    assert status == 0, err
+    for name in ("first", "second"):
+        out = tmp_path / "out" / name
+        trials = sorted(out.glob("trials/*/seed*/wandb/offline-run-*"))
+        assert len(trials) == 8
+        for run in trials:
+            contents = run_contents(_record(run))
+            assert contents["config"]["study"] == name and contents["run"].job_type != "summary"
+            assert [row["epoch"] for row in contents["history"] if "val/acc" in row] == [0]
+            assert "test_acc" in contents["summary"]
+        (summary,) = _runs(out)
+        contents = run_contents(_record(summary))
+        assert contents["run"].job_type == "summary" and contents["run"].run_group == name
+        assert len(_table(summary, "arms")) == 4
+
+
 def test_sync_without_network_is_one_line_within_seconds(cli, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "tiny.yaml").write_text(SPEC.replace("seeds: 2", "seeds: 1")
