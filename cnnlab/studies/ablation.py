@@ -256,7 +256,7 @@ def _files_and_summary(study: optuna.Study, job: Job, quick: bool) -> None:
 
 
 def ablate(jobs: Sequence[Job], quick: bool, workers: int, console: Console,
-           finish: Callable[[Callable[[], None]], object] = lambda job: job(),
+           finish: Callable[[Callable[[], object]], object] = lambda job: job(),
            on_report: Callable[[Job, Report], None] = lambda job, report: None) -> list[Report]:
     """Run (or resume) ablations, then write each one's report and a W&B summary run.
 
@@ -267,8 +267,10 @@ def ablate(jobs: Sequence[Job], quick: bool, workers: int, console: Console,
     undecided comparisons get ``seed_step`` more seeds (up to ``max_seeds``), queued while the
     workers go on. The rounds live in the storage (queued trials), so a rerun after a crash goes
     on where it stopped. As each spec ends, ``on_report`` gets its report and ``finish`` runs
-    its report files and W&B summary run (now, by default; the CLI hands them to a thread so
-    the workers go on meanwhile). Returns the reports in the order of ``jobs``."""
+    its report files and W&B summary run (now, by default; the CLI hands them to one thread so
+    the workers go on meanwhile, which also keeps matplotlib's pyplot to one thread at a time);
+    each round's report goes through ``finish`` too. Returns the reports in the order of
+    ``jobs``."""
     liveness()  # bad heartbeat settings: one line before anything is written
     for job in jobs:
         check_architectures(job.spec, quick)
@@ -296,7 +298,7 @@ def ablate(jobs: Sequence[Job], quick: bool, workers: int, console: Console,
             report = collect(study)
             more = next_round(report, planned(study, job.spec)) if job.spec.auto else {}
             if more:
-                write_report(study, job.out)  # each round's report: a crash in the next keeps it
+                finish(partial(write_report, study, job.out))  # a crash in the next round keeps it
                 reconcile(study, job.spec, quick, more)
                 seeds = planned(study, job.spec)
                 bar[i].next_round(sum(seeds.values()), arm_lines(job.spec, seeds))
