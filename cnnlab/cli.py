@@ -198,9 +198,9 @@ def cmd_ablate(args: argparse.Namespace) -> None:
     with ThreadPoolExecutor(max_workers=1) as writer:
         written = []
         ablate(jobs, args.quick, args.workers, console,
-               finish=lambda job: written.append(writer.submit(job)), on_report=show)
-        for job in written:
-            job.result()  # a failed write (a full disk) fails the command
+               finish=lambda write: written.append(writer.submit(write)), on_report=show)
+        for future in written:
+            future.result()  # a failed write (a full disk) fails the command
 
 
 def cmd_sync(args: argparse.Namespace) -> None:

@@ -256,7 +256,7 @@ def _files_and_summary(study: optuna.Study, job: Job, quick: bool) -> None:
 
 
 def ablate(jobs: Sequence[Job], quick: bool, workers: int, console: Console,
-           finish: Callable[[Callable[[], object]], object] = lambda job: job(),
+           finish: Callable[[Callable[[], object]], object] = lambda write: write(),
            on_report: Callable[[Job, Report], None] = lambda job, report: None) -> list[Report]:
     """Run (or resume) ablations, then write each one's report and a W&B summary run.
 
