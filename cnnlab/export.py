@@ -12,6 +12,7 @@ code it needs is the one ConvNet this package defines.
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +69,14 @@ def load(path: Path) -> Predictor:
     if _format_of(saved) is not None:
         return _from_export(saved, path)
     module = load_classifier(path)
-    h = module.hparams
-    return Predictor(module.model, h.mean, h.std, h.classes, tuple(h.input_shape)).eval()
+    return _predictor(module.model, module.hparams).eval()
+
+
+def _predictor(model: nn.Module, meta: Mapping[str, Any]) -> Predictor:
+    """``model`` behind the normalisation, with the class names and input shape, that ``meta``
+    holds: a checkpoint's hyperparameters or an export (the same keys)."""
+    return Predictor(model, meta["mean"], meta["std"], meta["classes"],
+                     tuple(meta["input_shape"]))
 
 
 def has_batch_norm(model: nn.Module) -> bool:
@@ -97,7 +104,7 @@ def export(source: Path, out: Path, fuse: bool) -> dict[str, Any]:
         x = x_val.repeat(max(1, 4096 // len(x_val)), 1, 1, 1)
         report["speedup"] = inference_seconds(model, x) / inference_seconds(fused, x)
         model = fused
-    predictor = Predictor(model, h.mean, h.std, h.classes, tuple(h.input_shape))
+    predictor = _predictor(model, h)
     buffer = io.BytesIO()
     torch.save({"format": FORMAT, "config": dict(h.config), "fused_bn": report["fused_bn"],
                 "input_shape": list(h.input_shape), "classes": list(h.classes),
@@ -130,15 +137,15 @@ def load_exported(path: Path) -> Predictor:
 
 
 def _from_export(saved: Any, path: Path) -> Predictor:
-    if _format_of(saved) is None:
+    form = _format_of(saved)
+    if form is None:
         raise CnnlabError(f"{path}: not a cnnlab export; allowed: a file cnnlab export wrote")
-    if _format_of(saved) != FORMAT:
+    if form != FORMAT:
         raise CnnlabError(f"{path}: exported by an older cnnlab, without its input normalisation; "
                           "allowed: export the run again (cnnlab export RUN)")
     cfg = merge(OmegaConf.create(saved["config"]))
     model = ConvNet(cfg.model, tuple(saved["input_shape"]), len(saved["classes"]))
     model = fuse_bn(model) if saved["fused_bn"] else model
-    predictor = Predictor(model, saved["mean"], saved["std"], saved["classes"],
-                          tuple(saved["input_shape"]))
+    predictor = _predictor(model, saved)
     predictor.load_state_dict(saved["state_dict"])
     return predictor.eval()
