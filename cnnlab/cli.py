@@ -8,6 +8,7 @@
   predict          classify images, folders of images or .npz arrays with a model
   ablate           run (or resume) ablation specs; report with intervals and tests (reports/)
   tune             cross-validated Optuna search, then refit and test (reports/)
+  plan             size a spec's seed plan from a pilot: power and family-wise error
   report           rebuild an ablation's report from its storage
   sync             upload offline W&B runs
 
@@ -44,8 +45,10 @@ from cnnlab.studies.spec import load_spec, safe_name
 from cnnlab.studies.storage import default_url, load_study, open_storage
 from cnnlab.studies.trials import warm_workers
 
-if TYPE_CHECKING:  # the report module loads numpy and Optuna: only the commands that need it do
-    from cnnlab.studies.report import Report
+if TYPE_CHECKING:  # the results module loads numpy and Optuna: only the commands that need it do
+    import optuna
+
+    from cnnlab.studies.results import Results
 
 
 class _Parser(argparse.ArgumentParser):
@@ -177,7 +180,6 @@ def cmd_ablate(args: argparse.Namespace) -> None:
     if args.workers > 1:
         warm_workers("cnnlab.studies.ablation")
     from cnnlab.studies.ablation import Job, ablate, study_name
-    from cnnlab.studies.report import table_rows
 
     if args.seeds:
         specs = [spec.with_seeds(args.seeds) for spec in specs]
@@ -188,11 +190,8 @@ def cmd_ablate(args: argparse.Namespace) -> None:
         jobs.append(Job(spec, out, args.storage or default_url(out)))
     console = Console()
 
-    def show(job: Job, report: Report) -> None:
-        name = study_name(job.spec, args.quick)
-        _print_table(console, f"{name} → {job.out}/report.md", table_rows(report))
-        _verdict(console, report)
-        _incomplete(console, report.study, report.running)
+    def show(job: Job, results: Results) -> None:
+        _show_results(console, results, job.out)
 
     # each spec's report files and W&B summary are written while the workers go on
     with ThreadPoolExecutor(max_workers=1) as writer:
@@ -240,15 +239,17 @@ def cmd_sync(args: argparse.Namespace) -> None:
         raise SystemExit(1)
 
 
-def _verdict(console: Console, report: Report) -> None:
-    if report.verdict is not None:
-        console.print(f"hypothesis: {report.verdict.claim} → {report.verdict.verdict}")
+def _show_results(console: Console, results: Results, out: Path) -> None:
+    """The study's arms, confirmatory checks and verdict, as the report gives them."""
+    from cnnlab.studies.report import console_lines
 
-
-def _incomplete(console: Console, study: str, running: list[str]) -> None:
-    if running:
-        console.print(f"note: {len(running)} trials of {study} were still running or "
-                      "queued (another worker?): the report is incomplete; rerun to update it")
+    for line in console_lines(results):
+        console.print(line, markup=False, highlight=False)
+    console.print(f"report: {out}/report.md", markup=False, highlight=False)
+    if results.running:
+        console.print(f"note: {len(results.running)} trials of {results.study} were still "
+                      "running or queued (another worker?): the report is incomplete; rerun to "
+                      "update it")
 
 
 def _seconds(text: str) -> float:
@@ -282,12 +283,9 @@ def cmd_tune(args: argparse.Namespace) -> None:
     ])
 
 
-def cmd_report(args: argparse.Namespace) -> None:
-    from cnnlab.studies.report import table_rows, write_report
-
-    name = safe_name(args.name)
-    out = args.out or Path("reports") / name
-    url = args.storage or default_url(out)
+def _stored_ablation(name: str, out: Path, storage: str | None) -> optuna.Study:
+    """An ablation's study, opened read-only from ``storage`` (default ``out``'s journal)."""
+    url = storage or default_url(out)
     if "://" not in url and not Path(url).is_file():
         raise CnnlabError(f"--storage {url}: no study storage there; allowed: the --out or "
                           "--storage of an earlier cnnlab ablate")
@@ -296,12 +294,61 @@ def cmd_report(args: argparse.Namespace) -> None:
         raise CnnlabError(f"study {name!r} is not an ablation (a cnnlab tune search?); allowed: "
                           "an ablation's name; a search's report is its --out/search.md, rewritten "
                           "by rerunning cnnlab tune")
+    return study
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from cnnlab.studies.report import write_report
+
+    name = safe_name(args.name)
+    out = args.out or Path("reports") / name
+    study = _stored_ablation(name, out, args.storage)
     check_study_folder(out)  # before anything is written
-    report = write_report(study, out)
+    _show_results(Console(), write_report(study, out), out)
+
+
+def _plan(text: str) -> tuple[int, int, int]:
+    try:
+        first, most, step = (int(part) for part in text.split(":"))
+    except ValueError:
+        first = most = step = 0
+    if not 1 <= first <= most or step < 1:
+        raise argparse.ArgumentTypeError(f"got {text!r}; allowed: FIRST:MOST:STEP seeds, "
+                                         "positive integers with FIRST ≤ MOST, e.g. 3:8:2")
+    return first, most, step
+
+
+def cmd_plan(args: argparse.Namespace) -> None:
+    from cnnlab.studies.planning import seeds_for, simulate_plan
+    from cnnlab.studies.results import collect
+    from cnnlab.studies.sequential import Plan
+
+    spec = load_spec(args.spec)
+    name = f"{spec.name}-quick" if args.quick else spec.name
+    out = args.out or Path("reports") / name
+    results = collect(_stored_ablation(name, out, args.storage))
+    if not results.checks:
+        raise CnnlabError(f"study {name!r} has no finished trials to plan from; allowed: a "
+                          "pilot run of the spec (cnnlab ablate SPEC --seeds 3)")
     console = Console()
-    _print_table(console, f"{name} → {out}/report.md", table_rows(report))
-    _verdict(console, report)
-    _incomplete(console, report.study, report.running)
+    say = lambda line: console.print(line, markup=False, highlight=False)  # noqa: E731
+    say(f"{name}: pilot of {results.arms[0].seeds}+ seeds; seeds for 80% power in one look at "
+        f"α 0.05 / {len(results.checks)} (the family)")
+    for i, (e, m, needed) in enumerate(seeds_for(results, args.effect)):
+        size = f"|Δ| {args.effect:g}" if args.effect else "the pilot's Δ"
+        need = ("failure rates: see the simulation" if m.rates
+                else f"{needed or 'more than 200'} seeds for {size}")
+        say(f"  {i + 1}. {e.text() if e.direction else f'{e.arm} vs {e.than}'}: Δ "
+            f"{m.delta:+.4g}, sd {m.sd:.3g}, failure rate {m.fail_arm:.2f} vs "
+            f"{m.fail_reference:.2f}; {need}")
+    say(f"seed plans, {args.sims} simulated studies each (seed {args.seed}), decided by the "
+        "report's code:")
+    for plan in [Plan(*p) for p in args.plan] or [spec.plan]:
+        d = simulate_plan(results, plan, args.sims, args.seed)
+        say(f"  {plan.first}:{plan.most}:{plan.step}: P(as expected) "
+            + " ".join(f"{i + 1}:{x:.2f}" for i, x in enumerate(d.expected))
+            + f"; P(supported) {d.supported:.2f}; FWER under the null {d.fwer:.3f} ± "
+            f"{d.fwer_se:.3f}; {d.mean_seeds:.1f} seeds per arm on average")
 
 
 def _print_table(console: Console, title: str, rows: list[list[str]]) -> None:
@@ -435,6 +482,21 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--quick", action="store_true", help="the spec's quick preset")
     tune.add_argument("--out", type=Path, help="report directory (default reports/<study>)")
     tune.set_defaults(func=cmd_tune)
+
+    plan = commands.add_parser("plan", help="size a spec's seed plan from a pilot study of it: "
+                               "seeds needed, power and family-wise error by simulation")
+    plan.add_argument("spec", type=Path, metavar="SPEC", help="the ablation spec")
+    plan.add_argument("--quick", action="store_true", help="the pilot is the quick preset's")
+    plan.add_argument("--plan", type=_plan, action="append", default=[], metavar="F:M:S",
+                      help="a seed plan to simulate: first look, most seeds, step "
+                      "(repeatable; default: the spec's)")
+    plan.add_argument("--effect", type=float, help="the |Δ| to size for (default: the pilot's)")
+    plan.add_argument("--sims", type=_positive, default=2000,
+                      help="simulated studies per plan (default: %(default)s)")
+    plan.add_argument("--seed", type=int, default=0, help="the simulation's seed")
+    plan.add_argument("--storage", help="Optuna storage URL (default DIR/study.journal)")
+    plan.add_argument("--out", type=Path, help="the pilot's folder (default reports/<study>)")
+    plan.set_defaults(func=cmd_plan)
 
     report = commands.add_parser("report", help="rebuild an ablation report from its storage")
     report.add_argument("name", help="the study name, e.g. norm or norm-quick")

@@ -16,7 +16,6 @@ import shutil
 import socket
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,6 +24,7 @@ from lightning.pytorch.loggers import WandbLogger
 
 from cnnlab.config import ExperimentConfig, to_dict
 from cnnlab.errors import CnnlabError
+from cnnlab.study_summary import StudySummary
 
 MODES = ("offline", "online", "disabled", "shared", "dryrun", "run")  # what wandb itself accepts
 INIT_TIMEOUT_S = 30.0  # online with an unreachable server: one line after this, not a 90 s hang
@@ -143,22 +143,6 @@ def finish(logger: WandbLogger | None, summary: dict[str, Any],
 def stable_id(project: str, study: str) -> str:
     """The W&B run id of a study's summary run: the same for every rerun of the study."""
     return "summary-" + hashlib.sha256(f"{project}/{study}".encode()).hexdigest()[:16]
-
-
-@dataclass
-class StudySummary:
-    """What a study's summary run shows: numeric tables, charts, numbers, files to download."""
-
-    study: str
-    notes: str
-    config: dict[str, Any]
-    tables: dict[str, list[dict[str, Any]]]  # name → rows (column → number, text or bool)
-    summary: dict[str, Any]
-    files: list[Path]
-    bar: tuple[str, str, str] | None = None  # (table, x column, y column)
-    # (table, x, y, the column whose values get a line each, or None for one line)
-    lines: list[tuple[str, str, str, str | None]] = field(default_factory=list)
-    step: int = 0  # this write's step: a rerun's tables come after the earlier ones
 
 
 def study_run(cfg: ExperimentConfig, out: Path, s: StudySummary) -> None:

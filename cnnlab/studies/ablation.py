@@ -24,17 +24,14 @@ from rich.console import Console
 from cnnlab.config import load_config
 from cnnlab.data.sources import ImageData, load_cached
 from cnnlab.errors import CnnlabError
+from cnnlab.metrics import FAILURE, METRICS, RESULT_KEYS
 from cnnlab.models.convnet import feature_shape
 from cnnlab.studies.comparisons import Interval
-from cnnlab.studies.report import (
-    SEEDS_ATTR,
-    Report,
-    arm_seed,
-    collect,
-    study_summary,
-    write_report,
-)
-from cnnlab.studies.spec import METRICS, REPORT_KEYS, SEED_KEYS, AblationSpec, safe_name
+from cnnlab.studies.dashboard import study_summary
+from cnnlab.studies.report import write_report
+from cnnlab.studies.results import Results, TrialRow, arm_seed, collect, looks_of, plan_of
+from cnnlab.studies.sequential import LOOKS, SEED_PLAN, take_look
+from cnnlab.studies.spec import REPORT_KEYS, SEED_KEYS, AblationSpec, safe_name
 from cnnlab.studies.storage import (
     load_study,
     open_storage,
@@ -49,7 +46,6 @@ from cnnlab.studies.trials import (
     FINISHED,
     KEY,
     OVERRIDES,
-    RESULT_KEYS,
     SEED,
     Queue,
     StudyProgress,
@@ -78,19 +74,29 @@ def open_ablation(spec: AblationSpec, quick: bool, storage: optuna.storages.Base
     attrs = {**spec.to_dict(), "preset": "quick" if quick else "full"}
     study = study_for(storage, study_name(spec, quick), spec.direction, attrs,
                       mutable=SEED_KEYS + REPORT_KEYS)
-    if spec.looks > study.user_attrs.get(SEEDS_ATTR, 1):  # α per look: 0.05 / most looks planned
-        study.set_user_attr(SEEDS_ATTR, spec.looks)
+    if SEED_PLAN not in study.user_attrs and not study.get_trials(deepcopy=False):
+        study.set_user_attr(SEED_PLAN, spec.plan.to_dict())  # fixed before the first trial
     return study
 
 
-PLAN = "planned_seeds"  # study attribute: seeds per arm of the latest round, stored before its trials
+def take_next_look(study: optuna.Study, spec: AblationSpec) -> None:
+    """Store a look at the seeds every arm now has, with the α it spends (``sequential``):
+    once per round, before its report decides anything; a rerun with no new seeds adds none."""
+    seeds = max(planned(study, spec).values())
+    looks = looks_of(study)
+    new = take_look(plan_of(study, spec), looks, seeds)
+    if new != looks:
+        study.set_user_attr(LOOKS, [{"seeds": look.seeds, "alpha": look.alpha} for look in new])
+
+
+PLANNED = "planned_seeds"  # study attribute: seeds per arm of the latest round, stored before its trials
 
 
 def planned(study: optuna.Study, spec: AblationSpec) -> dict[str, int]:
     """Seeds per arm: the spec's, or more where earlier rounds planned or queued more (any
     state). A round's plan is stored in one record before its trials are queued, so a kill
     half-way through queueing resumes the whole round, not a part of it."""
-    stored = study.user_attrs.get(PLAN, {})
+    stored = study.user_attrs.get(PLANNED, {})
     seeds = {arm.name: max(spec.seeds, stored.get(arm.name, 0)) for arm in spec.arms}
     for t in study.get_trials(deepcopy=False):
         if KEY in t.user_attrs:
@@ -110,7 +116,7 @@ def reconcile(study: optuna.Study, spec: AblationSpec, quick: bool,
     for arm, count in (more or {}).items():
         seeds[arm] = max(seeds[arm], count)
     if more:
-        study.set_user_attr(PLAN, seeds)
+        study.set_user_attr(PLANNED, seeds)
     queued = 0
     for arm in spec.arms:
         for seed in range(seeds[arm.name]):
@@ -125,7 +131,8 @@ def reconcile(study: optuna.Study, spec: AblationSpec, quick: bool,
 
 def objective(study: optuna.Study, spec: AblationSpec, out: Path, threads: int
               ) -> Callable[[optuna.Trial], float]:
-    """One arm × seed: its config through the run path; diverged runs are pruned."""
+    """One arm × seed through the run path; its value is the primary metric as the report
+    counts it (a failed run's failure value, ``cnnlab.metrics``)."""
     datasets: dict[tuple[Any, ...], ImageData] = {}
 
     def one(trial: optuna.Trial) -> float:
@@ -150,16 +157,17 @@ def objective(study: optuna.Study, spec: AblationSpec, out: Path, threads: int
         context = {"study": study.study_name, "arm": arm, "seed": seed, "factor": levels}
         result = run(cfg, run_dir, data=load_cached(cfg.data, datasets), overwrite=True,
                      takeover=True, context=context)
-        for name in RESULT_KEYS:
-            if name in result.metrics:
-                trial.set_user_attr(name, result.metrics[name])
+        kept = {name: result.metrics[name] for name in (*RESULT_KEYS, FAILURE)
+                if name in result.metrics}
+        for name, value in kept.items():
+            trial.set_user_attr(name, value)
         for epoch, row in enumerate(result.history):
             if "val/acc" in row:
                 trial.report(row["val/acc"], epoch)
-        if result.metrics["diverged"]:  # its metric means nothing; the report lists it apart
-            raise optuna.TrialPruned(f"diverged: training loss {result.metrics['train_loss']:.4g} "
-                                     f"in epoch {result.metrics['epochs']}")
-        return result.metrics[spec.metric]
+        value = TrialRow(arm, seed, kept.get(FAILURE), kept, []).value(spec.metric)
+        if value is None:
+            raise CnnlabError(f"arm {arm!r} seed {seed}: the run recorded no {spec.metric}")
+        return value
 
     return one
 
@@ -187,25 +195,30 @@ def _worker_main(studies: list[tuple[str, str, str]], threads: int = 1) -> None:
 
 def arm_lines(spec: AblationSpec, seeds: dict[str, int]
               ) -> Callable[[list[FrozenTrial]], list[str]]:
-    """One line per arm as its last planned seed finishes: its metric's mean [CI]."""
+    """One line per arm as its last planned seed finishes: its metric's mean [95% CI] over
+    every seed (failed runs at their failure value), as the report's arms table gives it."""
     reported: set[str] = set()
     bounds = METRICS[spec.metric].bounds
 
     def lines(trials: list[FrozenTrial]) -> list[str]:
         done: dict[str, dict[int, float | None]] = {}
+        fails: dict[str, dict[int, str | None]] = {}
         for t in trials:
             if t.state in FINISHED and KEY in t.user_attrs:
                 arm, seed = arm_seed(t.user_attrs, t.params)
                 done.setdefault(arm, {})[seed] = t.value if t.state == TrialState.COMPLETE else None
+                fails.setdefault(arm, {})[seed] = (t.user_attrs.get(FAILURE) if t.state ==
+                                                   TrialState.COMPLETE else "diverged")
         out = []
         for arm in spec.arms:
             values = done.get(arm.name, {})
             if arm.name not in reported and len(values) >= seeds[arm.name]:
                 reported.add(arm.name)
                 scores = [v for v in values.values() if v is not None]
-                diverged = f", {len(values) - len(scores)} diverged" if len(scores) < len(values) else ""
+                failed = sum(f is not None for f in fails.get(arm.name, {}).values())
+                note = f", {failed} failed" if failed else ""
                 out.append(f"✓ {arm.name}: {spec.metric} {Interval.of(scores, bounds).text()} "
-                           f"({len(scores)} seeds{diverged})")
+                           f"(95% CI, {len(values)} seeds{note})")
         return out
 
     return lines
@@ -226,11 +239,13 @@ def check_architectures(spec: AblationSpec, quick: bool) -> None:
             raise CnnlabError(f"spec {spec.name}: arm {arm.name!r}: {err}") from None
 
 
-def next_round(report: Report, seeds: dict[str, int]) -> dict[str, int]:
-    """More seeds for both arms of every undecided comparison, up to the spec's maximum."""
+def next_round(report: Results, seeds: dict[str, int]) -> dict[str, int]:
+    """More seeds for both arms of every undecided confirmatory comparison, up to the spec's
+    maximum (and the plan's: beyond it a look spends nothing)."""
     spec, more = report.spec, {}
     for c in report.undecided:
-        count = min(spec.max_seeds, max(seeds[c.arm], seeds[c.reference]) + spec.seed_step)
+        count = min(spec.max_seeds, report.plan.most,
+                    max(seeds[c.arm], seeds[c.reference]) + spec.seed_step)
         for arm in (c.arm, c.reference):
             if count > seeds[arm]:
                 more[arm] = max(more.get(arm, 0), count)
@@ -257,7 +272,8 @@ def _files_and_summary(study: optuna.Study, job: Job, quick: bool) -> None:
 
 def ablate(jobs: Sequence[Job], quick: bool, workers: int, console: Console,
            finish: Callable[[Callable[[], object]], object] = lambda write: write(),
-           on_report: Callable[[Job, Report], None] = lambda job, report: None) -> list[Report]:
+           on_report: Callable[[Job, Results], None] = lambda job, report: None
+           ) -> list[Results]:
     """Run (or resume) ablations, then write each one's report and a W&B summary run.
 
     Every spec is checked and every study's trials queued before the first trial starts; one
@@ -279,7 +295,7 @@ def ablate(jobs: Sequence[Job], quick: bool, workers: int, console: Console,
     for study, job in zip(studies, jobs, strict=True):
         reclaim(study, lambda lost: None)  # reconcile, next, queues their work again
         reconcile(study, job.spec, quick)
-    reports: dict[int, Report] = {}
+    reports: dict[int, Results] = {}
     with study_bars(console) as bars:
         bar = []
         for study, job in zip(studies, jobs, strict=True):
@@ -295,6 +311,7 @@ def ablate(jobs: Sequence[Job], quick: bool, workers: int, console: Console,
             bar[i].update(trials)
             if any(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in trials):
                 return
+            take_next_look(study, job.spec)
             report = collect(study)
             more = next_round(report, planned(study, job.spec)) if job.spec.auto else {}
             if more:
@@ -302,9 +319,11 @@ def ablate(jobs: Sequence[Job], quick: bool, workers: int, console: Console,
                 reconcile(study, job.spec, quick, more)
                 seeds = planned(study, job.spec)
                 bar[i].next_round(sum(seeds.values()), arm_lines(job.spec, seeds))
-                console.print(f"{study.study_name}: {len(report.undecided)} comparisons "
-                              f"undecided; adding seeds to {len(more)} arms (up to "
-                              f"{job.spec.max_seeds})")
+                look = report.looks[-1]
+                console.print(f"{study.study_name}: look {len(report.looks)} at {look.seeds} "
+                              f"seeds (α {look.alpha:.3g}): {len(report.undecided)} of "
+                              f"{len(report.checks)} confirmatory comparisons undecided; adding "
+                              f"seeds to {len(more)} arms (up to {job.spec.max_seeds})")
                 return
             reports[i] = report
             on_report(job, report)

@@ -17,7 +17,7 @@ from cnnlab.files import write_owned
 from cnnlab.images import figure_png
 from cnnlab.studies.search_spec import SearchSpec
 from cnnlab.studies.trials import CV_STD, FOLD_EPOCHS, FOLD_SCORES, NOTE, reason_of
-from cnnlab.tracking import StudySummary
+from cnnlab.study_summary import StudySummary
 
 
 @dataclass(frozen=True)

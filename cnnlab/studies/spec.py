@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,41 +29,15 @@ import yaml
 
 from cnnlab.config import ExperimentConfig, load_config, load_yaml, to_yaml
 from cnnlab.errors import CnnlabError
+from cnnlab.metrics import METRICS
+from cnnlab.studies.sequential import Plan
 
-
-@dataclass(frozen=True)
-class Metric:
-    """A run metric an ablation can compare: which way is better, its range, what it measures."""
-
-    direction: str
-    bounds: tuple[float, float]
-    meaning: str
-
-
-INF = float("inf")
-METRICS: dict[str, Metric] = {
-    "test_acc": Metric("maximize", (0, 1), "test accuracy (best validation epoch's weights)"),
-    "val_acc": Metric("maximize", (0, 1), "best validation accuracy"),
-    "train_acc": Metric("maximize", (0, 1), "accuracy on the (un-augmented) training split"),
-    "test_loss": Metric("minimize", (0, INF), "test cross-entropy"),
-    "train_loss": Metric("minimize", (0, INF), "last epoch's training loss"),
-    "fit_seconds": Metric("minimize", (0, INF), "wall seconds of training"),
-    "generalization_gap": Metric("minimize", (-1, 1), "train_acc − test_acc (overfitting)"),
-    "weight_sparsity": Metric("maximize", (0, 1),
-                              "share of conv/linear weights with |w| < 1e-3"),
-    "weight_l2": Metric("minimize", (0, INF), "L2 norm of all conv/linear weights"),
-    "epochs_to_target": Metric("minimize", (1, INF),
-                               "first epoch with val accuracy ≥ trainer.target_acc "
-                               "(never: max_epochs + 1)"),
-    "bn_train_eval_gap": Metric("maximize", (-1, 1),
-                                "val accuracy with batch statistics − with running statistics"),
-}
-# shown when a spec names no ``metrics:`` (and only those that differ between arms)
-MECHANISMS = ("train_acc", "generalization_gap", "weight_sparsity", "weight_l2",
-              "epochs_to_target", "bn_train_eval_gap")
 SPEC_KEYS = ("name", "description", "configs", "overrides", "factors", "seeds", "metric",
              "metrics", "baseline", "quick", "margin", "hypothesis")
 SEEDS_AUTO = {"min": 3, "max": 10, "step": 2}  # --seeds auto over a spec with fixed seeds
+# The most seeds any study's α-spending plan reaches when its spec fixes a count (seeds: N): a
+# later --seeds M or --seeds auto can add looks up to this many seeds and still spend α.
+SEEDS_HORIZON = SEEDS_AUTO["max"]
 SEED_KEYS = ("seeds", "max_seeds", "seed_step")  # how many seeds: may change between runs
 REPORT_KEYS = ("description", "metrics", "margin", "hypothesis")  # read by the report only
 DIRECTIONS = ("higher", "lower")
@@ -116,18 +89,22 @@ class AblationSpec:
     metrics: tuple[str, ...] = ()
     margin: float = 0.01  # equivalence margin of the primary metric (its units)
     hypothesis: Hypothesis | None = None
-    max_seeds: int = 0  # > seeds: add seed_step seeds to undecided arms up to this many
+    max_seeds: int = 0  # ≥ seeds: a plan of rounds, seed_step more seeds to undecided arms
     seed_step: int = 2
     extra: tuple[str, ...] = ()  # the command line's key=value, after the quick preset
 
     @property
     def auto(self) -> bool:
+        """Seeds are added in rounds while the hypothesis is undecided."""
         return self.max_seeds > self.seeds
 
     @property
-    def looks(self) -> int:
-        """How many times the comparisons may be tested (one per round of seeds)."""
-        return 1 + math.ceil((self.max_seeds - self.seeds) / self.seed_step) if self.auto else 1
+    def plan(self) -> Plan:
+        """The α-spending plan of a new study of this spec (``sequential``): looks from
+        ``seeds`` up to ``max_seeds`` (a fixed count: up to ``SEEDS_HORIZON``, so seeds added
+        later still have α to spend; ``{min: N, max: N}``: one look with all of α)."""
+        most = self.max_seeds if self.max_seeds >= self.seeds else max(self.seeds, SEEDS_HORIZON)
+        return Plan(self.seeds, most, self.seed_step)
 
     @property
     def arms(self) -> list[Arm]:
@@ -290,10 +267,10 @@ def _seeds(path: Path, raw: Any) -> tuple[int, int, int]:
         unknown = sorted(set(map(str, raw)) - set(SEEDS_AUTO))
         values = {**SEEDS_AUTO, **raw}
         if unknown or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
-                              for v in values.values()) or values["max"] <= values["min"]:
+                              for v in values.values()) or values["max"] < values["min"]:
             raise CnnlabError(f"spec {path}: seeds is {raw!r}; allowed: a positive integer, or "
-                              "{min: 3, max: 10, step: 2} (positive integers, max > min) to add "
-                              "step seeds per round until the comparisons are decided")
+                              "{min: 3, max: 10, step: 2} (positive integers, max ≥ min) to add "
+                              "step seeds per round until the hypothesis is decided")
         return values["min"], values["max"], values["step"]
     if not isinstance(raw, int) or isinstance(raw, bool) or raw < 1:
         raise CnnlabError(f"spec {path}: seeds is {raw!r}; allowed: a positive integer, or "

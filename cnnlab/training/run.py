@@ -34,6 +34,7 @@ from cnnlab.diagnostics import (
 )
 from cnnlab.files import abort_run, begin_run, commit_run, staging_path, write_atomic
 from cnnlab.images import png_bytes, png_image, to_uint8
+from cnnlab.metrics import FAILURE, counts, failure_of
 from cnnlab.tracking import finish, wandb_logger
 from cnnlab.training.build import build
 from cnnlab.training.distributed import is_rank_zero
@@ -47,7 +48,7 @@ from cnnlab.training.trainer import build_trainer
 class RunResult:
     """Final metrics, one history row per epoch, and the run directory."""
 
-    metrics: dict[str, float | bool | None]
+    metrics: dict[str, float | bool | str | None]
     history: list[dict[str, float]]
     out: Path
 
@@ -61,15 +62,26 @@ def _history_csv(history: list[dict[str, float]]) -> str:
     return buffer.getvalue()
 
 
+def _counted(split: str, share: float, labels: torch.Tensor) -> dict[str, float | None]:
+    """An accuracy's exact form: the images correct and evaluated (``metrics.counts``)."""
+    return {f"{split}_correct": counts(share, len(labels)), f"{split}_total": len(labels)}
+
+
+def _majority_share(labels: torch.Tensor) -> float:
+    """The accuracy of always predicting the most frequent class (chance, for ``failure_of``)."""
+    return float(torch.bincount(labels.cpu()).max()) / len(labels)
+
+
 def _mechanisms(model: torch.nn.Module, history: list[dict[str, float]],
                 train: tuple[torch.Tensor, torch.Tensor], cfg: ExperimentConfig,
-                metrics: dict[str, float | bool | None]) -> dict[str, float | None]:
+                metrics: dict[str, float | bool | str | None]) -> dict[str, float | None]:
     """What the course's claims are about, on the weights that were tested (the best epoch's):
     sparsity (L1), weight norm (L2), train accuracy and its gap to test accuracy (overfitting),
     and the epochs to ``trainer.target_acc`` validation accuracy (speed of convergence)."""
     train_acc = accuracy(model, *train, batch=512)  # eval mode: the batch size changes nothing
     out: dict[str, float | None] = {
-        "train_acc": train_acc, "weight_sparsity": weight_sparsity(model),
+        "train_acc": train_acc, "train_correct": counts(train_acc, len(train[1])),
+        "train_total": len(train[1]), "weight_sparsity": weight_sparsity(model),
         "weight_l2": weight_l2(model), "epochs_to_target": epochs_to(history, cfg.trainer.target_acc)}
     if "test_acc" in metrics:
         out["generalization_gap"] = train_acc - float(metrics["test_acc"])
@@ -142,7 +154,7 @@ def _run(cfg: ExperimentConfig, out: Path, final: Path, fold: tuple[int, int] | 
         sample = datamodule.train[0][:8]
         grid = preview(sample, datamodule.augment, datamodule.mean, datamodule.std, seed=cfg.seed)
         logger.log_image("augment/preview", [to_uint8(grid)])
-    metrics: dict[str, float | bool | None] = {} if found is None else {"lr_found": found.suggestion}
+    metrics: dict[str, float | bool | str | None] = {} if found is None else {"lr_found": found.suggestion}
     filters_start = first_conv_filters(model) if cfg.trainer.images else None
     model_files: list[Path] | None = None  # the W&B model artifact's
     try:
@@ -150,9 +162,11 @@ def _run(cfg: ExperimentConfig, out: Path, final: Path, fold: tuple[int, int] | 
         trainer.fit(module, datamodule=datamodule)
         metrics["fit_seconds"] = time.perf_counter() - start
         metrics["epochs"] = len(module.history)
+        metrics["max_epochs"] = cfg.trainer.max_epochs
         best = trainer.checkpoint_callback
         if not refit and best.best_model_score is not None:
             metrics["val_acc"] = float(best.best_model_score)
+            metrics |= _counted("val", metrics["val_acc"], datamodule.val[1])
         metrics["train_loss"] = module.history[-1]["train/loss"]
         metrics["diverged"] = module.diverged
         if datamodule.val is not None and zero:
@@ -165,8 +179,13 @@ def _run(cfg: ExperimentConfig, out: Path, final: Path, fold: tuple[int, int] | 
                                    weights_only=True)
             metrics["test_acc"] = test["test/acc"]
             metrics["test_loss"] = test["test/loss"]
+            metrics |= _counted("test", metrics["test_acc"], datamodule.test[1])
+        tested = datamodule.test if fold is None else datamodule.val
+        if tested is not None:
+            metrics["chance_acc"] = _majority_share(tested[1])
         if zero:
             metrics |= _mechanisms(model.eval(), module.history, datamodule.train, cfg, metrics)
+        metrics[FAILURE] = failure_of(metrics)
         if logger is not None and filters_start is not None:
             logger.log_image("filters", [to_uint8(filters_start),
                                          to_uint8(first_conv_filters(model))],
@@ -187,7 +206,7 @@ def _run(cfg: ExperimentConfig, out: Path, final: Path, fold: tuple[int, int] | 
             write_atomic(out / name, png_bytes(image))
         write_atomic(out / "curves.png", curves_png(module.history))
     write_atomic(out / "history.csv", _history_csv(module.history))
-    clean = {k: v if v is None or isinstance(v, bool) or math.isfinite(v) else None
+    clean = {k: v if not isinstance(v, float) or math.isfinite(v) else None
              for k, v in metrics.items()}
     write_atomic(out / "metrics.json", json.dumps(clean, indent=2) + "\n")
     return RunResult(metrics, module.history, final)

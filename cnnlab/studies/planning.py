@@ -1,0 +1,137 @@
+"""``cnnlab plan``: size a spec's seed plan from a pilot (an earlier study of the spec).
+
+Each confirmatory comparison is modelled from the pilot's runs: the reference's mean and the
+arm's difference over runs that did not fail, the spread of the paired differences, each arm's
+failure rate (shrunk towards ½ by half a run, so 0 of 3 is not taken as "never"), failed runs
+at their failure value and counted metrics rounded to whole images. Whole studies are then
+simulated under a seed plan and decided by the reports' own code (``sequential.decide``): the
+chance that each expectation comes out as expected, that the claim is supported, and the
+family-wise error when every arm equals its reference (the same model with the arm's
+difference set to 0 and its failure rate to the reference's).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from cnnlab.metrics import METRICS
+from cnnlab.studies.comparisons import PAIRED, RATES
+from cnnlab.studies.power import POWER, Simulated, seeds_needed, simulate
+from cnnlab.studies.results import Results, TrialRow, family
+from cnnlab.studies.sequential import Plan, planned_looks
+from cnnlab.studies.spec import Expectation
+
+
+@dataclass(frozen=True)
+class Model:
+    """One comparison as the pilot shows it (metric units; counts where ``quantum`` < 1)."""
+
+    reference: float  # mean of the reference's runs that did not fail
+    delta: float  # arm − reference over pairs where neither failed (else every pair)
+    sd: float  # of those paired differences (at least one quantum)
+    fail_arm: float
+    fail_reference: float
+    failure_value: float
+    quantum: float  # 1/total for counted metrics, 0 for continuous ones
+    rates: bool
+    pilot_seeds: int
+
+
+def _rate(rows: list[TrialRow]) -> float:
+    return (sum(r.failure is not None for r in rows) + 0.5) / (len(rows) + 1)
+
+
+def model(results: Results, e: Expectation) -> Model:
+    """The pilot's view of expectation ``e``."""
+    arm = {r.seed: r for r in results.trials if r.arm == e.arm}
+    ref = {r.seed: r for r in results.trials if r.arm == e.than}
+    seeds = sorted(set(arm) & set(ref))
+    ok = [s for s in seeds if arm[s].failure is None and ref[s].failure is None]
+    use = ok if len(ok) >= 2 else seeds
+    diffs = [arm[s].value(e.metric) - ref[s].value(e.metric) for s in use  # type: ignore[operator]
+             if arm[s].value(e.metric) is not None and ref[s].value(e.metric) is not None]
+    refs = [v for r in ref.values() if r.failure is None and (v := r.value(e.metric)) is not None]
+    split = METRICS[e.metric].counted
+    totals = {r.metrics.get(f"{split}_total") for r in results.trials} if split else set()
+    quantum = 1 / totals.pop() if len(totals) == 1 and None not in totals else 0.0
+    failed = [r for r in results.trials if r.failure is not None]
+    fail_value = next((v for r in failed if (v := r.value(e.metric)) is not None), math.nan)
+    sd = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else math.nan
+    return Model(float(np.mean(refs)) if refs else math.nan,
+                 float(np.mean(diffs)) if diffs else 0.0,
+                 max(sd if math.isfinite(sd) else 0.0, quantum, 1e-9),
+                 _rate(list(arm.values())), _rate(list(ref.values())), fail_value, quantum,
+                 METRICS[e.metric].rates, len(seeds))
+
+
+def _draw(models: list[Model], seeds: int, sims: int, rng: np.random.Generator, null: bool
+          ) -> Simulated:
+    shape = (sims, len(models), seeds)
+    arm, ref, failed = np.zeros(shape), np.zeros(shape), np.zeros(shape, bool)
+    for i, m in enumerate(models):
+        fail_ref = rng.random((sims, seeds)) < m.fail_reference
+        fail_arm = rng.random((sims, seeds)) < (m.fail_reference if null else m.fail_arm)
+        if m.rates:
+            arm[:, i], ref[:, i] = fail_arm, fail_ref
+        else:
+            base = m.reference if math.isfinite(m.reference) else 0.0
+            r = base + rng.normal(0, m.sd / math.sqrt(2), (sims, seeds))
+            a = base + (0.0 if null else m.delta) + rng.normal(0, m.sd / math.sqrt(2),
+                                                                 (sims, seeds))
+            fail_value = m.failure_value if math.isfinite(m.failure_value) else base
+            r, a = np.where(fail_ref, fail_value, r), np.where(fail_arm, fail_value, a)
+            if m.quantum:
+                r, a = np.round(r / m.quantum), np.round(a / m.quantum)
+            arm[:, i], ref[:, i] = a, r
+        failed[:, i] = fail_arm | fail_ref
+    kinds = tuple(RATES if m.rates else PAIRED for m in models)
+    return Simulated(arm, ref, failed, kinds)
+
+
+@dataclass(frozen=True)
+class Design:
+    """A seed plan's simulated outcome under the pilot's models."""
+
+    plan: Plan
+    expected: list[float]  # per expectation: P(decided in its direction)
+    supported: float  # P(every expectation as expected)
+    fwer: float  # P(any comparison decided higher/lower when every arm equals its reference)
+    fwer_se: float
+    mean_seeds: float  # seeds per arm at the look that ends the study (on average)
+
+
+def simulate_plan(results: Results, plan: Plan, sims: int = 2000, seed: int = 0) -> Design:
+    """``plan`` run ``sims`` times on the pilot's models, decided by the reports' code."""
+    expect = family(results.spec)
+    models = [model(results, e) for e in expect]
+    looks = planned_looks(plan)
+    margins = [results.spec.margin / (m.quantum or 1.0) if e.metric == results.spec.metric
+               else 0.0 for e, m in zip(expect, models, strict=True)]
+    rng = np.random.default_rng(seed)
+    alt = simulate(looks, _draw(models, plan.most, sims, rng, null=False), margins)
+    signs = np.array([e.sign if e.direction else 0 for e in expect])
+    hit = np.where(signs[None, :] != 0, alt.sign == signs[None, :], alt.decided)
+    null = simulate(looks, _draw(models, plan.most, sims, rng, null=True), margins)
+    wrong = (null.sign != 0).any(-1)
+    last = np.where(alt.decided.all(-1), alt.look.max(-1), len(looks) - 1)
+    fwer = float(wrong.mean())
+    return Design(plan, list(hit.mean(0)), float(hit.all(-1).mean()), fwer,
+                  math.sqrt(max(fwer * (1 - fwer), 1e-12) / sims),
+                  float(np.mean([looks[k].seeds for k in last])))
+
+
+def seeds_for(results: Results, effect: float | None) -> list[tuple[Expectation, Model, int | None]]:
+    """Per expectation: seeds a single look needs for 80% power at |Δ| = ``effect`` (default:
+    the pilot's) with the pilot's spread, at α over the family size."""
+    expect = family(results.spec)
+    out = []
+    for e in expect:
+        m = model(results, e)
+        size = abs(effect if effect is not None else m.delta)
+        needed = None if m.rates or not size else seeds_needed(size, m.sd, 0.05 / len(expect),
+                                                                 POWER)
+        out.append((e, m, needed))
+    return out

@@ -1,0 +1,379 @@
+"""An ablation's results: its trials read back into typed rows, per-arm values, the looks, the
+confirmatory family's decisions and the verdict. Reports render this; the rounds of
+``--seeds auto`` read it. No plotting, no files.
+
+- Every run of an arm × seed enters its arm's statistics, failed runs included at their
+  failure value (intention-to-treat, ``cnnlab.metrics``); a success-only mean sits beside.
+- **Confirmatory family**: the hypothesis's expectations (or, without one, every arm against
+  the baseline on the primary metric), tested look by look with the α each look spent
+  (``sequential``), Holm within a look. Everything else (the arms table's Δ, the mechanism
+  metrics, failure rates) is exploratory: unadjusted p-values, no decisions.
+- **Failure rates**: each arm's failure count against the baseline's by Boschloo's exact test
+  (``comparisons``); an expectation on the metric ``failed`` makes it confirmatory.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+from cnnlab.metrics import (
+    FAILURE,
+    FAILURES,
+    MECHANISMS,
+    METRICS,
+    RESULT_KEYS,
+    failure_value,
+)
+from cnnlab.studies.comparisons import (
+    ALPHA,
+    PAIRED,
+    RATES,
+    Interval,
+    Sample,
+    boschloo_p,
+    difference_bounds,
+)
+from cnnlab.studies.power import detectable_effect, seeds_needed
+from cnnlab.studies.sequential import LOOKS, SEED_PLAN, Decisions, Look, Plan, decide, take_look
+from cnnlab.studies.spec import AblationSpec, Expectation
+from cnnlab.studies.trials import ARM, KEY, LEGACY_HISTORY, NOTE, SEED, reason_of
+
+LEGACY_DIVERGED = "diverged"  # how cnnlab ≤ 0.3 began a diverged (pruned) trial's reason
+
+
+def arm_seed(attrs: dict[str, Any], params: dict[str, Any]) -> tuple[str, int]:
+    """A trial's arm and seed (user attributes; studies of cnnlab 0.1 kept them as parameters)."""
+    if ARM in attrs:
+        return str(attrs[ARM]), int(attrs[SEED])
+    return str(params["arm"]), int(params["seed"])
+
+
+def val_curve(trial: optuna.trial.FrozenTrial) -> list[float]:
+    """Validation accuracy per epoch: the intermediate values (cnnlab 0.1: a ``history`` attr)."""
+    if trial.intermediate_values:
+        return [trial.intermediate_values[e] for e in sorted(trial.intermediate_values)]
+    return [row.get("val/acc", math.nan) for row in trial.user_attrs.get(LEGACY_HISTORY, [])]
+
+
+@dataclass(frozen=True)
+class TrialRow:
+    """One finished arm × seed: its stored metrics and whether (how) it failed."""
+
+    arm: str
+    seed: int
+    failure: str | None
+    metrics: dict[str, Any]
+    curve: list[float]
+
+    @property
+    def censored(self) -> bool:
+        """It never reached the target accuracy: its ``epochs_to_target`` is a lower bound."""
+        return "epochs_to_target" in self.metrics and self.metrics["epochs_to_target"] is None
+
+    def _never(self) -> float | None:
+        """max_epochs + 1: the bound a run that never reached the target enters with."""
+        epochs = self.metrics.get("max_epochs", self.metrics.get("epochs"))
+        return None if epochs is None else float(epochs) + 1
+
+    def measured(self, metric: str) -> float | None:
+        """The metric as the run measured it (never reached: the censoring bound)."""
+        if metric == "epochs_to_target" and self.censored:
+            return self._never()
+        value = self.metrics.get(metric)
+        return None if value is None else float(value)
+
+    def value(self, metric: str) -> float | None:
+        """What the run enters the statistics with (intention-to-treat)."""
+        if METRICS[metric].rates:
+            return float(self.failure is not None)
+        if self.failure is None:
+            return self.measured(metric)
+        if METRICS[metric].failure == "censored":
+            return self._never()
+        return failure_value(metric, {**self.metrics, metric: self.measured(metric)})
+
+    def exact(self, metric: str) -> tuple[float, int] | None:
+        """(count, total) of a counted metric (its value × total, rounded), or None."""
+        split = METRICS[metric].counted
+        total = self.metrics.get(f"{split}_total") if split else None
+        value = self.value(metric)
+        return None if not total or value is None else (float(round(value * total)), int(total))
+
+
+def read_trials(study: optuna.Study) -> tuple[list[TrialRow], list[str], list[str]]:
+    """The finished trials (one per arm × seed), the keys still running or queued, and one line
+    per trial that failed to run (an error, not a failed training)."""
+    rows: dict[str, TrialRow] = {}
+    problems: list[tuple[str, str]] = []
+    running: list[str] = []
+    for t in study.get_trials(deepcopy=False):
+        key = t.user_attrs.get(KEY)
+        if key is None:
+            continue
+        if t.state in (TrialState.RUNNING, TrialState.WAITING):
+            running.append(key)
+        reason = reason_of(t) or ""
+        legacy = t.state == TrialState.PRUNED and reason.startswith(LEGACY_DIVERGED)
+        if key not in rows and (t.state == TrialState.COMPLETE or legacy):
+            arm, seed = arm_seed(t.user_attrs, t.params)
+            failure = "diverged" if legacy else t.user_attrs.get(FAILURE)
+            metrics = {k: t.user_attrs[k] for k in RESULT_KEYS if k in t.user_attrs}
+            rows[key] = TrialRow(arm, seed, failure, metrics, val_curve(t))
+        if t.state in (TrialState.FAIL, TrialState.PRUNED) and NOTE not in t.user_attrs and reason:
+            problems.append((key, f"{key}: {reason}"))  # none: a killed worker's, redone
+    failed = [line for key, line in problems if key not in rows]
+    return list(rows.values()), sorted(set(running) - set(rows)), failed
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """``arm`` minus ``reference`` on ``metric``, paired by seed, intention-to-treat.
+
+    Confirmatory comparisons carry their adjusted p, the α of the look that last tested them,
+    the decision and the look that made it; exploratory ones only ``p``."""
+
+    arm: str
+    reference: str
+    metric: str
+    delta: Interval
+    p: float
+    failed_pairs: int  # seeds where either run failed (tested by sign flips, never equivalent)
+    p_adj: float = math.nan
+    alpha: float = math.nan
+    sign: int = 0
+    equivalent: bool = False
+    look: int = -1  # 0-based look that decided it; −1: undecided
+    equivalence: Interval | None = None  # the 1 − 2α interval, where a margin applies
+    sd: float = math.nan  # of the paired differences (metric units)
+
+    @property
+    def decided(self) -> bool:
+        return self.look >= 0
+
+    @property
+    def decision(self) -> str:
+        return ("higher" if self.sign > 0 else "lower" if self.sign < 0
+                else "equivalent" if self.equivalent else "undecided")
+
+
+@dataclass(frozen=True)
+class Power:
+    """An undecided comparison's power statement at its seeds, spread and per-comparison α."""
+
+    alpha: float  # the last look's α over the family size (Holm's first threshold)
+    detectable: float  # |Δ| found with 80% power at these seeds (inf: not at any)
+    needed: int | None  # seeds the observed |Δ| would need (None: more than power.MOST_SEEDS)
+
+
+@dataclass(frozen=True)
+class Check:
+    expectation: Expectation
+    comparison: Comparison
+    outcome: str  # as expected | against | undecided
+    power: Power | None  # undecided only
+
+
+@dataclass(frozen=True)
+class ArmSummary:
+    arm: str
+    levels: dict[str, str]
+    seeds: int
+    failures: dict[str, int]  # kind → count
+    itt: Interval  # every run, failed ones at their failure value (95%)
+    success: Interval  # the runs that did not fail (95%)
+    failure_p: float  # Boschloo, against the baseline (nan: the baseline itself, or no failure)
+    delta: Comparison | None  # exploratory: ITT Δ vs the baseline, raw p
+
+
+@dataclass(frozen=True)
+class Results:
+    spec: AblationSpec
+    study: str
+    preset: str
+    trials: list[TrialRow]
+    arms: list[ArmSummary]
+    plan: Plan
+    looks: list[Look]
+    looks_stored: bool  # False: the looks were never recorded (cnnlab ≤ 0.3, or none finished)
+    checks: list[Check]  # the confirmatory family
+    verdict: str | None  # supported | not supported | undecided (None: no hypothesis)
+    mechanisms: dict[str, list[tuple[str, Interval, Comparison | None]]]
+    running: list[str]
+    failed: list[str]
+
+    @property
+    def alpha_spent(self) -> float:
+        return sum(look.alpha for look in self.looks)
+
+    @property
+    def undecided(self) -> list[Comparison]:
+        return [c.comparison for c in self.checks if not c.comparison.decided]
+
+    def values(self, arm: str, metric: str) -> dict[int, float]:
+        """Seed → ITT value of ``metric`` for ``arm``."""
+        return {r.seed: v for r in self.trials if r.arm == arm
+                and (v := r.value(metric)) is not None}
+
+
+def _sample(rows: list[TrialRow], arm: str, reference: str, metric: str, seeds: int | None
+            ) -> tuple[Sample, float]:
+    """The paired ITT values over the common seeds below ``seeds`` (all: None), as counts of
+    images where the metric is counted and every run has the same total, and the scale back
+    to metric units (1/total for counts)."""
+    mine = {r.seed: r for r in rows if r.arm == arm}
+    theirs = {r.seed: r for r in rows if r.arm == reference}
+    common = sorted(s for s in set(mine) & set(theirs) if seeds is None or s < seeds)
+    pairs = [(mine[s], theirs[s]) for s in common
+             if mine[s].value(metric) is not None and theirs[s].value(metric) is not None]
+    exact = [(a.exact(metric), b.exact(metric)) for a, b in pairs]
+    totals = {e[1] for pair in exact for e in pair if e is not None}
+    scale = 1.0
+    if pairs and len(totals) == 1 and all(a and b for a, b in exact):
+        scale = 1 / totals.pop()
+        values = [(a[0], b[0]) for a, b in exact]  # type: ignore[index]
+    else:
+        values = [(a.value(metric), b.value(metric)) for a, b in pairs]  # type: ignore[misc]
+    failed = [a.failure is not None or b.failure is not None for a, b in pairs]
+    v = np.array(values, float).reshape(-1, 2)
+    kind = RATES if METRICS[metric].rates else PAIRED
+    return Sample(v[None, :, 0], v[None, :, 1], np.array(failed, bool)[None], kind), scale
+
+
+def _comparison(rows: list[TrialRow], arm: str, reference: str, metric: str,
+                alpha: float = ALPHA) -> Comparison:
+    """An exploratory comparison: ITT Δ with its (1 − α) interval and the raw p."""
+    sample, scale = _sample(rows, arm, reference, metric, None)
+    diffs = sample.diffs[0]
+    bounds = difference_bounds(METRICS[metric].bounds)
+    sd = float(np.std(diffs, ddof=1)) * scale if len(diffs) > 1 else math.nan
+    return Comparison(arm, reference, metric, Interval.of(diffs, bounds, alpha, scale),
+                      float(sample.p()[0]), int(sample.failed.sum()), sd=sd)
+
+
+def plan_of(study: optuna.Study, spec: AblationSpec) -> Plan:
+    """The α-spending plan stored when the study was created (cnnlab ≤ 0.3: one look, or a
+    look per planned round of its seeds, from the stored spec)."""
+    stored = study.user_attrs.get(SEED_PLAN)
+    return Plan.from_dict(stored) if stored else Plan(spec.seeds, max(spec.seeds,
+                                                                        spec.max_seeds),
+                                                      spec.seed_step)
+
+
+def looks_of(study: optuna.Study) -> list[Look]:
+    return [Look(int(look["seeds"]), float(look["alpha"])) for look in
+            study.user_attrs.get(LOOKS, [])]
+
+
+def family(spec: AblationSpec) -> list[Expectation]:
+    """The confirmatory family: the hypothesis's expectations, or every arm against the
+    baseline on the primary metric, in the direction it came out (two-sided tests)."""
+    if spec.hypothesis is not None:
+        return list(spec.hypothesis.expect)
+    return [Expectation(arm.name, spec.baseline, spec.metric, "") for arm in spec.arms
+            if arm.name != spec.baseline]
+
+
+def _outcome(e: Expectation, c: Comparison) -> str:
+    if not e.direction:
+        return c.decision
+    if c.sign == e.sign:
+        return "as expected"
+    return "against" if c.sign == -e.sign or (c.equivalent and not c.sign) else "undecided"
+
+
+def _confirm(spec: AblationSpec, rows: list[TrialRow], looks: list[Look]) -> list[Check]:
+    """The confirmatory family decided look by look (``sequential.decide``)."""
+    expect = family(spec)
+    scales = [_sample(rows, e.arm, e.than, e.metric, None)[1] for e in expect]
+    margins = [spec.margin / scale if e.metric == spec.metric else 0.0
+               for e, scale in zip(expect, scales, strict=True)]
+
+    def samples_at(seeds: int) -> list[Sample]:
+        return [_sample(rows, e.arm, e.than, e.metric, seeds)[0] for e in expect]
+
+    decisions: Decisions = decide(looks, samples_at, margins)
+    checks = []
+    m = len(expect)
+    for i, (e, scale) in enumerate(zip(expect, scales, strict=True)):
+        k = int(decisions.look[0, i])
+        seeds = looks[k].seeds if k >= 0 else looks[-1].seeds
+        alpha = float(decisions.alpha[0, i])
+        shown = alpha if alpha > 0 else ALPHA  # a look beyond the plan: a descriptive 95%
+        sample = _sample(rows, e.arm, e.than, e.metric, seeds)[0]
+        diffs, failed = sample.diffs[0], sample.failed[0]
+        bounds = difference_bounds(METRICS[e.metric].bounds)
+        equivalence = (Interval.of(diffs, bounds, 2 * shown, scale)
+                       if margins[i] > 0 and not failed.any() else None)
+        sd = float(np.std(diffs, ddof=1)) * scale if len(diffs) > 1 else math.nan
+        c = Comparison(e.arm, e.than, e.metric, Interval.of(diffs, bounds, shown, scale),
+                       float(decisions.p[0, i]), int(failed.sum()), float(decisions.p_adj[0, i]),
+                       alpha, int(decisions.sign[0, i]), bool(decisions.equivalent[0, i]), k,
+                       equivalence, sd)
+        power = None
+        if not c.decided and len(diffs) > 1:
+            each = ALPHA / m
+            power = Power(each, detectable_effect(sd, len(diffs), each),
+                          seeds_needed(abs(c.delta.mean), sd, each) if c.delta.mean else None)
+        checks.append(Check(e, c, _outcome(e, c), power))
+    return checks
+
+
+def _shown(rows: list[TrialRow], spec: AblationSpec) -> list[str]:
+    """The spec's ``metrics:``, or the mechanism metrics that differ between arms."""
+    if spec.metrics:
+        return [m for m in spec.metrics if m != spec.metric]
+    return [metric for metric in MECHANISMS
+            if len({round(v, 12) for r in rows if (v := r.value(metric)) is not None}) > 1]
+
+
+def _arm(spec: AblationSpec, rows: list[TrialRow], name: str, levels: dict[str, str]
+         ) -> ArmSummary:
+    mine = [r for r in rows if r.arm == name]
+    base = [r for r in rows if r.arm == spec.baseline]
+    bounds = METRICS[spec.metric].bounds
+    failures = {kind: sum(r.failure == kind for r in mine) for kind in FAILURES}
+    itt = [v for r in mine if (v := r.value(spec.metric)) is not None]
+    ok = [v for r in mine if r.failure is None and (v := r.value(spec.metric)) is not None]
+    failed = (sum(failures.values()), sum(r.failure is not None for r in base))
+    baseline = name == spec.baseline
+    rate_p = (math.nan if baseline or not any(failed) or not base
+              else boschloo_p(*failed, len(mine), len(base)))
+    return ArmSummary(
+        name, levels, len(mine), failures, Interval.of(itt, bounds), Interval.of(ok, bounds),
+        rate_p, None if baseline else _comparison(rows, name, spec.baseline, spec.metric))
+
+
+def collect(study: optuna.Study) -> Results:
+    """The study's trials read back and decided (read-only: looks never taken are not stored;
+    without any, the report shows what a look at the current seeds would spend)."""
+    spec = AblationSpec.from_dict(study.user_attrs["spec"])
+    rows, running, failed = read_trials(study)
+    order = [arm.name for arm in spec.arms]
+    rows.sort(key=lambda r: (order.index(r.arm), r.seed))
+    plan = plan_of(study, spec)
+    looks, stored = looks_of(study), True
+    if not looks:
+        seeds = [sum(r.arm == arm for r in rows) for arm in order]
+        looks, stored = take_look(plan, [], max(1, min(seeds, default=1))), False
+    present = [arm for arm in spec.arms if any(r.arm == arm.name for r in rows)]
+    arms = [_arm(spec, rows, arm.name, arm.levels) for arm in present]
+    mechanisms = {metric: [(arm.name, Interval.of([v for r in rows if r.arm == arm.name and
+                                                   (v := r.value(metric)) is not None],
+                                                  METRICS[metric].bounds),
+                            None if arm.name == spec.baseline else
+                            _comparison(rows, arm.name, spec.baseline, metric))
+                           for arm in present] for metric in _shown(rows, spec)}
+    checks = _confirm(spec, rows, looks) if rows else []
+    verdict = None
+    if spec.hypothesis is not None:
+        outcomes = {c.outcome for c in checks}
+        verdict = ("not supported" if "against" in outcomes else "supported"
+                   if outcomes == {"as expected"} else "undecided")
+    return Results(spec, study.study_name, study.user_attrs["spec"]["preset"], rows, arms, plan,
+                   looks, stored, checks, verdict, mechanisms, running, failed)
