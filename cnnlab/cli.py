@@ -347,8 +347,8 @@ def cmd_plan(args: argparse.Namespace) -> None:
         d = simulate_plan(results, plan, args.sims, args.seed)
         say(f"  {plan.first}:{plan.most}:{plan.step}: P(as expected) "
             + " ".join(f"{i + 1}:{x:.2f}" for i, x in enumerate(d.expected))
-            + f"; P(supported) {d.supported:.2f}; FWER under the null {d.fwer:.3f} ± "
-            f"{d.fwer_se:.3f}; {d.mean_seeds:.1f} seeds per arm on average")
+            + f"; P(supported) {d.supported:.2f}; P(decided) {d.decided:.2f}; FWER under the "
+            f"null {d.fwer:.3f} ± {d.fwer_se:.3f}; {d.mean_seeds:.1f} seeds per arm on average")
 
 
 def _print_table(console: Console, title: str, rows: list[list[str]]) -> None:

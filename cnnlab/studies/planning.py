@@ -2,8 +2,8 @@
 
 Each confirmatory comparison is modelled from the pilot's runs: the reference's mean and the
 arm's difference over runs that did not fail, the spread of the paired differences, each arm's
-failure rate (shrunk towards ½ by half a run, so 0 of 3 is not taken as "never"), failed runs
-at their failure value and counted metrics rounded to whole images. Whole studies are then
+observed failure rate, failed runs at their failure value and counted metrics rounded to whole
+images. Whole studies are then
 simulated under a seed plan and decided by the reports' own code (``sequential.decide``): the
 chance that each expectation comes out as expected, that the claim is supported, and the
 family-wise error when every arm equals its reference (the same model with the arm's
@@ -41,7 +41,7 @@ class Model:
 
 
 def _rate(rows: list[TrialRow]) -> float:
-    return (sum(r.failure is not None for r in rows) + 0.5) / (len(rows) + 1)
+    return sum(r.failure is not None for r in rows) / max(1, len(rows))
 
 
 def model(results: Results, e: Expectation) -> Model:
@@ -98,6 +98,7 @@ class Design:
     plan: Plan
     expected: list[float]  # per expectation: P(decided in its direction)
     supported: float  # P(every expectation as expected)
+    decided: float  # P(supported or not supported: one against, or equivalent)
     fwer: float  # P(any comparison decided higher/lower when every arm equals its reference)
     fwer_se: float
     mean_seeds: float  # seeds per arm at the look that ends the study (on average)
@@ -114,11 +115,15 @@ def simulate_plan(results: Results, plan: Plan, sims: int = 2000, seed: int = 0)
     alt = simulate(looks, _draw(models, plan.most, sims, rng, null=False), margins)
     signs = np.array([e.sign if e.direction else 0 for e in expect])
     hit = np.where(signs[None, :] != 0, alt.sign == signs[None, :], alt.decided)
+    against = np.where(signs[None, :] != 0, (alt.sign == -signs[None, :]) |
+                       (alt.equivalent & (alt.sign == 0)), False)
     null = simulate(looks, _draw(models, plan.most, sims, rng, null=True), margins)
     wrong = (null.sign != 0).any(-1)
     last = np.where(alt.decided.all(-1), alt.look.max(-1), len(looks) - 1)
     fwer = float(wrong.mean())
-    return Design(plan, list(hit.mean(0)), float(hit.all(-1).mean()), fwer,
+    decided = hit.all(-1) | against.any(-1)
+    return Design(plan, list(hit.mean(0)), float(hit.all(-1).mean()), float(decided.mean()),
+                  fwer,
                   math.sqrt(max(fwer * (1 - fwer), 1e-12) / sims),
                   float(np.mean([looks[k].seeds for k in last])))
 
