@@ -26,12 +26,14 @@ import io
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
@@ -578,9 +580,30 @@ STORAGE_ERRORS = {
 }
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM (``timeout``, ``kill``, SLURM's preemption or time limit) or SIGINT, raised
+    where the command is, so it unwinds like Ctrl-C: staged runs are removed, trials failed
+    (a rerun redoes them). Lightning turns it into ``sys.exit(1)`` inside a fit, so the signal
+    is remembered in ``STOPPED`` for ``main`` to report."""
+
+
+STOPPED: list[int] = []  # the signals received, in order
+
+
+def _stop(signum: int, frame: object) -> None:
+    STOPPED.append(signum)
+    raise Stopped(signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: user errors print one line on stderr and return 2."""
+    """Entry point: user errors print one line on stderr and return 2; SIGINT and SIGTERM
+    stop the command with one line and 130 / 143 (128 + the signal), resumable."""
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        STOPPED.clear()
+        previous = {signum: signal.signal(signum, _stop)
+                    for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
         argv = list(sys.argv[1:] if argv is None else argv)
         _dotted_options(argv)
@@ -593,6 +616,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                               "key=value, e.g. trainer.max_epochs=2; see cnnlab --help)")
         func: Callable[[argparse.Namespace], None] = args.func
         func(args)
+    except (KeyboardInterrupt, SystemExit) as err:
+        if isinstance(err, SystemExit) and not STOPPED:
+            raise
+        signum = STOPPED[0] if STOPPED else signal.SIGINT
+        print(f"cnnlab: stopped by {signal.Signals(signum).name}; finished work is kept: rerun "
+              "the same command to resume", file=sys.stderr)
+        return 128 + signum
     except CnnlabError as err:
         print(f"cnnlab: error: {err}", file=sys.stderr)
         return 2
@@ -603,6 +633,9 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{STORAGE_ERRORS[err.errno]}, then rerun the same command (finished work is kept)",
               file=sys.stderr)
         return 2
+    finally:
+        for signum, handler in previous.items():  # in-process callers (tests) get theirs back
+            signal.signal(signum, handler)
     return 0
 
 

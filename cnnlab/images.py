@@ -4,13 +4,17 @@ Every PNG cnnlab writes carries the text chunk ``Software: cnnlab``: the proof, 
 any cnnlab folder (``lr-find --out plot.png``), that cnnlab wrote it and may replace it.
 """
 
+from __future__ import annotations
+
 import io
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
-from torch import Tensor
+
+if TYPE_CHECKING:  # annotations only: reports draw figures without loading torch
+    from torch import Tensor
 
 SOFTWARE = "cnnlab"
 

@@ -102,7 +102,7 @@ def test_one_set_of_workers_runs_several_specs(cli, tmp_path: Path) -> None:
         done = [t for t in load_study(open_storage(str(out / "study.journal"), readonly=True),
                                       name).get_trials() if t.state == TrialState.COMPLETE]
         assert len({t.user_attrs["key"] for t in done}) == len(done) == 6
-        assert (out / "report.md").is_file() and f"{name} → " in stdout  # its table
+        assert (out / "report.md").is_file() and f"{name}: arms" in stdout  # its lines
         workers[name] = {t.user_attrs["worker"] for t in done}
     assert workers["tiny"] & workers["other"]  # not a new set of processes per spec
 
@@ -111,33 +111,46 @@ def test_report_numbers_equal_a_hand_computation(cli, tmp_path: Path) -> None:
     out = tmp_path / "out"
     status, _, err = cli("ablate", write_spec(tmp_path, seeds=3), "--out", out)
     assert status == 0, err
-    values: dict[str, dict[int, float]] = {}
+    values: dict[str, dict[int, int]] = {}
+    total = set()
     for t in trials(out):
         if t.state == TrialState.COMPLETE:
-            values.setdefault(t.user_attrs["arm"], {})[t.user_attrs["seed"]] = t.user_attrs["test_acc"]
+            assert t.user_attrs["failure"] is None  # 1 epoch of a small net: none fails
+            attrs = t.user_attrs
+            values.setdefault(attrs["arm"], {})[attrs["seed"]] = attrs["test_correct"]
+            total.add(attrs["test_total"])
+            assert attrs["test_acc"] == pytest.approx(attrs["test_correct"] / attrs["test_total"])
+    (n,) = total
     text = (out / "report.md").read_text()
-    arms_table = text[text.index("## Arms"):text.index("## Mechanisms")]
+    arms_table = text[text.index("## Arms (exploratory)"):text.index("## Mechanisms")]
     rows = {line.split(" | ")[0].strip("| "): line for line in arms_table.splitlines()
             if line.startswith("| model.norm")}
+    base = "model.norm=batch, reg=none"
     for arm, by_seed in values.items():
-        xs = [by_seed[s] for s in range(3)]
+        xs = [by_seed[s] / n for s in range(3)]
         m, half = statistics.mean(xs), stats.t.ppf(0.975, 2) * statistics.stdev(xs) / math.sqrt(3)
         assert f"| {m:.4f} [{max(m - half, 0):.4f}, {min(m + half, 1):.4f}] |" in rows[arm]
-    others = [a for a in values if a != "model.norm=batch, reg=none"]
+    others = [a for a in values if a != base]
     raw = {}
-    for arm in others:
-        d = [values[arm][s] - values["model.norm=batch, reg=none"][s] for s in range(3)]
+    for arm in others:  # counts of images, paired by seed: the exploratory Δ and unadjusted p
+        d = [(values[arm][s] - values[base][s]) / n for s in range(3)]
         half = stats.t.ppf(0.975, 2) * np.std(d, ddof=1) / math.sqrt(3)
         raw[arm] = stats.ttest_rel([values[arm][s] for s in range(3)],
-                                   [values["model.norm=batch, reg=none"][s] for s in range(3)]).pvalue
+                                   [values[base][s] for s in range(3)]).pvalue
         assert f"| {np.mean(d):+.4f} [{np.mean(d) - half:+.4f}, {np.mean(d) + half:+.4f}] | " \
             f"{raw[arm]:.3g} |" in rows[arm]
+    # the confirmatory family (no hypothesis: every arm vs the baseline), Holm at the first
+    # look's α: seeds: 3 plans up to 10 seeds, Pocock-type spending at 3/10
+    alpha = 0.05 * math.log(1 + (math.e - 1) * 0.3)
+    family = text[text.index("## Arms against the baseline"):text.index("## Looks")]
     order = sorted(others, key=raw.get)  # Holm by hand: (m − rank)·p, running maximum, cap 1
     running = 0.0
     for rank, arm in enumerate(order):
         running = max(running, min(1.0, (len(order) - rank) * raw[arm]))
-        assert f"| {raw[arm]:.3g} | {running:.3g} |" in rows[arm]
-    assert "| baseline |" in rows["model.norm=batch, reg=none"]
+        (line,) = [row for row in family.splitlines() if row.startswith(f"| test_acc: {arm} vs")]
+        assert f"| {raw[arm]:.3g} | {running:.3g} | {alpha:.3g} (1) |" in line
+    assert f"| 1 | 3 | {alpha:.4g} | {alpha:.4g} |" in text  # the look, stored
+    assert "| baseline |" in rows[base]
     (out / "report.md").unlink()
     status, stdout, _ = cli("report", "tiny", "--out", out)  # rebuilt from the storage alone
     assert status == 0 and (out / "report.md").is_file() and "model.norm=none" in stdout

@@ -330,9 +330,10 @@ def _seeds(out: Path) -> dict[str, list[int]]:
 
 
 def _decisions(out: Path) -> dict[str, str]:
+    """Arm → the confirmatory outcome (no hypothesis: each arm against the baseline)."""
     rows = [line.split(" | ") for line in (out / "report.md").read_text().splitlines()
-            if line.startswith("| arm=")]
-    return {row[0].strip("| "): row[-1].strip(" |") for row in rows if len(row) == 8}
+            if line.startswith("| test_acc: arm=")]
+    return {row[0].removeprefix("| test_acc: ").split(" vs ")[0]: row[6] for row in rows}
 
 
 def test_seeds_auto_stops_when_decided_and_resumes_after_sigkill(tmp_path: Path) -> None:
@@ -349,9 +350,11 @@ def test_seeds_auto_stops_when_decided_and_resumes_after_sigkill(tmp_path: Path)
     for arm in ("arm=frozen", "arm=dropout"):  # more seeds only while undecided, up to the max
         assert decisions[arm] != "undecided" or seeds[arm] == [0, 1, 2, 3, 4]
     assert seeds["arm=base"] == list(range(max(len(s) for s in seeds.values())))
+    looks = planned_looks(Plan(3, 5, 1))  # a look per round, each spending its Pocock share
     text = (clean / "report.md").read_text()
-    assert "at most 3 looks" in text and "α = 0.05 / looks = 0.0167" in text
-    assert "98.3% CI" in text  # each look's intervals at 1 − 0.05/3
+    rounds = max(len(s) for s in seeds.values()) - 2
+    for i, look in enumerate(looks[:rounds]):
+        assert f"| {i + 1} | {look.seeds} | {look.alpha:.4g} |" in text
 
     killed = tmp_path / "killed"  # killed in its second round, then rerun: the same study
     proc = subprocess.Popen([*command, str(killed)], env=ENV, stdout=subprocess.DEVNULL,

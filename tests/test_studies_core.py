@@ -237,6 +237,15 @@ def test_config_and_a_config_error_load_no_torch() -> None:
     assert "model.norm: unknown value 'batchy'; allowed: batch, layer" in done.stderr
 
 
+def test_the_statistics_and_the_report_load_no_torch_lightning_or_wandb() -> None:
+    code = ("import sys; import cnnlab.studies.report, cnnlab.studies.results, "
+            "cnnlab.studies.planning, cnnlab.studies.dashboard; "
+            "print(*(m in sys.modules for m in ('torch', 'lightning', 'wandb')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+    assert done.stdout.split() == ["False", "False", "False"], done.stderr
+
+
 def test_registries_implement_exactly_the_config_choices() -> None:
     tables = {"data.name": SOURCES, "data.augment.policy": POLICIES, "model.pool": POOLS,
               "model.norm": NORMS, "model.init": INITS, "optim.name": OPTIMIZERS,
@@ -253,9 +262,9 @@ def test_the_trial_loop_records_failures_under_one_name(cli, tmp_path: Path) -> 
     status, _, err = cli("ablate", spec, "--out", tmp_path / "out")
     assert status == 0, err
     trials = _trials(str(tmp_path / "out" / "study.journal"), "tiny")
-    assert trials and all(t.state == TrialState.PRUNED for t in trials)
-    assert all(t.user_attrs["reason"].startswith("diverged") for t in trials)
-    assert all("error" not in t.user_attrs for t in trials)
+    assert trials and all(t.state == TrialState.COMPLETE for t in trials)  # failed: an outcome
+    assert all(t.user_attrs["failure"] == "diverged" for t in trials)
+    assert all("error" not in t.user_attrs and "reason" not in t.user_attrs for t in trials)
     assert all(set(t.params) == {"model.norm"} for t in trials)  # the factor, not the seed
     assert sorted(t.user_attrs["seed"] for t in trials) == [0, 0]
 
@@ -272,6 +281,7 @@ def test_an_ablation_of_cnnlab_0_1_still_reports_and_resumes(cli, tmp_path: Path
     now = list(csv.DictReader((tmp_path / "report" / "results.csv").open()))
     assert [{k: r[k] for k in old[0]} for r in now] == old  # 0.2 added columns, kept the values
     assert all(r["diverged"] == "False" and r["weight_l2"] == "" for r in now)  # not measured then
+    assert all(r["failure"] == "" for r in now)
     assert (tmp_path / "report" / "curves.png").is_file()  # from the old per-epoch history
     status, _, err = cli("ablate", OLD / "tiny.yaml", "--seeds", "3", "--storage", journal,
                          "--out", tmp_path / "more")

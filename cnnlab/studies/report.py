@@ -130,10 +130,11 @@ def results_csv(results: Results) -> str:
     factors = list(results.spec.factors)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["arm", "seed", *factors, FAILURE, *RESULT_KEYS])
+    writer.writerow(["arm", "seed", *factors, FAILURE, "diverged", *RESULT_KEYS])
     levels = {arm.name: arm.levels for arm in results.spec.arms}
     for r in results.trials:
         writer.writerow([r.arm, r.seed, *(levels[r.arm][f] for f in factors), r.failure or "",
+                         r.failure == "diverged",
                          *("" if (v := r.metrics.get(k)) is None else v for k in RESULT_KEYS)])
     return buffer.getvalue()
 

@@ -53,6 +53,9 @@ def _trials_csv(study: optuna.Study) -> str:
     return buffer.getvalue()
 
 
+LEGEND_ENTRIES = 12  # beyond this a legend hides the plot and names nothing a reader can find
+
+
 def _plots(study: optuna.Study) -> dict[str, bytes]:
     import matplotlib
 
@@ -74,6 +77,10 @@ def _plots(study: optuna.Study) -> dict[str, bytes]:
             plt.close("all")
             continue
         first = axes.flat[0] if hasattr(axes, "flat") else axes
+        legend = first.get_legend()
+        if legend is not None and len(legend.texts) > LEGEND_ENTRIES:  # a line per trial
+            legend.remove()
+            first.set_title(f"{first.get_title()}: a line per trial (pruned trials end early)")
         out[name] = figure_png(first.figure)
     widths = [k for k in ("model.hidden_units.0",) if any(k in t.params for t in study.trials)]
     for key in widths:  # the course: hidden units chosen by cross-validation

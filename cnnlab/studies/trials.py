@@ -11,9 +11,11 @@ lost ones), so the last worker standing finishes the study.
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import multiprocessing.connection
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -199,13 +201,45 @@ def work(queues: Sequence[Queue], on_done: Callable[[], None] = lambda: None,
         on_done()
 
 
-def _child(target: Callable[..., None], args: tuple[Any, ...], env: dict[str, str], cwd: str
-           ) -> None:
-    """A worker forked from the fork server: the caller's environment and folder, then work."""
+PR_SET_PDEATHSIG = 1  # Linux prctl option: a signal for this process when its parent dies
+
+
+def _die_with_parent() -> None:
+    """SIGTERM this worker when its parent (the fork server, which exits with the command) dies,
+    so no worker outlives a killed command (Linux; elsewhere the command ends its workers)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+
+
+def _child(target: Callable[..., None], args: tuple[Any, ...], env: dict[str, str], cwd: str,
+           parent: int) -> None:
+    """A worker forked from the fork server: the caller's environment and folder, then work
+    until done, or until the command or the fork server dies (SIGTERM) or Ctrl-C: its trial
+    then stays with the storage, which a rerun takes over as lost."""
+    _die_with_parent()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if not _alive(parent):  # the command died before the death signal was armed
+        os._exit(143)
     os.environ.clear()
     os.environ.update(env)
     os.chdir(cwd)
-    target(*args)
+    try:
+        target(*args)
+    except KeyboardInterrupt:
+        os._exit(130)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # What a worker's first W&B run imports (W&B's launch inputs alone take about a second): the
@@ -238,14 +272,23 @@ def run_workers(target: Callable[..., None], args: list[tuple[Any, ...]],
     others finished). Workers fork from a server that imported ``target``'s module."""
     ctx = _context(target.__module__)
     env, cwd = dict(os.environ), os.getcwd()
-    procs = [ctx.Process(target=_child, args=(target, a, env, cwd)) for a in args]
-    for p in procs:
-        p.start()
-    while running := [p.sentinel for p in procs if p.is_alive()]:
-        poll()
-        multiprocessing.connection.wait(running, timeout=1.0)
-    for p in procs:
-        p.join()
+    procs = [ctx.Process(target=_child, args=(target, a, env, cwd, os.getpid())) for a in args]
+    try:
+        for p in procs:
+            p.start()
+        while running := [p.sentinel for p in procs if p.is_alive()]:
+            poll()
+            multiprocessing.connection.wait(running, timeout=1.0)
+    finally:  # stopped (SIGTERM, Ctrl-C) or failed: no worker goes on without the command
+        for p in procs:
+            if p.pid is not None and p.is_alive():
+                p.terminate()
+        for p in procs:
+            if p.pid is not None:
+                p.join(timeout=10)
+                if p.is_alive():
+                    p.kill()
+                    p.join()
     poll()
     failed = [p.exitcode for p in procs if p.exitcode]
     if failed:
