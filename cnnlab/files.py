@@ -26,6 +26,7 @@ from cnnlab.errors import CnnlabError
 MANIFEST = ".cnnlab.json"
 KINDS = ("run", "study", "partial")  # partial: a run still being built by ``owner``
 APPEND_ONLY = "append-only"  # a file cnnlab appends to (a study journal): listed without a hash
+APPENDED = (".log", ".journal")  # the only files cnnlab appends to: W&B logs, study journals
 
 
 def _umask() -> int:
@@ -84,19 +85,43 @@ class Manifest:
 
     @classmethod
     def read(cls, folder: Path) -> Manifest | None:
-        """The folder's manifest, or None when cnnlab did not make the folder."""
+        """The folder's manifest, or None when cnnlab did not make the folder.
+
+        A manifest is data on disk, so it may be forged: it counts only for a real folder (not
+        one reached through a link), when every file it lists lies inside that folder without
+        a link on the way, and lists as append-only nothing but logs and journals."""
+        if folder.is_symlink() or (folder / MANIFEST).is_symlink():
+            return None
         try:
             raw = json.loads((folder / MANIFEST).read_text())
             manifest = cls(raw["kind"], raw.get("owner", ""), dict(raw.get("files", {})))
+            files_ok = all(isinstance(rel, str) and isinstance(digest, str)
+                           and _contained(folder, rel)
+                           and (digest != APPEND_ONLY or rel.endswith(APPENDED))
+                           for rel, digest in manifest.files.items())
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
-        return manifest if manifest.kind in KINDS else None
+        return manifest if manifest.kind in KINDS and files_ok else None
 
     def write(self, folder: Path) -> None:
         write_atomic(folder / MANIFEST, json.dumps(asdict(self), indent=1, sort_keys=True) + "\n")
 
 
 PENDING = "|"  # separates a file's old and new digest while cnnlab replaces it
+
+
+def _contained(folder: Path, rel: str) -> bool:
+    """``rel`` is a relative path inside ``folder`` whose folders on the way are real folders:
+    no absolute path, no '..', no symbolic link to follow out of it."""
+    parts = rel.split("/")
+    if not rel or rel.startswith("/") or "\\" in rel or any(p in ("", ".", "..") for p in parts):
+        return False
+    here = folder
+    for part in parts[:-1]:
+        here = here / part
+        if here.is_symlink():
+            return False
+    return True
 
 
 def _digest(path: Path) -> str:
@@ -160,9 +185,18 @@ def _listing(names: list[str]) -> str:
     return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
+def refuse_link(out: Path, option: str = "--out") -> None:
+    """cnnlab owns a folder only as itself: a link to a run (``runs/latest``) is refused, so an
+    overwrite can never empty the link's target."""
+    if out.is_symlink():
+        raise CnnlabError(f"{option} {out}: is a symbolic link (to {os.readlink(out)}); allowed: "
+                          "a real folder (give the link's target if you mean it)")
+
+
 def check_run_out(out: Path, overwrite: bool) -> None:
     """``out`` may receive a run: new, empty, or (with ``overwrite``) an unchanged cnnlab run."""
     refuse_special(out)
+    refuse_link(out)
     if not out.exists() or not any(out.iterdir()):
         return
     manifest = Manifest.read(out)
@@ -231,6 +265,9 @@ def commit_run(staging: Path, out: Path) -> None:
         aside = out.parent / f".{out.name}.cnnlab-old"
         old = Manifest.read(out)
         assert old is not None  # check_run_out proved it
+        if aside.is_symlink() or (aside.exists() and Manifest.read(aside) is None):
+            raise CnnlabError(f"--out {out}: {aside} exists and cnnlab did not make it; allowed: "
+                              "move it away")
         left_over = Manifest.read(aside) if aside.is_dir() else None
         if left_over is not None and remove_owned(aside, left_over):  # a crash between renames
             raise CnnlabError(f"--out {out}: {aside} holds files cnnlab did not write; allowed: "
@@ -246,6 +283,7 @@ def check_study_folder(out: Path) -> bool:
     """``out`` may hold a study's report: new, empty, or made by cnnlab for a study; returns
     whether cnnlab made it already."""
     refuse_special(out)
+    refuse_link(out)
     manifest = Manifest.read(out) if out.is_dir() else None
     if manifest is not None and manifest.kind == "study":
         changed = [rel for rel in manifest.files if (out / rel).exists()

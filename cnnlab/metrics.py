@@ -98,13 +98,16 @@ def failure_value(metric: str, row: dict[str, Any]) -> float | None:
     """What a failed run's ``metric`` enters the statistics with (None: no value to enter).
 
     Accuracies: the majority-class share (the accuracy of predicting one class); others: the
-    measured value where finite, else the worst end of the metric's range where it is finite
-    (censored metrics are the reader's: it knows the run's max_epochs).
+    measured value where finite, the worst end of the metric's range where the measurement is
+    not finite (NaN weights), none where the metric does not apply (a net without batch norm
+    has no ``bn_train_eval_gap``). Censored metrics are the reader's: it knows max_epochs.
     """
     m = METRICS[metric]
     if m.failure == "chance" and row.get("chance_acc") is not None:
         return float(row["chance_acc"])
     value = row.get(metric)
-    if value is not None and math.isfinite(value):
+    if value is None:
+        return None
+    if math.isfinite(value):
         return float(value)
     return m.worst if math.isfinite(m.worst) else None

@@ -3,6 +3,7 @@
 import itertools
 import json
 import math
+import re
 import signal
 import subprocess
 import sys
@@ -304,7 +305,7 @@ def test_a_trial_stores_the_mechanism_metrics_and_never_reached_is_censored(
     rows = (tmp_path / "out" / "results.csv").read_text().splitlines()
     header = rows[0].split(",")
     column = header.index("epochs_to_target")
-    assert {row.split(",")[column] for row in rows[1:]} == {"2"}  # 1 epoch, never: 1 + 1
+    assert {float(row.split(",")[column]) for row in rows[1:]} == {2.0}  # 1 epoch, never: 1 + 1
 
 
 AUTO_SPEC = """
@@ -314,7 +315,7 @@ overrides: [trainer.max_epochs=1, "model.channels=[8]", "model.hidden_units=[16]
 factors:
   arm:
     base: {}
-    frozen: {optim.lr: 1.0e-9}
+    l2: {reg.kind: l2, reg.strength: 0.1}
     dropout: {model.dropout: 0.2}
 seeds: {min: 3, max: 5, step: 1}
 baseline: {arm: base}
@@ -330,24 +331,32 @@ def _seeds(out: Path) -> dict[str, list[int]]:
 
 
 def _decisions(out: Path) -> dict[str, str]:
-    """Arm → the confirmatory outcome (no hypothesis: each arm against the baseline)."""
+    """Arm → the outcome of its confirmatory comparison with the baseline."""
     rows = [line.split(" | ") for line in (out / "report.md").read_text().splitlines()
-            if line.startswith("| test_acc: arm=")]
-    return {row[0].removeprefix("| test_acc: ").split(" vs ")[0]: row[6] for row in rows}
+            if re.match(r"\| \w+: arm=", line)]
+    return {re.search(r"arm=\w+", row[0]).group(0): row[6] for row in rows}
+
+
+AUTO_HYPOTHESIS = """hypothesis:
+  claim: a strong L2 penalty shrinks the weights, dropout changes accuracy
+  expect:
+    - {arm: {arm: l2}, metric: weight_l2, is: lower}
+    - {arm: {arm: dropout}, is: higher}
+"""
 
 
 def test_seeds_auto_stops_when_decided_and_resumes_after_sigkill(tmp_path: Path) -> None:
     spec = tmp_path / "auto.yaml"
-    spec.write_text(AUTO_SPEC)
+    spec.write_text(AUTO_SPEC + AUTO_HYPOTHESIS)
     clean = tmp_path / "clean"
     command = [sys.executable, "-m", "cnnlab.cli", "ablate", str(spec), "--out"]
     done = subprocess.run([*command, str(clean)], env=ENV, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr
     seeds, decisions = _seeds(clean), _decisions(clean)
-    assert decisions["arm=frozen"] == "lower"  # chance accuracy: decided before the maximum,
-    assert len(seeds["arm=frozen"]) < 5  # and no seeds were added to it after that
-    for arm in ("arm=frozen", "arm=dropout"):  # more seeds only while undecided, up to the max
+    assert decisions["arm=l2"] == "as expected"  # far smaller weights: decided early,
+    assert len(seeds["arm=l2"]) < 5  # and no seeds were added to it after that
+    for arm in ("arm=l2", "arm=dropout"):  # more seeds only while undecided, up to the max
         assert decisions[arm] != "undecided" or seeds[arm] == [0, 1, 2, 3, 4]
     assert seeds["arm=base"] == list(range(max(len(s) for s in seeds.values())))
     looks = planned_looks(Plan(3, 5, 1))  # a look per round, each spending its Pocock share
@@ -391,13 +400,13 @@ def test_a_kill_while_a_round_is_queued_resumes_the_whole_round(
 
     monkeypatch.setattr(study, "enqueue_trial", killed)
     with pytest.raises(KeyboardInterrupt):
-        reconcile(study, spec, False, {"arm=base": 4, "arm=frozen": 4})
+        reconcile(study, spec, False, {"arm=base": 4, "arm=l2": 4})
     monkeypatch.setattr(study, "enqueue_trial", real)
     rerun = open_ablation(spec, False, open_storage(str(tmp_path / "study.journal")))
-    assert planned(rerun, spec) == {"arm=base": 4, "arm=frozen": 4, "arm=dropout": 3}
+    assert planned(rerun, spec) == {"arm=base": 4, "arm=l2": 4, "arm=dropout": 3}
     assert reconcile(rerun, spec, False) == 1  # the rest of the round, nothing more
     keys = {t.user_attrs["key"] for t in rerun.get_trials()}
-    assert {"arm=base | seed=3", "arm=frozen | seed=3"} <= keys and "arm=dropout | seed=3" not in keys
+    assert {"arm=base | seed=3", "arm=l2 | seed=3"} <= keys and "arm=dropout | seed=3" not in keys
 
 
 def test_a_hypothesis_naming_an_unknown_level_is_one_line(cli, tmp_path: Path) -> None:
@@ -407,7 +416,7 @@ def test_a_hypothesis_naming_an_unknown_level_is_one_line(cli, tmp_path: Path) -
     status, _, err = cli("ablate", spec, "--out", tmp_path / "out")
     assert status == 2 and not (tmp_path / "out").exists()
     assert err.strip().endswith("hypothesis.expect[0].arm: arm=fast is not a level; allowed: "
-                                "base, frozen, dropout")
+                                "base, l2, dropout")
     spec.write_text(AUTO_SPEC.replace("seeds: {min: 3, max: 5, step: 1}", "seeds: {min: 4, max: 2}"))
     status, _, err = cli("ablate", spec, "--out", tmp_path / "out")
     assert status == 2 and "seeds is {'min': 4, 'max': 2}; allowed:" in err

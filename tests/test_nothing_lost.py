@@ -320,3 +320,66 @@ def test_a_kill_while_cnnlab_replaces_a_report_file_leaves_the_file_its_own(
     (folder / "report.md").write_text("the user's notes")
     with pytest.raises(CnnlabError, match="cnnlab did not write this file"):
         write_owned(folder, "report.md", "again")
+
+
+def _forge(run: Path, extra: dict[str, str]) -> None:
+    """Add ``extra`` entries to the run's manifest, as a hostile or careless hand might."""
+    manifest = json.loads((run / MANIFEST).read_text())
+    manifest["files"].update(extra)
+    (run / MANIFEST).write_text(json.dumps(manifest))
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_forged_manifest_never_deletes_outside_its_folder(cli, finished_run: Path,
+                                                           tmp_path: Path) -> None:
+    """A manifest is data on disk: entries that leave the folder (``..``, absolute paths, a
+    symlinked folder on the way) or mark a user's file append-only make it no manifest of
+    cnnlab's, so ``--overwrite`` refuses and every file around stays byte-identical."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the user's")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "data.csv").write_text("1,2,3\n")
+    pristine = (finished_run / MANIFEST).read_text()
+    cases = [({"../victim.txt": _digest(victim)}, None),
+             ({str(victim): _digest(victim)}, None),
+             ({"linked": f"symlink:{elsewhere}", "linked/data.csv": _digest(elsewhere / "data.csv")},
+              "linked"),
+             ({"notes.txt": files.APPEND_ONLY}, "notes.txt")]
+    for forged, planted in cases:
+        (finished_run / MANIFEST).write_text(pristine)
+        _forge(finished_run, forged)
+        if planted == "linked":
+            os.symlink(elsewhere, finished_run / "linked")
+        elif planted:
+            (finished_run / planted).write_text("my notes")
+        before = hashes(tmp_path)
+        status, _, err = fit(cli, finished_run, "--overwrite")
+        assert status == 2 and "cnnlab did not write" in err, (forged, err)
+        assert hashes(tmp_path) == before, forged
+        if planted:
+            (finished_run / planted).unlink()
+
+
+def test_links_are_never_followed_into_another_run(cli, finished_run: Path, tmp_path: Path) -> None:
+    """``--out runs/latest`` (a link to a run) is refused, and a leftover ``.DIR.cnnlab-old``
+    that is a link to another run never gets that run emptied."""
+    latest = tmp_path / "runs" / "latest"
+    os.symlink(finished_run, latest)
+    before = hashes(tmp_path)
+    status, _, err = fit(cli, latest, "--overwrite")
+    assert status == 2 and err.strip().endswith("allowed: a real folder (give the link's target "
+                                                 "if you mean it)")
+    assert hashes(tmp_path) == before
+    other = tmp_path / "runs" / "other"
+    assert fit(cli, other)[0] == 0
+    os.symlink(other, tmp_path / "runs" / ".fit.cnnlab-old")
+    before = hashes(other)
+    status, _, err = fit(cli, finished_run, "--overwrite")
+    assert status == 2 and ".fit.cnnlab-old exists and cnnlab did not make it" in err
+    assert hashes(other) == before and (finished_run / "metrics.json").is_file()
+    status, _, err = cli("ablate", write_spec(tmp_path, seeds=1, arms="norm only"), "--out", latest)
+    assert status == 2 and "is a symbolic link" in err

@@ -300,3 +300,79 @@ def test_workers_opening_an_empty_postgresql_database_at_once(postgres_url: str)
     for t in threads:
         t.join()
     assert errors == []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").is_dir() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
+
+
+def _workers(out: Path) -> set[int]:
+    """The pids of the processes that ran (or run) the study's trials (none yet: empty)."""
+    try:
+        study = load_study(open_storage(str(out / "study.journal"), readonly=True), "tiny")
+    except (CnnlabError, FileNotFoundError, KeyError):
+        return set()
+    return {int(t.user_attrs["worker"].rsplit(":", 1)[1]) for t in study.get_trials()
+            if "worker" in t.user_attrs}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stopped_fit_exits_non_zero_with_one_line_and_leaves_nothing(tmp_path: Path,
+                                                                      sig: signal.Signals) -> None:
+    """Inside Lightning's fit, where Lightning turns an interrupt into ``sys.exit(1)`` (and on
+    its own let SIGTERM finish the run and exit 0)."""
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "cnnlab.cli", "fit", "--out", str(out), *FAST,
+               "trainer.max_epochs=200"]
+    proc = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    staging = tmp_path / ".run.cnnlab-partial"
+    deadline = time.monotonic() + 120
+    while not (staging / "config.yaml").is_file() and time.monotonic() < deadline:
+        time.sleep(0.05)  # training has started
+    time.sleep(0.5)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + sig, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == (
+        f"cnnlab: stopped by {sig.name}; finished work is kept: rerun the same command to resume")
+    assert not out.exists() and not staging.exists()  # nothing half-written
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_a_stopped_ablation_exits_non_zero_leaves_no_worker_and_resumes(
+        tmp_path: Path, sig: signal.Signals) -> None:
+    """What ``timeout``, ``kill``, SLURM and Ctrl-C send: TERM and INT stop with one line and
+    128 + the signal, KILL with -9; no worker goes on alone; the rerun finishes the study."""
+    spec = write_spec(tmp_path, seeds=2, arms="norm only")
+    spec.write_text(spec.read_text().replace("trainer.max_epochs=1", "trainer.max_epochs=3"))
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "cnnlab.cli", "ablate", str(spec), "--out", str(out),
+               "--workers", "2"]
+    proc = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and len(_workers(out)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert proc.poll() is None, "the study finished before the signal"
+    workers = _workers(out)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == (-sig if sig == signal.SIGKILL else 128 + sig)
+    if sig != signal.SIGKILL:
+        assert "Traceback" not in err
+        assert err.strip().splitlines()[-1] == (f"cnnlab: stopped by {sig.name}; finished work "
+                                                "is kept: rerun the same command to resume")
+    gone = time.monotonic() + 15
+    while any(_alive(pid) for pid in workers) and time.monotonic() < gone:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in workers)  # no worker outlives its command
+    done = subprocess.run([*command[:-1], "1"], env=ENV, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert sorted(complete_keys(out)) == sorted(
+        f"model.norm={n} | seed={s}" for n in ("batch", "layer", "none") for s in range(2))

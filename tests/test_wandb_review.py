@@ -108,9 +108,14 @@ def test_an_ablation_is_reviewable_in_wandb(cli, tmp_path: Path) -> None:
     for row in rows:
         accs = [float(r["test_acc"]) for r in results if r["arm"] == row["arm"]]
         assert row["mean"] == pytest.approx(statistics.mean(accs))  # a number, not text
-        assert row["n"] == 2 and isinstance(row["significant"], bool)
+        assert row["n"] == 2 and row["failed"] == 0
+        assert (row["p_unadjusted"] is None) == (row["arm"] == "model.norm=batch, opt=slow")
         assert row["ci_low"] <= row["mean"] <= row["ci_high"]
         assert (row["delta"] is None) == (row["arm"] == "model.norm=batch, opt=slow")
+    checks = _table(summary, "checks")  # the confirmatory family: every arm vs the baseline
+    assert sorted(c["arm"] for c in checks) == sorted(r["arm"] for r in rows[1:])
+    assert all(c["outcome"] in ("higher", "lower", "equivalent", "undecided") for c in checks)
+    assert [look["seeds"] for look in _table(summary, "looks")] == [2]
     contents = run_contents(_record(summary))
     assert contents["run"].notes == "Two norms × two learning rates."
     assert contents["run"].job_type == "summary"

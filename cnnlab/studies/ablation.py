@@ -53,6 +53,7 @@ from cnnlab.studies.trials import (
     reclaim,
     run_workers,
     study_bars,
+    trial_config,
     work,
 )
 from cnnlab.tracking import share_service, study_run
@@ -144,13 +145,8 @@ def objective(study: optuna.Study, spec: AblationSpec, out: Path, threads: int
             arm = trial.suggest_categorical("arm", [a.name for a in spec.arms])
             seed = trial.suggest_int("seed", 0, 2**31 - 1)
         cfg = load_config(trial.user_attrs[CONFIGS], trial.user_attrs[OVERRIDES])
-        cfg.wandb.group, cfg.wandb.job_type = study.study_name, arm
+        trial_config(cfg, study.study_name, arm, threads)
         cfg.wandb.name, cfg.wandb.tags = f"{arm} seed={seed}", [study.study_name, f"seed={seed}"]
-        cfg.trainer.images = False  # the report draws the study's curves
-        cfg.trainer.progress_bar = False  # the study shows one
-        cfg.wandb.log_model = False  # a checkpoint per arm × seed: too many to upload
-        if threads or not cfg.trainer.threads:  # results must not depend on the worker count
-            cfg.trainer.threads = threads or 1  # or the load: torch's sums vary with threads
         run_dir = out / "trials" / safe_name(arm) / f"seed{seed}"
         # a lost attempt may have finished its folder but not its trial, or left it half-built
         levels = next(a.levels for a in spec.arms if a.name == arm)

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import optimize, stats
 
-from cnnlab.studies.comparisons import PAIRED, RATES, Sample, sign_flip_p
+from cnnlab.studies.comparisons import PAIRED, RATES, Sample, boschloo_p, sign_flip_p
 from cnnlab.studies.sequential import Decisions, Look, decide
 
 POWER = 0.8
-MOST_SEEDS = 200  # seeds_needed gives up beyond this
+MOST_SEEDS = 200  # seeds_needed and rates_needed give up beyond this
 
 
 def power(effect: float, sd: float, n: int, alpha: float) -> float:
@@ -52,6 +52,22 @@ def seeds_needed(effect: float, sd: float, alpha: float, target: float = POWER) 
     """The fewest seeds with which |Δ| = ``effect`` is found with probability ``target``."""
     for n in range(2, MOST_SEEDS + 1):
         if power(effect, sd, n, alpha) >= target:
+            return n
+    return None
+
+
+def flip_seeds(alpha: float) -> int:
+    """The fewest seeds whose sign-flip test can reach p < α at all (2/2ⁿ < α)."""
+    return next(n for n in range(1, 64) if sign_flip_p(n) < alpha)
+
+
+def rates_needed(arm: float, reference: float, alpha: float) -> int | None:
+    """The fewest seeds per arm at which failure shares ``arm`` and ``reference`` would give
+    Boschloo's p < α (the expected counts, rounded; None: not within power.MOST_SEEDS)."""
+    if arm == reference:
+        return None
+    for n in range(2, MOST_SEEDS + 1):
+        if boschloo_p(round(arm * n), round(reference * n), n, n) < alpha:
             return n
     return None
 

@@ -16,7 +16,7 @@ from cnnlab.files import claim_study_folder, write_owned
 from cnnlab.metrics import FAILURE, FAILURES, METRICS, RESULT_KEYS
 from cnnlab.studies.plots import plots
 from cnnlab.studies.power import POWER
-from cnnlab.studies.results import Check, Results, collect
+from cnnlab.studies.results import Check, Results, TrialRow, collect
 
 
 def p_text(p: float) -> str:
@@ -44,15 +44,21 @@ def arm_rows(results: Results) -> list[list[str]]:
     return rows
 
 
-def _power_text(check: Check, metric_units: str) -> str:
+def _power_text(check: Check) -> str:
+    """An undecided comparison's power statement, in the units of its metric."""
     power = check.power
     if power is None:
         return ""
-    found = ("no effect at these seeds" if math.isinf(power.detectable)
-             else f"|Δ| ≥ {power.detectable:.4g}")
-    needed = ("–" if power.needed is None else f"{power.needed}")
-    return (f"{found}; the observed |Δ| needs {needed} seeds "
-            f"({POWER:.0%} power at α {power.alpha:.3g}{metric_units})")
+    if power.test == "Boschloo":
+        found = ("failing always against never" if math.isfinite(power.detectable)
+                 else "not even failing always against never")
+    else:
+        found = ("no effect at all" if math.isinf(power.detectable)
+                 else f"|Δ| ≥ {power.detectable:.4g}")
+    needed = ("no difference observed to size" if not check.comparison.delta.mean
+              else "more than 200 seeds for the observed |Δ|" if power.needed is None
+              else f"{power.needed} seeds for the observed |Δ|")
+    return (f"{found} ({power.test}, {POWER:.0%} power at α {power.alpha:.3g}); {needed}")
 
 
 def check_rows(results: Results) -> list[list[str]]:
@@ -69,7 +75,7 @@ def check_rows(results: Results) -> list[list[str]]:
                      c.delta.text(signed=True), f"{c.delta.n}{failed}", p_text(c.p),
                      p_text(c.p_adj), look, check.outcome,
                      "" if c.equivalence is None else c.equivalence.text(signed=True),
-                     _power_text(check, "")])
+                     _power_text(check)])
     return rows
 
 
@@ -117,13 +123,19 @@ def console_lines(results: Results) -> list[str]:
         c = check.comparison
         what = (check.expectation.text() if check.expectation.direction
                 else f"{c.metric}: {c.arm} vs {c.reference}")
-        power = _power_text(check, "")
+        power = _power_text(check)
         lines.append(f"  {mark.get(check.outcome, '?')} {what}: Δ {c.delta.text(signed=True)}, "
                      f"p_Holm {p_text(c.p_adj)} at α {c.alpha:.3g} → {check.outcome}"
                      + (f"; could detect {power}" if power else ""))
     if results.verdict is not None and results.spec.hypothesis is not None:
         lines.append(f"hypothesis: {results.spec.hypothesis.claim} → {results.verdict}")
     return lines
+
+
+def _measured(row: TrialRow, key: str) -> float | None:
+    """A results.csv cell: a metric as the run measured it (never reached: its censoring
+    bound, as the report counts it), or a stored count."""
+    return row.measured(key) if key in METRICS else row.metrics.get(key)
 
 
 def results_csv(results: Results) -> str:
@@ -134,8 +146,8 @@ def results_csv(results: Results) -> str:
     levels = {arm.name: arm.levels for arm in results.spec.arms}
     for r in results.trials:
         writer.writerow([r.arm, r.seed, *(levels[r.arm][f] for f in factors), r.failure or "",
-                         r.failure == "diverged",
-                         *("" if (v := r.metrics.get(k)) is None else v for k in RESULT_KEYS)])
+                         r.failure == "diverged", *("" if (v := _measured(r, k)) is None else v
+                                                    for k in RESULT_KEYS)])
     return buffer.getvalue()
 
 

@@ -39,7 +39,7 @@ from cnnlab.studies.comparisons import (
     boschloo_p,
     difference_bounds,
 )
-from cnnlab.studies.power import detectable_effect, seeds_needed
+from cnnlab.studies.power import detectable_effect, flip_seeds, rates_needed, seeds_needed
 from cnnlab.studies.sequential import LOOKS, SEED_PLAN, Decisions, Look, Plan, decide, take_look
 from cnnlab.studies.spec import AblationSpec, Expectation
 from cnnlab.studies.trials import ARM, KEY, LEGACY_HISTORY, NOTE, SEED, reason_of
@@ -164,11 +164,13 @@ class Comparison:
 
 @dataclass(frozen=True)
 class Power:
-    """An undecided comparison's power statement at its seeds, spread and per-comparison α."""
+    """An undecided comparison's power statement at its seeds, spread and per-comparison α
+    (α over the family size: Holm's first threshold, one look)."""
 
-    alpha: float  # the last look's α over the family size (Holm's first threshold)
-    detectable: float  # |Δ| found with 80% power at these seeds (inf: not at any)
-    needed: int | None  # seeds the observed |Δ| would need (None: more than power.MOST_SEEDS)
+    alpha: float
+    test: str  # t-test | sign-flip test (a run failed) | Boschloo (failure rates)
+    detectable: float  # |Δ| found with 80% power at these seeds (inf: none; nan: not sized)
+    needed: int | None  # seeds the observed |Δ| would need (None: none observed, or > 200)
 
 
 @dataclass(frozen=True)
@@ -290,6 +292,8 @@ def _outcome(e: Expectation, c: Comparison) -> str:
 def _confirm(spec: AblationSpec, rows: list[TrialRow], looks: list[Look]) -> list[Check]:
     """The confirmatory family decided look by look (``sequential.decide``)."""
     expect = family(spec)
+    if not expect:  # a single arm: nothing to compare
+        return []
     scales = [_sample(rows, e.arm, e.than, e.metric, None)[1] for e in expect]
     margins = [spec.margin / scale if e.metric == spec.metric else 0.0
                for e, scale in zip(expect, scales, strict=True)]
@@ -315,13 +319,26 @@ def _confirm(spec: AblationSpec, rows: list[TrialRow], looks: list[Look]) -> lis
                        float(decisions.p[0, i]), int(failed.sum()), float(decisions.p_adj[0, i]),
                        alpha, int(decisions.sign[0, i]), bool(decisions.equivalent[0, i]), k,
                        equivalence, sd)
-        power = None
-        if not c.decided and len(diffs) > 1:
-            each = ALPHA / m
-            power = Power(each, detectable_effect(sd, len(diffs), each),
-                          seeds_needed(abs(c.delta.mean), sd, each) if c.delta.mean else None)
+        power = None if c.decided or len(diffs) < 2 else _power(sample, c, ALPHA / m)
         checks.append(Check(e, c, _outcome(e, c), power))
     return checks
+
+
+def _power(sample: Sample, c: Comparison, each: float) -> Power:
+    """What ``c`` could have found at its seeds, and the seeds its observed Δ would need, by
+    the test it gets: Boschloo for failure rates, sign flips where a run failed, else t."""
+    n = sample.arm.shape[-1]
+    effect = abs(c.delta.mean)
+    if sample.kind == RATES:
+        shares = float(sample.arm.mean()), float(sample.reference.mean())
+        always = 1.0 if boschloo_p(n, 0, n, n) < each else math.inf
+        return Power(each, "Boschloo", always, rates_needed(*shares, each))
+    needed = seeds_needed(effect, c.sd, each) if effect else None
+    if sample.failed.any():
+        flips = flip_seeds(each)
+        found = detectable_effect(c.sd, n, each) if n >= flips else math.inf
+        return Power(each, "sign-flip test", found, None if needed is None else max(needed, flips))
+    return Power(each, "t-test", detectable_effect(c.sd, n, each), needed)
 
 
 def _shown(rows: list[TrialRow], spec: AblationSpec) -> list[str]:

@@ -64,6 +64,7 @@ from cnnlab.studies.trials import (
     requeue_same,
     run_workers,
     study_bars,
+    trial_config,
     work,
 )
 from cnnlab.tracking import share_service, small_run, study_run
@@ -123,12 +124,7 @@ def cross_validate(spec: SearchSpec, quick: bool, out: Path, threads: int
     def one(trial: optuna.Trial) -> float:
         overrides = [*spec.base_overrides(quick), *as_overrides(suggest(trial, spec.space))]
         cfg = load_config(list(spec.configs), overrides)
-        cfg.wandb.group, cfg.wandb.job_type = spec.name, "fold"
-        cfg.trainer.images = False  # per-fold images would cost more than the report shows
-        cfg.trainer.progress_bar = False  # the study shows one
-        cfg.wandb.log_model = False  # the refit's checkpoint is the one to keep
-        if threads or not cfg.trainer.threads:  # results must not depend on the worker count
-            cfg.trainer.threads = threads or 1  # or the load: torch's sums vary with threads
+        trial_config(cfg, spec.name, "fold", threads)
         data = load_cached(cfg.data, datasets)
         scores: list[float] = []
         epochs, state = 0, "failed"

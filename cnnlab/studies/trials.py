@@ -29,6 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from cnnlab.config import ExperimentConfig
 from cnnlab.errors import CnnlabError
 from cnnlab.files import owner_alive, owner_id
 
@@ -78,6 +79,20 @@ def liveness() -> tuple[float, float]:
 
 def reason_of(trial: FrozenTrial) -> str | None:
     return trial.user_attrs.get(REASON) or trial.user_attrs.get(LEGACY_REASON)
+
+
+def trial_config(cfg: ExperimentConfig, group: str, job_type: str, threads: int) -> None:
+    """The one policy for a study trial's run (ablation arm × seed, search fold): W&B group
+    and job type, no images or progress bar (the report draws the study's curves, the study
+    shows one bar), no model upload (a checkpoint per trial is too many), and a fixed torch
+    thread count (``threads``, else the config's, else one): results must not depend on the
+    worker count or the machine's load, as torch's sums vary with the threads."""
+    cfg.wandb.group, cfg.wandb.job_type = group, job_type
+    cfg.trainer.images = False
+    cfg.trainer.progress_bar = False
+    cfg.wandb.log_model = False
+    if threads or not cfg.trainer.threads:
+        cfg.trainer.threads = threads or 1
 
 
 def is_lost(trial: FrozenTrial, now: float, grace: float) -> bool:
