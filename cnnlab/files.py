@@ -265,7 +265,8 @@ def commit_run(staging: Path, out: Path) -> None:
         aside = out.parent / f".{out.name}.cnnlab-old"
         old = Manifest.read(out)
         assert old is not None  # check_run_out proved it
-        if aside.is_symlink() or (aside.exists() and Manifest.read(aside) is None):
+        if aside.is_symlink() or (aside.exists() and Manifest.read(aside) is None
+                                  and (not aside.is_dir() or any(aside.iterdir()))):
             raise CnnlabError(f"--out {out}: {aside} exists and cnnlab did not make it; allowed: "
                               "move it away")
         left_over = Manifest.read(aside) if aside.is_dir() else None
