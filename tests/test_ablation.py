@@ -214,3 +214,24 @@ def test_workers_auto_gives_the_same_trial_metrics_as_one_worker(cli, tmp_path: 
                                                   ("test_acc", "val_acc", "train_loss", "epochs")}
                             for t in trials(out) if t.state == TrialState.COMPLETE}
     assert len(results["1"]) == 4 and results["auto"] == results["1"]
+
+
+def test_an_edited_base_config_file_is_another_study(cli, tmp_path: Path) -> None:
+    """A spec's ``configs:`` files are part of the study's identity: after an edit (another
+    learning rate), growing the study would mix two settings, so it is refused and nothing
+    around it changes; the unedited file resumes it."""
+    base = tmp_path / "base.yaml"
+    base.write_text("optim:\n  lr: 0.01\n")
+    spec = write_spec(tmp_path, seeds=1, arms="norm only")
+    spec.write_text(spec.read_text().replace("name: tiny\n", f"name: tiny\nconfigs: [{base}]\n"))
+    out = tmp_path / "out"
+    assert cli("ablate", spec, "--out", out)[0] == 0
+    base.write_text("optim:\n  lr: 0.05\n")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    status, _, err = cli("ablate", spec, "--out", out, "--seeds", "2")
+    assert status == 2 and "configs resolve differently now (a configs: file or the defaults " \
+        "changed since)" in err
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    base.write_text("optim:\n  lr: 0.01\n")
+    assert cli("ablate", spec, "--out", out, "--seeds", "2")[0] == 0
+    assert len(complete_keys(out)) == 6

@@ -11,6 +11,7 @@ user attributes, and the per-epoch validation accuracy is the trial's intermedia
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -21,7 +22,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 
-from cnnlab.config import load_config
+from cnnlab.config import load_config, to_yaml
 from cnnlab.data.sources import ImageData, load_cached
 from cnnlab.errors import CnnlabError
 from cnnlab.metrics import FAILURE, METRICS, RESULT_KEYS
@@ -68,13 +69,26 @@ def trial_key(arm: str, seed: int) -> str:
     return f"{arm} | seed={seed}"
 
 
+RESOLVED = "resolved_sha256"  # spec attribute: the digest of every arm's resolved config
+
+
+def resolved_digest(spec: AblationSpec, quick: bool) -> str:
+    """The digest of every arm's config as its trials run it: what the spec names plus the
+    content of its ``configs:`` files and of the defaults, so an edited base file (or a relative
+    path that finds another file) is a different study."""
+    text = "".join(to_yaml(spec.config(arm, 0, quick)) for arm in spec.arms)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def open_ablation(spec: AblationSpec, quick: bool, storage: optuna.storages.BaseStorage
                   ) -> optuna.Study:
     """Create or load the study; its ``spec`` attribute guards against mixing different specs
-    (seeds may be added, and what only the report reads may change, between runs)."""
-    attrs = {**spec.to_dict(), "preset": "quick" if quick else "full"}
+    or settings (seeds may be added, and what only the report reads may change, between runs;
+    a study of cnnlab ≤ 0.3 has no resolved digest yet and gets one)."""
+    attrs = {**spec.to_dict(), "preset": "quick" if quick else "full",
+             RESOLVED: resolved_digest(spec, quick)}
     study = study_for(storage, study_name(spec, quick), spec.direction, attrs,
-                      mutable=SEED_KEYS + REPORT_KEYS)
+                      mutable=SEED_KEYS + REPORT_KEYS, added=(RESOLVED,))
     if SEED_PLAN not in study.user_attrs and not study.get_trials(deepcopy=False):
         study.set_user_attr(SEED_PLAN, spec.plan.to_dict())  # fixed before the first trial
     return study

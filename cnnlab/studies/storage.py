@@ -131,11 +131,13 @@ def _rdb_storage(url: str, engine_kwargs: dict[str, Any], readonly: bool,
 
 
 def study_for(storage: optuna.storages.BaseStorage, name: str, direction: str,
-              attrs: dict[str, Any], mutable: tuple[str, ...] = ()) -> optuna.Study:
+              attrs: dict[str, Any], mutable: tuple[str, ...] = (), added: tuple[str, ...] = ()
+              ) -> optuna.Study:
     """Create the study (or load it) and check it was made from the same ``attrs`` (the spec).
 
     Keys in ``mutable`` (what the report reads, how many seeds) may change between runs: the
     stored spec takes the new values. Older studies lack some of them, which is no difference.
+    Keys in ``added`` are checked once stored; a study made before them gets them.
     """
     try:  # load first: a journal records even a refused create, and a refusal writes nothing
         study = optuna.load_study(study_name=name, storage=storage)
@@ -143,10 +145,14 @@ def study_for(storage: optuna.storages.BaseStorage, name: str, direction: str,
         study = optuna.create_study(storage=storage, study_name=name, direction=direction,
                                     load_if_exists=True)
     stored = study.user_attrs.get("spec")
-    fixed = {k: v for k, v in attrs.items() if k not in mutable}
-    if stored is not None and {k: v for k, v in stored.items() if k not in mutable} != fixed:
-        raise CnnlabError(f"study {name!r} in this storage was made from a different spec; "
-                          "allowed: the same spec to resume it, or another --out / --storage")
+    skip = set(mutable) | {k for k in added if stored is not None and k not in stored}
+    fixed = {k: v for k, v in attrs.items() if k not in skip}
+    if stored is not None and {k: v for k, v in stored.items() if k not in skip} != fixed:
+        same_spec = all(stored.get(k) == v for k, v in fixed.items() if k not in added)
+        why = ("its arms' configs resolve differently now (a configs: file or the defaults "
+               "changed since)" if same_spec else "a different spec")
+        raise CnnlabError(f"study {name!r} in this storage was made from {why}; allowed: the "
+                          "same spec and settings to resume it, or another --out / --storage")
     if stored != attrs:
         study.set_user_attr("spec", attrs)
     return study
