@@ -50,11 +50,6 @@ def difference_bounds(bounds: Bounds) -> Bounds:
     return low - high, high - low
 
 
-def level_text(alpha: float) -> str:
-    """A confidence level as the report and the console print it: ``95%``, ``97.9%``."""
-    return f"{1 - alpha:.1%}".replace(".0%", "%")
-
-
 def tied(values: np.ndarray) -> np.ndarray:
     """Along the last axis: no spread beyond the tie tolerance (see the module notes)."""
     values = np.asarray(values, float)
@@ -64,7 +59,8 @@ def tied(values: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Interval:
-    """A mean over seeds with its t-interval, clipped to the metric's range.
+    """A mean over seeds with its t-interval, clipped to the metric's range (``scale``: the
+    values are counts, and the interval is given in metric units, values × scale).
 
     ``low``/``high`` are nan below two values and when the values have no spread (no interval
     can be estimated from them; the exact p-value still applies)."""
@@ -73,7 +69,6 @@ class Interval:
     low: float
     high: float
     n: int
-    scale: float = 1.0  # values are counts: mean, low and high are already divided by it
 
     @classmethod
     def of(cls, values: list[float] | np.ndarray, bounds: Bounds = UNBOUNDED,
@@ -81,12 +76,12 @@ class Interval:
         v = np.asarray(values, float)
         n = len(v)
         if n == 0:
-            return cls(math.nan, math.nan, math.nan, 0, scale)
+            return cls(math.nan, math.nan, math.nan, 0)
         mean = float(v.mean()) * scale
         if n < 2 or bool(tied(v)):
-            return cls(mean, math.nan, math.nan, n, scale)
+            return cls(mean, math.nan, math.nan, n)
         half = float(stats.t.ppf(1 - alpha / 2, n - 1) * v.std(ddof=1) / math.sqrt(n)) * scale
-        return cls(mean, max(mean - half, bounds[0]), min(mean + half, bounds[1]), n, scale)
+        return cls(mean, max(mean - half, bounds[0]), min(mean + half, bounds[1]), n)
 
     @property
     def spread(self) -> bool:
@@ -242,7 +237,7 @@ class Sample:
         return itt_p(self.diffs, self.failed)
 
 
-def test_family(samples: list[Sample], alpha: float, margins: list[float],
+def decide_family(samples: list[Sample], alpha: float, margins: list[float],
                 active: np.ndarray | None = None) -> FamilyTest:
     """Each comparison tested (``Sample.p``); Holm over the active comparisons."""
     diffs = [s.diffs for s in samples]

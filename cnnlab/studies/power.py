@@ -120,16 +120,6 @@ def count_samples(c: Counts, effects: list[float], seeds: int, sims: int,
                      (RATES if rates else PAIRED,) * len(effects))
 
 
-def normal_samples(effects: list[float], sds: list[float], seeds: int, sims: int,
-                   rng: np.random.Generator, integer: list[bool]) -> Simulated:
-    """Paired differences drawn normal (rounded where ``integer``: counts), as an arm against
-    a reference of 0 (a pilot's spread, for ``cnnlab plan``)."""
-    d = rng.normal(np.array(effects)[None, :, None], np.array(sds)[None, :, None],
-                   (sims, len(effects), seeds))
-    d = np.where(np.array(integer)[None, :, None], np.round(d), d)
-    return Simulated(d, np.zeros_like(d), np.zeros(d.shape, bool), (PAIRED,) * len(effects))
-
-
 def simulate(looks: list[Look], data: Simulated, margins: list[float]) -> Decisions:
     """Every simulated study through the reports' decision code, look by look."""
     return decide(looks, data.samples, margins)

@@ -217,11 +217,6 @@ class Results:
     def undecided(self) -> list[Comparison]:
         return [c.comparison for c in self.checks if not c.comparison.decided]
 
-    def values(self, arm: str, metric: str) -> dict[int, float]:
-        """Seed → ITT value of ``metric`` for ``arm``."""
-        return {r.seed: v for r in self.trials if r.arm == arm
-                and (v := r.value(metric)) is not None}
-
 
 def _sample(rows: list[TrialRow], arm: str, reference: str, metric: str, seeds: int | None
             ) -> tuple[Sample, float]:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cnnlab.studies.comparisons import ALPHA, Sample, test_family
+from cnnlab.studies.comparisons import ALPHA, Sample, decide_family
 
 LOOKS = "looks_taken"  # study attribute: [{"seeds": n, "alpha": spent}, ...] in the order taken
 SEED_PLAN = "seed_plan"  # study attribute: the plan fixed when the study was created
@@ -114,7 +114,7 @@ def decide(looks: list[Look], samples_at: Callable[[int], list[Sample]], margins
         if not active.any():
             break
         samples = first if k == 0 else samples_at(step.seeds)
-        last = test_family(samples, step.alpha, margins, active)
+        last = decide_family(samples, step.alpha, margins, active)
         new = active & ((last.sign != 0) | last.equivalent)
         sign[new], equivalent[new], look[new] = last.sign[new], last.equivalent[new], k
         for mine, theirs in ((p, last.p), (p_adj, last.p_adj), (tost_adj, last.tost_adj)):
