@@ -301,12 +301,13 @@ def _stored_ablation(name: str, out: Path, storage: str | None) -> optuna.Study:
 
 def cmd_report(args: argparse.Namespace) -> None:
     from cnnlab.studies.report import write_report
+    from cnnlab.studies.results import collect
 
     name = safe_name(args.name)
     out = args.out or Path("reports") / name
     study = _stored_ablation(name, out, args.storage)
     check_study_folder(out)  # before anything is written
-    _show_results(Console(), write_report(study, out), out)
+    _show_results(Console(), write_report(collect(study), out), out)
 
 
 def _plan(text: str) -> tuple[int, int, int]:

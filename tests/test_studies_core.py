@@ -227,22 +227,24 @@ def test_no_import_circles_in_cnnlab() -> None:
     assert graph["cnnlab.config"] <= {"cnnlab.errors"}  # the schema reads no registry
 
 
-def test_config_and_a_config_error_load_no_torch() -> None:
-    code = ("import sys; from cnnlab.cli import main; import cnnlab.config; "
-            "status = main(['fit', 'model.norm=batchy']); "
-            "print(status, 'torch' in sys.modules, 'lightning' in sys.modules)")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+def _python(code: str) -> subprocess.CompletedProcess[str]:
+    """``code`` in a fresh interpreter (what it imports is what a command would load)."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, cwd=ROOT)
+
+
+def test_config_and_a_config_error_load_no_torch() -> None:
+    done = _python("import sys; from cnnlab.cli import main; import cnnlab.config; "
+                   "status = main(['fit', 'model.norm=batchy']); "
+                   "print(status, 'torch' in sys.modules, 'lightning' in sys.modules)")
     assert done.stdout.split() == ["2", "False", "False"], done.stderr
     assert "model.norm: unknown value 'batchy'; allowed: batch, layer" in done.stderr
 
 
 def test_the_statistics_and_the_report_load_no_torch_lightning_or_wandb() -> None:
-    code = ("import sys; import cnnlab.studies.report, cnnlab.studies.results, "
-            "cnnlab.studies.planning, cnnlab.studies.dashboard; "
-            "print(*(m in sys.modules for m in ('torch', 'lightning', 'wandb')))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, cwd=ROOT)
+    done = _python("import sys; import cnnlab.studies.report, cnnlab.studies.results, "
+                   "cnnlab.studies.planning, cnnlab.studies.dashboard; "
+                   "print(*(m in sys.modules for m in ('torch', 'lightning', 'wandb')))")
     assert done.stdout.split() == ["False", "False", "False"], done.stderr
 
 

@@ -271,9 +271,9 @@ class Job:
     url: str
 
 
-def _files_and_summary(study: optuna.Study, job: Job, quick: bool) -> None:
+def _files_and_summary(study: optuna.Study, final: Results, job: Job, quick: bool) -> None:
     """A finished ablation's report files and its W&B summary run."""
-    final = write_report(study, job.out)
+    write_report(final, job.out)
     files = with_journal(job.out, [job.out / "report.md", job.out / "results.csv",
                                    *sorted(job.out.glob("*.png"))])
     study_run(job.spec.config(job.spec.arms[0], 0, quick), job.out,
@@ -325,7 +325,7 @@ def ablate(jobs: Sequence[Job], quick: bool, workers: int, console: Console,
             report = collect(study)
             more = next_round(report, planned(study, job.spec)) if job.spec.auto else {}
             if more:
-                finish(partial(write_report, study, job.out))  # a crash in the next round keeps it
+                finish(partial(write_report, report, job.out))  # a crash in the next round keeps it
                 reconcile(study, job.spec, quick, more)
                 seeds = planned(study, job.spec)
                 bar[i].next_round(sum(seeds.values()), arm_lines(job.spec, seeds))
@@ -337,7 +337,7 @@ def ablate(jobs: Sequence[Job], quick: bool, workers: int, console: Console,
                 return
             reports[i] = report
             on_report(job, report)
-            finish(partial(_files_and_summary, study, job, quick))
+            finish(partial(_files_and_summary, study, report, job, quick))
 
         def progress() -> None:
             for i in range(len(jobs)):

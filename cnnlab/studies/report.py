@@ -10,13 +10,11 @@ import io
 import math
 from pathlib import Path
 
-import optuna
-
 from cnnlab.files import claim_study_folder, write_owned
 from cnnlab.metrics import FAILURE, FAILURES, METRICS, RESULT_KEYS
 from cnnlab.studies.plots import plots
 from cnnlab.studies.power import POWER
-from cnnlab.studies.results import Check, Results, TrialRow, collect
+from cnnlab.studies.results import Check, Results, TrialRow
 
 
 def p_text(p: float) -> str:
@@ -253,9 +251,8 @@ def markdown(results: Results, images: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(study: optuna.Study, out: Path) -> Results:
-    """Read the study's results and write them under ``out``."""
-    results = collect(study)
+def write_report(results: Results, out: Path) -> Results:
+    """Write ``results`` (``results.collect``) under ``out``."""
     images = plots(results) if results.arms else {}
     claim_study_folder(out)
     for name, png in images.items():
