@@ -20,7 +20,7 @@ from cnnlab.data.sources import ImageData
 from cnnlab.studies.ablation import _worker_main, open_ablation, reconcile
 from cnnlab.studies.spec import load_spec
 from cnnlab.studies.storage import open_storage
-from cnnlab.studies.trials import run_workers
+from cnnlab.studies.workers import run_workers
 from cnnlab.training.fast import resolve
 from cnnlab.training.run import run
 

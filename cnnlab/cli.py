@@ -45,7 +45,7 @@ from cnnlab.files import check_output, check_run_out, check_study_folder, write_
 from cnnlab.studies.search_spec import load_search_spec, with_overrides
 from cnnlab.studies.spec import load_spec, safe_name
 from cnnlab.studies.storage import default_url, load_study, open_storage
-from cnnlab.studies.trials import warm_workers
+from cnnlab.studies.workers import warm_workers
 
 if TYPE_CHECKING:  # the results module loads numpy and Optuna: only the commands that need it do
     import optuna

@@ -13,6 +13,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
+from cnnlab.errors import CnnlabError
+from cnnlab.files import check_output
+
 if TYPE_CHECKING:  # annotations only: reports draw figures without loading torch
     from torch import Tensor
 
@@ -63,3 +66,10 @@ def is_cnnlab_png(path: Path) -> bool:
             return img.format == "PNG" and img.info.get("Software") == SOFTWARE
     except (OSError, UnidentifiedImageError, ValueError):
         return False
+
+
+def check_png_out(out: Path) -> None:
+    """``out`` may take a PNG cnnlab writes: a name ending in .png, no file there but cnnlab's."""
+    if out.suffix.lower() != ".png":
+        raise CnnlabError(f"--out {out}: allowed: a file name ending in .png")
+    check_output(out, is_cnnlab_png)

@@ -12,13 +12,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from lightning.pytorch.loggers import WandbLogger
 
@@ -191,52 +186,3 @@ def small_run(cfg: ExperimentConfig, out: Path, job_type: str, summary: dict[str
         run.log({key: wandb.Image(str(path)) for key, path in images.items()})
     run.summary.update(summary)
     run.finish()
-
-
-OFFLINE = "offline-run-"  # how W&B names an offline run's folder: offline-run-DATE_TIME-ID
-CONNECT_S = 5.0  # how long ``cnnlab sync`` waits for the W&B server before giving up
-
-
-def offline_runs(roots: list[Path]) -> list[Path]:
-    """Every offline W&B run folder under ``roots``, oldest first: a resumed summary run's
-    folders then sync in the order they were written, the newest tables last."""
-    runs = {p for root in roots for p in [root, *root.rglob(f"{OFFLINE}*")]
-            if p.is_dir() and p.name.startswith(OFFLINE)}
-    return sorted(runs, key=lambda p: (p.name.split("-")[2], str(p)))
-
-
-def is_synced(run: Path) -> bool:
-    """W&B leaves ``run-ID.wandb.synced`` beside a run file it uploaded."""
-    return any(run.glob("*.wandb.synced"))
-
-
-def check_reachable() -> str:
-    """The W&B server's URL, after a TCP connection to it worked within ``CONNECT_S``:
-    ``wandb sync`` itself retries for minutes when there is no network."""
-    url = os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
-    parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        socket.create_connection((parts.hostname or "", port), timeout=CONNECT_S).close()
-    except OSError as err:
-        raise CnnlabError(f"W&B server {url}: cannot connect ({err.strerror or err}); allowed: a "
-                          "machine that reaches it (set WANDB_BASE_URL for your own server); "
-                          "nothing was synced") from None
-    return url
-
-
-def sync_run(run: Path, timeout: float) -> str | None:
-    """Upload one offline run with W&B's own ``wandb sync``; None when it worked, else why not."""
-    cli = shutil.which("wandb", path=str(Path(sys.executable).parent)) or shutil.which("wandb")
-    if cli is None:
-        return "the wandb command is not installed"
-    try:
-        done = subprocess.run([cli, "sync", str(run)], capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        return f"no answer within {timeout:.0f} s"
-    if is_synced(run):
-        return None
-    lines = [line for line in (done.stderr + done.stdout).splitlines()
-             if "error" in line.lower()] or (done.stderr + done.stdout).splitlines() or ["failed"]
-    return lines[-1].strip()[:200]

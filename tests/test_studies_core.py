@@ -25,8 +25,9 @@ from cnnlab.files import Manifest, abort_run, begin_run, staging_path
 from cnnlab.models.convnet import INITS, POOLS
 from cnnlab.models.norms import NORMS
 from cnnlab.regularization import REGULARIZERS
+from cnnlab.studies.records import HEARTBEAT, KEY, NOTE, WORKER
 from cnnlab.studies.storage import load_study, open_storage
-from cnnlab.studies.trials import HEARTBEAT, KEY, NOTE, WORKER, liveness, reclaim, requeue_same
+from cnnlab.studies.trials import liveness, reclaim, requeue_same
 from cnnlab.training.fast import PRECISIONS
 from cnnlab.training.optim import OPTIMIZERS, SCHEDULERS
 

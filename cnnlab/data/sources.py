@@ -153,7 +153,7 @@ def load_folder(cfg: DataConfig) -> ImageData:
                               f"files ending in {', '.join(IMG_EXTENSIONS)}")
         files += found
         labels += [label] * len(found)
-    images = [_decode(path) for path in files]
+    images = [decode_file(path) for path in files]
     rgb = any(img.shape[0] >= 3 for img in images)
     images = [img[:3] if rgb and img.shape[0] >= 3 else
               img[:1].expand(3, -1, -1) if rgb else img[:1] for img in images]
@@ -161,7 +161,7 @@ def load_folder(cfg: DataConfig) -> ImageData:
     return ImageData(torch.stack(images), torch.tensor(labels), classes)
 
 
-def _decode(path: Path, where: str = "data.root") -> Tensor:
+def decode_file(path: Path, where: str = "data.root") -> Tensor:
     """One image file as C×H×W floats in [0, 1]: torchvision's decoders, then Pillow's for the
     formats torchvision lacks (BMP, PPM/PGM, TIFF); 8- and 16-bit channels alike."""
     from PIL import Image, UnidentifiedImageError
@@ -208,7 +208,7 @@ def load_npz(cfg: DataConfig) -> ImageData:
         except ValueError:  # object arrays need pickle, which can run code: refused
             raise CnnlabError(f"data.root: {path} holds an object array; allowed: numeric x and "
                               "y, and classes as a string array (np.array([...], dtype=str))") from None
-    x = _npz_images(x, f"data.root: {path}")
+    x = npz_images(x, f"data.root: {path}")
     if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
         raise CnnlabError(f"data.root: {path} array y has shape {y.shape} and dtype {y.dtype} for "
                           f"{len(x)} images; allowed: one integer label per image")
@@ -221,7 +221,7 @@ def load_npz(cfg: DataConfig) -> ImageData:
     return ImageData(x, torch.as_tensor(y, dtype=torch.int64), names)
 
 
-def _npz_images(x: np.ndarray, where: str) -> Tensor:
+def npz_images(x: np.ndarray, where: str) -> Tensor:
     """An .npz array ``x`` as N×C×H×W floats (uint8 scaled to [0, 1]), or one clear error."""
     if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
         raise CnnlabError(f"{where} array x has dtype {x.dtype}; allowed: integer (uint8: "
@@ -234,52 +234,6 @@ def _npz_images(x: np.ndarray, where: str) -> Tensor:
         raise CnnlabError(f"{where} array x has shape {x.shape}; allowed: N×H×W, N×H×W×C or "
                           "N×C×H×W with C = 1 or 3")
     return _uint8_images(np.ascontiguousarray(x))
-
-
-def read_inputs(paths: list[Path], shape: tuple[int, int, int]) -> tuple[list[str], Tensor, int]:
-    """Images to predict on, as a model of input ``shape`` takes them: (a name per image,
-    N×C×H×W pixels in [0, 1], how many were resized). ``paths`` are image files, folders of
-    them (not recursive, sorted) or .npz files with an array ``x``; colour is converted to the
-    model's channels and sizes resized to its input (antialiased, as ``data.image_size`` does)."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS
-    from torchvision.transforms.v2.functional import resize, rgb_to_grayscale
-
-    names: list[str] = []
-    images: list[Tensor] = []
-    for path in paths:
-        if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMG_EXTENSIONS)
-            if not files:
-                raise CnnlabError(f"predict: folder {path} has no images; allowed: files "
-                                  f"ending in {', '.join(IMG_EXTENSIONS)}")
-            names += [str(p) for p in files]
-            images += [_decode(p, "predict") for p in files]
-        elif path.suffix.lower() == ".npz":
-            try:
-                with np.load(path, allow_pickle=False) as archive:
-                    x = archive["x"]
-            except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
-                raise CnnlabError(f"predict: {path} is not an .npz file with a numeric array x; "
-                                  "allowed: numpy.savez(path, x=images)") from None
-            batch = _npz_images(x, f"predict: {path}")
-            names += [f"{path}[{i}]" for i in range(len(batch))]
-            images += list(batch)
-        elif path.is_file():
-            names.append(str(path))
-            images.append(_decode(path, "predict"))
-        else:
-            raise CnnlabError(f"predict: {path} does not exist; allowed: image files, folders of "
-                              "images, or .npz files")
-    channels, size = shape[0], list(shape[1:])
-    resized = 0
-    for i, img in enumerate(images):
-        img = img[:3] if img.shape[0] >= 3 else img[:1]  # drop alpha
-        if img.shape[0] != channels:
-            img = rgb_to_grayscale(img) if channels == 1 else img.expand(3, -1, -1)
-        if list(img.shape[1:]) != size:
-            img, resized = resize(img, size, antialias=True), resized + 1
-        images[i] = img
-    return names, torch.stack(images), resized
 
 
 SOURCES: dict[str, Callable[[DataConfig], ImageData]] = {

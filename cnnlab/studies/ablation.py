@@ -29,8 +29,10 @@ from cnnlab.metrics import FAILURE, METRICS, RESULT_KEYS
 from cnnlab.models.convnet import feature_shape
 from cnnlab.studies.comparisons import Interval
 from cnnlab.studies.dashboard import study_summary
+from cnnlab.studies.progress import StudyProgress, study_bars
+from cnnlab.studies.records import ARM, CONFIGS, FINISHED, KEY, OVERRIDES, SEED, TrialRow, arm_seed
 from cnnlab.studies.report import write_report
-from cnnlab.studies.results import Results, TrialRow, arm_seed, collect, looks_of, plan_of
+from cnnlab.studies.results import Results, collect, looks_of, plan_of
 from cnnlab.studies.sequential import LOOKS, SEED_PLAN, take_look
 from cnnlab.studies.spec import REPORT_KEYS, SEED_KEYS, AblationSpec, safe_name
 from cnnlab.studies.storage import (
@@ -41,22 +43,8 @@ from cnnlab.studies.storage import (
     summary_step,
     with_journal,
 )
-from cnnlab.studies.trials import (
-    ARM,
-    CONFIGS,
-    FINISHED,
-    KEY,
-    OVERRIDES,
-    SEED,
-    Queue,
-    StudyProgress,
-    liveness,
-    reclaim,
-    run_workers,
-    study_bars,
-    trial_config,
-    work,
-)
+from cnnlab.studies.trials import Queue, liveness, reclaim, trial_config, work
+from cnnlab.studies.workers import run_workers
 from cnnlab.tracking import share_service, study_run
 from cnnlab.training.run import run
 

@@ -14,7 +14,8 @@ from cnnlab.files import claim_study_folder, write_owned
 from cnnlab.metrics import FAILURE, FAILURES, METRICS, RESULT_KEYS
 from cnnlab.studies.plots import plots
 from cnnlab.studies.power import POWER
-from cnnlab.studies.results import Check, Results, TrialRow
+from cnnlab.studies.records import TrialRow
+from cnnlab.studies.results import Check, Results
 
 
 def p_text(p: float) -> str:

@@ -16,19 +16,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import optuna
-from optuna.trial import TrialState
 
 from cnnlab.metrics import (
-    FAILURE,
     FAILURES,
     MECHANISMS,
     METRICS,
-    RESULT_KEYS,
-    failure_value,
 )
 from cnnlab.studies.comparisons import (
     ALPHA,
@@ -40,95 +35,9 @@ from cnnlab.studies.comparisons import (
     difference_bounds,
 )
 from cnnlab.studies.power import detectable_effect, flip_seeds, rates_needed, seeds_needed
+from cnnlab.studies.records import TrialRow, read_trials
 from cnnlab.studies.sequential import LOOKS, SEED_PLAN, Decisions, Look, Plan, decide, take_look
 from cnnlab.studies.spec import AblationSpec, Expectation
-from cnnlab.studies.trials import ARM, KEY, LEGACY_HISTORY, NOTE, SEED, reason_of
-
-LEGACY_DIVERGED = "diverged"  # how cnnlab ≤ 0.3 began a diverged (pruned) trial's reason
-
-
-def arm_seed(attrs: dict[str, Any], params: dict[str, Any]) -> tuple[str, int]:
-    """A trial's arm and seed (user attributes; studies of cnnlab 0.1 kept them as parameters)."""
-    if ARM in attrs:
-        return str(attrs[ARM]), int(attrs[SEED])
-    return str(params["arm"]), int(params["seed"])
-
-
-def val_curve(trial: optuna.trial.FrozenTrial) -> list[float]:
-    """Validation accuracy per epoch: the intermediate values (cnnlab 0.1: a ``history`` attr)."""
-    if trial.intermediate_values:
-        return [trial.intermediate_values[e] for e in sorted(trial.intermediate_values)]
-    return [row.get("val/acc", math.nan) for row in trial.user_attrs.get(LEGACY_HISTORY, [])]
-
-
-@dataclass(frozen=True)
-class TrialRow:
-    """One finished arm × seed: its stored metrics and whether (how) it failed."""
-
-    arm: str
-    seed: int
-    failure: str | None
-    metrics: dict[str, Any]
-    curve: list[float]
-
-    @property
-    def censored(self) -> bool:
-        """It never reached the target accuracy: its ``epochs_to_target`` is a lower bound."""
-        return "epochs_to_target" in self.metrics and self.metrics["epochs_to_target"] is None
-
-    def _never(self) -> float | None:
-        """max_epochs + 1: the bound a run that never reached the target enters with."""
-        epochs = self.metrics.get("max_epochs", self.metrics.get("epochs"))
-        return None if epochs is None else float(epochs) + 1
-
-    def measured(self, metric: str) -> float | None:
-        """The metric as the run measured it (never reached: the censoring bound)."""
-        if metric == "epochs_to_target" and self.censored:
-            return self._never()
-        value = self.metrics.get(metric)
-        return None if value is None else float(value)
-
-    def value(self, metric: str) -> float | None:
-        """What the run enters the statistics with (intention-to-treat)."""
-        if METRICS[metric].rates:
-            return float(self.failure is not None)
-        if self.failure is None:
-            return self.measured(metric)
-        if METRICS[metric].failure == "censored":
-            return self._never()
-        return failure_value(metric, {**self.metrics, metric: self.measured(metric)})
-
-    def exact(self, metric: str) -> tuple[float, int] | None:
-        """(count, total) of a counted metric (its value × total, rounded), or None."""
-        split = METRICS[metric].counted
-        total = self.metrics.get(f"{split}_total") if split else None
-        value = self.value(metric)
-        return None if not total or value is None else (float(round(value * total)), int(total))
-
-
-def read_trials(study: optuna.Study) -> tuple[list[TrialRow], list[str], list[str]]:
-    """The finished trials (one per arm × seed), the keys still running or queued, and one line
-    per trial that failed to run (an error, not a failed training)."""
-    rows: dict[str, TrialRow] = {}
-    problems: list[tuple[str, str]] = []
-    running: list[str] = []
-    for t in study.get_trials(deepcopy=False):
-        key = t.user_attrs.get(KEY)
-        if key is None:
-            continue
-        if t.state in (TrialState.RUNNING, TrialState.WAITING):
-            running.append(key)
-        reason = reason_of(t) or ""
-        legacy = t.state == TrialState.PRUNED and reason.startswith(LEGACY_DIVERGED)
-        if key not in rows and (t.state == TrialState.COMPLETE or legacy):
-            arm, seed = arm_seed(t.user_attrs, t.params)
-            failure = "diverged" if legacy else t.user_attrs.get(FAILURE)
-            metrics = {k: t.user_attrs[k] for k in RESULT_KEYS if k in t.user_attrs}
-            rows[key] = TrialRow(arm, seed, failure, metrics, val_curve(t))
-        if t.state in (TrialState.FAIL, TrialState.PRUNED) and NOTE not in t.user_attrs and reason:
-            problems.append((key, f"{key}: {reason}"))  # none: a killed worker's, redone
-    failed = [line for key, line in problems if key not in rows]
-    return list(rows.values()), sorted(set(running) - set(rows)), failed
 
 
 @dataclass(frozen=True)

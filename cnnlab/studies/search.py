@@ -33,6 +33,8 @@ from cnnlab.data.datamodule import DataModule
 from cnnlab.data.sources import ImageData, load_cached
 from cnnlab.errors import CnnlabError
 from cnnlab.models.convnet import feature_shape
+from cnnlab.studies.progress import StudyProgress, study_bars
+from cnnlab.studies.records import CV_STD, FINISHED, FOLD_EPOCHS, FOLD_SCORES, KEY
 from cnnlab.studies.search_report import SearchResult, search_summary, write_search_report
 from cnnlab.studies.search_spec import (
     CORNERS,
@@ -51,22 +53,8 @@ from cnnlab.studies.storage import (
     summary_step,
     with_journal,
 )
-from cnnlab.studies.trials import (
-    CV_STD,
-    FINISHED,
-    FOLD_EPOCHS,
-    FOLD_SCORES,
-    KEY,
-    Queue,
-    StudyProgress,
-    liveness,
-    reclaim,
-    requeue_same,
-    run_workers,
-    study_bars,
-    trial_config,
-    work,
-)
+from cnnlab.studies.trials import Queue, liveness, reclaim, requeue_same, trial_config, work
+from cnnlab.studies.workers import run_workers
 from cnnlab.tracking import share_service, small_run, study_run
 from cnnlab.training.run import run
 

@@ -15,8 +15,8 @@ from optuna.trial import TrialState
 
 from cnnlab.files import write_owned
 from cnnlab.images import figure_png
+from cnnlab.studies.records import CV_STD, FOLD_EPOCHS, FOLD_SCORES, NOTE, reason_of
 from cnnlab.studies.search_spec import SearchSpec
-from cnnlab.studies.trials import CV_STD, FOLD_EPOCHS, FOLD_SCORES, NOTE, reason_of
 from cnnlab.study_summary import StudySummary
 
 

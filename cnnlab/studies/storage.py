@@ -9,7 +9,6 @@ from __future__ import annotations
 import random
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +19,14 @@ from cnnlab.errors import CnnlabError
 from cnnlab.files import check_study_folder, claim_study_folder, write_owned
 from cnnlab.studies.journal import ReadOnlyJournal, repair
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
 SCHEMES = ("journal file path", "sqlite:///PATH", "postgresql://USER@HOST/DB")
 OPTUNA_TABLES = {"studies", "trials", "version_info"}
 JOURNAL = "study.journal"
+
+
+def quiet() -> None:
+    """Optuna's INFO line per trial off: a study prints its own progress (study entries call it)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def default_url(out: Path) -> str:

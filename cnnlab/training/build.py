@@ -8,6 +8,7 @@ from cnnlab.config import ExperimentConfig
 from cnnlab.data.datamodule import DataModule
 from cnnlab.data.sources import ImageData
 from cnnlab.models.convnet import ConvNet
+from cnnlab.models.summary import LayerRow, summarize
 
 
 def build(cfg: ExperimentConfig, fold: tuple[int, int] | None = None, data: ImageData | None = None,
@@ -19,3 +20,15 @@ def build(cfg: ExperimentConfig, fold: tuple[int, int] | None = None, data: Imag
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = DataModule(cfg.data, cfg.seed, fold=fold, data=data, refit=refit)
     return datamodule, ConvNet(cfg.model, datamodule.input_shape, datamodule.num_classes)
+
+
+def summary_of(cfg: ExperimentConfig, input_shape: tuple[int, int, int] | None, num_classes: int
+               ) -> tuple[list[LayerRow], tuple[int, int, int], int]:
+    """Per-layer rows of the configured network on ``input_shape`` (default: the configured
+    data's, with its classes), with the shape and class count they are for."""
+    if input_shape is None:  # the network the fit would train, on the configured data
+        data, model = build(cfg)
+        input_shape, num_classes = data.input_shape, data.num_classes
+    else:
+        model = ConvNet(cfg.model, input_shape, num_classes)
+    return summarize(model, input_shape), input_shape, num_classes

@@ -9,10 +9,13 @@ from pathlib import Path
 
 import numpy as np
 from lightning.pytorch.tuner import Tuner
+from matplotlib.figure import Figure
 
 from cnnlab.config import ExperimentConfig
 from cnnlab.errors import CnnlabError
-from cnnlab.images import figure_png
+from cnnlab.files import write_output
+from cnnlab.images import check_png_out, figure_png, is_cnnlab_png
+from cnnlab.tracking import small_run
 from cnnlab.training.build import build
 from cnnlab.training.fast import prepare, resolve
 from cnnlab.training.module import Classifier
@@ -31,11 +34,6 @@ class LRFind:
 def find_lr(cfg: ExperimentConfig, out: Path, min_lr: float = 1e-6, max_lr: float = 1.0,
             num_training: int = 100) -> LRFind:
     """Lightning's LR finder: train briefly with an exponentially growing learning rate."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=min_lr,
                                                               scheduler="none"))
     data, model = build(cfg)
@@ -66,7 +64,8 @@ def find_lr(cfg: ExperimentConfig, out: Path, min_lr: float = 1e-6, max_lr: floa
     slopes = np.gradient(losses[:stop], np.log10(lrs[:stop]))
     best = 10 + int(np.argmin(slopes[10:]))
     suggestion = float(lrs[best])
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
     ax.plot(lrs, losses)
     ax.plot([suggestion], [losses[best]], "o", color="tab:red", markersize=9)
     ax.set_xscale("log")
@@ -74,3 +73,16 @@ def find_lr(cfg: ExperimentConfig, out: Path, min_lr: float = 1e-6, max_lr: floa
     ax.set_ylabel("training loss (smoothed)")
     ax.set_title(f"LR range test: suggestion {suggestion:.3g}")
     return LRFind(suggestion, len(losses), figure_png(fig, dpi=100))
+
+
+def write_lr_find(cfg: ExperimentConfig, out: Path, min_lr: float, max_lr: float,
+                  num_training: int) -> LRFind:
+    """``cnnlab lr-find``: the range test's plot as the PNG ``out``, its W&B run beside it."""
+    check_png_out(out)
+    if not 0 < min_lr < max_lr:
+        raise CnnlabError(f"--min-lr {min_lr:g} --max-lr {max_lr:g}: allowed: 0 < min < max")
+    found = find_lr(cfg, out.parent, min_lr, max_lr, num_training)
+    write_output(out, found.plot_png, is_cnnlab_png)
+    small_run(cfg, out.parent, "lr-find", {"lr_suggestion": found.suggestion,
+                                           "points": found.points}, {"lr_find": out})
+    return found

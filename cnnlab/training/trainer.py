@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import ctypes
-import logging
 import os
 import sys
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,16 +14,6 @@ from lightning.pytorch.loggers import Logger
 
 from cnnlab.config import TrainerConfig
 from cnnlab.training.distributed import layer_sync
-
-# Lightning sets its own INFO level on import; its device and tip banners are noise here.
-logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-# Lightning's advice for DataLoaders and big models does not apply to in-memory tensor batches.
-for pattern in (".*does not have many workers.*", ".*Checkpoint directory .* exists and is not empty.*",
-                ".*is smaller than the logging interval.*", ".*GPU available but not used.*",
-                ".*`isinstance\\(treespec, LeafSpec\\)` is deprecated.*",
-                # epoch metrics are torchmetrics values, already synced across processes
-                ".*when logging on epoch level in distributed setting.*"):
-    warnings.filterwarnings("ignore", message=pattern)
 
 
 def _skip_missing_nvml() -> None:
@@ -42,8 +30,6 @@ def _skip_missing_nvml() -> None:
         del os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"]
 
 
-_skip_missing_nvml()
-
 BEST = "best"
 
 
@@ -57,6 +43,7 @@ def build_trainer(
     ``trainer.devices`` / ``num_nodes`` / ``strategy`` pass through to Lightning (see
     ``distributed``).
     """
+    _skip_missing_nvml()
     checkpoint = ModelCheckpoint(
         dirpath=out / "checkpoints",
         filename=BEST,

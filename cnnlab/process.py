@@ -1,0 +1,75 @@
+"""What an entry point sets for its whole process, once: quiet logs, the warnings known not to
+apply, and SIGTERM/SIGINT as a clean, resumable stop.
+
+No library module changes global state when imported (lightning-hydra-template's ``extras()``
+idea): the ``cnnlab`` command and each study worker call ``configure`` when they start.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import signal
+import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+# Lightning's advice for DataLoaders and big models does not apply to in-memory tensor batches;
+# epoch metrics are torchmetrics values, already synced across processes; Optuna's experimental
+# APIs (the journal storage, heartbeats) are the ones cnnlab chose.
+IGNORED_WARNINGS = (
+    ".*does not have many workers.*", ".*Checkpoint directory .* exists and is not empty.*",
+    ".*is smaller than the logging interval.*", ".*GPU available but not used.*",
+    ".*`isinstance\\(treespec, LeafSpec\\)` is deprecated.*",
+    ".*when logging on epoch level in distributed setting.*",
+    ".*is experimental \\(supported from v.*", ".*is an experimental feature.*",
+)
+
+
+def configure() -> None:
+    """Lightning's device and tip banners off (it sets INFO on import), and the warnings above."""
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    for pattern in IGNORED_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+STORAGE_ERRORS = {  # an OSError of a full or read-only disk: what to do about it
+    errno.ENOSPC: "free some space (or another --out / --storage)",
+    errno.EDQUOT: "free some of your quota (or another --out / --storage)",
+    errno.EROFS: "a writable --out / --storage",
+    errno.EACCES: "a folder you may write to (--out / --storage)",
+    errno.EPERM: "a folder you may write to (--out / --storage)",
+}
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM (``timeout``, ``kill``, SLURM's preemption or time limit) or SIGINT, raised
+    where the command is, so it unwinds like Ctrl-C: staged runs are removed, trials failed
+    (a rerun redoes them). Lightning turns it into ``sys.exit(1)`` inside a fit, so the signal
+    is remembered in ``STOPPED`` for the entry point to report."""
+
+
+STOPPED: list[int] = []  # the signals received, in order
+
+
+def _stop(signum: int, frame: object) -> None:
+    STOPPED.append(signum)
+    raise Stopped(signum)
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """SIGTERM and SIGINT raise ``Stopped`` inside the block (main thread only); the previous
+    handlers come back after it (in-process callers, such as tests, keep theirs)."""
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        STOPPED.clear()
+        previous = {signum: signal.signal(signum, _stop)
+                    for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
