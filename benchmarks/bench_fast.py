@@ -16,8 +16,9 @@ from benchmarks.bench_ablation import SPEC, _throughput
 from benchmarks.common import Ratio
 from cnnlab.config import load_config
 from cnnlab.cpus import usable_cpus
-from cnnlab.data.sources import ImageData
-from cnnlab.studies.ablation import _worker_main, open_ablation, reconcile
+from cnnlab.data.sources import ImageData, dataset_key
+from cnnlab.studies.ablation import _worker_main, open_ablation
+from cnnlab.studies.rounds import reconcile
 from cnnlab.studies.spec import load_spec
 from cnnlab.studies.storage import open_storage
 from cnnlab.studies.workers import run_workers
@@ -39,7 +40,8 @@ def _fit_seconds(data: ImageData, *overrides: str) -> float:
     cfg = load_config(overrides=["model.channels=[32,64,128]", "data.batch_size=128",
                                  "trainer.max_epochs=2", "wandb.mode=disabled",
                                  "trainer.images=false", *overrides])
-    return run(cfg, Path(tempfile.mkdtemp(prefix="cnnlab-bench-")), data=data).metrics["fit_seconds"]
+    out = Path(tempfile.mkdtemp(prefix="cnnlab-bench-"))
+    return run(cfg, out, datasets={dataset_key(cfg.data): data}).metrics["fit_seconds"]
 
 
 def _two_workers(threads: int) -> float:

@@ -51,6 +51,7 @@ def plain_loop(cfg: ExperimentConfig, data: DataModule) -> float:
 def bench(repeats: int = 3) -> list[Ratio]:
     cfg = load_config(overrides=["wandb.mode=offline"])
     data = DataModule(cfg.data, cfg.seed)
+    data.setup("fit")
     fit_seconds: list[float] = []
 
     def cnnlab_fit() -> None:

@@ -63,7 +63,9 @@ def epoch_seconds(device: str, extra: list[str], scratch: Path) -> tuple[float, 
         fits[epochs] = result.metrics["fit_seconds"]
     cfg = preset(device, extra, 3)
     start = time.perf_counter()
-    plain_loop(cfg, DataModule(cfg.data, cfg.seed))
+    data = DataModule(cfg.data, cfg.seed)
+    data.setup("fit")
+    plain_loop(cfg, data)
     return (fits[3] - fits[1]) / 2, time.perf_counter() - start, fits[3]
 
 

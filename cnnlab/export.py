@@ -94,7 +94,10 @@ def export(source: Path, out: Path, fuse: bool) -> dict[str, Any]:
     report: dict[str, Any] = {"fused_bn": fuse and has_batch_norm(model), "norm": h.config["model"]["norm"]}
     if report["fused_bn"]:
         cfg = merge(OmegaConf.create(h.config))
-        x_val = DataModule(cfg.data, cfg.seed).val[0]  # normalised, as the network sees it
+        data = DataModule(cfg.data, cfg.seed)
+        data.setup("fit")
+        assert data.val is not None  # no fold, no refit: a validation split
+        x_val = data.val[0]  # normalised, as the network sees it
         fused = fuse_bn(model)
         report["max_abs_diff"] = max_abs_diff(model, fused, x_val)
         if report["max_abs_diff"] > TOLERANCE:

@@ -23,7 +23,7 @@ from torch import nn
 from wandb_records import run_contents
 
 from cnnlab.diagnostics import SPARSITY_THRESHOLD, epochs_to, weight_l2, weight_sparsity
-from cnnlab.studies.ablation import open_ablation, planned, reconcile
+from cnnlab.studies.ablation import open_ablation
 from cnnlab.studies.comparisons import (
     Interval,
     boschloo_p,
@@ -42,6 +42,7 @@ from cnnlab.studies.power import (
     simulate,
 )
 from cnnlab.studies.results import collect
+from cnnlab.studies.rounds import planned, reconcile
 from cnnlab.studies.sequential import Look, Plan, planned_looks, take_look
 from cnnlab.studies.spec import AblationSpec, load_spec
 from cnnlab.studies.storage import load_study, open_storage

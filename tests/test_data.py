@@ -53,6 +53,7 @@ def test_more_folds_than_class_members_is_a_clear_error() -> None:
 def test_normalisation_statistics_come_from_training_data_only() -> None:
     cfg = load_config()
     dm = DataModule(cfg.data, seed=0)
+    dm.setup("fit")
     x_train, _ = dm.train
     assert x_train.mean().abs() < 1e-4
     assert x_train.std(dim=(0, 2, 3)).item() == pytest.approx(1.0, abs=1e-3)
@@ -65,6 +66,8 @@ def test_fold_has_no_test_split_and_uses_the_training_portion() -> None:
     cfg = load_config()
     plain = DataModule(cfg.data, seed=0)
     fold = DataModule(cfg.data, seed=0, fold=(1, 4))
+    plain.setup("fit")
+    fold.setup("fit")
     assert fold.test is None
     with pytest.raises(RuntimeError):
         fold.test_dataloader()
@@ -96,6 +99,7 @@ def test_augment_sees_whole_training_batches_only() -> None:
 
     cfg = load_config(overrides=["data.batch_size=50"])
     dm = DataModule(cfg.data, seed=0, augment=augment)
+    dm.setup("fit")
     xb, _ = next(iter(dm.train_dataloader()))
     assert xb.min() > 50 and seen == [50]
     next(iter(dm.val_dataloader()))

@@ -40,6 +40,7 @@ def normalised_test(module: Classifier) -> tuple[DataModule, torch.Tensor, torch
     """The run's data module and its test split as raw pixels and as the network saw them."""
     cfg = merge(OmegaConf.create(module.hparams.config))
     data = DataModule(cfg.data, cfg.seed)
+    data.setup("test")
     x = data.test[0]
     return data, x * data.std + data.mean, x
 

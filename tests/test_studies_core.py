@@ -237,9 +237,17 @@ def _python(code: str) -> subprocess.CompletedProcess[str]:
 def test_config_and_a_config_error_load_no_torch() -> None:
     done = _python("import sys; from cnnlab.cli import main; import cnnlab.config; "
                    "status = main(['fit', 'model.norm=batchy']); "
-                   "print(status, 'torch' in sys.modules, 'lightning' in sys.modules)")
-    assert done.stdout.split() == ["2", "False", "False"], done.stderr
+                   "print(status, *(m in sys.modules for m in ('torch', 'lightning', 'optuna')))")
+    assert done.stdout.split() == ["2", "False", "False", "False"], done.stderr
     assert "model.norm: unknown value 'batchy'; allowed: batch, layer" in done.stderr
+
+
+def test_help_loads_no_torch_lightning_or_optuna() -> None:
+    done = _python("import sys; from cnnlab.cli import main\n"
+                   "try:\n    main(['--help'])\nexcept SystemExit as e:\n    code = e.code\n"
+                   "print(code, *(m in sys.modules for m in ('torch', 'lightning', 'optuna')))")
+    assert done.stdout.split()[-4:] == ["0", "False", "False", "False"], done.stderr
+    assert "cross-validated Optuna search" in done.stdout
 
 
 def test_the_statistics_and_the_report_load_no_torch_lightning_or_wandb() -> None:

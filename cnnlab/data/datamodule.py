@@ -69,11 +69,22 @@ class TensorBatches:
 class DataModule(L.LightningDataModule):
     """A dataset split (or fold ``fold`` of ``folds`` of its training portion), held as tensors.
 
-    Normalisation statistics (per channel) come from the training part only; the test split
-    is only served when no fold is asked for. ``refit`` trains on the whole training portion
-    (train + validation) with no validation split. Training batches pass through ``augment`` (by
-    default the one ``cfg.augment`` describes).
+    Lightning's idiom: ``prepare_data`` fetches what must be downloaded (once per machine),
+    ``setup`` loads, splits and normalises (once; later calls keep what it made). Normalisation
+    statistics (per channel) come from the training part only; the test split is only served
+    when no fold is asked for. ``refit`` trains on the whole training portion (train +
+    validation) with no validation split. Training batches pass through ``augment`` (by default
+    the one ``cfg.augment`` describes). ``data``: a dataset already in memory (a study's).
     """
+
+    classes: list[str]
+    input_shape: tuple[int, int, int]
+    mean: Tensor
+    std: Tensor
+    augment: Augment | None
+    train: tuple[Tensor, Tensor]
+    val: tuple[Tensor, Tensor] | None
+    test: tuple[Tensor, Tensor] | None
 
     def __init__(
         self,
@@ -85,14 +96,26 @@ class DataModule(L.LightningDataModule):
         refit: bool = False,
     ) -> None:
         super().__init__()
-        self.cfg, self.seed = cfg, seed
-        data = data if data is not None else load(cfg)
+        self.cfg, self.seed, self.fold, self.refit = cfg, seed, fold, refit
+        self.data, self.given_augment = data, augment
+
+    def prepare_data(self) -> None:
+        if self.data is None and self.cfg.download:
+            load(self.cfg)  # fetches the files; ``setup`` reads them on every process
+
+    def setup(self, stage: str | None = None) -> None:
+        if hasattr(self, "train"):
+            return
+        cfg, fold = self.cfg, self.fold
+        data = self.data if self.data is not None else load(cfg)
         self.classes = data.classes
         self.input_shape = data.input_shape
         labels = data.y.numpy()
         split = split_indices(labels, cfg.val_fraction, cfg.test_fraction, cfg.split_seed,
                               data.test_from)
-        if refit:  # all training data, no validation: the final model of a search
+        val: np.ndarray | None
+        test: np.ndarray | None
+        if self.refit:  # all training data, no validation: the final model of a search
             train, val, test = np.concatenate([split.train, split.val]), None, split.test
         elif fold is None:
             train, val, test = split.train, split.val, split.test
@@ -103,7 +126,7 @@ class DataModule(L.LightningDataModule):
         x_train = data.x[train]
         self.mean = x_train.mean(dim=(0, 2, 3), keepdim=True)
         self.std = x_train.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
-        self.augment = augment or build_augment(cfg.augment, fill=-self.mean / self.std)
+        self.augment = self.given_augment or build_augment(cfg.augment, fill=-self.mean / self.std)
         self.train = (self._normalise(x_train), data.y[train])
         self.val = None if val is None else (self._normalise(data.x[val]), data.y[val])
         self.test = None if test is None else (self._normalise(data.x[test]), data.y[test])
@@ -112,10 +135,12 @@ class DataModule(L.LightningDataModule):
         """Keep the whole dataset on ``device`` (a GPU): batches and augmentation stay there.
         ``channels_last`` stores images NHWC once, so every batch sliced from them is too."""
         layout = torch.channels_last if channels_last else torch.contiguous_format
-        self.train, self.val, self.test = (
-            None if part is None else (part[0].to(device, memory_format=layout), part[1].to(device))
-            for part in (self.train, self.val, self.test)
-        )
+        def move(part: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+            return part[0].to(device, memory_format=layout), part[1].to(device)
+
+        self.train = move(self.train)
+        self.val = None if self.val is None else move(self.val)
+        self.test = None if self.test is None else move(self.test)
         self.mean, self.std = self.mean.to(device), self.std.to(device)
 
     @property

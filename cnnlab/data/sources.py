@@ -261,9 +261,17 @@ def load(cfg: DataConfig) -> ImageData:
     return data
 
 
-def load_cached(cfg: DataConfig, cache: dict[tuple[Any, ...], ImageData]) -> ImageData:
+Datasets = dict[tuple[Any, ...], ImageData]  # datasets loaded once per process (a study's runs)
+
+
+def dataset_key(cfg: DataConfig) -> tuple[Any, ...]:
+    """What identifies a loaded dataset: two configs with the same key share one in memory."""
+    return (cfg.name, cfg.root, cfg.download, cfg.image_size)
+
+
+def load_cached(cfg: DataConfig, cache: Datasets) -> ImageData:
     """The dataset ``cfg`` names, loaded once per ``cache`` (a study's many runs share it)."""
-    key = (cfg.name, cfg.root, cfg.download, cfg.image_size)
+    key = dataset_key(cfg)
     if key not in cache:
         cache[key] = load(cfg)
     return cache[key]

@@ -16,26 +16,25 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 
 from cnnlab.config import load_config, to_yaml
-from cnnlab.data.sources import ImageData, load_cached
 from cnnlab.errors import CnnlabError
 from cnnlab.metrics import FAILURE, METRICS, RESULT_KEYS
-from cnnlab.models.convnet import feature_shape
 from cnnlab.studies.comparisons import Interval
 from cnnlab.studies.dashboard import study_summary
 from cnnlab.studies.progress import StudyProgress, study_bars
 from cnnlab.studies.records import ARM, CONFIGS, FINISHED, KEY, OVERRIDES, SEED, TrialRow, arm_seed
 from cnnlab.studies.report import write_report
-from cnnlab.studies.results import Results, collect, looks_of, plan_of
-from cnnlab.studies.sequential import LOOKS, SEED_PLAN, take_look
+from cnnlab.studies.results import Results, collect
+from cnnlab.studies.rounds import next_round, planned, reconcile, take_next_look
+from cnnlab.studies.sequential import SEED_PLAN
 from cnnlab.studies.spec import REPORT_KEYS, SEED_KEYS, AblationSpec, safe_name
 from cnnlab.studies.storage import (
+    default_url,
     load_study,
     open_storage,
     open_study_storage,
@@ -46,15 +45,12 @@ from cnnlab.studies.storage import (
 from cnnlab.studies.trials import Queue, liveness, reclaim, trial_config, work
 from cnnlab.studies.workers import run_workers
 from cnnlab.tracking import share_service, study_run
+from cnnlab.training.build import Datasets, check_buildable
 from cnnlab.training.run import run
 
 
 def study_name(spec: AblationSpec, quick: bool) -> str:
     return f"{spec.name}-quick" if quick else spec.name
-
-
-def trial_key(arm: str, seed: int) -> str:
-    return f"{arm} | seed={seed}"
 
 
 RESOLVED = "resolved_sha256"  # spec attribute: the digest of every arm's resolved config
@@ -82,61 +78,11 @@ def open_ablation(spec: AblationSpec, quick: bool, storage: optuna.storages.Base
     return study
 
 
-def take_next_look(study: optuna.Study, spec: AblationSpec) -> None:
-    """Store a look at the seeds every arm now has, with the α it spends (``sequential``):
-    once per round, before its report decides anything; a rerun with no new seeds adds none."""
-    seeds = max(planned(study, spec).values())
-    looks = looks_of(study)
-    new = take_look(plan_of(study, spec), looks, seeds)
-    if new != looks:
-        study.set_user_attr(LOOKS, [{"seeds": look.seeds, "alpha": look.alpha} for look in new])
-
-
-PLANNED = "planned_seeds"  # study attribute: seeds per arm of the latest round, stored before its trials
-
-
-def planned(study: optuna.Study, spec: AblationSpec) -> dict[str, int]:
-    """Seeds per arm: the spec's, or more where earlier rounds planned or queued more (any
-    state). A round's plan is stored in one record before its trials are queued, so a kill
-    half-way through queueing resumes the whole round, not a part of it."""
-    stored = study.user_attrs.get(PLANNED, {})
-    seeds = {arm.name: max(spec.seeds, stored.get(arm.name, 0)) for arm in spec.arms}
-    for t in study.get_trials(deepcopy=False):
-        if KEY in t.user_attrs:
-            arm, seed = arm_seed(t.user_attrs, t.params)
-            if arm in seeds:
-                seeds[arm] = max(seeds[arm], seed + 1)
-    return seeds
-
-
-def reconcile(study: optuna.Study, spec: AblationSpec, quick: bool,
-              more: dict[str, int] | None = None) -> int:
-    """Queue every planned arm × seed (``more``: raise an arm's count) that is not finished,
-    queued or running; returns how many."""
-    taken = {t.user_attrs.get(KEY) for t in study.get_trials(deepcopy=False)
-             if t.state in (*FINISHED, TrialState.WAITING, TrialState.RUNNING)}
-    seeds = planned(study, spec)
-    for arm, count in (more or {}).items():
-        seeds[arm] = max(seeds[arm], count)
-    if more:
-        study.set_user_attr(PLANNED, seeds)
-    queued = 0
-    for arm in spec.arms:
-        for seed in range(seeds[arm.name]):
-            key = trial_key(arm.name, seed)
-            if key not in taken:
-                study.enqueue_trial(dict(arm.levels), user_attrs={
-                    KEY: key, ARM: arm.name, SEED: seed, CONFIGS: list(spec.configs),
-                    OVERRIDES: spec.trial_overrides(arm, seed, quick)})
-                queued += 1
-    return queued
-
-
 def objective(study: optuna.Study, spec: AblationSpec, out: Path, threads: int
               ) -> Callable[[optuna.Trial], float]:
     """One arm × seed through the run path; its value is the primary metric as the report
     counts it (a failed run's failure value, ``cnnlab.metrics``)."""
-    datasets: dict[tuple[Any, ...], ImageData] = {}
+    datasets: Datasets = {}
 
     def one(trial: optuna.Trial) -> float:
         if ARM in trial.user_attrs:
@@ -153,7 +99,7 @@ def objective(study: optuna.Study, spec: AblationSpec, out: Path, threads: int
         # a lost attempt may have finished its folder but not its trial, or left it half-built
         levels = next(a.levels for a in spec.arms if a.name == arm)
         context = {"study": study.study_name, "arm": arm, "seed": seed, "factor": levels}
-        result = run(cfg, run_dir, data=load_cached(cfg.data, datasets), overwrite=True,
+        result = run(cfg, run_dir, datasets=datasets, overwrite=True,
                      takeover=True, context=context)
         kept = {name: result.metrics[name] for name in (*RESULT_KEYS, FAILURE)
                 if name in result.metrics}
@@ -228,26 +174,13 @@ def finished_keys(trials: list[FrozenTrial]) -> int:
 
 def check_architectures(spec: AblationSpec, quick: bool) -> None:
     """Every arm's network fits its data: fail before any trial starts, not in the middle."""
-    datasets: dict[tuple[Any, ...], ImageData] = {}
+    datasets: Datasets = {}
     for arm in spec.arms:
         cfg = spec.config(arm, 0, quick)
         try:
-            feature_shape(cfg.model, load_cached(cfg.data, datasets).input_shape)
+            check_buildable(cfg, datasets)
         except CnnlabError as err:
             raise CnnlabError(f"spec {spec.name}: arm {arm.name!r}: {err}") from None
-
-
-def next_round(report: Results, seeds: dict[str, int]) -> dict[str, int]:
-    """More seeds for both arms of every undecided confirmatory comparison, up to the spec's
-    maximum (and the plan's: beyond it a look spends nothing)."""
-    spec, more = report.spec, {}
-    for c in report.undecided:
-        count = min(spec.max_seeds, report.plan.most,
-                    max(seeds[c.arm], seeds[c.reference]) + spec.seed_step)
-        for arm in (c.arm, c.reference):
-            if count > seeds[arm]:
-                more[arm] = max(more.get(arm, 0), count)
-    return more
 
 
 @dataclass(frozen=True)
@@ -257,6 +190,15 @@ class Job:
     spec: AblationSpec
     out: Path
     url: str
+
+
+def jobs_for(specs: Sequence[AblationSpec], out: Path | None, storage: str | None, quick: bool
+             ) -> list[Job]:
+    """Where each spec's study lives: ``out`` itself for one spec, else ``out``/<study name>
+    (default reports/); its storage ``storage`` or the journal in that folder."""
+    root = out or Path("reports")
+    folders = [root / study_name(s, quick) if out is None or len(specs) > 1 else root for s in specs]
+    return [Job(s, f, storage or default_url(f)) for s, f in zip(specs, folders, strict=True)]
 
 
 def _files_and_summary(study: optuna.Study, final: Results, job: Job, quick: bool) -> None:

@@ -13,10 +13,12 @@ difference set to 0 and its failure rate to the reference's).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
+from cnnlab.errors import CnnlabError
 from cnnlab.metrics import METRICS
 from cnnlab.studies.comparisons import PAIRED, RATES
 from cnnlab.studies.power import POWER, Simulated, seeds_needed, simulate
@@ -141,3 +143,29 @@ def seeds_for(results: Results, effect: float | None) -> list[tuple[Expectation,
                                                                  POWER)
         out.append((e, m, needed))
     return out
+
+
+def plan_lines(results: Results, plans: list[Plan], effect: float | None, sims: int, seed: int
+               ) -> Iterator[str]:
+    """``cnnlab plan``'s text: the seeds each confirmatory comparison needs in one look, then
+    each seed plan's simulated chances, error rate and cost."""
+    if not results.checks:
+        raise CnnlabError(f"study {results.study!r} has no finished trials to plan from; allowed: "
+                          "a pilot run of the spec (cnnlab ablate SPEC --seeds 3)")
+    yield (f"{results.study}: pilot of {results.arms[0].seeds}+ seeds; seeds for 80% power in one "
+           f"look at α 0.05 / {len(results.checks)} (the family)")
+    for i, (e, m, needed) in enumerate(seeds_for(results, effect)):
+        size = f"|Δ| {effect:g}" if effect else "the pilot's Δ"
+        need = ("failure rates: see the simulation" if m.rates
+                else f"{needed or 'more than 200'} seeds for {size}")
+        yield (f"  {i + 1}. {e.text() if e.direction else f'{e.arm} vs {e.than}'}: Δ "
+               f"{m.delta:+.4g}, sd {m.sd:.3g}, failure rate {m.fail_arm:.2f} vs "
+               f"{m.fail_reference:.2f}; {need}")
+    yield (f"seed plans, {sims} simulated studies each (seed {seed}), decided by the report's "
+           "code:")
+    for plan in plans:
+        d = simulate_plan(results, plan, sims, seed)
+        yield (f"  {plan.first}:{plan.most}:{plan.step}: P(as expected) "
+               + " ".join(f"{i + 1}:{x:.2f}" for i, x in enumerate(d.expected))
+               + f"; P(supported) {d.supported:.2f}; P(decided) {d.decided:.2f}; FWER under the "
+               f"null {d.fwer:.3f} ± {d.fwer_se:.3f}; {d.mean_seeds:.1f} seeds per arm on average")

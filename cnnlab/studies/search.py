@@ -18,7 +18,6 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import numpy as np
@@ -29,10 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 
 from cnnlab.config import load_config
-from cnnlab.data.datamodule import DataModule
-from cnnlab.data.sources import ImageData, load_cached
 from cnnlab.errors import CnnlabError
-from cnnlab.models.convnet import feature_shape
 from cnnlab.studies.progress import StudyProgress, study_bars
 from cnnlab.studies.records import CV_STD, FINISHED, FOLD_EPOCHS, FOLD_SCORES, KEY
 from cnnlab.studies.search_report import SearchResult, search_summary, write_search_report
@@ -56,19 +52,18 @@ from cnnlab.studies.storage import (
 from cnnlab.studies.trials import Queue, liveness, reclaim, requeue_same, trial_config, work
 from cnnlab.studies.workers import run_workers
 from cnnlab.tracking import share_service, small_run, study_run
+from cnnlab.training.build import Datasets, check_buildable
 from cnnlab.training.run import run
 
 
 def check_data(spec: SearchSpec, quick: bool) -> None:
     """The dataset loads, splits into ``spec.folds`` folds and fits the network at both ends of
     the space: fail before the study exists, not in every trial."""
-    datasets: dict[tuple[Any, ...], ImageData] = {}
+    datasets: Datasets = {}
     for corner in CORNERS:
         cfg = corner_config(spec, corner, quick)
-        data = load_cached(cfg.data, datasets)
         try:
-            DataModule(cfg.data, cfg.seed, fold=(0, spec.folds), data=data)
-            feature_shape(cfg.model, data.input_shape)
+            check_buildable(cfg, datasets, fold=(0, spec.folds))
         except CnnlabError as err:
             raise CnnlabError(f"spec {spec.name}: space at its {corner} end: {err}") from None
 
@@ -105,7 +100,7 @@ def cross_validate(spec: SearchSpec, quick: bool, out: Path, threads: int
                    ) -> Callable[[optuna.Trial], float]:
     """The objective: train the trial's config on each fold, reporting fold 0's epochs and then
     each fold so it can be pruned; a diverged fold prunes the trial."""
-    datasets: dict[tuple[Any, ...], ImageData] = {}
+    datasets: Datasets = {}
     paired = spec.pruner["name"] == "wilcoxon"  # fold scores as paired instances
     first_fold_steps = max_epochs(spec, quick)
 
@@ -113,7 +108,6 @@ def cross_validate(spec: SearchSpec, quick: bool, out: Path, threads: int
         overrides = [*spec.base_overrides(quick), *as_overrides(suggest(trial, spec.space))]
         cfg = load_config(list(spec.configs), overrides)
         trial_config(cfg, spec.name, "fold", threads)
-        data = load_cached(cfg.data, datasets)
         scores: list[float] = []
         epochs, state = 0, "failed"
         try:
@@ -122,7 +116,7 @@ def cross_validate(spec: SearchSpec, quick: bool, out: Path, threads: int
                 cfg.wandb.tags = [spec.name, f"trial={trial.number}", f"fold={fold}"]
                 pruning = [EpochPruning(trial)] if fold == 0 and not paired else []
                 result = run(cfg, out / "trials" / f"{trial.number:04d}" / f"fold{fold}",
-                             fold=(fold, spec.folds), data=data, overwrite=True, takeover=True,
+                             fold=(fold, spec.folds), datasets=datasets, overwrite=True, takeover=True,
                              context={"study": trial.study.study_name, "trial": trial.number,
                                       "fold": fold}, callbacks=pruning)
                 epochs += result.metrics["epochs"]

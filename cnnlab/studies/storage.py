@@ -172,6 +172,20 @@ WANDB_STEP = "wandb_step"  # study attribute: the step of the summary run's late
 ARTIFACT_BYTES = 50 * 2**20  # a default journal this small joins the study's W&B artifact
 
 
+def stored_ablation(name: str, out: Path, storage: str | None) -> optuna.Study:
+    """An ablation's study, opened read-only from ``storage`` (default ``out``'s journal)."""
+    url = storage or default_url(out)
+    if "://" not in url and not Path(url).is_file():
+        raise CnnlabError(f"--storage {url}: no study storage there; allowed: the --out or "
+                          "--storage of an earlier cnnlab ablate")
+    study = load_study(open_storage(url, readonly=True), name)
+    if "factors" not in study.user_attrs.get("spec", {}):
+        raise CnnlabError(f"study {name!r} is not an ablation (a cnnlab tune search?); allowed: "
+                          "an ablation's name; a search's report is its --out/search.md, rewritten "
+                          "by rerunning cnnlab tune")
+    return study
+
+
 def summary_step(study: optuna.Study) -> int:
     """The next step of the study's one W&B summary run: each rerun logs after the last, so
     after ``wandb sync`` the dashboard shows the newest tables (offline runs cannot ask)."""

@@ -22,7 +22,7 @@ from lightning.pytorch.callbacks import Callback
 from cnnlab.config import ExperimentConfig, to_yaml
 from cnnlab.cpus import free_cpus
 from cnnlab.data.augment import preview
-from cnnlab.data.sources import ImageData
+from cnnlab.data.sources import Datasets
 from cnnlab.diagnostics import (
     accuracy,
     bn_train_eval_gap,
@@ -92,7 +92,7 @@ def run(
     cfg: ExperimentConfig,
     out: Path,
     fold: tuple[int, int] | None = None,
-    data: ImageData | None = None,
+    datasets: Datasets | None = None,
     refit: bool = False,
     overwrite: bool = False,
     takeover: bool = False,
@@ -104,7 +104,7 @@ def run(
     With ``fold=(i, k)`` the model trains on the other folds of the training portion, validates
     on fold i and never sees the test split; otherwise it is tested once, with its best weights.
     ``refit`` trains on train + validation with no validation (a search's final model).
-    ``data`` lets a study load a dataset once for many runs. A run whose training loss turns
+    ``datasets`` lets a study load each dataset once for many runs. A run whose training loss turns
     NaN or infinite stops early and reports ``diverged: true``. In distributed training every
     process runs this; only rank 0 writes files and W&B.
 
@@ -116,10 +116,10 @@ def run(
     the Trainer's (a search's pruning inside a fold).
     """
     if not is_rank_zero():
-        return _run(cfg, staging_path(out), out, fold, data, refit, context, callbacks)
+        return _run(cfg, staging_path(out), out, fold, datasets, refit, context, callbacks)
     staging = begin_run(out, overwrite, takeover)
     try:
-        result = _run(cfg, staging, out, fold, data, refit, context, callbacks)
+        result = _run(cfg, staging, out, fold, datasets, refit, context, callbacks)
         commit_run(staging, out)
     except BaseException:
         abort_run(staging)  # after a failed commit too: the old run is still in place
@@ -128,7 +128,7 @@ def run(
 
 
 def _run(cfg: ExperimentConfig, out: Path, final: Path, fold: tuple[int, int] | None,
-         data: ImageData | None, refit: bool, context: dict[str, Any] | None,
+         datasets: Datasets | None, refit: bool, context: dict[str, Any] | None,
          callbacks: Sequence[Callback]) -> RunResult:
     """``run`` inside the staging folder ``out``; the result names the ``final`` folder."""
     torch.set_num_threads(cfg.trainer.threads or free_cpus())  # 0: the cores free right now
@@ -137,7 +137,7 @@ def _run(cfg: ExperimentConfig, out: Path, final: Path, fold: tuple[int, int] | 
         found = find_lr(cfg, out)
         cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=found.suggestion))
     cfg, fast = resolved(cfg)  # config.yaml and W&B record what "auto" turned into
-    datamodule, model = build(cfg, fold, data, refit)
+    datamodule, model = build(cfg, fold, datasets, refit)
     module = Classifier.of(cfg, datamodule, model)
     prepare(model, fast, cfg.trainer.compile)
 

@@ -1,0 +1,231 @@
+"""What each ``cnnlab`` command does, as calls into its domain module and what it prints.
+
+Each body imports its machinery (torch, Lightning, Optuna) when it runs, after its arguments
+and config are checked: ``cnnlab --help`` and a bad key answer without loading any of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.table import Table
+
+from cnnlab.config import ExperimentConfig, load_config, to_yaml
+from cnnlab.errors import CnnlabError
+from cnnlab.files import check_run_out, check_study_folder, write_output
+
+if TYPE_CHECKING:  # the results model loads numpy and Optuna: only the commands that need it do
+    from cnnlab.studies.results import Results
+
+OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")  # key=value, as opposed to a spec file's path
+
+
+def _config(args: argparse.Namespace) -> ExperimentConfig:
+    return load_config(args.config, args.overrides)
+
+
+def _say(console: Console, line: str) -> None:
+    console.print(line, markup=False, highlight=False)
+
+
+def print_table(console: Console, title: str, rows: list[list[str]]) -> None:
+    """A header row and its rows; the first column whole, the others fold if they must."""
+    table = Table(title=title)
+    for i, column in enumerate(rows[0]):
+        table.add_column(column, no_wrap=i == 0, overflow="fold")
+    for row in rows[1:]:
+        table.add_row(*row)
+    console.print(table)
+
+
+def cmd_fit(args: argparse.Namespace) -> None:
+    cfg = _config(args)
+    from cnnlab.training.fast import resolved
+
+    if args.print_config:
+        print(to_yaml(resolved(cfg)[0]), end="")
+        return
+    out = args.out or Path("runs") / time.strftime("fit-%Y%m%d-%H%M%S")
+    check_run_out(out, args.overwrite)  # fail now, not after training
+    from cnnlab.training.distributed import is_rank_zero
+    from cnnlab.training.run import run
+
+    result = run(cfg, out, overwrite=args.overwrite)
+    if is_rank_zero():
+        print_table(Console(), f"cnnlab fit → {out}", [["metric", "value"], *(
+            [k, f"{v:.4f}" if isinstance(v, float) else str(v)] for k, v in result.metrics.items())])
+
+
+def cmd_summary(args: argparse.Namespace) -> None:
+    cfg = _config(args)
+    from cnnlab.training.build import summary_of
+
+    rows, shape, classes = summary_of(cfg, args.input_shape, args.num_classes)
+    table = Table(title=f"ConvNet on {'×'.join(map(str, shape))} input, {classes} classes")
+    for column in ("layer", "type", "output", "params", "mult-adds"):
+        table.add_column(column, justify="left" if column in ("layer", "type") else "right")
+    for row in rows:
+        table.add_row(row.name, row.kind, "×".join(map(str, row.shape)), f"{row.params:,}",
+                      f"{row.macs:,}")
+    table.add_row("total", "", "", f"{sum(r.params for r in rows):,}",
+                  f"{sum(r.macs for r in rows):,}", style="bold")
+    Console(width=120).print(table)
+
+
+def cmd_augment_preview(args: argparse.Namespace) -> None:
+    cfg = _config(args)
+    from cnnlab.data.preview import write_preview
+
+    write_preview(cfg, args.out, args.samples, args.variants)
+    print(f"wrote {args.out}: {args.samples} training samples (left column) and "
+          f"{args.variants} augmented variants each")
+
+
+def cmd_lr_find(args: argparse.Namespace) -> None:
+    cfg = _config(args)
+    from cnnlab.training.lr_find import write_lr_find
+
+    found = write_lr_find(cfg, args.out, args.min_lr, args.max_lr, args.num_training)
+    print(f"suggested learning rate {found.suggestion:.4g} ({found.points} points); plot: {args.out}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from cnnlab.export import default_out, describe, export
+
+    out = args.out or default_out(args.run, args.fuse_bn)
+    print(describe(out, export(args.run, out, args.fuse_bn), args.fuse_bn))
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from cnnlab.predict import HEADER, predict
+
+    found = predict(args.model, args.inputs)
+    if args.out is not None:
+        write_output(args.out, found.csv_bytes(), lambda path: False)  # never replaces a file
+        print(f"wrote {args.out}: {len(found.rows)} predictions")
+    else:
+        print_table(Console(), f"{args.model}: {len(found.rows)} predictions", [HEADER, *found.rows])
+    if found.resized:
+        shape = "×".join(map(str, found.input_shape[1:]))
+        print(f"note: {found.resized} of {len(found.rows)} inputs were resized to the model's "
+              f"{shape} pixels", file=sys.stderr)
+
+
+def show_results(console: Console, results: Results, out: Path) -> None:
+    """The study's arms, confirmatory checks and verdict, as the report gives them."""
+    from cnnlab.studies.report import console_lines
+
+    for line in console_lines(results):
+        _say(console, line)
+    _say(console, f"report: {out}/report.md")
+    if results.running:
+        console.print(f"note: {len(results.running)} trials of {results.study} were still "
+                      "running or queued (another worker?): the report is incomplete; rerun to "
+                      "update it")
+
+
+def cmd_ablate(args: argparse.Namespace) -> None:
+    from cnnlab.studies.spec import load_spec
+    from cnnlab.studies.workers import warm_workers
+
+    extra = tuple(a for a in args.specs if OVERRIDE.match(a))
+    paths = [Path(a) for a in args.specs if not OVERRIDE.match(a)]
+    if not paths:
+        raise CnnlabError("ablate: no spec file given; allowed: one or more specs, e.g. "
+                          "experiments/norm.yaml, then key=value overrides for every trial")
+    specs = [load_spec(path).with_extra(extra) for path in paths]  # validated before any work
+    if args.workers > 1:
+        warm_workers("cnnlab.studies.ablation")
+    from cnnlab.studies.ablation import ablate, jobs_for
+
+    if args.seeds:
+        specs = [spec.with_seeds(args.seeds) for spec in specs]
+    console = Console()
+    # each spec's report files and W&B summary are written while the workers go on
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        written = []
+        ablate(jobs_for(specs, args.out, args.storage, args.quick), args.quick, args.workers,
+               console, finish=lambda write: written.append(writer.submit(write)),
+               on_report=lambda job, results: show_results(console, results, job.out))
+        for future in written:
+            future.result()  # a failed write (a full disk) fails the command
+
+
+def cmd_tune(args: argparse.Namespace) -> None:
+    from cnnlab.studies.search_spec import load_search_spec, with_overrides
+    from cnnlab.studies.spec import safe_name
+    from cnnlab.studies.workers import warm_workers
+
+    spec = with_overrides(load_search_spec(args.spec), args.trials, args.folds,
+                          tuple(args.overrides))
+    if args.workers > 1:
+        warm_workers("cnnlab.studies.search")
+    from cnnlab.studies.search import tune
+    from cnnlab.studies.storage import default_url
+
+    name = safe_name(args.study or (f"{spec.name}-quick" if args.quick else spec.name))
+    out = args.out or Path("reports") / name
+    console = Console()
+    result = tune(spec, args.quick, out, args.storage or default_url(out), name, args.workers,
+                  args.timeout, console)
+    print_table(console, f"{name} → {out}/search.md", [
+        ["best trial", "CV accuracy", "CV std", "test accuracy", "parameters"],
+        [str(result.best_trial), f"{result.cv_mean:.4f}", f"{result.cv_std:.4f}",
+         f"{result.test_acc:.4f}",
+         " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                  for k, v in result.params.items())],
+    ])
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from cnnlab.studies.report import write_report
+    from cnnlab.studies.results import collect
+    from cnnlab.studies.spec import safe_name
+    from cnnlab.studies.storage import stored_ablation
+
+    name = safe_name(args.name)
+    out = args.out or Path("reports") / name
+    study = stored_ablation(name, out, args.storage)
+    check_study_folder(out)  # before anything is written
+    show_results(Console(), write_report(collect(study), out), out)
+
+
+def cmd_plan(args: argparse.Namespace) -> None:
+    from cnnlab.studies.planning import plan_lines
+    from cnnlab.studies.results import collect
+    from cnnlab.studies.sequential import Plan
+    from cnnlab.studies.spec import load_spec
+    from cnnlab.studies.storage import stored_ablation
+
+    spec = load_spec(args.spec)
+    name = f"{spec.name}-quick" if args.quick else spec.name
+    results = collect(stored_ablation(name, args.out or Path("reports") / name, args.storage))
+    console = Console()
+    for line in plan_lines(results, [Plan(*p) for p in args.plan] or [spec.plan], args.effect,
+                           args.sims, args.seed):
+        _say(console, line)
+
+
+def cmd_sync(args: argparse.Namespace) -> None:
+    from cnnlab.sync import is_synced, offline_runs, sync, sync_roots
+
+    runs = offline_runs(sync_roots(args.targets))
+    if args.dry_run:
+        for run in runs:
+            print(f"{run}{'  (synced)' if is_synced(run) else ''}")
+        todo = sum(not is_synced(r) for r in runs)
+        print(f"{todo} offline W&B runs to sync, {len(runs) - todo} already synced")
+        return
+    summary, failed = sync(runs, args.timeout)
+    print(summary)
+    for line in failed:
+        print(f"failed: {line}", file=sys.stderr)
+    if failed:
+        raise SystemExit(1)
