@@ -9,17 +9,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 from cnnlab.errors import CnnlabError
+from cnnlab.yaml_files import check_shape, load_yaml
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
@@ -170,70 +170,14 @@ def enabled_ops(cfg: AugmentConfig) -> list[str]:
     return [name for name, on in AUGMENT_OPS.items() if on(cfg)]
 
 
-class _YamlLoader(yaml.SafeLoader):
-    """YAML as OmegaConf reads it (``1e-3`` is a float, not a string); duplicate keys refused."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        keys = [self.construct_object(k, deep=True) for k, _ in node.value]
-        for key in keys:
-            if keys.count(key) > 1:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", node.start_mark)
-        return super().construct_mapping(node, deep=deep)
-
-
-_YamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
-
-
-def load_yaml(path: Path, what: str) -> Any:
-    """A YAML file's data; unreadable, binary or invalid files are one ``CnnlabError``."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise CnnlabError(f"{what} {path}: cannot read ({err.strerror}); allowed: a YAML file") from None
-    except UnicodeDecodeError:
-        raise CnnlabError(f"{what} {path}: is not UTF-8 text; allowed: a YAML file") from None
-    try:
-        return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 (a SafeLoader)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None)
-        detail = f" ({problem})" if problem and "duplicate" in problem else ""
-        raise CnnlabError(f"{what} {path}: invalid YAML{where}{detail}; allowed: a YAML mapping "
-                          "with each key once") from None
-
-
 def _read_yaml(path: Path) -> DictConfig:
     data = load_yaml(path, "--config")
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise CnnlabError(f"--config {path}: top level is {type(data).__name__}; allowed: a mapping of keys")
-    _check_shape(data, _schema(), "")
+    check_shape(data, _schema(), "")
     return OmegaConf.create(data)
-
-
-def _check_shape(layer: dict[Any, Any], schema: DictConfig, prefix: str) -> None:
-    """Sections must be mappings and list keys lists: say so before OmegaConf's merge would."""
-    for key, value in layer.items():
-        full = f"{prefix}{key}"
-        if not isinstance(key, str) or key not in schema.keys():
-            continue  # merge names unknown keys with the allowed ones
-        node = schema._get_node(key)
-        if isinstance(node, DictConfig):
-            if not isinstance(value, dict):
-                raise CnnlabError(f"{full}: got {value!r}; allowed: a mapping with keys "
-                                  f"{', '.join(node.keys())}")
-            _check_shape(value, node, f"{full}.")
-        elif isinstance(node, ListConfig) and not isinstance(value, list):
-            hint = f" (write [{value}] for a list)" if isinstance(value, str) and "," in value else ""
-            raise CnnlabError(f"{full}: got {value!r}{hint}; allowed: a list, e.g. "
-                              f"{full}=[16,32]")
 
 
 def _allowed_keys(full_key: str) -> str:
@@ -261,7 +205,7 @@ def _overrides(items: list[str]) -> DictConfig:
                 f"override {item!r}: cannot parse the value; allowed: a YAML scalar or list, "
                 "e.g. model.channels=[16,32]"
             ) from None
-        _check_shape(OmegaConf.to_container(layer), _schema(), "")
+        check_shape(OmegaConf.to_container(layer), _schema(), "")
         layers.append(layer)
     return OmegaConf.merge(*layers) if layers else OmegaConf.create()
 

@@ -1,11 +1,7 @@
-"""Files cnnlab writes, and the proof that it wrote them.
-
-Every folder cnnlab makes (a run, a study's report folder) holds a manifest, ``.cnnlab.json``,
-naming its kind and the SHA-256 of each file cnnlab put there. cnnlab deletes or replaces a file
-only when the manifest lists it with the hash it still has; anything else in the folder is the
-user's and stays. A run is built in a staging folder beside its ``--out`` and renamed into place
-at the end, so an interrupted or failed run never touches a finished one. Files get the user's
-umask (not ``mkstemp``'s 0600), so colleagues on a shared machine can read results.
+"""What cnnlab does to the folders and files users name (``--out``, ``--storage``): runs built in
+a staging folder beside ``--out`` and renamed into place at the end, so an interrupted or failed
+run never touches a finished one; study folders claimed once; single output files replaced only
+when cnnlab wrote them. Every deletion goes through ``ownership``'s proof.
 """
 
 from __future__ import annotations
@@ -13,161 +9,24 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import json
 import os
-import socket
-import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cnnlab.errors import CnnlabError
-
-MANIFEST = ".cnnlab.json"
-KINDS = ("run", "study", "partial")  # partial: a run still being built by ``owner``
-APPEND_ONLY = "append-only"  # a file cnnlab appends to (a study journal): listed without a hash
-APPENDED = (".log", ".journal")  # the only files cnnlab appends to: W&B logs, study journals
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-UMASK = _umask()
-
-
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path`` and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~UMASK)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def owner_id() -> str:
-    """host:pid of this process, recorded on what it is building (folders, trials)."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def owner_alive(owner: str | None) -> bool:
-    """False for an owner of this host whose process is gone; other hosts count as alive."""
-    if not owner:
-        return False
-    host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname():
-        return True
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError):
-        return True
-    return True
-
-
-@dataclass
-class Manifest:
-    """What cnnlab wrote in one folder: relative path → SHA-256 (or ``APPEND_ONLY``)."""
-
-    kind: str
-    owner: str = ""
-    files: dict[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def read(cls, folder: Path) -> Manifest | None:
-        """The folder's manifest, or None when cnnlab did not make the folder.
-
-        A manifest is data on disk, so it may be forged: it counts only for a real folder (not
-        one reached through a link), when every file it lists lies inside that folder without
-        a link on the way, and lists as append-only nothing but logs and journals."""
-        if folder.is_symlink() or (folder / MANIFEST).is_symlink():
-            return None
-        try:
-            raw = json.loads((folder / MANIFEST).read_text())
-            manifest = cls(raw["kind"], raw.get("owner", ""), dict(raw.get("files", {})))
-            files_ok = all(isinstance(rel, str) and isinstance(digest, str)
-                           and _contained(folder, rel)
-                           and (digest != APPEND_ONLY or rel.endswith(APPENDED))
-                           for rel, digest in manifest.files.items())
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return None
-        return manifest if manifest.kind in KINDS and files_ok else None
-
-    def write(self, folder: Path) -> None:
-        write_atomic(folder / MANIFEST, json.dumps(asdict(self), indent=1, sort_keys=True) + "\n")
-
-
-PENDING = "|"  # separates a file's old and new digest while cnnlab replaces it
-
-
-def _contained(folder: Path, rel: str) -> bool:
-    """``rel`` is a relative path inside ``folder`` whose folders on the way are real folders:
-    no absolute path, no '..', no symbolic link to follow out of it."""
-    parts = rel.split("/")
-    if not rel or rel.startswith("/") or "\\" in rel or any(p in ("", ".", "..") for p in parts):
-        return False
-    here = folder
-    for part in parts[:-1]:
-        here = here / part
-        if here.is_symlink():
-            return False
-    return True
-
-
-def _digest(path: Path) -> str:
-    if path.is_symlink():
-        return "symlink:" + os.readlink(path)
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _files(folder: Path) -> Iterator[str]:
-    """Every file (and symlink) under ``folder`` but the manifest, as a relative path."""
-    for root, dirs, names in os.walk(folder):
-        base = Path(root).relative_to(folder)
-        for name in names + [d for d in dirs if (Path(root) / d).is_symlink()]:
-            rel = (base / name).as_posix()
-            if rel != MANIFEST:
-                yield rel
-
-
-def _is_ours(folder: Path, manifest: Manifest, rel: str) -> bool:
-    """Listed, and unchanged since (``old|new``: a write was under way, either content is ours)."""
-    listed = manifest.files.get(rel)
-    return listed is not None and (listed == APPEND_ONLY
-                                   or _digest(folder / rel) in listed.split(PENDING))
-
-
-def foreign_files(folder: Path, manifest: Manifest) -> list[str]:
-    """Files under ``folder`` that the manifest does not list, or that changed since."""
-    return sorted(rel for rel in _files(folder) if not _is_ours(folder, manifest, rel))
-
-
-def remove_owned(folder: Path, manifest: Manifest) -> list[str]:
-    """Delete the files cnnlab wrote (unchanged since), then the folders left empty; returns what
-    stays (the user's files)."""
-    for rel in manifest.files:
-        path = folder / rel
-        if (path.exists() or path.is_symlink()) and _is_ours(folder, manifest, rel):
-            path.unlink()
-    (folder / MANIFEST).unlink(missing_ok=True)
-    for root, _, _ in sorted(os.walk(folder), key=lambda entry: -len(entry[0])):
-        with contextlib.suppress(OSError):  # not empty: the user's files are in it
-            os.rmdir(root)
-    return sorted(_files(folder)) if folder.exists() else []
+from cnnlab.ownership import (
+    APPEND_ONLY,
+    PENDING,
+    Manifest,
+    digest,
+    files_under,
+    foreign_files,
+    is_ours,
+    owner_alive,
+    owner_id,
+    remove_owned,
+    write_atomic,
+)
 
 
 def refuse_special(out: Path, option: str = "--out") -> None:
@@ -202,7 +61,7 @@ def check_run_out(out: Path, overwrite: bool) -> None:
     manifest = Manifest.read(out)
     if manifest is None or manifest.kind != "run":
         raise CnnlabError(f"--out {out}: holds files cnnlab did not write "
-                          f"({_listing(sorted(_files(out)))}); allowed: a new or empty directory, "
+                          f"({_listing(sorted(files_under(out)))}); allowed: a new or empty directory, "
                           "or the folder of an earlier cnnlab fit")
     if not overwrite:
         raise CnnlabError(f"--out {out}: already holds a finished run; allowed: a new directory, "
@@ -242,7 +101,7 @@ def begin_run(out: Path, overwrite: bool, takeover: bool = False) -> Path:
 
 def _remove_partial(staging: Path) -> None:
     """A staging folder holds only what a cnnlab run wrote into it: every file is cnnlab's."""
-    manifest = Manifest("partial", files={rel: _digest(staging / rel) for rel in _files(staging)})
+    manifest = Manifest("partial", files={rel: digest(staging / rel) for rel in files_under(staging)})
     left = remove_owned(staging, manifest)
     if left:  # a file appeared while we looked: keep it and say so
         raise CnnlabError(f"{staging}: could not be cleared ({_listing(left)}); allowed: move it away")
@@ -257,8 +116,8 @@ def abort_run(staging: Path) -> None:
 def commit_run(staging: Path, out: Path) -> None:
     """Record every file of the finished run and put it in place of ``out`` (an empty folder or an
     unchanged earlier run, whose files are then deleted)."""
-    files = {rel: APPEND_ONLY if rel.endswith(".log") else _digest(staging / rel)
-             for rel in _files(staging)}  # W&B's logs may still grow after its run finished
+    files = {rel: APPEND_ONLY if rel.endswith(".log") else digest(staging / rel)
+             for rel in files_under(staging)}  # W&B's logs may still grow after its run finished
     Manifest("run", owner_id(), files).write(staging)
     if out.exists() and any(out.iterdir()):
         check_run_out(out, overwrite=True)  # again: the user may have added files meanwhile
@@ -288,14 +147,14 @@ def check_study_folder(out: Path) -> bool:
     manifest = Manifest.read(out) if out.is_dir() else None
     if manifest is not None and manifest.kind == "study":
         changed = [rel for rel in manifest.files if (out / rel).exists()
-                   and not _is_ours(out, manifest, rel)]
+                   and not is_ours(out, manifest, rel)]
         if changed:  # say so now, not after the trials ran
             raise CnnlabError(f"--out {out}: {_listing(sorted(changed))} changed since cnnlab wrote "
                               "it; allowed: move it away (cnnlab rewrites it), or another --out")
         return True
     if out.exists() and any(out.iterdir()):
         raise CnnlabError(f"--out {out}: holds files cnnlab did not write "
-                          f"({_listing(sorted(_files(out)))}); allowed: a new or empty directory, "
+                          f"({_listing(sorted(files_under(out)))}); allowed: a new or empty directory, "
                           "or the report folder of an earlier study")
     return False
 
@@ -325,7 +184,7 @@ def write_owned(folder: Path, rel: str, data: str | bytes | None) -> None:
         if manifest is None:
             raise CnnlabError(f"{folder}: not a folder cnnlab made; allowed: a new --out")
         path = folder / rel
-        if (path.exists() or path.is_symlink()) and not _is_ours(folder, manifest, rel):
+        if (path.exists() or path.is_symlink()) and not is_ours(folder, manifest, rel):
             raise CnnlabError(f"{path}: cnnlab did not write this file (or it changed since); "
                               "allowed: move it away, or another --out")
         if data is None:

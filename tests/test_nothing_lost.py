@@ -20,7 +20,8 @@ from test_ablation import write_spec
 
 from cnnlab import files
 from cnnlab.errors import CnnlabError
-from cnnlab.files import MANIFEST, Manifest, claim_study_folder, staging_path, write_owned
+from cnnlab.files import claim_study_folder, staging_path, write_owned
+from cnnlab.ownership import MANIFEST, Manifest
 from cnnlab.studies.storage import load_study, open_storage
 
 FAST = ["trainer.max_epochs=1", "model.channels=[8]", "model.hidden_units=[16]", "data.batch_size=128"]

@@ -159,8 +159,8 @@ def cmd_ablate(args: argparse.Namespace) -> None:
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
+    from cnnlab.studies.hypothesis import safe_name
     from cnnlab.studies.search_spec import load_search_spec, with_overrides
-    from cnnlab.studies.spec import safe_name
     from cnnlab.studies.workers import warm_workers
 
     spec = with_overrides(load_search_spec(args.spec), args.trials, args.folds,
@@ -185,9 +185,9 @@ def cmd_tune(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
+    from cnnlab.studies.hypothesis import safe_name
     from cnnlab.studies.report import write_report
     from cnnlab.studies.results import collect
-    from cnnlab.studies.spec import safe_name
     from cnnlab.studies.storage import stored_ablation
 
     name = safe_name(args.name)

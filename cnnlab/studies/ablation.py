@@ -26,13 +26,14 @@ from cnnlab.errors import CnnlabError
 from cnnlab.metrics import FAILURE, METRICS, RESULT_KEYS
 from cnnlab.studies.comparisons import Interval
 from cnnlab.studies.dashboard import study_summary
+from cnnlab.studies.hypothesis import safe_name
 from cnnlab.studies.progress import StudyProgress, study_bars
 from cnnlab.studies.records import ARM, CONFIGS, FINISHED, KEY, OVERRIDES, SEED, TrialRow, arm_seed
 from cnnlab.studies.report import write_report
 from cnnlab.studies.results import Results, collect
 from cnnlab.studies.rounds import next_round, planned, reconcile, take_next_look
 from cnnlab.studies.sequential import SEED_PLAN
-from cnnlab.studies.spec import REPORT_KEYS, SEED_KEYS, AblationSpec, safe_name
+from cnnlab.studies.spec import REPORT_KEYS, SEED_KEYS, AblationSpec
 from cnnlab.studies.storage import (
     default_url,
     load_study,

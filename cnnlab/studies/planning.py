@@ -21,11 +21,11 @@ import numpy as np
 from cnnlab.errors import CnnlabError
 from cnnlab.metrics import METRICS
 from cnnlab.studies.comparisons import PAIRED, RATES
+from cnnlab.studies.hypothesis import Expectation
 from cnnlab.studies.power import POWER, Simulated, seeds_needed, simulate
 from cnnlab.studies.records import TrialRow
 from cnnlab.studies.results import Results, family
 from cnnlab.studies.sequential import Plan, planned_looks
-from cnnlab.studies.spec import Expectation
 
 
 @dataclass(frozen=True)

@@ -34,10 +34,11 @@ from cnnlab.studies.comparisons import (
     boschloo_p,
     difference_bounds,
 )
+from cnnlab.studies.hypothesis import Expectation
 from cnnlab.studies.power import detectable_effect, flip_seeds, rates_needed, seeds_needed
 from cnnlab.studies.records import TrialRow, read_trials
 from cnnlab.studies.sequential import LOOKS, SEED_PLAN, Decisions, Look, Plan, decide, take_look
-from cnnlab.studies.spec import AblationSpec, Expectation
+from cnnlab.studies.spec import AblationSpec
 
 
 @dataclass(frozen=True)

@@ -20,17 +20,24 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from cnnlab.config import ExperimentConfig, load_config, load_yaml, to_yaml
+from cnnlab.config import ExperimentConfig, load_config, to_yaml
 from cnnlab.errors import CnnlabError
 from cnnlab.metrics import METRICS
+from cnnlab.studies.hypothesis import (
+    Expectation,
+    Hypothesis,
+    arm_name,
+    metric_name,
+    parse_hypothesis,
+    safe_name,
+    yaml_scalar,
+)
 from cnnlab.studies.sequential import Plan
+from cnnlab.yaml_files import load_yaml
 
 SPEC_KEYS = ("name", "description", "configs", "overrides", "factors", "seeds", "metric",
              "metrics", "baseline", "quick", "margin", "hypothesis")
@@ -40,32 +47,6 @@ SEEDS_AUTO = {"min": 3, "max": 10, "step": 2}  # --seeds auto over a spec with f
 SEEDS_HORIZON = SEEDS_AUTO["max"]
 SEED_KEYS = ("seeds", "max_seeds", "seed_step")  # how many seeds: may change between runs
 REPORT_KEYS = ("description", "metrics", "margin", "hypothesis")  # read by the report only
-DIRECTIONS = ("higher", "lower")
-
-
-@dataclass(frozen=True)
-class Expectation:
-    """``arm`` has a higher / lower ``metric`` than ``than`` (paired by seed)."""
-
-    arm: str
-    than: str
-    metric: str
-    direction: str
-
-    @property
-    def sign(self) -> int:
-        return 1 if self.direction == "higher" else -1
-
-    def text(self) -> str:
-        return f"{self.metric}: {self.arm} {self.direction} than {self.than}"
-
-
-@dataclass(frozen=True)
-class Hypothesis:
-    claim: str
-    expect: tuple[Expectation, ...]
-
-
 @dataclass(frozen=True)
 class Arm:
     """One cell of the grid: its name, its level per factor and the overrides it adds."""
@@ -174,15 +155,6 @@ class AblationSpec:
         return dataclasses.replace(self, seeds=int(seeds), max_seeds=0)
 
 
-def arm_name(levels: dict[str, str]) -> str:
-    return ", ".join(f"{factor}={level}" for factor, level in levels.items())
-
-
-def safe_name(text: str) -> str:
-    """A file-system-safe version of a study, arm or run name (no separators, no '..')."""
-    return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", text).replace("..", "_").strip("._") or "_"
-
-
 def one_process(cfg: ExperimentConfig) -> None:
     """A study's trial is one process; parallelism comes from workers, not from DDP per trial."""
     for key, value in (("trainer.devices", cfg.trainer.devices),
@@ -191,11 +163,6 @@ def one_process(cfg: ExperimentConfig) -> None:
             raise CnnlabError(f"{key}: got {value}; allowed: 1 in a study (run several trials at "
                               "once with --workers, or with workers on more machines sharing one "
                               "PostgreSQL --storage)")
-
-
-def yaml_scalar(value: Any) -> str:
-    """A value as it reads in a key=value override."""
-    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
 def _overrides(where: str, value: Any) -> tuple[str, ...]:
@@ -254,13 +221,6 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _metric(path: Path, key: str, name: Any) -> str:
-    if not isinstance(name, str) or name not in METRICS:
-        raise CnnlabError(f"spec {path}: {key}: unknown metric {name!r}; allowed: "
-                          f"{', '.join(METRICS)}")
-    return name
-
-
 def _seeds(path: Path, raw: Any) -> tuple[int, int, int]:
     """``seeds: N`` → (N, 0, 2); ``seeds: {min, max, step}`` → (min, max, step)."""
     if isinstance(raw, dict):
@@ -276,50 +236,6 @@ def _seeds(path: Path, raw: Any) -> tuple[int, int, int]:
         raise CnnlabError(f"spec {path}: seeds is {raw!r}; allowed: a positive integer, or "
                           "{min: 3, max: 10, step: 2}")
     return raw, 0, SEEDS_AUTO["step"]
-
-
-def _levels_arm(path: Path, where: str, raw: Any, spec: AblationSpec) -> str:
-    """An arm named by its levels; factors left out take the baseline's level."""
-    base = next(a.levels for a in spec.arms if a.name == spec.baseline)
-    if not isinstance(raw, dict):
-        raise CnnlabError(f"spec {path}: {where}: got {raw!r}; allowed: a mapping of factor to "
-                          f"level, e.g. {{{next(iter(spec.factors))}: ...}}")
-    for factor, level in raw.items():
-        if factor not in spec.factors:
-            raise CnnlabError(f"spec {path}: {where}: {factor!r} is not a factor; allowed: "
-                              f"{', '.join(spec.factors)}")
-        text = level if isinstance(level, str) else yaml_scalar(level)
-        if text not in spec.factors[factor]:
-            raise CnnlabError(f"spec {path}: {where}: {factor}={text} is not a level; allowed: "
-                              f"{', '.join(spec.factors[factor])}")
-    return arm_name({f: level if isinstance(level := raw.get(f, base[f]), str)
-                     else yaml_scalar(level) for f in spec.factors})
-
-
-def _hypothesis(path: Path, raw: Any, spec: AblationSpec) -> Hypothesis:
-    """``{claim: text, expect: [{arm: {...}, than: {...}, metric: m, is: higher|lower}, ...]}``."""
-    shape = ("{claim: text, expect: [{arm: {factor: level}, than: {factor: level} (default the "
-             "baseline), metric: name (default the spec's), is: higher|lower}, ...]}")
-    if (not isinstance(raw, dict) or set(map(str, raw)) != {"claim", "expect"}
-            or not isinstance(raw["expect"], list) or not raw["expect"]):
-        raise CnnlabError(f"spec {path}: hypothesis: got {raw!r}; allowed: {shape}")
-    expect = []
-    for i, item in enumerate(raw["expect"]):
-        where = f"hypothesis.expect[{i}]"
-        if not isinstance(item, dict) or not {"arm", "is"} <= set(item) <= {"arm", "than",
-                                                                            "metric", "is"}:
-            raise CnnlabError(f"spec {path}: {where}: got {item!r}; allowed: {shape}")
-        if item["is"] not in DIRECTIONS:
-            raise CnnlabError(f"spec {path}: {where}.is: got {item['is']!r}; allowed: "
-                              f"{', '.join(DIRECTIONS)}")
-        arm = _levels_arm(path, f"{where}.arm", item["arm"], spec)
-        than = _levels_arm(path, f"{where}.than", item.get("than", {}), spec)
-        if arm == than:
-            raise CnnlabError(f"spec {path}: {where}: compares arm {arm!r} with itself; allowed: "
-                              "two different arms")
-        metric = _metric(path, f"{where}.metric", item.get("metric", spec.metric))
-        expect.append(Expectation(arm, than, metric, item["is"]))
-    return Hypothesis(str(raw["claim"]), tuple(expect))
 
 
 def read_spec(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
@@ -343,12 +259,12 @@ def load_spec(path: Path) -> AblationSpec:
                           "levels, e.g. factors: {{model.norm: [batch, none]}}")
     factors = {str(name): _factor(path, str(name), body) for name, body in factors_raw.items()}
     _check_disjoint(path, factors)
-    metric = _metric(path, "metric", raw.get("metric", "test_acc"))
+    metric = metric_name(path, "metric", raw.get("metric", "test_acc"))
     metrics_raw = raw.get("metrics", [])
     if not isinstance(metrics_raw, list):
         raise CnnlabError(f"spec {path}: metrics is {metrics_raw!r}; allowed: a list of "
                           f"{', '.join(METRICS)}")
-    metrics = tuple(_metric(path, "metrics", m) for m in metrics_raw)
+    metrics = tuple(metric_name(path, "metrics", m) for m in metrics_raw)
     margin = raw.get("margin", 0.01)
     if not _number(margin) or not margin > 0:
         raise CnnlabError(f"spec {path}: margin is {margin!r}; allowed: a positive number in "
@@ -385,7 +301,9 @@ def load_spec(path: Path) -> AblationSpec:
         raise CnnlabError(f"spec {path}: baseline {baseline!r} is not an arm; allowed: "
                           + "; ".join(arms))
     if "hypothesis" in raw:
-        spec = dataclasses.replace(spec, hypothesis=_hypothesis(path, raw["hypothesis"], spec))
+        spec = dataclasses.replace(spec, hypothesis=parse_hypothesis(
+            path, raw["hypothesis"], spec.factors,
+            next(a.levels for a in spec.arms if a.name == spec.baseline), spec.metric))
     seen: dict[str, str] = {}
     for arm in spec.arms:
         try:

@@ -23,7 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from cnnlab.config import ExperimentConfig
 from cnnlab.errors import CnnlabError
-from cnnlab.files import owner_alive, owner_id
+from cnnlab.ownership import owner_alive, owner_id
 from cnnlab.studies.records import FINISHED, HEARTBEAT, KEY, NOTE, QUEUED, REASON, WORKER
 
 FAILURES = (CnnlabError, RuntimeError, ValueError)  # a trial's run failed; the study goes on

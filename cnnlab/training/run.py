@@ -32,9 +32,10 @@ from cnnlab.diagnostics import (
     weight_l2,
     weight_sparsity,
 )
-from cnnlab.files import abort_run, begin_run, commit_run, staging_path, write_atomic
+from cnnlab.files import abort_run, begin_run, commit_run, staging_path
 from cnnlab.images import png_bytes, png_image, to_uint8
 from cnnlab.metrics import FAILURE, counts, failure_of
+from cnnlab.ownership import write_atomic
 from cnnlab.tracking import finish, wandb_logger
 from cnnlab.training.build import build
 from cnnlab.training.distributed import is_rank_zero
