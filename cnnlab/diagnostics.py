@@ -9,8 +9,10 @@ import time
 from typing import Any
 
 import torch
+from matplotlib.figure import Figure
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torchvision.utils import make_grid
 
 from cnnlab.images import figure_png
 from cnnlab.regularization import penalized_weights
@@ -95,8 +97,6 @@ def epochs_to(history: list[dict[str, Any]], target: float) -> int | None:
 
 def first_conv_filters(model: nn.Module) -> Tensor:
     """The first conv layer's filters as one image grid (each filter scaled to [0, 1])."""
-    from torchvision.utils import make_grid
-
     conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
     w = conv.weight.detach().float().cpu()
     if w.shape[1] not in (1, 3):
@@ -110,13 +110,9 @@ def first_conv_filters(model: nn.Module) -> Tensor:
 
 def curves_png(history: list[dict[str, Any]]) -> bytes:
     """Train/val loss and accuracy per epoch, side by side."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     epochs = [row["epoch"] + 1 for row in history]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig = Figure(figsize=(9, 3.5))
+    axes = fig.subplots(1, 2)
     for ax, metric in zip(axes, ("loss", "acc"), strict=True):
         for split in ("train", "val"):
             values = [row.get(f"{split}/{metric}") for row in history]

@@ -10,6 +10,7 @@ import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import matplotlib.pyplot as plt
 import numpy as np
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
@@ -44,13 +45,11 @@ def png_bytes(image: Tensor) -> bytes:
 
 
 def figure_png(fig: Any, dpi: int = 110) -> bytes:
-    """A matplotlib figure as PNG bytes (tight bounding box); the figure is closed."""
-    import matplotlib.pyplot as plt
-
+    """A matplotlib figure as PNG bytes (tight bounding box); a pyplot figure is closed."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight",
                 metadata={"Software": SOFTWARE})
-    plt.close(fig)
+    plt.close(fig)  # a no-op for a figure pyplot does not manage
     return buffer.getvalue()
 
 

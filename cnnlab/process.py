@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import signal
 import threading
 import warnings
@@ -29,7 +30,10 @@ IGNORED_WARNINGS = (
 
 
 def configure() -> None:
-    """Lightning's device and tip banners off (it sets INFO on import), and the warnings above."""
+    """Lightning's device and tip banners off (it sets INFO on import), the warnings above, and
+    matplotlib's file-only backend unless the user chose one (cnnlab writes PNGs, opens no
+    window, and draws reports on a thread, where GUI backends fail)."""
+    os.environ.setdefault("MPLBACKEND", "Agg")
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     for pattern in IGNORED_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)

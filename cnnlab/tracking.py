@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import wandb
 from lightning.pytorch.loggers import WandbLogger
 
 from cnnlab.config import ExperimentConfig, to_dict
@@ -46,8 +47,6 @@ def _init(requirements: bool = True, **kwargs: Any) -> Any:
     Every run is a new one (``reinit="create_new"``) that only the code which started it
     finishes: a study's summary run is written by a thread while the next trial trains in the
     same process, and W&B's default would hand the trial the summary run to log into."""
-    import wandb
-
     timeout = {} if "WANDB_INIT_TIMEOUT" in os.environ else {"init_timeout": INIT_TIMEOUT_S}
     settings = wandb.Settings(silent=True, console="off", x_disable_stats=True,
                               x_disable_machine_info=True, disable_git=True, save_code=False,
@@ -65,9 +64,7 @@ def share_service(cfg: ExperimentConfig) -> None:
     """Start W&B's service in this process, so worker processes started afterwards (they inherit
     ``WANDB_SERVICE``) log through it instead of each starting their own."""
     if wandb_mode(cfg) != "disabled":
-        import wandb
-
-        wandb.setup()
+            wandb.setup()
 
 
 PER_EPOCH = ("train/*", "val/*", "lr", "grad_norm/*", "weight_norm/*")  # charted vs epoch
@@ -113,8 +110,6 @@ def wandb_logger(cfg: ExperimentConfig, out: Path, context: dict[str, Any] | Non
 def log_files(run: Any, name: str, kind: str, files: list[Path], metadata: dict[str, Any]
               ) -> None:
     """One artifact holding ``files`` (W&B copies them, so they may move afterwards)."""
-    import wandb
-
     artifact = wandb.Artifact(re.sub(r"[^A-Za-z0-9_.-]", "_", name), type=kind, metadata=metadata)
     for path in files:
         artifact.add_file(str(path), name=path.name)
@@ -142,8 +137,6 @@ def stable_id(project: str, study: str) -> str:
 
 def study_run(cfg: ExperimentConfig, out: Path, s: StudySummary) -> None:
     """Create or update the study's one summary run (stable id, resumed) under ``out``."""
-    import wandb
-
     mode = wandb_mode(cfg)
     if mode == "disabled":
         return
@@ -174,8 +167,6 @@ def small_run(cfg: ExperimentConfig, out: Path, job_type: str, summary: dict[str
               images: dict[str, Path] | None = None, name: str | None = None,
               context: dict[str, Any] | None = None) -> None:
     """A short W&B run of numbers and images: the LR finder's plot, a search trial's folds."""
-    import wandb
-
     mode = wandb_mode(cfg)
     if mode == "disabled":
         return

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchvision.utils import make_grid
 
 from cnnlab.config import AugmentConfig, enabled_ops
 
@@ -149,8 +150,6 @@ def build_augment(cfg: AugmentConfig, fill: Tensor | None = None) -> Augmenter |
 def preview(x: Tensor, augment: Augmenter, mean: Tensor, std: Tensor, variants: int = 6,
             seed: int = 0, min_size: int = 64) -> Tensor:
     """A 3×H×W image grid: one row per sample, the original first, then augmented variants."""
-    from torchvision.utils import make_grid
-
     gen = torch.Generator(device=x.device).manual_seed(seed)
     columns = [x] + [augment(x, gen) for _ in range(variants)]
     tiles = torch.stack(columns, dim=1).flatten(0, 1) * std + mean  # back to [0, 1] pixels

@@ -16,7 +16,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
+from sklearn.datasets import load_digits as sk_digits
 from torch import Tensor
+from torchvision.datasets import CIFAR10, MNIST, FashionMNIST
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
+from torchvision.io import ImageReadMode, decode_image
+from torchvision.transforms.v2.functional import resize
 
 from cnnlab.config import DataConfig
 from cnnlab.errors import CnnlabError
@@ -49,8 +55,6 @@ def _uint8_images(x: np.ndarray | Tensor) -> Tensor:
 
 def load_digits(cfg: DataConfig) -> ImageData:
     """scikit-learn's 8×8 handwritten digits (1,797 images, shipped with the package)."""
-    from sklearn.datasets import load_digits as sk_digits
-
     bunch = sk_digits()
     x = torch.as_tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
     y = torch.as_tensor(bunch.target, dtype=torch.int64)
@@ -91,20 +95,14 @@ IDX_FILES = "raw/train-images-idx3-ubyte[.gz] and the other three IDX files"
 
 
 def load_mnist(cfg: DataConfig) -> ImageData:
-    from torchvision.datasets import MNIST
-
     return _torchvision_pair(cfg, MNIST, "MNIST", "MNIST", IDX_FILES)
 
 
 def load_fashion_mnist(cfg: DataConfig) -> ImageData:
-    from torchvision.datasets import FashionMNIST
-
     return _torchvision_pair(cfg, FashionMNIST, "Fashion-MNIST", "FashionMNIST", IDX_FILES)
 
 
 def load_cifar10(cfg: DataConfig) -> ImageData:
-    from torchvision.datasets import CIFAR10
-
     class LocalCIFAR10(CIFAR10):
         """CIFAR-10 whose md5 checks run only on download; local files need only exist."""
 
@@ -118,8 +116,6 @@ def load_cifar10(cfg: DataConfig) -> ImageData:
 
 def _resize(images: list[Tensor], cfg: DataConfig, files: list[str]) -> list[Tensor]:
     if cfg.image_size is not None:
-        from torchvision.transforms.v2.functional import resize
-
         return [resize(img, [cfg.image_size, cfg.image_size], antialias=True) for img in images]
     first = images[0].shape[1:]
     for img, name in zip(images, files, strict=True):
@@ -133,8 +129,6 @@ def _resize(images: list[Tensor], cfg: DataConfig, files: list[str]) -> list[Ten
 
 def load_folder(cfg: DataConfig) -> ImageData:
     """One sub-folder per class of image files (like torchvision's ImageFolder)."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
-
     root = Path(cfg.root)
     if not root.is_dir():
         raise CnnlabError(f"data.root: {root} is not a directory; allowed: a folder with one "
@@ -164,9 +158,6 @@ def load_folder(cfg: DataConfig) -> ImageData:
 def decode_file(path: Path, where: str = "data.root") -> Tensor:
     """One image file as C×H×W floats in [0, 1]: torchvision's decoders, then Pillow's for the
     formats torchvision lacks (BMP, PPM/PGM, TIFF); 8- and 16-bit channels alike."""
-    from PIL import Image, UnidentifiedImageError
-    from torchvision.io import ImageReadMode, decode_image
-
     try:
         return _uint8_images(decode_image(str(path), mode=ImageReadMode.UNCHANGED))
     except (RuntimeError, ValueError, OSError):

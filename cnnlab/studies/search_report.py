@@ -10,8 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import matplotlib.pyplot as plt
 import optuna
 from optuna.trial import TrialState
+from optuna.visualization import matplotlib as ov
 
 from cnnlab.files import write_owned
 from cnnlab.images import figure_png
@@ -57,12 +59,6 @@ LEGEND_ENTRIES = 12  # beyond this a legend hides the plot and names nothing a r
 
 
 def _plots(study: optuna.Study) -> dict[str, bytes]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from optuna.visualization import matplotlib as ov
-
     plots = {"history.png": ov.plot_optimization_history,
              "intermediate.png": ov.plot_intermediate_values,
              "slice.png": ov.plot_slice,

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy
 from optuna.storages.journal import JournalFileBackend
+from sqlalchemy.exc import IntegrityError, ProgrammingError
 
 from cnnlab.errors import CnnlabError
 from cnnlab.files import check_study_folder, claim_study_folder, write_owned
@@ -100,8 +102,6 @@ def _journal(path: Path, readonly: bool) -> optuna.storages.JournalStorage:
 
 def _check_tables(url: str, target: str, kwargs: dict[str, Any], readonly: bool) -> None:
     """Refuse a database that holds tables of something else (or, to read, no study at all)."""
-    import sqlalchemy
-
     engine = sqlalchemy.create_engine(target, **kwargs)
     try:
         tables = set(sqlalchemy.inspect(engine).get_table_names())
@@ -120,8 +120,6 @@ def _rdb_storage(url: str, engine_kwargs: dict[str, Any], readonly: bool,
                  attempts: int = 5) -> optuna.storages.RDBStorage:
     """Processes (or machines) opening an empty database at once all create Optuna's tables, and
     the losers see duplicate-key errors; by then the schema exists, so they try again."""
-    from sqlalchemy.exc import IntegrityError, ProgrammingError
-
     for attempt in range(1, attempts):
         try:
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
