@@ -24,8 +24,9 @@ test: install ## run the test suite
 fit: install ## train the digits baseline into runs/fit (ARGS="model.norm=layer ...")
 	$(VENV)/bin/cnnlab fit --out runs/fit --overwrite $(ARGS)
 
-lint: install ## ruff over the code, tests and benchmarks
+lint: install ## ruff over the code, tests and benchmarks; mypy over cnnlab/
 	$(VENV)/bin/ruff check cnnlab tests benchmarks
+	$(VENV)/bin/mypy
 
 bench: install ## ratio benchmarks, each against a baseline run side by side
 	$(PY) -m benchmarks

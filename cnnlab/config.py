@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -186,7 +186,7 @@ def _allowed_keys(full_key: str) -> str:
     for part in path:
         parent = parent.get(part) if isinstance(parent, DictConfig) and part in parent else None
     keys = list(parent.keys()) if isinstance(parent, DictConfig) else []
-    return ", ".join(keys) if keys else "see configs/default.yaml"
+    return ", ".join(map(str, keys)) if keys else "see configs/default.yaml"
 
 
 def _overrides(items: list[str]) -> DictConfig:
@@ -205,9 +205,9 @@ def _overrides(items: list[str]) -> DictConfig:
                 f"override {item!r}: cannot parse the value; allowed: a YAML scalar or list, "
                 "e.g. model.channels=[16,32]"
             ) from None
-        check_shape(OmegaConf.to_container(layer), _schema(), "")
+        check_shape(cast(dict[Any, Any], OmegaConf.to_container(layer)), _schema(), "")
         layers.append(layer)
-    return OmegaConf.merge(*layers) if layers else OmegaConf.create()
+    return cast(DictConfig, OmegaConf.merge(*layers)) if layers else OmegaConf.create()
 
 
 @functools.cache
@@ -218,16 +218,18 @@ def _schema() -> DictConfig:
 @functools.cache
 def _defaults() -> DictConfig:
     """The schema with ``configs/default.yaml`` merged in (parsed once per process)."""
-    return OmegaConf.merge(OmegaConf.structured(ExperimentConfig), _read_yaml(DEFAULT_CONFIG))
+    return cast(DictConfig, OmegaConf.merge(OmegaConf.structured(ExperimentConfig),
+                                            _read_yaml(DEFAULT_CONFIG)))
 
 
 def merge(*layers: DictConfig) -> ExperimentConfig:
     """Merge config layers onto the defaults, turning OmegaConf errors into one clear line."""
     try:
-        return OmegaConf.to_object(OmegaConf.merge(_defaults(), *layers))  # raises on a missing value
+        merged = OmegaConf.to_object(OmegaConf.merge(_defaults(), *layers))  # raises if one is missing
+        return cast(ExperimentConfig, merged)
     except ConfigKeyError as err:
         raise CnnlabError(
-            f"unknown key {err.full_key!r}; allowed: {_allowed_keys(err.full_key)}"
+            f"unknown key {err.full_key!r}; allowed: {_allowed_keys(err.full_key or '')}"
         ) from None
     except MissingMandatoryValue as err:
         raise CnnlabError(f"{err.full_key}: no value given; allowed: set it in a config file") from None
@@ -275,11 +277,11 @@ def _check_finite(node: Any, prefix: str = "") -> None:
 def validate(cfg: ExperimentConfig) -> None:
     """Check choices and ranges; raises ``CnnlabError`` naming the first bad key."""
     _check_finite(cfg)
-    for key, value in {"seed": cfg.seed, "data.split_seed": cfg.data.split_seed}.items():
-        _check(SEED_RANGE[0] <= value <= SEED_RANGE[1], key, value,
+    for key, seed in {"seed": cfg.seed, "data.split_seed": cfg.data.split_seed}.items():
+        _check(SEED_RANGE[0] <= seed <= SEED_RANGE[1], key, seed,
                f"an integer in {SEED_RANGE[0]}..{SEED_RANGE[1]}")
     for key, table in CHOICES.items():
-        value = cfg
+        value: Any = cfg
         for part in key.split("."):
             value = getattr(value, part)
         if value not in table:
@@ -313,8 +315,8 @@ def validate(cfg: ExperimentConfig) -> None:
     _check(m.padding >= 0, "model.padding", m.padding, "an integer ≥ 0")
     _check(m.norm != "group" or all(c % m.groups == 0 for c in m.channels), "model.groups",
            m.groups, f"a divisor of every entry of model.channels {m.channels}")
-    for key, value in {"model.dropout": m.dropout, "model.spatial_dropout": m.spatial_dropout}.items():
-        _check(0 <= value < 1, key, value, "a probability in [0, 1)")
+    for key, share in {"model.dropout": m.dropout, "model.spatial_dropout": m.spatial_dropout}.items():
+        _check(0 <= share < 1, key, share, "a probability in [0, 1)")
     _check(o.lr == "auto" if isinstance(o.lr, str) else o.lr > 0, "optim.lr", o.lr,
            "a positive number, or auto (the LR finder picks it)")
     _check(0 <= o.momentum < 1, "optim.momentum", o.momentum, "a number in [0, 1)")
@@ -324,8 +326,8 @@ def validate(cfg: ExperimentConfig) -> None:
     _check(r.strength >= 0, "reg.strength", r.strength, "a number ≥ 0")
     _check(0 <= r.l1_ratio <= 1, "reg.l1_ratio", r.l1_ratio, "a number in [0, 1]")
     _check(0 <= r.label_smoothing < 1, "reg.label_smoothing", r.label_smoothing, "a number in [0, 1)")
-    for key, value in {"data.val_fraction": d.val_fraction, "data.test_fraction": d.test_fraction}.items():
-        _check(0 < value < 1, key, value, "a fraction in (0, 1)")
+    for key, share in {"data.val_fraction": d.val_fraction, "data.test_fraction": d.test_fraction}.items():
+        _check(0 < share < 1, key, share, "a fraction in (0, 1)")
     _check(d.image_size is None or d.image_size > 0, "data.image_size", d.image_size,
            "null (keep the images' size) or a positive integer")
     _validate_augment(d.augment)

@@ -89,11 +89,11 @@ def export(source: Path, out: Path, fuse: bool) -> dict[str, Any]:
     checked against the original on the validation set."""
     check_output(out, is_export)
     module = load_classifier(source)
-    h = module.hparams
+    h: Any = module.hparams  # what Classifier saved: config, input_shape, classes, mean, std
     model: nn.Module = module.model
     report: dict[str, Any] = {"fused_bn": fuse and has_batch_norm(model), "norm": h.config["model"]["norm"]}
     if report["fused_bn"]:
-        cfg = merge(OmegaConf.create(h.config))
+        cfg = merge(OmegaConf.create(dict(h.config)))
         data = DataModule(cfg.data, cfg.seed)
         data.setup("fit")
         assert data.val is not None  # no fold, no refit: a validation split
@@ -147,8 +147,9 @@ def _from_export(saved: Any, path: Path) -> Predictor:
         raise CnnlabError(f"{path}: exported by an older cnnlab, without its input normalisation; "
                           "allowed: export the run again (cnnlab export RUN)")
     cfg = merge(OmegaConf.create(saved["config"]))
-    model = ConvNet(cfg.model, tuple(saved["input_shape"]), len(saved["classes"]))
-    model = fuse_bn(model) if saved["fused_bn"] else model
+    c, h, w = saved["input_shape"]
+    net: nn.Module = ConvNet(cfg.model, (c, h, w), len(saved["classes"]))
+    model = fuse_bn(net) if saved["fused_bn"] else net
     predictor = _predictor(model, saved)
     predictor.load_state_dict(saved["state_dict"])
     return predictor.eval()

@@ -32,8 +32,8 @@ def _tagged() -> PngImagePlugin.PngInfo:
 def to_uint8(image: Tensor) -> np.ndarray:
     """A C×H×W float image in [0, 1] as H×W(×3) uint8 pixels: what PNGs and W&B should get
     (W&B casts floats to uint8 without scaling, which leaves only the values 0 and 1)."""
-    pixels = image.detach().float().cpu().mul(255).add_(0.5).clamp_(0, 255).byte()
-    pixels = pixels.permute(1, 2, 0).numpy()
+    scaled = image.detach().float().cpu().mul(255).add_(0.5).clamp_(0, 255).byte()
+    pixels: np.ndarray = scaled.permute(1, 2, 0).numpy()
     return pixels[..., 0] if pixels.shape[-1] == 1 else pixels
 
 

@@ -12,6 +12,7 @@ or norm parameters):
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -22,11 +23,11 @@ Penalty = Callable[[list[Tensor], float, float], Tensor]
 
 
 def _l1(weights: list[Tensor], strength: float, l1_ratio: float) -> Tensor:
-    return strength * sum(w.abs().sum() for w in weights)
+    return cast(Tensor, strength * sum(w.abs().sum() for w in weights))
 
 
 def _l2(weights: list[Tensor], strength: float, l1_ratio: float) -> Tensor:
-    return strength / 2 * sum(w.pow(2).sum() for w in weights)
+    return cast(Tensor, strength / 2 * sum(w.pow(2).sum() for w in weights))
 
 
 def _elastic(weights: list[Tensor], strength: float, l1_ratio: float) -> Tensor:
@@ -57,6 +58,6 @@ class Regularizer:
         self.active = self.penalty is not None and self.strength > 0
 
     def __call__(self) -> Tensor:
-        if not self.active:
+        if self.penalty is None or not self.active:
             return torch.zeros((), device=self.weights[0].device)
         return self.penalty(self.weights, self.strength, self.l1_ratio)

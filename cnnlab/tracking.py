@@ -47,10 +47,11 @@ def _init(requirements: bool = True, **kwargs: Any) -> Any:
     Every run is a new one (``reinit="create_new"``) that only the code which started it
     finishes: a study's summary run is written by a thread while the next trial trains in the
     same process, and W&B's default would hand the trial the summary run to log into."""
-    timeout = {} if "WANDB_INIT_TIMEOUT" in os.environ else {"init_timeout": INIT_TIMEOUT_S}
     settings = wandb.Settings(silent=True, console="off", x_disable_stats=True,
                               x_disable_machine_info=True, disable_git=True, save_code=False,
-                              x_save_requirements=requirements, **timeout)
+                              x_save_requirements=requirements)
+    if "WANDB_INIT_TIMEOUT" not in os.environ:
+        settings.init_timeout = INIT_TIMEOUT_S
     try:
         return wandb.init(settings=settings, reinit="create_new", **kwargs)
     except (wandb.errors.CommError, wandb.errors.AuthenticationError, wandb.errors.UsageError) as err:
@@ -147,8 +148,8 @@ def study_run(cfg: ExperimentConfig, out: Path, s: StudySummary) -> None:
     tables = {}
     for name, rows in s.tables.items():
         columns = list(dict.fromkeys(k for row in rows for k in row))
-        tables[name] = wandb.Table(columns=columns, data=[[row.get(c) for c in columns]
-                                                          for row in rows])
+        tables[name] = wandb.Table(columns=list[str | int](columns),
+                                   data=[[row.get(c) for c in columns] for row in rows])
     log: dict[str, Any] = dict(tables)
     if s.bar is not None:
         table, x, y = s.bar

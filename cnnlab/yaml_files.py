@@ -62,7 +62,7 @@ def check_shape(layer: dict[Any, Any], schema: DictConfig, prefix: str) -> None:
         if isinstance(node, DictConfig):
             if not isinstance(value, dict):
                 raise CnnlabError(f"{full}: got {value!r}; allowed: a mapping with keys "
-                                  f"{', '.join(node.keys())}")
+                                  f"{', '.join(map(str, node.keys()))}")
             check_shape(value, node, f"{full}.")
         elif isinstance(node, ListConfig) and not isinstance(value, list):
             hint = f" (write [{value}] for a list)" if isinstance(value, str) and "," in value else ""

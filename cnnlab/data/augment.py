@@ -75,6 +75,9 @@ def rotation(degrees: Tensor) -> Tensor:
     return torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
 
 
+Augment = Callable[[Tensor, torch.Generator], Tensor]  # a batch, a generator → augmented batch
+
+
 class Augmenter:
     """Random batched augmentation per ``AugmentConfig``; call with a batch and a generator.
 
@@ -147,7 +150,7 @@ def build_augment(cfg: AugmentConfig, fill: Tensor | None = None) -> Augmenter |
     return Augmenter(cfg, fill) if enabled_ops(cfg) else None
 
 
-def preview(x: Tensor, augment: Augmenter, mean: Tensor, std: Tensor, variants: int = 6,
+def preview(x: Tensor, augment: Augment, mean: Tensor, std: Tensor, variants: int = 6,
             seed: int = 0, min_size: int = 64) -> Tensor:
     """A 3×H×W image grid: one row per sample, the original first, then augmented variants."""
     gen = torch.Generator(device=x.device).manual_seed(seed)

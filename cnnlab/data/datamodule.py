@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from math import ceil
 
 import lightning as L
@@ -11,11 +11,9 @@ import torch
 from torch import Tensor
 
 from cnnlab.config import DataConfig
-from cnnlab.data.augment import build_augment
+from cnnlab.data.augment import Augment, build_augment
 from cnnlab.data.sources import ImageData, load
 from cnnlab.data.splits import fold_indices, split_indices
-
-Augment = Callable[[Tensor, torch.Generator], Tensor]
 
 
 class TensorBatches:
@@ -150,20 +148,23 @@ class DataModule(L.LightningDataModule):
     def _normalise(self, x: Tensor) -> Tensor:
         return ((x - self.mean) / self.std).contiguous()
 
-    def _shard(self) -> dict[str, int]:
+    def _shard(self) -> tuple[int, int]:
+        """(this process's rank, the number of processes) of the fit under way, else (0, 1)."""
         trainer = self.trainer
-        return {"rank": trainer.global_rank, "world": trainer.world_size} if trainer else {}
+        return (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
 
     def train_dataloader(self) -> TensorBatches:
         return TensorBatches(*self.train, self.cfg.batch_size, True, self.seed, self.augment,
-                             **self._shard())
+                             *self._shard())
 
     def val_dataloader(self) -> TensorBatches:
         if self.val is None:
             raise RuntimeError("a refit on all training data has no validation split")
-        return TensorBatches(*self.val, self.cfg.eval_batch_size, **self._shard())
+        rank, world = self._shard()
+        return TensorBatches(*self.val, self.cfg.eval_batch_size, rank=rank, world=world)
 
     def test_dataloader(self) -> TensorBatches:
         if self.test is None:
             raise RuntimeError("a cross-validation fold has no test split")
-        return TensorBatches(*self.test, self.cfg.eval_batch_size, **self._shard())
+        rank, world = self._shard()
+        return TensorBatches(*self.test, self.cfg.eval_batch_size, rank=rank, world=world)

@@ -163,9 +163,10 @@ def decode_file(path: Path, where: str = "data.root") -> Tensor:
     except (RuntimeError, ValueError, OSError):
         pass
     try:
-        with Image.open(path) as img:
-            img.load()
-            depth = 65535.0 if img.mode.startswith("I;16") else 255.0
+        with Image.open(path) as opened:
+            opened.load()
+            depth = 65535.0 if opened.mode.startswith("I;16") else 255.0
+            img: Image.Image = opened
             if img.mode not in ("L", "RGB", "RGBA") and depth == 255.0:
                 img = img.convert("RGB")
             array = np.asarray(img, dtype=np.float32) / depth

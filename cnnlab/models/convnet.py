@@ -21,14 +21,16 @@ def _kaiming(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, nn.Conv2d | nn.Linear):
             nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-            nn.init.zeros_(m.bias)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
 
 
 def _xavier(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, nn.Conv2d | nn.Linear):
             nn.init.xavier_uniform_(m.weight)
-            nn.init.zeros_(m.bias)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
 
 
 INITS: dict[str, Callable[[nn.Module], None]] = {

@@ -15,6 +15,9 @@ from torch import Tensor, nn
 class Predictor(nn.Module):
     """``model`` behind its input normalisation; ``classes`` and ``input_shape`` as attributes."""
 
+    mean: Tensor
+    std: Tensor
+
     def __init__(self, model: nn.Module, mean: list[float], std: list[float], classes: list[str],
                  input_shape: tuple[int, int, int]) -> None:
         super().__init__()
@@ -22,7 +25,7 @@ class Predictor(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
         self.classes = list(classes)
-        self.input_shape = tuple(input_shape)
+        self.input_shape: tuple[int, int, int] = (input_shape[0], input_shape[1], input_shape[2])
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits for a batch of N×C×H×W pixels in [0, 1]."""

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -98,8 +99,9 @@ def objective(study: optuna.Study, spec: AblationSpec, out: Path, threads: int
         cfg.wandb.name, cfg.wandb.tags = f"{arm} seed={seed}", [study.study_name, f"seed={seed}"]
         run_dir = out / "trials" / safe_name(arm) / f"seed{seed}"
         # a lost attempt may have finished its folder but not its trial, or left it half-built
-        levels = next(a.levels for a in spec.arms if a.name == arm)
-        context = {"study": study.study_name, "arm": arm, "seed": seed, "factor": levels}
+        arm_levels = next(a.levels for a in spec.arms if a.name == arm)
+        context: dict[str, Any] = {"study": study.study_name, "arm": arm, "seed": seed,
+                                   "factor": arm_levels}
         result = run(cfg, run_dir, datasets=datasets, overwrite=True,
                      takeover=True, context=context)
         kept = {name: result.metrics[name] for name in (*RESULT_KEYS, FAILURE)
@@ -109,7 +111,9 @@ def objective(study: optuna.Study, spec: AblationSpec, out: Path, threads: int
         for epoch, row in enumerate(result.history):
             if "val/acc" in row:
                 trial.report(row["val/acc"], epoch)
-        value = TrialRow(arm, seed, kept.get(FAILURE), kept, []).value(spec.metric)
+        failure = kept.get(FAILURE)
+        value = TrialRow(arm, seed, None if failure is None else str(failure), kept,
+                         []).value(spec.metric)
         if value is None:
             raise CnnlabError(f"arm {arm!r} seed {seed}: the run recorded no {spec.metric}")
         return value
@@ -150,9 +154,9 @@ def arm_lines(spec: AblationSpec, seeds: dict[str, int]
         fails: dict[str, dict[int, str | None]] = {}
         for t in trials:
             if t.state in FINISHED and KEY in t.user_attrs:
-                arm, seed = arm_seed(t.user_attrs, t.params)
-                done.setdefault(arm, {})[seed] = t.value if t.state == TrialState.COMPLETE else None
-                fails.setdefault(arm, {})[seed] = (t.user_attrs.get(FAILURE) if t.state ==
+                name, seed = arm_seed(t.user_attrs, t.params)
+                done.setdefault(name, {})[seed] = t.value if t.state == TrialState.COMPLETE else None
+                fails.setdefault(name, {})[seed] = (t.user_attrs.get(FAILURE) if t.state ==
                                                    TrialState.COMPLETE else "diverged")
         out = []
         for arm in spec.arms:

@@ -14,6 +14,7 @@ import yaml
 from cnnlab.errors import CnnlabError
 from cnnlab.metrics import METRICS
 
+Factors = dict[str, dict[str, tuple[str, ...]]]  # factor → level → the overrides it adds
 DIRECTIONS = ("higher", "lower")
 
 
@@ -61,7 +62,7 @@ def metric_name(path: Path, key: str, name: Any) -> str:
     return name
 
 
-def levels_arm(path: Path, where: str, raw: Any, factors: dict[str, tuple[str, ...]],
+def levels_arm(path: Path, where: str, raw: Any, factors: Factors,
                base: dict[str, str]) -> str:
     """An arm named by its levels; factors left out take the baseline's level."""
     if not isinstance(raw, dict):
@@ -79,7 +80,7 @@ def levels_arm(path: Path, where: str, raw: Any, factors: dict[str, tuple[str, .
                      else yaml_scalar(level) for f in factors})
 
 
-def parse_hypothesis(path: Path, raw: Any, factors: dict[str, tuple[str, ...]],
+def parse_hypothesis(path: Path, raw: Any, factors: Factors,
                      base: dict[str, str], metric: str) -> Hypothesis:
     """``{claim: text, expect: [{arm: {...}, than: {...}, metric: m, is: higher|lower}, ...]}``."""
     shape = ("{claim: text, expect: [{arm: {factor: level}, than: {factor: level} (default the "

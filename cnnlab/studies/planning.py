@@ -59,7 +59,8 @@ def model(results: Results, e: Expectation) -> Model:
     refs = [v for r in ref.values() if r.failure is None and (v := r.value(e.metric)) is not None]
     split = METRICS[e.metric].counted
     totals = {r.metrics.get(f"{split}_total") for r in results.trials} if split else set()
-    quantum = 1 / totals.pop() if len(totals) == 1 and None not in totals else 0.0
+    total = totals.pop() if len(totals) == 1 else None
+    quantum = 1 / total if total else 0.0
     failed = [r for r in results.trials if r.failure is not None]
     fail_value = next((v for r in failed if (v := r.value(e.metric)) is not None), math.nan)
     sd = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else math.nan

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import datetime
 
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
@@ -57,7 +58,7 @@ class StudyProgress:
         self.bars.update(self.task, completed=count - self.before)
         if not self.console.is_terminal:
             new = sorted((t for t in ended if t.number not in self.seen),
-                         key=lambda t: t.datetime_complete or t.datetime_start)
+                         key=lambda t: t.datetime_complete or t.datetime_start or datetime.min)
             for i, t in enumerate(new):  # several may end between two looks: number them apart
                 self.seen.add(t.number)
                 self.console.print(self._line(t, max(count - len(new) + 1 + i, 0)), soft_wrap=True)

@@ -145,7 +145,7 @@ def _sample(rows: list[TrialRow], arm: str, reference: str, metric: str, seeds: 
         scale = 1 / totals.pop()
         values = [(a[0], b[0]) for a, b in exact]  # type: ignore[index]
     else:
-        values = [(a.value(metric), b.value(metric)) for a, b in pairs]  # type: ignore[misc]
+        values = [(a.value(metric), b.value(metric)) for a, b in pairs]
     failed = [a.failure is not None or b.failure is not None for a, b in pairs]
     v = np.array(values, float).reshape(-1, 2)
     kind = RATES if METRICS[metric].rates else PAIRED

@@ -51,8 +51,8 @@ def reconcile(study: optuna.Study, spec: AblationSpec, quick: bool,
     taken = {t.user_attrs.get(KEY) for t in study.get_trials(deepcopy=False)
              if t.state in (*FINISHED, TrialState.WAITING, TrialState.RUNNING)}
     seeds = planned(study, spec)
-    for arm, count in (more or {}).items():
-        seeds[arm] = max(seeds[arm], count)
+    for name, count in (more or {}).items():
+        seeds[name] = max(seeds[name], count)
     if more:
         study.set_user_attr(PLANNED, seeds)
     queued = 0
@@ -70,7 +70,7 @@ def reconcile(study: optuna.Study, spec: AblationSpec, quick: bool,
 def next_round(report: Results, seeds: dict[str, int]) -> dict[str, int]:
     """More seeds for both arms of every undecided confirmatory comparison, up to the spec's
     maximum (and the plan's: beyond it a look spends nothing)."""
-    spec, more = report.spec, {}
+    spec, more = report.spec, dict[str, int]()
     for c in report.undecided:
         count = min(spec.max_seeds, report.plan.most,
                     max(seeds[c.arm], seeds[c.reference]) + spec.seed_step)

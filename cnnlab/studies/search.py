@@ -119,7 +119,7 @@ def cross_validate(spec: SearchSpec, quick: bool, out: Path, threads: int
                              fold=(fold, spec.folds), datasets=datasets, overwrite=True, takeover=True,
                              context={"study": trial.study.study_name, "trial": trial.number,
                                       "fold": fold}, callbacks=pruning)
-                epochs += result.metrics["epochs"]
+                epochs += int(result.number("epochs"))
                 trial.set_user_attr(FOLD_EPOCHS, epochs)
                 if result.metrics["diverged"]:
                     state = "pruned"
@@ -130,7 +130,7 @@ def cross_validate(spec: SearchSpec, quick: bool, out: Path, threads: int
                     raise optuna.TrialPruned(
                         f"pruned in fold 0 after epoch {pruning[0].stopped_at} (validation "
                         f"accuracy {result.history[-1]['val/acc']:.4f})")
-                scores.append(result.metrics["val_acc"])
+                scores.append(result.number("val_acc"))
                 trial.set_user_attr(FOLD_SCORES, scores)
                 if paired:
                     trial.report(scores[-1], fold)
@@ -240,9 +240,10 @@ def refit(study: optuna.Study, spec: SearchSpec, quick: bool, out: Path) -> Sear
     cfg = load_config(list(spec.configs), [*spec.base_overrides(quick), *as_overrides(params)])
     cfg.wandb.group, cfg.wandb.job_type, cfg.wandb.name = spec.name, "refit", "refit best"
     final = run(cfg, out / "refit", refit=True, overwrite=True)  # a rerun refits the best
+    assert best.value is not None  # the best of the COMPLETE trials
     result = SearchResult(study.study_name, best.number, params, best.value,
                           best.user_attrs.get(CV_STD, math.nan),
-                          best.user_attrs.get(FOLD_SCORES, []), final.metrics["test_acc"])
+                          best.user_attrs.get(FOLD_SCORES, []), final.number("test_acc"))
     files = with_journal(out, write_search_report(study, spec, result, out))
     study_run(cfg, out, search_summary(study, spec, result, files, summary_step(study)))
     return result

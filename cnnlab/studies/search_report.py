@@ -6,6 +6,7 @@ import csv
 import io
 import statistics
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,8 @@ LEGEND_ENTRIES = 12  # beyond this a legend hides the plot and names nothing a r
 
 
 def _plots(study: optuna.Study) -> dict[str, bytes]:
-    plots = {"history.png": ov.plot_optimization_history,
+    plots: dict[str, Callable[[optuna.Study], Any]] = {
+             "history.png": ov.plot_optimization_history,
              "intermediate.png": ov.plot_intermediate_values,
              "slice.png": ov.plot_slice,
              "importances.png": ov.plot_param_importances}

@@ -180,14 +180,14 @@ def _factor(path: Path, name: str, body: Any) -> dict[str, tuple[str, ...]]:
         raise CnnlabError(f"spec {where}: {name} is the replication axis, not a factor; allowed: "
                           f"{RESERVED[name]}")
     if isinstance(body, list) and body:
-        levels = [yaml_scalar(v) for v in body]
-        twice = sorted({level for level in levels if levels.count(level) > 1})
+        values = [yaml_scalar(v) for v in body]
+        twice = sorted({level for level in values if values.count(level) > 1})
         if twice:
             raise CnnlabError(f"spec {where}: level {twice[0]} appears twice (as {body}); allowed: "
                               "distinct values, one arm each")
-        return {level: (f"{name}={level}",) for level in levels}
+        return {level: (f"{name}={level}",) for level in values}
     if isinstance(body, dict) and body:
-        levels = {}
+        levels: dict[str, tuple[str, ...]] = {}
         for level, bundle in body.items():
             if not isinstance(bundle, dict):
                 raise CnnlabError(f"spec {where}.{level}: got {bundle!r}; allowed: a mapping of "

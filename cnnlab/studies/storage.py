@@ -15,6 +15,7 @@ from typing import Any
 import optuna
 import sqlalchemy
 from optuna.storages.journal import JournalFileBackend
+from optuna.study import StudyDirection
 from sqlalchemy.exc import IntegrityError, ProgrammingError
 
 from cnnlab.errors import CnnlabError
@@ -141,7 +142,8 @@ def study_for(storage: optuna.storages.BaseStorage, name: str, direction: str,
     try:  # load first: a journal records even a refused create, and a refusal writes nothing
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
-        study = optuna.create_study(storage=storage, study_name=name, direction=direction,
+        study = optuna.create_study(storage=storage, study_name=name,
+                                    direction=StudyDirection[direction.upper()],
                                     load_if_exists=True)
     stored = study.user_attrs.get("spec")
     skip = set(mutable) | {k for k in added if stored is not None and k not in stored}

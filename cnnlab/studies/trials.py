@@ -79,7 +79,7 @@ def is_lost(trial: FrozenTrial, now: float, grace: float) -> bool:
     return now - beat > grace
 
 
-def reclaim(study: optuna.Study, requeue: Callable[[FrozenTrial], None]) -> int:
+def reclaim(study: optuna.Study, requeue: Callable[[FrozenTrial], object]) -> int:
     """Fail every lost trial and ``requeue`` its work; returns how many. When two workers judge
     the same trial, the storage lets only one of them fail it, so its work is queued once."""
     _, grace = liveness()
@@ -142,7 +142,7 @@ class Queue:
 
     study: optuna.Study
     objective: Callable[[optuna.Trial], float]
-    requeue: Callable[[FrozenTrial], None]
+    requeue: Callable[[FrozenTrial], object]
 
 
 def work(queues: Sequence[Queue], on_done: Callable[[], None] = lambda: None,
@@ -156,8 +156,8 @@ def work(queues: Sequence[Queue], on_done: Callable[[], None] = lambda: None,
     """
     interval, _ = liveness()
     while not stop():
-        for queue in queues:
-            reclaim(queue.study, queue.requeue)
+        for each in queues:
+            reclaim(each.study, each.requeue)
         queue = next((q for q in queues
                       if q.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))), None)
         if queue is None:

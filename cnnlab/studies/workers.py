@@ -10,6 +10,7 @@ import os
 import signal
 from collections.abc import Callable
 from multiprocessing import forkserver
+from multiprocessing.context import ForkServerContext, SpawnContext
 from typing import Any
 
 from cnnlab.errors import CnnlabError
@@ -62,7 +63,7 @@ def _alive(pid: int) -> bool:
 WORKER_MODULES = ("wandb", "wandb.sdk.launch.inputs.internal")
 
 
-def _context(module: str) -> multiprocessing.context.BaseContext:
+def _context(module: str) -> ForkServerContext | SpawnContext:
     """A fork server that imported ``module`` (torch, Lightning) and W&B once: workers start in
     milliseconds instead of paying seconds of imports each (spawn where there is no fork
     server)."""

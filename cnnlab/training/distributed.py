@@ -21,7 +21,7 @@ from cnnlab.training.fast import device_type
 
 def is_rank_zero() -> bool:
     """True in the process that writes files (the only one without distributed training)."""
-    return rank_zero_only.rank == 0
+    return getattr(rank_zero_only, "rank", 0) == 0
 
 
 class GlobalBatchNorm2d(nn.BatchNorm2d):
@@ -37,12 +37,14 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         dtype, x = x.dtype, x.float()  # statistics in 32 bits, also under bf16 autocast
         count = torch.tensor([x.numel() / x.shape[1]], device=x.device)
         sums = torch.cat([x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3)), count])
-        sums = all_reduce(sums, "sum", dist.group.WORLD)
+        sums = all_reduce(sums, "sum", dist.group.WORLD)  # type: ignore[arg-type]  # set: initialized
         c = self.num_features
         n = sums[-1]
         mean = sums[:c] / n
         var = sums[c : 2 * c] / n - mean * mean
         if self.track_running_stats:
+            assert self.num_batches_tracked is not None and self.running_mean is not None
+            assert self.running_var is not None  # track_running_stats: torch made all three
             with torch.no_grad():
                 self.num_batches_tracked += 1
                 m = self.momentum if self.momentum is not None else 1 / float(self.num_batches_tracked)

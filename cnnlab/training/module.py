@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import Tensor, nn
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from cnnlab.config import ExperimentConfig, merge, to_dict
@@ -83,7 +83,7 @@ class Classifier(L.LightningModule):
         loss = self._step(batch, "train", self.label_smoothing)  # val/test: plain cross-entropy
         if self.regularizer.active:
             reg_loss = self.regularizer()
-            self.metrics["train_reg_loss"].update(reg_loss.detach())
+            self._metric("train_reg_loss").update(reg_loss.detach())
             loss = loss + reg_loss
         return loss
 
@@ -98,14 +98,17 @@ class Classifier(L.LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._step(batch, "test")
 
+    def _metric(self, name: str) -> Metric:
+        return cast(Metric, self.metrics[name])
+
     def _epoch_metrics(self, split: str) -> dict[str, Tensor]:
         preds, targets, losses = (torch.cat(t) if t[0].dim() else torch.stack(t)
                                   for t in zip(*self.outputs[split], strict=True))
         sizes = torch.tensor([len(o[1]) for o in self.outputs[split]], device=losses.device)
         self.outputs[split].clear()
         metrics = {}
-        for name, metric, args in (("acc", self.metrics[f"{split}_acc"], (preds, targets)),
-                                   ("loss", self.metrics[f"{split}_loss"], (losses, sizes))):
+        for name, metric, args in (("acc", self._metric(f"{split}_acc"), (preds, targets)),
+                                   ("loss", self._metric(f"{split}_loss"), (losses, sizes))):
             metric.update(*args)
             metrics[f"{split}/{name}"] = metric.compute()  # over every process's shard
             metric.reset()
@@ -119,10 +122,12 @@ class Classifier(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         metrics = self._epoch_metrics("train")
-        reg = self.metrics["train_reg_loss"]
+        reg = self._metric("train_reg_loss")
         metrics["train/reg_loss"] = reg.compute() if reg.update_count else torch.zeros(())
         reg.reset()
-        metrics["lr"] = self.optimizers().param_groups[0]["lr"]
+        optimizer = self.optimizers()
+        assert not isinstance(optimizer, list)  # configure_optimizers returns one
+        metrics["lr"] = optimizer.param_groups[0]["lr"]
         if self.log_norms:
             metrics |= self.grad_norms
             metrics |= {f"weight_norm/{name}": p.detach().norm()

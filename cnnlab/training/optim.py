@@ -17,13 +17,13 @@ SchedulerFactory = Callable[[torch.optim.Optimizer, "OptimConfig", int], Any]
 # torch's default implementation for the course's ConvNets on CPU.
 OPTIMIZERS: dict[str, OptimizerFactory] = {
     "sgd": lambda params, cfg: torch.optim.SGD(
-        params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+        params, lr=float(cfg.lr), momentum=cfg.momentum, nesterov=cfg.nesterov,
         weight_decay=cfg.weight_decay, fused=True,
     ),
-    "adam": lambda params, cfg: torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+    "adam": lambda params, cfg: torch.optim.Adam(params, lr=float(cfg.lr), weight_decay=cfg.weight_decay,
                                                  fused=True),
     "adamw": lambda params, cfg: torch.optim.AdamW(
-        params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True
+        params, lr=float(cfg.lr), weight_decay=cfg.weight_decay, fused=True
     ),
 }
 
@@ -34,6 +34,6 @@ SCHEDULERS: dict[str, SchedulerFactory | None] = {
         opt, T_max=total_steps
     ),
     "onecycle": lambda opt, cfg, total_steps: torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=cfg.lr, total_steps=total_steps
+        opt, max_lr=float(cfg.lr), total_steps=total_steps
     ),
 }

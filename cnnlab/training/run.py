@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from cnnlab.config import ExperimentConfig, to_yaml
 from cnnlab.cpus import free_cpus
@@ -32,6 +32,7 @@ from cnnlab.diagnostics import (
     weight_l2,
     weight_sparsity,
 )
+from cnnlab.errors import CnnlabError
 from cnnlab.files import abort_run, begin_run, commit_run, staging_path
 from cnnlab.images import png_bytes, png_image, to_uint8
 from cnnlab.metrics import FAILURE, counts, failure_of
@@ -52,6 +53,13 @@ class RunResult:
     metrics: dict[str, float | bool | str | None]
     history: list[dict[str, float]]
     out: Path
+
+    def number(self, key: str) -> float:
+        """A metric the run measured as a number (``val_acc``, ``epochs``…)."""
+        value = self.metrics[key]
+        if not isinstance(value, int | float):
+            raise CnnlabError(f"{self.out}: the run recorded no number for {key} ({value!r})")
+        return float(value)
 
 
 def _history_csv(history: list[dict[str, float]]) -> str:
@@ -85,7 +93,7 @@ def _mechanisms(model: torch.nn.Module, history: list[dict[str, float]],
         "train_total": len(train[1]), "weight_sparsity": weight_sparsity(model),
         "weight_l2": weight_l2(model), "epochs_to_target": epochs_to(history, cfg.trainer.target_acc)}
     if "test_acc" in metrics:
-        out["generalization_gap"] = train_acc - float(metrics["test_acc"])
+        out["generalization_gap"] = train_acc - float(metrics["test_acc"] or 0.0)
     return out
 
 
@@ -165,9 +173,11 @@ def _run(cfg: ExperimentConfig, out: Path, final: Path, fold: tuple[int, int] | 
         metrics["epochs"] = len(module.history)
         metrics["max_epochs"] = cfg.trainer.max_epochs
         best = trainer.checkpoint_callback
-        if not refit and best.best_model_score is not None:
-            metrics["val_acc"] = float(best.best_model_score)
-            metrics |= _counted("val", metrics["val_acc"], datamodule.val[1])
+        assert isinstance(best, ModelCheckpoint)  # build_trainer's
+        if datamodule.val is not None and best.best_model_score is not None:
+            val_acc = float(best.best_model_score)
+            metrics["val_acc"] = val_acc
+            metrics |= _counted("val", val_acc, datamodule.val[1])
         metrics["train_loss"] = module.history[-1]["train/loss"]
         metrics["diverged"] = module.diverged
         if datamodule.val is not None and zero:
@@ -178,9 +188,10 @@ def _run(cfg: ExperimentConfig, out: Path, final: Path, fold: tuple[int, int] | 
             ckpt = "best" if best.best_model_path else None  # none when every epoch diverged
             (test,) = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False,
                                    weights_only=True)
+            assert datamodule.test is not None  # no fold: a test split
             metrics["test_acc"] = test["test/acc"]
             metrics["test_loss"] = test["test/loss"]
-            metrics |= _counted("test", metrics["test_acc"], datamodule.test[1])
+            metrics |= _counted("test", test["test/acc"], datamodule.test[1])
         tested = datamodule.test if fold is None else datamodule.val
         if tested is not None:
             metrics["chance_acc"] = _majority_share(tested[1])

@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
@@ -58,8 +59,8 @@ def build_trainer(
         devices=cfg.devices,
         num_nodes=cfg.num_nodes,
         strategy=cfg.strategy,
-        plugins=layer_sync(sync_batchnorm, cfg.accelerator),
-        precision=cfg.precision,
+        plugins=list[Any](layer_sync(sync_batchnorm, cfg.accelerator)),
+        precision=cast(Any, cfg.precision),  # one of config.PRECISIONS, checked there
         deterministic=cfg.deterministic,
         logger=loggers or False,
         callbacks=[checkpoint, *callbacks],
