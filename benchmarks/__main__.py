@@ -1,6 +1,9 @@
-"""`python -m benchmarks`: every ratio benchmark, one table; `--gpu`: the GPU benchmark."""
+"""`python -m benchmarks`: every ratio benchmark, one table; `--gpu`: the GPU benchmark.
+Each module's wall time goes to stderr as it ends (``make bench`` should stay within minutes)."""
 
 import sys
+import time
+from collections.abc import Callable
 
 from benchmarks import (
     bench_ablation,
@@ -12,16 +15,28 @@ from benchmarks import (
     bench_load,
     bench_search,
 )
-from benchmarks.common import print_ratios
+from benchmarks.common import Ratio, print_ratios
+from cnnlab.process import configure
+
+
+def _timed(name: str, bench: Callable[[], list[Ratio]]) -> list[Ratio]:
+    start = time.perf_counter()
+    ratios = bench()
+    print(f"{name}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    return ratios
 
 
 def main() -> None:
+    configure()
     if sys.argv[1:2] == ["--gpu"]:
         bench_gpu.main(sys.argv[2:])
         return
-    print_ratios([*bench_fit.bench(), *bench_augment.bench(), *bench_ablation.bench(),
-                  *bench_search.bench(), *bench_fuse.bench(), *bench_fast.bench(),
-                  *bench_load.bench()])
+    start = time.perf_counter()
+    ratios = [ratio for module in (bench_fit, bench_augment, bench_ablation, bench_search,
+                                   bench_fuse, bench_fast, bench_load)
+              for ratio in _timed(module.__name__, module.bench)]
+    print_ratios(ratios)
+    print(f"make bench: {time.perf_counter() - start:.0f} s", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,5 @@
-"""Shared helpers for ratio benchmarks: quiet Lightning, interleaved repeats, a results table."""
+"""Shared helpers for ratio benchmarks: interleaved repeats and a results table."""
 
-import logging
 import statistics
 import time
 from collections.abc import Callable
@@ -8,8 +7,6 @@ from dataclasses import dataclass
 
 from rich.console import Console
 from rich.table import Table
-
-logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 
 
 @dataclass(frozen=True)
