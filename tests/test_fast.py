@@ -174,7 +174,10 @@ def test_the_cifar10_fast_preset_trains_on_cifar_files(cli, tmp_path: Path) -> N
 def test_a_cpu_machine_checks_for_cuda_without_loading_nvml_each_step() -> None:
     """Lightning asks torch for NVML-based CUDA checks; where NVML cannot load, cnnlab asks the
     CUDA runtime instead (torch's own fallback), so Adam's per-step check loads no library."""
-    script = ("import os, torch, cnnlab.training.trainer; "
+    script = ("import os, tempfile, pathlib, torch; from cnnlab.config import load_config; "
+              "from cnnlab.training.trainer import build_trainer; "
+              "build_trainer(load_config(overrides=['trainer.precision=32-true']).trainer, "
+              "pathlib.Path(tempfile.mkdtemp()), []); "
               "print(os.environ.get('PYTORCH_NVML_BASED_CUDA_CHECK'), torch.cuda.is_available())")
     env = {k: v for k, v in os.environ.items() if k != "PYTORCH_NVML_BASED_CUDA_CHECK"}
     shown = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
