@@ -376,3 +376,17 @@ def test_a_stopped_ablation_exits_non_zero_leaves_no_worker_and_resumes(
     assert done.returncode == 0, done.stderr
     assert sorted(complete_keys(out)) == sorted(
         f"model.norm={n} | seed={s}" for n in ("batch", "layer", "none") for s in range(2))
+
+
+def test_a_lock_left_on_a_relative_journal_path_does_not_hang_the_rerun(tmp_path: Path) -> None:
+    """A SIGTERM during a journal write used to leave ``study.journal.lock`` pointing at a
+    relative path that never resolves, and every later writer spun on it for good."""
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "study.journal.lock").symlink_to("out/study.journal")  # dangling
+    code = ("from cnnlab.studies.storage import open_storage; import optuna; "
+            "s = optuna.create_study(storage=open_storage('out/study.journal'), study_name='x'); "
+            "s.enqueue_trial({}); print(len(s.get_trials()))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    assert done.stdout.split() == ["1"], done.stderr
+    assert not (tmp_path / "out" / "study.journal.lock").is_symlink()  # released, not left

@@ -25,6 +25,7 @@ from cnnlab.studies.journal import ReadOnlyJournal, repair
 SCHEMES = ("journal file path", "sqlite:///PATH", "postgresql://USER@HOST/DB")
 OPTUNA_TABLES = {"studies", "trials", "version_info"}
 JOURNAL = "study.journal"
+LOCK_SUFFIX = ".lock"  # Optuna's journal lock: a symbolic link <journal>.lock → the journal
 
 
 def quiet() -> None:
@@ -98,7 +99,18 @@ def _journal(path: Path, readonly: bool) -> optuna.storages.JournalStorage:
         if damage:
             print(f"cnnlab: warning: {damage.line(path)}", file=sys.stderr)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    _clear_dangling_lock(path)
+    # Optuna's lock is a symbolic link to the journal, named beside it: with a relative path its
+    # target would resolve against the link's folder, never exist, and every waiter would spin
+    return optuna.storages.JournalStorage(JournalFileBackend(str(path.absolute())))
+
+
+def _clear_dangling_lock(path: Path) -> None:
+    """A journal lock left by a process killed while it held it, pointing nowhere (cnnlab
+    before this fix made relative ones): no live writer holds a lock whose target is missing."""
+    lock = Path(f"{path}{LOCK_SUFFIX}")
+    if lock.is_symlink() and not lock.exists():
+        lock.unlink(missing_ok=True)
 
 
 def _check_tables(url: str, target: str, kwargs: dict[str, Any], readonly: bool) -> None:
