@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import hashlib
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from cnnlab.errors import CnnlabError
 from cnnlab.ownership import (
     APPEND_ONLY,
+    MANIFEST,
     PENDING,
+    UMASK,
     Manifest,
     digest,
     files_under,
@@ -85,6 +90,8 @@ def begin_run(out: Path, overwrite: bool, takeover: bool = False) -> Path:
     """
     check_run_out(out, overwrite)
     staging = staging_path(out)
+    if staging.is_dir() and not staging.is_symlink() and not any(staging.iterdir()):
+        staging.rmdir()  # empty: an older cnnlab killed between making it and its manifest
     if staging.exists() or staging.is_symlink():
         manifest = Manifest.read(staging) if staging.is_dir() and not staging.is_symlink() else None
         if manifest is None or manifest.kind != "partial":
@@ -94,9 +101,28 @@ def begin_run(out: Path, overwrite: bool, takeover: bool = False) -> Path:
             raise CnnlabError(f"--out {out}: another cnnlab process ({manifest.owner}) is writing "
                               "this run; allowed: wait for it, or another --out")
         _remove_partial(staging)
-    staging.mkdir(parents=True)
-    Manifest("partial", owner_id()).write(staging)
+    _make_staging(staging)
     return staging
+
+
+NEW = ".new-"  # a staging folder being made: <staging>.new-XXXX, renamed once its manifest is in
+
+
+def _make_staging(staging: Path) -> None:
+    """The staging folder appears on disk with its manifest already in it (made under a
+    temporary name, then renamed), so a kill at any instant leaves nothing a rerun cannot prove
+    is cnnlab's; what an earlier kill left half-made is cleared first."""
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    for left in staging.parent.glob(f"{glob.escape(staging.name)}{NEW}*"):
+        names = {p.name for p in left.iterdir()} if left.is_dir() and not left.is_symlink() else {""}
+        manifest = Manifest.read(left) if MANIFEST in names else None
+        if all(n == MANIFEST or (n.startswith(f".{MANIFEST}.") and n.endswith(".tmp"))
+               for n in names) and not owner_alive(manifest.owner if manifest else None):
+            shutil.rmtree(left)  # nothing in it but the manifest (or its temporary file)
+    made = Path(tempfile.mkdtemp(dir=staging.parent, prefix=f"{staging.name}{NEW}"))
+    os.chmod(made, 0o777 & ~UMASK)  # mkdtemp's 0700 would hide the run from colleagues
+    Manifest("partial", owner_id()).write(made)
+    os.rename(made, staging)
 
 
 def _remove_partial(staging: Path) -> None:

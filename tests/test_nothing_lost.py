@@ -9,6 +9,7 @@ import os
 import random
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ from optuna.trial import TrialState
 from PIL import Image
 from test_ablation import write_spec
 
-from cnnlab import files
+from cnnlab import files, ownership
 from cnnlab.errors import CnnlabError
 from cnnlab.files import claim_study_folder, staging_path, write_owned
 from cnnlab.ownership import MANIFEST, Manifest
@@ -384,3 +385,25 @@ def test_links_are_never_followed_into_another_run(cli, finished_run: Path, tmp_
     assert hashes(other) == before and (finished_run / "metrics.json").is_file()
     status, _, err = cli("ablate", write_spec(tmp_path, seeds=1, arms="norm only"), "--out", latest)
     assert status == 2 and "is a symbolic link" in err
+
+
+def test_a_kill_while_a_staging_folder_is_made_never_blocks_the_rerun(
+        cli, tmp_path: Path) -> None:
+    """A SIGKILL between making a run's staging folder and writing its manifest used to leave a
+    folder no rerun could prove was cnnlab's: the trial failed on every rerun. Now the folder
+    appears with its manifest in it; half-made ones (and an older cnnlab's empty one) are
+    cleared, while a user's file in the same place is kept."""
+    out = tmp_path / "run"
+    staging = staging_path(out)
+    staging.mkdir()  # what an older cnnlab left: an empty staging folder
+    half = tmp_path / f"{staging.name}.new-abc123"  # killed before the rename
+    half.mkdir()
+    (half / "..cnnlab.json.x1y2.tmp").write_text("{")  # write_atomic's temporary file
+    users = tmp_path / f"{staging.name}.new-mine"
+    users.mkdir()
+    (users / "notes.txt").write_text("mine")
+    status, _, err = cli("fit", "--out", str(out), *FAST)
+    assert status == 0, err
+    assert (out / "metrics.json").is_file() and not staging.exists() and not half.exists()
+    assert (users / "notes.txt").read_text() == "mine"
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~ownership.UMASK  # readable by colleagues
