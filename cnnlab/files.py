@@ -226,14 +226,16 @@ def write_owned(folder: Path, rel: str, data: str | bytes | None) -> None:
 
 
 def check_output(path: Path, ours: Callable[[Path], bool], option: str = "--out") -> None:
-    """One named output file may be written: new, in a cnnlab folder (listed there), or replacing
-    a file ``ours`` proves cnnlab wrote (e.g. a PNG's text chunk)."""
+    """One named output file may be written: new, or replacing a file ``ours`` proves cnnlab
+    wrote as this kind of output (a PNG's text chunk, an export's format mark), never a link.
+    Inside a cnnlab folder the same holds: ``predict --out RUN/metrics.json`` does not replace
+    the run's metrics."""
     refuse_special(path.parent, option)
     if path.is_dir():
         raise CnnlabError(f"{option} {path}: is a directory; allowed: a file name")
-    if Manifest.read(path.parent) is None and path.exists() and not ours(path):
-        raise CnnlabError(f"{option} {path}: exists and cnnlab did not write it; allowed: a new "
-                          "file name, or move it away")
+    if path.is_symlink() or (path.exists() and not ours(path)):
+        raise CnnlabError(f"{option} {path}: exists and cnnlab did not write it as this kind "
+                          "of output; allowed: a new file name, or move it away")
 
 
 def write_output(path: Path, data: bytes, ours: Callable[[Path], bool], option: str = "--out") -> None:

@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import socket
 import tempfile
 from collections.abc import Iterator
@@ -34,10 +35,30 @@ def _umask() -> int:
 UMASK = _umask()
 
 
+def _temporary(path: Path) -> re.Pattern[str]:
+    """The names of ``write_atomic``'s temporary files for ``path``: .NAME.HOST:PID.XXXX.tmp."""
+    return re.compile(rf"\.{re.escape(path.name)}\.(?P<owner>[^/]*:\d+)\.[A-Za-z0-9_]+\.tmp")
+
+
+def _clear_temporaries(path: Path) -> None:
+    """Remove what a killed process's ``write_atomic`` left beside ``path`` (an 8 MB export
+    stayed for good): its name carries the writer, and a writer of this host that is gone no
+    longer needs it."""
+    pattern = _temporary(path)
+    with contextlib.suppress(OSError):
+        for left in path.parent.iterdir():
+            match = pattern.fullmatch(left.name)
+            if match and not left.is_symlink() and left.is_file() and not owner_alive(
+                    match["owner"]):
+                left.unlink(missing_ok=True)
+
+
 def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path`` and rename it into place."""
+    """Write ``data`` to a temporary file beside ``path`` (named after this process) and rename
+    it into place; temporary files of dead writers of ``path`` are removed first."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    _clear_temporaries(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{owner_id()}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~UMASK)
         with os.fdopen(fd, "wb") as f:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from optuna.trial import TrialState
 from PIL import Image
@@ -407,3 +408,34 @@ def test_a_kill_while_a_staging_folder_is_made_never_blocks_the_rerun(
     assert (out / "metrics.json").is_file() and not staging.exists() and not half.exists()
     assert (users / "notes.txt").read_text() == "mine"
     assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~ownership.UMASK  # readable by colleagues
+
+
+def test_predict_and_export_never_replace_a_runs_own_files(cli, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert cli("fit", "--out", str(run), *FAST)[0] == 0
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in run.rglob("*") if p.is_file()}
+    digits = tmp_path / "x.npz"
+    np.savez(digits, x=np.zeros((2, 8, 8), dtype=np.uint8))
+    for args in (("predict", str(run), str(digits), "--out", str(run / "metrics.json")),
+                 ("export", str(run), "--out", str(run / "config.yaml")),
+                 ("export", str(run), "--out", str(run / "history.csv"))):
+        status, _, err = cli(*args)
+        assert status == 2 and "exists and cnnlab did not write it" in err, (args, err)
+    assert {p: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(cli, tmp_path: Path) -> None:
+    """A SIGKILL during ``export --out`` left its temporary file (8 MB) for good."""
+    run, out = tmp_path / "run", tmp_path / "model.pt"
+    assert cli("fit", "--out", str(run), *FAST)[0] == 0
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    left = tmp_path / f".model.pt.{socket.gethostname()}:{dead}.k3j2h1g0.tmp"
+    left.write_bytes(b"\0" * 1000)
+    alive = tmp_path / f".model.pt.{socket.gethostname()}:{os.getpid()}.a1b2c3d4.tmp"
+    alive.write_bytes(b"writing")  # a live writer's: kept
+    mine = tmp_path / ".model.pt.notes.tmp"  # not a cnnlab name: kept
+    mine.write_text("mine")
+    assert cli("export", str(run), "--out", str(out))[0] == 0
+    assert out.is_file() and not left.exists() and alive.exists() and mine.read_text() == "mine"
