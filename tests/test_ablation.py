@@ -1,8 +1,10 @@
 """Ablations: specs, resumable and shared studies, W&B run counts, and the report's numbers."""
 
 import math
+import os
 import statistics
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -235,3 +237,13 @@ def test_an_edited_base_config_file_is_another_study(cli, tmp_path: Path) -> Non
     base.write_text("optim:\n  lr: 0.01\n")
     assert cli("ablate", spec, "--out", out, "--seeds", "2")[0] == 0
     assert len(complete_keys(out)) == 6
+
+
+def test_the_command_prints_its_own_progress_and_no_optuna_log_lines(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, seeds=1, arms="norm only")
+    done = subprocess.run([sys.executable, "-m", "cnnlab.cli", "ablate", str(spec), "--out",
+                           str(tmp_path / "out"), "--workers", "1"], capture_output=True,
+                          text=True, env={**os.environ, "WANDB_MODE": "disabled"}, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "tiny [3/3]" in done.stdout  # a line per finished trial (not a terminal)
+    assert "[I " not in done.stderr and "A new study created" not in done.stderr, done.stderr
