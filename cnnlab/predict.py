@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from torch import Tensor
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms.v2.functional import resize, rgb_to_grayscale
 
-from cnnlab.data.sources import decode_file, npz_images
+from cnnlab.data.sources import decode_file, npz_array, npz_images
 from cnnlab.errors import CnnlabError
 from cnnlab.export import load
 
@@ -39,8 +40,8 @@ def read_inputs(paths: list[Path], shape: tuple[int, int, int]) -> tuple[list[st
         elif path.suffix.lower() == ".npz":
             try:
                 with np.load(path, allow_pickle=False) as archive:
-                    x = archive["x"]
-            except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
+                    x = npz_array(archive, "x", f"predict: {path}")
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError, zlib.error):
                 raise CnnlabError(f"predict: {path} is not an .npz file with a numeric array x; "
                                   "allowed: numpy.savez(path, x=images)") from None
             batch = npz_images(x, f"predict: {path}")
@@ -52,6 +53,9 @@ def read_inputs(paths: list[Path], shape: tuple[int, int, int]) -> tuple[list[st
         else:
             raise CnnlabError(f"predict: {path} does not exist; allowed: image files, folders of "
                               "images, or .npz files")
+    if not images:
+        raise CnnlabError(f"predict: no images in {', '.join(map(str, paths))}; allowed: image "
+                          "files, folders of images, or .npz files with at least one image")
     channels, size = shape[0], list(shape[1:])
     resized = 0
     for i, img in enumerate(images):
@@ -61,7 +65,12 @@ def read_inputs(paths: list[Path], shape: tuple[int, int, int]) -> tuple[list[st
         if list(img.shape[1:]) != size:
             img, resized = resize(img, size, antialias=True), resized + 1
         images[i] = img
-    return names, torch.stack(images), resized
+    pixels = torch.stack(images)
+    bad = int((~torch.isfinite(pixels)).sum())
+    if bad:  # NaN in, "class 0, probability nan" out: refused instead
+        raise CnnlabError(f"predict: {bad} pixel values are NaN or infinite; allowed: finite "
+                          "numbers")
+    return names, pixels, resized
 
 
 

@@ -131,9 +131,13 @@ def finish(logger: WandbLogger | None, summary: dict[str, Any],
     run.finish()
 
 
-def stable_id(project: str, study: str) -> str:
-    """The W&B run id of a study's summary run: the same for every rerun of the study."""
-    return "summary-" + hashlib.sha256(f"{project}/{study}".encode()).hexdigest()[:16]
+def stable_id(project: str, study: str, out: Path) -> str:
+    """The W&B run id of a study's summary run: the same for every rerun of the study. A study
+    kept outside its default folder (``--out reports/x`` for study ``norm``) is another study
+    of the same name, so its folder is part of the id (two used to merge on ``cnnlab sync``)."""
+    default = out.name == study and out.parent.name == "reports"
+    key = f"{project}/{study}" if default else f"{project}/{study}@{out.resolve()}"
+    return "summary-" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def study_run(cfg: ExperimentConfig, out: Path, s: StudySummary) -> None:
@@ -143,7 +147,7 @@ def study_run(cfg: ExperimentConfig, out: Path, s: StudySummary) -> None:
         return
     run = _init(project=cfg.wandb.project, group=s.study, job_type="summary",
                 name=f"{s.study} summary", tags=[s.study, "summary"], dir=str(out), mode=mode,
-                config=s.config, notes=s.notes, id=stable_id(cfg.wandb.project, s.study),
+                config=s.config, notes=s.notes, id=stable_id(cfg.wandb.project, s.study, out),
                 resume="allow")
     tables = {}
     for name, rows in s.tables.items():

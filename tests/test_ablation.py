@@ -247,3 +247,14 @@ def test_the_command_prints_its_own_progress_and_no_optuna_log_lines(tmp_path: P
     assert done.returncode == 0, done.stderr
     assert "tiny [3/3]" in done.stdout  # a line per finished trial (not a terminal)
     assert "[I " not in done.stderr and "A new study created" not in done.stderr, done.stderr
+
+
+def test_fewer_seeds_than_the_study_has_says_so_and_changes_nothing(cli, tmp_path: Path) -> None:
+    spec, out = write_spec(tmp_path, seeds=2, arms="norm only"), tmp_path / "out"
+    assert cli("ablate", spec, "--out", out, "--workers", "1")[0] == 0
+    keys, report = sorted(complete_keys(out)), (out / "report.md").read_text()
+    status, _, err = cli("ablate", spec, "--out", out, "--workers", "1", "--seeds", "1")
+    assert status == 0 and "has 2 seeds per arm; 1 changes nothing" in err
+    study = load_study(open_storage(str(out / "study.journal"), readonly=True), "tiny")
+    assert study.user_attrs["spec"]["seeds"] == 2  # the stored spec was rewritten to 1 before
+    assert sorted(complete_keys(out)) == keys and (out / "report.md").read_text() == report

@@ -1,10 +1,13 @@
 """The bad-input catalogue: one line naming the problem and what is allowed, exit status 2, no
 traceback, and nothing created or changed — neither the output directory nor any input."""
 
+import io
 import sqlite3
 import subprocess
 import sys
 import time
+import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +61,57 @@ def _bytes(data: bytes) -> Callable[[Path], None]:
     return lambda path: path.write_bytes(data)
 
 
+def _alias_bomb(levels: int = 9) -> str:
+    """A "billion laughs" YAML: a few hundred bytes, 9**9 values once its aliases expand."""
+    lines = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for i in range(1, levels):
+        lines.append(f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]")
+    return "\n".join(lines) + "\n"
+
+
+def _png_header(width: int, height: int) -> Callable[[Path], None]:
+    """A PNG whose header declares ``width``×``height`` pixels (a decompression bomb's)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (len(data).to_bytes(4, "big") + kind + data
+                + zlib.crc32(kind + data).to_bytes(4, "big"))
+
+    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
+    idat = zlib.compress(b"\0" * 64)
+    return _bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat)
+                  + chunk(b"IEND", b""))
+
+
+def _npz_declaring(shape: tuple[int, ...]) -> Callable[[Path], None]:
+    """An .npz whose x.npy header declares ``shape`` float32 values (and holds none of them)."""
+
+    def write(path: Path) -> None:
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(
+            header, {"descr": "<f4", "fortran_order": False, "shape": shape})
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("x.npy", header.getvalue())
+            archive.writestr("y.npy", _npy(np.zeros(2, np.int64)))
+
+    return write
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def _corrupt_compressed_npz(path: Path) -> None:
+    """``numpy.savez_compressed``, then bytes in the middle of the deflated data flipped."""
+    np.savez_compressed(path, x=np.random.default_rng(0).integers(0, 255, (64, 8, 8), np.uint8),
+                        y=np.arange(64) % 2)
+    data = bytearray(path.read_bytes())
+    for i in range(200, 260):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
 RANDOM_BYTES = bytes(np.random.default_rng(0).integers(0, 256, 400, dtype=np.uint8))
 
 
@@ -82,6 +136,12 @@ def _one_class_folder(root: Path) -> None:
     (root / "only").mkdir(parents=True)
     for i in range(4):
         write_png(torch.full((1, 8, 8), 40 * i, dtype=torch.uint8), str(root / "only" / f"{i}.png"))
+
+
+def _bomb_folder(root: Path) -> None:
+    """A folder dataset of two classes, one of whose PNGs declares 30000×30000 pixels."""
+    _classes()(root)
+    _png_header(30000, 30000)(root / "a" / "huge.png")
 
 
 JOURNAL_RECORD = '{"op_code":0,"worker_id":"w","study_name":"s","directions":[1]}\n'
@@ -262,6 +322,36 @@ CATALOGUE: dict[str, Case] = {
     "export of a directory without a run": Case(("export", "{d}"), "no checkpoints/best.ckpt; allowed: the --out "
                                                 "folder of a finished cnnlab fit"),
     "lr-find plot not a PNG": Case(("lr-find", "--out", "{d}/plot.jpg"), "allowed: a file name ending in .png"),
+    # bounded inputs: bombs, special files, sizes declared far beyond memory
+    "YAML alias bomb as a config": fit("--config", "{d}/c.yaml", expected="--config {d}/c.yaml: "
+                                       "expands to more than 10,000 values", **{"c.yaml": _alias_bomb()}),
+    "YAML alias bomb as a spec": ablate(_alias_bomb(5) + TINY_ABLATION, "spec {d}/spec.yaml: "
+                                       "expands to more than 10,000 values"),
+    "config nested 20,000 deep": fit("--config", "{d}/c.yaml", expected="nested too deeply",
+                                     **{"c.yaml": "model: " + "[" * 20000 + "]" * 20000 + "\n"}),
+    "config nested 60 deep": fit("--config", "{d}/c.yaml", expected="or 50 levels",
+                                 **{"c.yaml": "a: " + "{b: " * 60 + "1" + "}" * 60 + "\n"}),
+    "/dev/zero as a config": fit("--config", "/dev/zero", expected="--config /dev/zero: is not a "
+                                 "regular file; allowed: a YAML file"),
+    "a folder as a config": fit("--config", "{d}", expected="is not a regular file"),
+    "a 2 MB config": fit("--config", "{d}/c.yaml", expected="allowed: a YAML file of at most "
+                         "1,048,576 bytes", **{"c.yaml": "# padding\n" * 200_000}),
+    "npz declaring 6.4e9 floats": fit("data.name=npz", "data.root={d}/big.npz",
+                                      expected="array x declares shape (80000, 80000)",
+                                      **{"big.npz": _npz_declaring((80000, 80000))}),
+    "corrupt savez_compressed file": fit("data.name=npz", "data.root={d}/bad.npz",
+                                         expected="bad.npz is damaged",
+                                         **{"bad.npz": _corrupt_compressed_npz}),
+    "a PNG of 30000×30000 pixels": fit(
+        "data.name=folder", "data.root={d}/imgs", expected="declares 900,000,000 pixels; allowed: "
+        "at most 50,000,000 pixels", **{"imgs": _bomb_folder}),
+    "a heartbeat of 10 ms": Case(("ablate", "{d}/spec.yaml", "--out", "{out}"),
+                                 "CNNLAB_HEARTBEAT_S: got '0.01'; allowed: seconds, a number in "
+                                 "[0.5, 86400)", {"spec.yaml": TINY_ABLATION},
+                                 {"CNNLAB_HEARTBEAT_S": "0.01"}),
+    "a grace of 20 ms": Case(("ablate", "{d}/spec.yaml", "--out", "{out}"),
+                             "CNNLAB_GRACE_S: got '0.02'", {"spec.yaml": TINY_ABLATION},
+                             {"CNNLAB_GRACE_S": "0.02", "CNNLAB_HEARTBEAT_S": "0.5"}),
     # config values that read as something else, or as nothing sensible
     "comma-separated list": fit("model.channels=32,64", expected="model.channels: got '32,64' (write [32,64] for a list)"),
     "section given a value": fit("model=3", expected="model: got 3; allowed: a mapping with keys channels"),
@@ -409,3 +499,28 @@ def test_the_console_script_exits_2_without_traceback(tmp_path: Path) -> None:
     assert proc.stderr.strip() == ("cnnlab: error: model.norm: unknown value 'bogus'; allowed: "
                                    "batch, layer, instance, group, none")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_predict_refuses_what_it_cannot_classify_honestly(cli, tmp_path: Path) -> None:
+    """Inputs that used to be tracebacks, huge allocations or rows of "probability nan"."""
+    run = tmp_path / "run"
+    assert cli("fit", "--out", str(run), "trainer.max_epochs=1", "model.channels=[8]",
+               "model.hidden_units=[16]")[0] == 0
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    cases = {
+        "empty.npz": (_npz(x=np.zeros((0, 8, 8), np.uint8)), "predict: no images in"),
+        "nan.npz": (_npz(x=np.full((2, 8, 8), np.nan, np.float32)),
+                    "predict: 128 pixel values are NaN or infinite"),
+        "big.npz": (_npz_declaring((80000, 80000)), "array x declares shape (80000, 80000)"),
+        "bad.npz": (_corrupt_compressed_npz, "bad.npz is not an .npz file with a numeric array x"),
+        "bomb.png": (_png_header(30000, 30000), "declares 900,000,000 pixels"),
+    }
+    for name, (write, _) in cases.items():
+        write(inputs / name)
+    before = _tree(tmp_path)
+    for name, (_, expected) in cases.items():
+        status, stdout, err = cli("predict", str(run), str(inputs / name))
+        assert status == 2 and stdout == "", (name, err)
+        assert len(err.strip().splitlines()) == 1 and expected in err, (name, err)
+    assert _tree(tmp_path) == before

@@ -26,6 +26,7 @@ from cnnlab.models.convnet import INITS, POOLS
 from cnnlab.models.norms import NORMS
 from cnnlab.ownership import Manifest
 from cnnlab.regularization import REGULARIZERS
+from cnnlab.studies.hypothesis import safe_name
 from cnnlab.studies.records import HEARTBEAT, KEY, NOTE, WORKER
 from cnnlab.studies.storage import load_study, open_storage
 from cnnlab.studies.trials import liveness, reclaim, requeue_same
@@ -165,6 +166,15 @@ def test_liveness_settings_are_checked(cli, tmp_path: Path, monkeypatch: pytest.
         status, _, err = cli(*command, "--out", tmp_path / "out")
         assert status == 2 and "CNNLAB_GRACE_S: got 5" in err
         assert sorted(tmp_path.rglob("*")) == before  # nothing written
+    monkeypatch.setenv("CNNLAB_GRACE_S", "0.02")  # would take live trials from their workers
+    with pytest.raises(CnnlabError, match=r"CNNLAB_GRACE_S: got '0.02'; allowed: seconds, a number in \[4, "):
+        liveness()
+    monkeypatch.setenv("CNNLAB_GRACE_S", "60")
+    for tiny in ("0.01", "1e-300"):  # 1e-300 flooded the journal with heartbeats
+        monkeypatch.setenv("CNNLAB_HEARTBEAT_S", tiny)
+        with pytest.raises(CnnlabError,
+                           match=r"CNNLAB_HEARTBEAT_S: got .*; allowed: seconds, a number in \[0.5, "):
+            liveness()
 
 
 def test_takeover_clears_a_lost_attempt_but_never_a_folder_cnnlab_did_not_make(
@@ -337,3 +347,23 @@ def test_a_timed_out_search_leaves_its_slots_for_the_rerun(cli, tmp_path: Path) 
         finished, waiting, total = counts()
         assert before < finished < 30 and finished + waiting == 30
         assert total == 30  # the rerun ran the queued slots and queued nothing more
+
+
+def test_names_on_disk_are_bounded_and_never_merged() -> None:
+    assert safe_name("norm-quick") == "norm-quick"  # existing studies keep their folders
+    assert safe_name("model.norm=batch, reg=none") == "model.norm=batch_reg=none"
+    long = [safe_name("x" * 300), safe_name("x" * 299)]
+    assert all(len(n) <= 80 for n in long) and long[0] != long[1]
+    greek = {safe_name(n) for n in ("δοκιμή", "πείραμα", "σύγκριση")}
+    assert len(greek) == 3 and all(n.startswith("_-") for n in greek)
+
+
+def test_a_300_character_level_name_runs_and_reports(cli, tmp_path: Path) -> None:
+    """A level name longer than a file name may be used to leave its trial RUNNING for good."""
+    level = "l2_" + "x" * 300
+    spec = tmp_path / "long.yaml"
+    spec.write_text(f"name: long\noverrides: [trainer.max_epochs=1, 'model.channels=[8]']\n"
+                    f"factors:\n  reg:\n    none: {{}}\n    {level}: {{reg.kind: l2}}\nseeds: 1\n")
+    status, _, err = cli("ablate", spec, "--out", tmp_path / "out", "--workers", "1")
+    assert status == 0, err
+    assert f"reg={level}" in (tmp_path / "out" / "report.md").read_text()

@@ -7,7 +7,7 @@ import pytest
 from wandb_records import run_contents
 
 from cnnlab.config import load_config
-from cnnlab.tracking import wandb_mode
+from cnnlab.tracking import stable_id, wandb_mode
 
 
 def test_mode_defaults_to_offline_unless_chosen(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -51,3 +51,12 @@ def test_disabled_mode_writes_no_wandb_files(cli, tmp_path: Path) -> None:
                        "wandb.mode=disabled", "model.channels=[8]")
     assert status == 0
     assert not (tmp_path / "r" / "wandb").exists()
+
+
+def test_studies_of_one_name_in_other_folders_get_their_own_summary_run(tmp_path: Path) -> None:
+    """``--out reports/x`` keeps the spec's study name; its summary run must not be the one of
+    ``reports/<name>`` (``cnnlab sync`` merged the two)."""
+    default = stable_id("cnnlab", "norm", Path("reports/norm"))
+    assert default == stable_id("cnnlab", "norm", tmp_path / "reports" / "norm")  # as before
+    assert stable_id("cnnlab", "norm", Path("reports/x")) != default
+    assert stable_id("cnnlab", "norm", tmp_path / "a") != stable_id("cnnlab", "norm", tmp_path / "b")

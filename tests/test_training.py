@@ -1,10 +1,15 @@
 """The one run path: every norm × dropout × regularizer trains, runs are reproducible, files land."""
 
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 
+from cnnlab.cpus import usable_cpus
 from cnnlab.training.run import run
 
 NORMS = ["batch", "layer", "instance", "group", "none"]
@@ -92,3 +97,24 @@ def test_print_config_shows_the_resolved_values(cli, tmp_path: Path) -> None:
     status, out, _ = cli("fit", "--print-config", "--config", extra, "model.channels=[16]")
     assert status == 0
     assert "norm: layer" in out and "- 16" in out and "- 4" not in out
+
+
+def test_threads_0_is_recorded_and_the_same_idle_and_under_load(cli, tmp_path: Path) -> None:
+    """``trainer.threads: 0`` was "the cores free at the start": one busy core elsewhere changed
+    the thread count, torch's sums and so the fit's accuracy, and config.yaml said only 0."""
+    args = ["trainer.max_epochs=2", "model.channels=[8]", "model.hidden_units=[16]"]
+    assert cli("fit", "--out", str(tmp_path / "idle"), *args)[0] == 0
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+               for _ in range(usable_cpus())]
+    try:
+        time.sleep(0.5)
+        assert cli("fit", "--out", str(tmp_path / "busy"), *args)[0] == 0
+    finally:
+        for burner in burners:
+            burner.kill()
+            burner.wait()
+    idle, busy = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("idle", "busy"))
+    keys = ("test_acc", "val_acc", "train_loss", "test_loss")
+    assert {k: idle[k] for k in keys} == {k: busy[k] for k in keys}
+    recorded = yaml.safe_load((tmp_path / "busy" / "config.yaml").read_text())
+    assert recorded["trainer"]["threads"] == usable_cpus()

@@ -7,8 +7,12 @@ CIFAR-10) keep it: its samples come last and ``test_from`` marks where they star
 from __future__ import annotations
 
 import gzip
+import math
+import os
+import re
 import shutil
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,9 +159,30 @@ def load_folder(cfg: DataConfig) -> ImageData:
     return ImageData(torch.stack(images), torch.tensor(labels), classes)
 
 
+MAX_PIXELS = 50_000_000  # per image: a bigger one is refused before it is decoded
+
+
+def _check_pixels(path: Path, where: str) -> None:
+    """A decompression bomb (an 874 KB PNG of 30000×30000 pixels took 5.5 GB) is refused from
+    its header, before any decoder allocates it."""
+    try:
+        with Image.open(path) as img:
+            pixels = img.size[0] * img.size[1]
+    except Image.DecompressionBombError as err:  # Pillow's own limit: "Image size (N pixels)…"
+        found = re.search(r"\((\d+) pixels\)", str(err))
+        pixels = int(found[1]) if found else MAX_PIXELS + 1
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return  # not Pillow's to read: the decoders below say what is wrong
+    if pixels > MAX_PIXELS:
+        raise CnnlabError(f"{where}: {path} declares {pixels:,} pixels; allowed: at most "
+                          f"{MAX_PIXELS:,} pixels per image (a bigger one is refused as a "
+                          "decompression bomb)")
+
+
 def decode_file(path: Path, where: str = "data.root") -> Tensor:
     """One image file as C×H×W floats in [0, 1]: torchvision's decoders, then Pillow's for the
     formats torchvision lacks (BMP, PPM/PGM, TIFF); 8- and 16-bit channels alike."""
+    _check_pixels(path, where)
     try:
         return _uint8_images(decode_image(str(path), mode=ImageReadMode.UNCHANGED))
     except (RuntimeError, ValueError, OSError):
@@ -189,28 +214,56 @@ def load_npz(cfg: DataConfig) -> ImageData:
     except (OSError, ValueError, zipfile.BadZipFile, EOFError):
         raise CnnlabError(f"data.root: {path} is not a readable .npz file; allowed: an .npz "
                           "written by numpy.savez with arrays x and y") from None
+    where = f"data.root: {path}"
     with archive:
         missing = [k for k in ("x", "y") if k not in archive.files]
         if missing:
             raise CnnlabError(f"data.root: {path} has no array {', '.join(missing)} (found: "
                               f"{', '.join(archive.files) or 'none'}); allowed: arrays x and y")
         try:
-            x, y = archive["x"], archive["y"]
+            x, y = npz_array(archive, "x", where), npz_array(archive, "y", where)
             names = [str(c) for c in archive["classes"]] if "classes" in archive.files else None
+        except (OSError, EOFError, zipfile.BadZipFile, zlib.error):
+            raise CnnlabError(f"data.root: {path} is damaged (an array does not decompress); "
+                              "allowed: an .npz written by numpy.savez") from None
         except ValueError:  # object arrays need pickle, which can run code: refused
             raise CnnlabError(f"data.root: {path} holds an object array; allowed: numeric x and "
                               "y, and classes as a string array (np.array([...], dtype=str))") from None
-    x = npz_images(x, f"data.root: {path}")
-    if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
+    images = npz_images(x, f"data.root: {path}")
+    if y.ndim != 1 or len(y) != len(images) or not np.issubdtype(y.dtype, np.integer):
         raise CnnlabError(f"data.root: {path} array y has shape {y.shape} and dtype {y.dtype} for "
-                          f"{len(x)} images; allowed: one integer label per image")
+                          f"{len(images)} images; allowed: one integer label per image")
     if names is None:
         values, y = np.unique(y, return_inverse=True)
         names = [str(v) for v in values]
     elif y.min() < 0 or y.max() >= len(names):
         raise CnnlabError(f"data.root: {path} labels run {y.min()}..{y.max()} but there are "
                           f"{len(names)} classes; allowed: labels 0..{len(names) - 1}")
-    return ImageData(x, torch.as_tensor(y, dtype=torch.int64), names)
+    return ImageData(images, torch.as_tensor(y, dtype=torch.int64), names)
+
+
+def _free_bytes() -> int:
+    """Memory the machine has free now (all of it where the OS does not say)."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
+
+
+def npz_array(archive: Any, name: str, where: str) -> np.ndarray:
+    """Array ``name`` of an open .npz, its declared size checked against free memory before it
+    is read (an 8-byte header can declare billions of values)."""
+    with archive.zip.open(f"{name}.npy") as f:
+        version = np.lib.format.read_magic(f)
+        read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                else np.lib.format.read_array_header_2_0)
+        shape, _, dtype = read(f)
+    as_float = math.prod(shape) * max(dtype.itemsize, 4)  # kept as float32 pixels, or as is
+    if as_float > _free_bytes() // 2:
+        raise CnnlabError(f"{where} array {name} declares shape {shape} ({as_float / 2**30:.1f} GiB "
+                          f"in memory); allowed: arrays that fit in half the free memory "
+                          f"({_free_bytes() / 2**30:.1f} GiB free)")
+    return archive[name]
 
 
 def npz_images(x: np.ndarray, where: str) -> Tensor:

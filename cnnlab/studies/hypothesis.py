@@ -4,6 +4,7 @@ studies and levels as files, W&B and overrides need them."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,9 +46,17 @@ def arm_name(levels: dict[str, str]) -> str:
     return ", ".join(f"{factor}={level}" for factor, level in levels.items())
 
 
+MAX_NAME = 80  # characters of a name on disk (file systems stop at 255 bytes)
+
+
 def safe_name(text: str) -> str:
-    """A file-system-safe version of a study, arm or run name (no separators, no '..')."""
-    return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", text).replace("..", "_").strip("._") or "_"
+    """A file-system-safe version of a study, arm or run name (no separators, no '..'). A name
+    that is too long, or that loses letters outside ASCII, ends in a hash of the original:
+    two such names never share a folder (all-Greek names all became ``_``)."""
+    name = re.sub(r"[^A-Za-z0-9_.=+-]+", "_", text).replace("..", "_").strip("._") or "_"
+    if len(name) > MAX_NAME or not text.isascii():
+        name = f"{name[:MAX_NAME - 9]}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+    return name
 
 
 def yaml_scalar(value: Any) -> str:

@@ -12,6 +12,7 @@ lost ones), so the last worker standing finishes the study.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -30,7 +31,10 @@ FAILURES = (CnnlabError, RuntimeError, ValueError)  # a trial's run failed; the 
 POLL_S = 1.0  # how often a worker with nothing queued looks at the others' trials
 
 
-def _seconds(name: str, default: float) -> float:
+MIN_HEARTBEAT_S, MIN_GRACE_S = 0.5, 4.0  # below these a busy machine's late beat is a "death"
+
+
+def _seconds(name: str, default: float, least: float) -> float:
     text = os.environ.get(name)
     if text is None:
         return default
@@ -38,15 +42,16 @@ def _seconds(name: str, default: float) -> float:
         value = float(text)
     except ValueError:
         value = 0.0
-    if not 0 < value < 86400:
-        raise CnnlabError(f"{name}: got {text!r}; allowed: seconds, a number in (0, 86400)")
+    if not least <= value < 86400:
+        raise CnnlabError(f"{name}: got {text!r}; allowed: seconds, a number in [{least:g}, 86400)")
     return value
 
 
 def liveness() -> tuple[float, float]:
     """(heartbeat interval, grace period) in seconds: ``$CNNLAB_HEARTBEAT_S`` (default 10) and
     ``$CNNLAB_GRACE_S`` (default 60; at least two intervals, so one late beat is not a death)."""
-    interval, grace = _seconds("CNNLAB_HEARTBEAT_S", 10.0), _seconds("CNNLAB_GRACE_S", 60.0)
+    interval = _seconds("CNNLAB_HEARTBEAT_S", 10.0, MIN_HEARTBEAT_S)
+    grace = _seconds("CNNLAB_GRACE_S", 60.0, MIN_GRACE_S)
     if grace < 2 * interval:
         raise CnnlabError(f"CNNLAB_GRACE_S: got {grace:g}; allowed: at least twice "
                           f"CNNLAB_HEARTBEAT_S ({interval:g}), so one late heartbeat is no death")
@@ -174,17 +179,23 @@ def work(queues: Sequence[Queue], on_done: Callable[[], None] = lambda: None,
             trial.set_user_attr(NOTE, "no queued work left" if key is None else "duplicate")
             study.tell(trial, state=TrialState.FAIL)
             continue
-        with _Heartbeat(trial, interval):
-            try:
-                value: float | None = queue.objective(trial)
-                state = TrialState.COMPLETE
-            except optuna.TrialPruned as reason:
-                trial.set_user_attr(REASON, str(reason))
-                value, state = None, TrialState.PRUNED
-            except FAILURES as err:
-                trial.set_user_attr(REASON, (str(err).splitlines() or [type(err).__name__])[0])
-                value, state = None, TrialState.FAIL
-        study.tell(trial, value, state=state)
+        try:
+            with _Heartbeat(trial, interval):
+                try:
+                    value: float | None = queue.objective(trial)
+                    state = TrialState.COMPLETE
+                except optuna.TrialPruned as reason:
+                    trial.set_user_attr(REASON, str(reason))
+                    value, state = None, TrialState.PRUNED
+                except FAILURES as err:
+                    trial.set_user_attr(REASON, (str(err).splitlines() or [type(err).__name__])[0])
+                    value, state = None, TrialState.FAIL
+            study.tell(trial, value, state=state)
+        except UpdateFinishedTrialError:  # stopped (SIGSTOP) or starved past the grace period
+            print(f"cnnlab: note: trial {trial.number} ({key}) was taken over by another worker "
+                  "after its heartbeat stopped for CNNLAB_GRACE_S; this worker gives it up "
+                  "(nothing of it is recorded)", file=sys.stderr)
+            continue
         on_done()
 
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from cnnlab.config import ExperimentConfig
+from cnnlab.cpus import usable_cpus
 
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
 
@@ -59,12 +60,16 @@ def resolve(cfg: ExperimentConfig) -> FastPath:
 
 
 def resolved(cfg: ExperimentConfig) -> tuple[ExperimentConfig, FastPath]:
-    """``cfg`` with precision and memory layout as this machine resolves ``auto``: what a run's
-    config.yaml and W&B record, and what ``cnnlab fit --print-config`` shows."""
+    """``cfg`` with precision and memory layout as this machine resolves ``auto``, and
+    ``trainer.threads: 0`` as the cores this process may use: what a run's config.yaml and W&B
+    record, and what ``cnnlab fit --print-config`` shows. The thread count never depends on the
+    machine's load: torch's sums, and so a fit's numbers, change with it (``make fit`` gave
+    0.9889 or 0.9861 depending on how busy the machine was)."""
     fast = resolve(cfg)
     return dataclasses.replace(
         cfg, model=dataclasses.replace(cfg.model, channels_last=fast.channels_last),
-        trainer=dataclasses.replace(cfg.trainer, precision=fast.precision)), fast
+        trainer=dataclasses.replace(cfg.trainer, precision=fast.precision,
+                                    threads=cfg.trainer.threads or usable_cpus())), fast
 
 
 def prepare(model: nn.Module, fast: FastPath, compile_model: bool) -> nn.Module:

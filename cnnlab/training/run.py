@@ -20,7 +20,6 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from cnnlab.config import ExperimentConfig, to_yaml
-from cnnlab.cpus import free_cpus
 from cnnlab.data.augment import preview
 from cnnlab.data.sources import Datasets
 from cnnlab.diagnostics import (
@@ -140,12 +139,12 @@ def _run(cfg: ExperimentConfig, out: Path, final: Path, fold: tuple[int, int] | 
          datasets: Datasets | None, refit: bool, context: dict[str, Any] | None,
          callbacks: Sequence[Callback]) -> RunResult:
     """``run`` inside the staging folder ``out``; the result names the ``final`` folder."""
-    torch.set_num_threads(cfg.trainer.threads or free_cpus())  # 0: the cores free right now
+    cfg, fast = resolved(cfg)  # config.yaml and W&B record what "auto" (and threads 0) became
+    torch.set_num_threads(cfg.trainer.threads)
     found = None
     if cfg.optim.lr == "auto":
         found = find_lr(cfg, out)
         cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=found.suggestion))
-    cfg, fast = resolved(cfg)  # config.yaml and W&B record what "auto" turned into
     datamodule, model = build(cfg, fold, datasets, refit)
     module = Classifier.of(cfg, datamodule, model)
     prepare(model, fast, cfg.trainer.compile)
