@@ -79,14 +79,14 @@ def make_ablation() -> tuple[float, float, int, int]:
 def bench() -> list[Ratio]:
     _run(1, 1)  # warm-up: imports, first W&B run
     wall, fit, trials, workers = make_ablation()
-    _, one = _run(1, 3)
+    _, one = _run(1, 2)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        _, one_thread = _run(1, 3)
+        _, one_thread = _run(1, 2)
     finally:
         torch.set_num_threads(threads)
-    _, two = _run(2, 3)
+    _, two = _run(2, 2)
     rate = {name: _throughput(t) for name, t in
             (("one", one), ("one_thread", one_thread), ("two", two))}
     return [

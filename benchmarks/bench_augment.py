@@ -51,7 +51,7 @@ def _compare(images: torch.Tensor, options: list[str], full: bool, repeats: int
     return [(timed(batched), timed(per_sample)) for _ in range(repeats)]
 
 
-def bench(repeats: int = 7) -> list[Ratio]:
+def bench(repeats: int = 5) -> list[Ratio]:
     """The median of the per-repeat ratios, with their range: one busy moment of the machine
     moves one repeat, not the result."""
     torch.set_num_threads(usable_cpus())  # as an idle fit; earlier benchmarks may have changed it

@@ -22,7 +22,7 @@ def _passes(model: torch.nn.Module, x: torch.Tensor) -> None:
             model(x[i : i + BATCH])
 
 
-def bench(repeats: int = 7) -> list[Ratio]:
+def bench(repeats: int = 5) -> list[Ratio]:
     out = []
     for name, (shape, overrides, n) in SHAPES.items():
         torch.manual_seed(0)

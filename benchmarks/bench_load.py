@@ -1,8 +1,11 @@
 """Speed under load: the default digits fit and a quick ablation with one CPU-bound competitor
 process running (on a core of its own when the machine has several) against the same idle.
 
-cnnlab's default thread count is the cores other processes leave free when a run starts
-(``cnnlab.cpus``); torch's own default (one thread per core) collapses when one is taken.
+A fit's default thread count (``trainer.threads: 0``) is one per core this process may use,
+whatever the load: torch's sums, and so the fit's numbers, change with the thread count, so it
+may not follow the load. That default collapses when another process takes a core; the row
+says by how much, and what ``trainer.threads=1`` (what study trials use) does under the same
+load. Study workers (``--workers auto``) do count the free cores.
 """
 
 import subprocess
@@ -33,7 +36,7 @@ seeds: 2
 
 def _fit(*overrides: str) -> float:
     cfg = load_config(overrides=["wandb.mode=disabled", "trainer.images=false", *overrides])
-    return run(cfg, Path(tempfile.mkdtemp(prefix="cnnlab-bench-")) / "fit").metrics["fit_seconds"]
+    return run(cfg, Path(tempfile.mkdtemp(prefix="cnnlab-bench-")) / "fit").number("fit_seconds")
 
 
 def _quick() -> float:
@@ -58,12 +61,12 @@ def _loaded(measure: Callable[[], float]) -> float:
 
 def bench() -> list[Ratio]:
     _fit(), _quick()  # warm-up
-    torch_default = _loaded(lambda: _fit(f"trainer.threads={usable_cpus()}"))
+    one_thread = _loaded(lambda: _fit("trainer.threads=1"))
     out = []
     for name, measure, note in (
             ("default digits fit (fit_seconds)", _fit,
-             f"; torch's default threads ({usable_cpus()}) under the same load: "
-             f"{torch_default:.2f}s"),
+             f" ({usable_cpus()} threads, one per core, the same idle or loaded); "
+             f"trainer.threads=1 under the same load: {one_thread:.2f}s"),
             ("quick ablation, 4 trials, W&B offline (wall)", _quick, "")):
         idle, loaded = measure(), _loaded(measure)
         out.append(Ratio(f"under load / idle: {name}", loaded / idle, 2.5,

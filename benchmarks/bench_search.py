@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 from rich.console import Console
 
 from benchmarks.common import Ratio
+from cnnlab.process import configure
 from cnnlab.studies.search import tune
 from cnnlab.studies.search_spec import load_search_spec, with_overrides
 from cnnlab.studies.storage import default_url, load_study, open_storage
@@ -40,6 +41,7 @@ def _search(pruned: bool, seed: int) -> tuple[float, int]:
 
 
 def _job(job: tuple[bool, int]) -> tuple[float, int]:
+    configure()  # a spawned process: quiet as the command is
     os.environ["WANDB_MODE"] = "disabled"  # fold-epochs and accuracies do not depend on W&B
     return _search(*job)
 
