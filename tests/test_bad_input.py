@@ -487,7 +487,7 @@ def test_bad_input(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: s
 
 
 def test_the_catalogue_covers_every_kind_of_input() -> None:
-    assert len(CATALOGUE) >= 140
+    assert len(CATALOGUE) >= 159
     commands = {c.args[0] for c in CATALOGUE.values() if c.args}
     assert {"fit", "ablate", "tune", "report", "summary", "export", "lr-find", "sync"} <= commands
 
@@ -524,3 +524,19 @@ def test_predict_refuses_what_it_cannot_classify_honestly(cli, tmp_path: Path) -
         assert status == 2 and stdout == "", (name, err)
         assert len(err.strip().splitlines()) == 1 and expected in err, (name, err)
     assert _tree(tmp_path) == before
+
+
+def test_an_unreadable_data_folder_is_not_called_a_full_disk(
+        cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """It was reported as "allowed: a folder you may write to" (the tests run as root, whom no
+    permission stops: the denial is simulated where the folder is listed)."""
+    _classes()(tmp_path / "imgs")
+
+    def denied(directory: str) -> None:
+        raise PermissionError(13, "Permission denied", directory)
+
+    monkeypatch.setattr("cnnlab.data.sources.find_classes", denied)
+    status, _, err = cli("fit", "--out", str(tmp_path / "out"), "data.name=folder",
+                         f"data.root={tmp_path / 'imgs'}")
+    assert status == 2 and "(permission denied); allowed: data files and folders you may read" in err
+    assert "write to" not in err and not (tmp_path / "out").exists()

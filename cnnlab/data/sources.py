@@ -292,9 +292,13 @@ SOURCES: dict[str, Callable[[DataConfig], ImageData]] = {
 
 
 def load(cfg: DataConfig) -> ImageData:
-    """The dataset ``cfg`` names, checked: finite pixels and at least two classes."""
-    data = SOURCES[cfg.name](cfg)
+    """The dataset ``cfg`` names, checked: readable, finite pixels and at least two classes."""
     where = f"data.root {cfg.root}" if cfg.name in ("folder", "npz") else f"data.name {cfg.name}"
+    try:
+        data = SOURCES[cfg.name](cfg)
+    except PermissionError as err:  # not a full disk: nothing is written here
+        raise CnnlabError(f"{where}: cannot read {err.filename or cfg.root} (permission denied); "
+                          "allowed: data files and folders you may read") from None
     bad = int((~torch.isfinite(data.x)).sum())
     if bad:
         raise CnnlabError(f"{where}: {bad} pixel values are NaN or infinite; allowed: finite "
