@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
+from cnnlab.studies.search import open_search, queue_slots
+from cnnlab.studies.search_spec import load_search_spec, suggest, with_overrides
 from cnnlab.studies.storage import load_study, open_storage
 
 SPEC = """
@@ -138,3 +140,22 @@ def test_an_extended_search_proposes_new_configurations(cli, tmp_path: Path) -> 
     finished = [t for t in trials(out) if t.state == TrialState.COMPLETE]
     assert len(finished) == 4
     assert len({tuple(sorted(t.params.items())) for t in finished}) == 4
+
+
+def test_a_run_killed_after_a_finished_trial_does_not_reseed_the_next_as_it_was(
+        tmp_path: Path) -> None:
+    """Slots are queued up front: a run killed after finishing a trial, before it queued or
+    lost anything, left the stored-trial count as it found it, so the next run was seeded as it
+    had been and drew the finished configuration again (the flaky ``7 == 8`` of
+    ``test_search_survives_repeated_sigkills``)."""
+    spec = with_overrides(load_search_spec(write_spec(tmp_path)), 4, None)
+    storage = open_storage(str(tmp_path / "study.journal"))
+    first = open_search(spec, True, storage, "small")
+    queue_slots(first, spec.trials)
+    drawn = []
+    for _ in range(2):  # each "run": open, draw one configuration, finish it, die
+        study = open_search(spec, True, storage, "small")
+        trial = study.ask()
+        drawn.append(suggest(trial, spec.space))
+        study.tell(trial, 0.5)
+    assert drawn[0] != drawn[1]

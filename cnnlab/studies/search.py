@@ -171,12 +171,15 @@ def queue_slots(study: optuna.Study, target: int) -> int:
 def open_search(spec: SearchSpec, quick: bool, storage: optuna.storages.BaseStorage, name: str,
                 worker: int = 0) -> optuna.Study:
     """The study with its sampler and pruner. The sampler's seed comes from the spec's, the worker
-    and the number of trials already stored: a resumed or extended search goes on exploring (its
-    history is the storage) instead of proposing the configurations it already ran."""
+    and the number of configurations already drawn (trials with parameters, whatever their
+    state): a resumed or extended search goes on exploring (its history is the storage) instead
+    of proposing the configurations it already ran. Counting every stored trial repeated one:
+    slots are queued up front, so a run killed before it queued or lost anything left the count
+    as it found it, and the next run drew its first configuration again."""
     attrs = {**spec.to_dict(), "preset": "quick" if quick else "full"}
     study = study_for(storage, name, "maximize", attrs)  # created once; guards against another spec
-    stored = len(study.get_trials(deepcopy=False))
-    seed = np.random.SeedSequence([spec.sampler.get("seed", 0), worker, stored]).generate_state(1)[0]
+    drawn = sum(bool(t.params) for t in study.get_trials(deepcopy=False))
+    seed = np.random.SeedSequence([spec.sampler.get("seed", 0), worker, drawn]).generate_state(1)[0]
     sampler = SAMPLERS[spec.sampler["name"]](int(seed))
     pruner = PRUNERS[spec.pruner["name"]](spec.pruner, report_steps(spec, quick))
     return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
