@@ -218,15 +218,13 @@ def _schema() -> DictConfig:
 @functools.cache
 def _defaults() -> DictConfig:
     """The schema with ``configs/default.yaml`` merged in (parsed once per process)."""
-    return cast(DictConfig, OmegaConf.merge(OmegaConf.structured(ExperimentConfig),
-                                            _read_yaml(DEFAULT_CONFIG)))
+    return cast(DictConfig, OmegaConf.merge(_schema(), _read_yaml(DEFAULT_CONFIG)))
 
 
 def merge(*layers: DictConfig) -> ExperimentConfig:
     """Merge config layers onto the defaults, turning OmegaConf errors into one clear line."""
     try:
-        merged = OmegaConf.to_object(OmegaConf.merge(_defaults(), *layers))  # raises if one is missing
-        return cast(ExperimentConfig, merged)
+        return cast(ExperimentConfig, OmegaConf.to_object(OmegaConf.merge(_defaults(), *layers)))
     except ConfigKeyError as err:
         raise CnnlabError(
             f"unknown key {err.full_key!r}; allowed: {_allowed_keys(err.full_key or '')}"
@@ -310,7 +308,7 @@ def validate(cfg: ExperimentConfig) -> None:
            "a non-empty list of positive integers")
     _check(all(h > 0 for h in m.hidden_units), "model.hidden_units", m.hidden_units,
            "a list of positive integers (may be empty)")
-    _check(t.threads >= 0, "trainer.threads", t.threads, "an integer ≥ 0 (0 = one per core this process may use)")
+    _check(t.threads >= 0, "trainer.threads", t.threads, "an integer ≥ 0 (0 = one per core this may use)")
     _check(0 < t.target_acc <= 1, "trainer.target_acc", t.target_acc, "a number in (0, 1]")
     _check(m.padding >= 0, "model.padding", m.padding, "an integer ≥ 0")
     _check(m.norm != "group" or all(c % m.groups == 0 for c in m.channels), "model.groups",
