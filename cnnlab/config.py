@@ -308,7 +308,7 @@ def validate(cfg: ExperimentConfig) -> None:
            "a non-empty list of positive integers")
     _check(all(h > 0 for h in m.hidden_units), "model.hidden_units", m.hidden_units,
            "a list of positive integers (may be empty)")
-    _check(t.threads >= 0, "trainer.threads", t.threads, "an integer ≥ 0 (0 = one per core this may use)")
+    _check(t.threads >= 0, "trainer.threads", t.threads, "an integer ≥ 0 (0 = one per usable core)")
     _check(0 < t.target_acc <= 1, "trainer.target_acc", t.target_acc, "a number in (0, 1]")
     _check(m.padding >= 0, "model.padding", m.padding, "an integer ≥ 0")
     _check(m.norm != "group" or all(c % m.groups == 0 for c in m.channels), "model.groups",
