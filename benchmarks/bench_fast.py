@@ -46,8 +46,8 @@ def _fit_seconds(data: ImageData, *overrides: str) -> float:
 
 def _two_workers(threads: int) -> float:
     root = Path(tempfile.mkdtemp(prefix="cnnlab-bench-"))
-    # 8 trials of 5 epochs: oversubscribed workers are so slow that more would dominate make bench
-    (root / "bench.yaml").write_text(SPEC.format(seeds=2).replace("max_epochs=15", "max_epochs=5"))
+    # 8 trials of 3 epochs: oversubscribed workers are so slow that more would dominate make bench
+    (root / "bench.yaml").write_text(SPEC.format(seeds=2).replace("max_epochs=15", "max_epochs=3"))
     url, spec = str(root / "study.journal"), load_spec(root / "bench.yaml")
     study = open_ablation(spec, False, open_storage(url))
     reconcile(study, spec, False)
