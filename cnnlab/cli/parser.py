@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.set_defaults(func=cmd_tune)
 
     plan = sub.add_parser("plan", help="size a spec's seed plan from a pilot study of it: "
-                               "seeds needed, power and family-wise error by simulation")
+                          "seeds needed, power and family-wise error by simulation")
     plan.add_argument("spec", type=Path, metavar="SPEC", help="the ablation spec")
     plan.add_argument("--quick", action="store_true", help="the pilot is the quick preset's")
     plan.add_argument("--plan", type=_plan, action="append", default=[], metavar="F:M:S",
@@ -191,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(func=cmd_report)
 
     sync = sub.add_parser("sync", help="upload the offline W&B runs of studies and runs "
-                               "(wandb sync over each)")
+                          "(wandb sync over each)")
     sync.add_argument("targets", nargs="*", metavar="STUDY|DIR",
                       help="a study (reports/NAME) or a folder (default: reports and runs)")
     sync.add_argument("--dry-run", action="store_true", help="list the runs; upload nothing")
@@ -212,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     lr.set_defaults(func=cmd_lr_find)
 
     exp = sub.add_parser("export", help="a run's best model as one self-contained file "
-                              "(normalisation, class names inside), optionally BN-fused")
+                         "(normalisation, class names inside), optionally BN-fused")
     exp.add_argument("run", type=Path, metavar="RUN", help="the --out of a cnnlab fit, or a "
                      ".ckpt it wrote")
     exp.add_argument("--fuse-bn", action="store_true",
@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.set_defaults(func=cmd_export)
 
     pred = sub.add_parser("predict", help="classify image files, folders of images or .npz "
-                               "arrays with a run's model or an export")
+                          "arrays with a run's model or an export")
     pred.add_argument("model", type=Path, metavar="RUN_OR_EXPORT",
                       help="a cnnlab fit's --out, a .ckpt it wrote, or a cnnlab export")
     pred.add_argument("inputs", type=Path, nargs="+", metavar="INPUT",
@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     pred.set_defaults(func=cmd_predict)
 
     aug = sub.add_parser("augment-preview",
-                              help="a PNG grid of training samples and augmented variants")
+                         help="a PNG grid of training samples and augmented variants")
     _common(aug)
     aug.add_argument("--out", type=Path, default=Path("runs/augment-preview/preview.png"),
                      help="the PNG file to write (default: %(default)s)")
