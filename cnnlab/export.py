@@ -20,7 +20,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from cnnlab.config import merge
+from cnnlab.config import ExperimentConfig, merge, validate
 from cnnlab.data.datamodule import DataModule
 from cnnlab.diagnostics import fuse_bn, inference_seconds, max_abs_diff
 from cnnlab.errors import CnnlabError
@@ -44,6 +44,43 @@ def checkpoint_of(path: Path) -> Path:
     return ckpt
 
 
+MAX_SIDE = 8192  # pixels per side of a model's input: an edited file may claim any size
+LOADABLE = (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError)
+
+
+def _checked(meta: Mapping[str, Any], weights: Mapping[str, Any], path: Path) -> ExperimentConfig:
+    """The config of a checkpoint or export (``meta``: its config, input shape, classes, mean,
+    std), checked before anything is built from it: a hand-edited file is one line, not a
+    traceback or an allocation of the size its edited shape claims. ``weights``: the network's
+    saved tensors, whose total size bounds the network it may describe."""
+    try:
+        cfg = merge(OmegaConf.create(dict(meta["config"])))
+        validate(cfg)
+        c, h, w = (int(v) for v in meta["input_shape"])
+        classes, mean, std = list(meta["classes"]), list(meta["mean"]), list(meta["std"])
+    except CnnlabError as err:
+        raise CnnlabError(f"{path}: its config does not load ({err}); allowed: a file cnnlab "
+                          "fit or export wrote, unedited") from None
+    except LOADABLE as err:
+        raise CnnlabError(f"{path}: config, input_shape, classes, mean or std missing or "
+                          f"malformed ({type(err).__name__}: {err}); allowed: a file cnnlab fit "
+                          "or export wrote, unedited") from None
+    if (c not in (1, 3) or not (0 < h <= MAX_SIDE and 0 < w <= MAX_SIDE) or len(classes) < 2
+            or len(mean) != c or len(std) != c):
+        raise CnnlabError(f"{path}: input shape {c}×{h}×{w}, {len(classes)} classes, {len(mean)} "
+                          f"means and {len(std)} stds do not describe an image model; allowed: a "
+                          f"file cnnlab fit or export wrote, unedited (1 or 3 channels, sides up "
+                          f"to {MAX_SIDE}, 2 classes or more, one mean and std per channel)")
+    with torch.device("meta"):  # the network the config describes, without its memory
+        needed = sum(p.numel() for p in ConvNet(cfg.model, (c, h, w), len(classes)).parameters())
+    saved = sum(t.numel() for t in weights.values() if isinstance(t, torch.Tensor))
+    if needed > 2 * saved + 10_000:  # folding batch norm only ever removes parameters
+        raise CnnlabError(f"{path}: its config describes a network of {needed:,} parameters but "
+                          f"it holds {saved:,}; allowed: a file cnnlab fit or export wrote, "
+                          "unedited")
+    return cfg
+
+
 def load_classifier(path: Path) -> Classifier:
     """``Classifier.load_from_checkpoint`` on a run folder's best checkpoint or a .ckpt file."""
     ckpt = checkpoint_of(path)
@@ -58,7 +95,13 @@ def load_classifier(path: Path) -> Classifier:
         raise CnnlabError(f"{ckpt}: the checkpoint holds no cnnlab hyperparameters (written "
                           "before cnnlab 0.3); allowed: a checkpoint of a current cnnlab fit "
                           "(rerun the fit)")
-    return Classifier.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True).eval()
+    _checked(saved["hyper_parameters"], saved["state_dict"], ckpt)
+    try:
+        return Classifier.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True).eval()
+    except LOADABLE as err:
+        raise CnnlabError(f"{ckpt}: its weights do not fit its config ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0][:160]}); allowed: a checkpoint cnnlab fit "
+                          "wrote, unedited") from None
 
 
 def load(path: Path) -> Predictor:
@@ -146,12 +189,20 @@ def _from_export(saved: Any, path: Path) -> Predictor:
     if form != FORMAT:
         raise CnnlabError(f"{path}: exported by an older cnnlab, without its input normalisation; "
                           "allowed: export the run again (cnnlab export RUN)")
-    cfg = merge(OmegaConf.create(saved["config"]))
-    c, h, w = saved["input_shape"]
-    net: nn.Module = ConvNet(cfg.model, (c, h, w), len(saved["classes"]))
-    model = fuse_bn(net) if saved["fused_bn"] else net
-    predictor = _predictor(model, saved)
-    predictor.load_state_dict(saved["state_dict"])
+    if not isinstance(saved.get("state_dict"), Mapping):
+        raise CnnlabError(f"{path}: the export holds no weights; allowed: a file cnnlab export "
+                          "wrote, unedited")
+    cfg = _checked(saved, saved["state_dict"], path)
+    c, h, w = (int(v) for v in saved["input_shape"])
+    try:
+        net: nn.Module = ConvNet(cfg.model, (c, h, w), len(saved["classes"]))
+        model = fuse_bn(net) if saved.get("fused_bn") else net
+        predictor = _predictor(model, saved)
+        predictor.load_state_dict(saved["state_dict"])
+    except LOADABLE as err:
+        raise CnnlabError(f"{path}: its weights do not fit its config ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0][:160]}); allowed: a file cnnlab export "
+                          "wrote, unedited") from None
     return predictor.eval()
 
 

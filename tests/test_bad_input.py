@@ -1,6 +1,7 @@
 """The bad-input catalogue: one line naming the problem and what is allowed, exit status 2, no
 traceback, and nothing created or changed — neither the output directory nor any input."""
 
+import copy
 import io
 import sqlite3
 import subprocess
@@ -540,3 +541,37 @@ def test_an_unreadable_data_folder_is_not_called_a_full_disk(
                          f"data.root={tmp_path / 'imgs'}")
     assert status == 2 and "(permission denied); allowed: data files and folders you may read" in err
     assert "write to" not in err and not (tmp_path / "out").exists()
+
+
+def test_hand_edited_exports_and_checkpoints_are_one_line(cli, tmp_path: Path) -> None:
+    """Edited files used to be tracebacks, or allocations the size their edited shape claims."""
+    run, export = tmp_path / "run", tmp_path / "model.pt"
+    assert cli("fit", "--out", str(run), "trainer.max_epochs=1", "model.channels=[8]",
+               "model.hidden_units=[16]")[0] == 0
+    assert cli("export", str(run), "--out", str(export))[0] == 0
+    images = tmp_path / "x.npz"
+    np.savez(images, x=np.zeros((2, 8, 8), np.uint8))
+    original = torch.load(export, weights_only=True)
+    ckpt = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
+    edits: dict[str, tuple[Callable[[dict], None], str]] = {
+        "unknown norm": (lambda d: d["config"]["model"].update(norm="bogus"),
+                         "its config does not load (model.norm: unknown value 'bogus'"),
+        "more classes": (lambda d: d.update(classes=[*d["classes"], "extra"]),
+                         "its weights do not fit its config"),
+        "huge input": (lambda d: d.update(input_shape=[1, 100000, 100000]),
+                       "do not describe an image model"),
+        "big input": (lambda d: d.update(input_shape=[1, 4096, 4096]),
+                      "its config describes a network of"),
+        "no mean": (lambda d: d.pop("mean"), "missing or malformed (KeyError"),
+        "other architecture": (lambda d: d["config"]["model"].update(channels=[16, 32]),
+                               "its weights do not fit its config"),
+    }
+    for name, (edit, expected) in edits.items():
+        for kind, base in (("export", original), ("checkpoint", ckpt)):
+            edited = copy.deepcopy(base)
+            edit(edited if kind == "export" else edited["hyper_parameters"])
+            path = tmp_path / f"{kind}-{name.replace(' ', '_')}.{'pt' if kind == 'export' else 'ckpt'}"
+            torch.save(edited, path)
+            status, stdout, err = cli("predict", str(path), str(images))
+            assert status == 2 and stdout == "", (name, kind, err)
+            assert len(err.strip().splitlines()) == 1 and expected in err, (name, kind, err)
