@@ -48,6 +48,30 @@ STORAGE_ERRORS = {  # an OSError of a full or read-only disk: what to do about i
 }
 
 
+TEMPFAIL = 75  # sysexits' EX_TEMPFAIL: try again later (a scheduler may); the rerun resumes
+DRIVERS = ("sqlalchemy", "sqlite3", "psycopg", "psycopg2")
+
+
+def outage(err: BaseException) -> str | None:
+    """Why the study's database stopped answering, when ``err`` or what caused it is a driver's
+    operational error (Optuna reports it as "invalid data … exceeding max length"); else None."""
+    seen: BaseException | None = err
+    while seen is not None:
+        kind = type(seen)
+        if kind.__name__ in ("OperationalError", "InterfaceError") and \
+                kind.__module__.split(".")[0] in DRIVERS:
+            text = str(getattr(seen, "orig", None) or seen).strip().splitlines()
+            return (text or [kind.__name__])[0][:200]
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def outage_line(why: str) -> str:
+    return (f"cnnlab: error: the study's database stopped answering ({why}); allowed: a "
+            f"reachable database (a lock is waited out for $CNNLAB_STORAGE_WAIT_S, default 60 s), "
+            "then rerun the same command: finished work is kept")
+
+
 class Stopped(KeyboardInterrupt):
     """SIGTERM (``timeout``, ``kill``, SLURM's preemption or time limit) or SIGINT, raised
     where the command is, so it unwinds like Ctrl-C: staged runs are removed, trials failed

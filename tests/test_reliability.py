@@ -5,13 +5,16 @@ import json
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import optuna
 import pytest
+import sqlalchemy.exc
 from conftest import FAST
 from optuna.trial import TrialState
 from PIL import Image
@@ -390,3 +393,49 @@ def test_a_lock_left_on_a_relative_journal_path_does_not_hang_the_rerun(tmp_path
                           text=True, timeout=60)
     assert done.stdout.split() == ["1"], done.stderr
     assert not (tmp_path / "out" / "study.journal.lock").is_symlink()  # released, not left
+
+
+def _lock_sqlite(path: Path, seconds: float) -> subprocess.Popen:
+    """Another process holding an exclusive lock on the database for ``seconds``."""
+    code = ("import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
+            "c.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); "
+            f"time.sleep({seconds}); c.execute('COMMIT')")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE,
+                              text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_a_sqlite_lock_is_waited_out_then_reported_in_one_line(
+        cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite's own 5 s wait made a 20 s lock a traceback ("invalid data … exceeding max
+    length"); cnnlab waits $CNNLAB_STORAGE_WAIT_S (default 60 s), then says so in one line."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    spec, db = write_spec(tmp_path, seeds=1, arms="norm only"), tmp_path / "s.db"
+    args = ["ablate", spec, "--storage", f"sqlite:///{db}", "--workers", "1"]
+    holder, start = _lock_sqlite(db, 8), time.monotonic()  # longer than SQLite's own wait
+    status, _, err = cli(*args, "--out", tmp_path / "a")
+    holder.wait()
+    assert status == 0 and time.monotonic() - start > 7, err  # it waited the lock out
+    monkeypatch.setenv("CNNLAB_STORAGE_WAIT_S", "1")
+    holder = _lock_sqlite(db, 4)
+    status, _, err = cli(*args, "--out", tmp_path / "b")
+    holder.wait()
+    assert status in (2, 75) and len(err.strip().splitlines()) == 1, err
+    assert "database is locked" in err and "Traceback" not in err
+
+
+def test_a_database_outage_is_one_line_and_a_temporary_failure(
+        cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mid-study, Optuna reports a lost database as "invalid data … exceeding max length"."""
+    def lost(args: object) -> None:
+        try:
+            raise sqlalchemy.exc.OperationalError("COMMIT", {}, sqlite3.OperationalError(
+                "server closed the connection unexpectedly"))
+        except sqlalchemy.exc.OperationalError as err:
+            raise optuna.exceptions.StorageInternalError("invalid data … max length") from err
+
+    monkeypatch.setattr("cnnlab.cli.parser.cmd_report", lost)
+    status, _, err = cli("report", "x")
+    assert status == 75 and len(err.strip().splitlines()) == 1, err
+    assert "database stopped answering (server closed the connection unexpectedly)" in err

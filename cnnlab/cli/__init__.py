@@ -1,5 +1,6 @@
 """The ``cnnlab`` command: parse, run one command, and turn what stops it into one line and an
-exit status (2: bad input or a full disk; 130/143: Ctrl-C or SIGTERM, resumable)."""
+exit status (2: bad input or a full disk; 75: the study's database stopped answering;
+130/143: Ctrl-C or SIGTERM; the last three resumable)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,15 @@ from collections.abc import Callable, Sequence
 from cnnlab.cli.commands import OVERRIDE
 from cnnlab.cli.parser import build_parser
 from cnnlab.errors import CnnlabError
-from cnnlab.process import STOPPED, STORAGE_ERRORS, configure, stop_on_signals
+from cnnlab.process import (
+    STOPPED,
+    STORAGE_ERRORS,
+    TEMPFAIL,
+    configure,
+    outage,
+    outage_line,
+    stop_on_signals,
+)
 
 
 def _dotted_options(argv: list[str]) -> None:
@@ -65,6 +74,12 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{STORAGE_ERRORS[err.errno]}, then rerun the same command (finished work is kept)",
               file=sys.stderr)
         return 2
+    except Exception as err:
+        why = outage(err)
+        if why is None:
+            raise
+        print(outage_line(why), file=sys.stderr)
+        return TEMPFAIL
     return 0
 
 

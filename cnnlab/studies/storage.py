@@ -6,6 +6,7 @@ machines, with PostgreSQL) can share it.
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 import time
@@ -28,6 +29,22 @@ JOURNAL = "study.journal"
 LOCK_SUFFIX = ".lock"  # Optuna's journal lock: a symbolic link <journal>.lock → the journal
 
 
+WAIT_ENV = "CNNLAB_STORAGE_WAIT_S"
+
+
+def storage_wait() -> float:
+    """Seconds a database lock is waited out before the command stops with one line
+    (``$CNNLAB_STORAGE_WAIT_S``, default 60): SQLite's own 5 s made a 20 s lock a traceback."""
+    text = os.environ.get(WAIT_ENV, "60")
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 86400:
+        raise CnnlabError(f"{WAIT_ENV}: got {text!r}; allowed: seconds, a number in (0, 86400]")
+    return value
+
+
 def default_url(out: Path) -> str:
     return str(out / JOURNAL)
 
@@ -44,9 +61,9 @@ def open_storage(url: str, readonly: bool = False) -> optuna.storages.BaseStorag
     if scheme not in ("sqlite", "postgresql"):
         raise CnnlabError(f"--storage {url}: unknown scheme {scheme!r}; allowed: {', '.join(SCHEMES)}")
     kwargs: dict[str, Any] = {}
-    if scheme == "postgresql":
+    if scheme == "postgresql":  # a connection a server restart dropped is replaced, not used
         options = {"options": "-c default_transaction_read_only=on"} if readonly else {}
-        kwargs = {"connect_args": {"connect_timeout": 5, **options}}
+        kwargs = {"connect_args": {"connect_timeout": 5, **options}, "pool_pre_ping": True}
     target = url
     if scheme == "sqlite":
         path = Path(url.split(":///", 1)[-1])
@@ -55,6 +72,7 @@ def open_storage(url: str, readonly: bool = False) -> optuna.storages.BaseStorag
                               "of an earlier cnnlab ablate or tune")
         if readonly:  # SQLite itself refuses every write
             target = f"sqlite:///file:{path}?mode=ro&uri=true"
+        kwargs = {"connect_args": {"timeout": storage_wait()}}  # waits out another's lock
     try:
         _check_tables(url, target, kwargs, readonly)
         return _rdb_storage(target, kwargs, readonly)

@@ -8,13 +8,14 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
+import sys
 from collections.abc import Callable
 from multiprocessing import forkserver
 from multiprocessing.context import ForkServerContext, SpawnContext
 from typing import Any
 
 from cnnlab.errors import CnnlabError
-from cnnlab.process import configure
+from cnnlab.process import TEMPFAIL, configure, outage, outage_line
 
 PR_SET_PDEATHSIG = 1  # Linux prctl option: a signal for this process when its parent dies
 
@@ -46,6 +47,12 @@ def _child(target: Callable[..., None], args: tuple[Any, ...], env: dict[str, st
         target(*args)
     except KeyboardInterrupt:
         os._exit(130)
+    except Exception as err:
+        why = outage(err)
+        if why is None:
+            raise
+        print(outage_line(why), file=sys.stderr, flush=True)
+        os._exit(TEMPFAIL)
 
 
 def _alive(pid: int) -> bool:
