@@ -1,7 +1,13 @@
 """Shared fixtures: small, fast configs and a CLI runner that captures exit status and output."""
 
+import contextlib
+import glob
 import os
-from collections.abc import Callable
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -36,37 +42,51 @@ def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def postgres_url():
+class Postgres:
     """A throwaway PostgreSQL cluster on a loopback port (initdb / pg_ctl as the postgres user)."""
-    import glob
-    import shutil
-    import subprocess
-    import tempfile
 
-    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    assert bins, "PostgreSQL is not installed: .ci/run installs it (apt-get install postgresql)"
-    bindir = Path(bins[-1]).parent
-    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    data = Path(tempfile.mkdtemp(prefix="cnnlab-pg-", dir="/tmp"))
-    if os.geteuid() == 0:
-        shutil.chown(data, "postgres", "postgres")
-    port = _free_port()
-    subprocess.run([*as_postgres, bindir / "initdb", "-D", data, "-U", "postgres", "--auth=trust",
-                    "--no-sync"], check=True, capture_output=True)
-    subprocess.run([*as_postgres, bindir / "pg_ctl", "-D", data, "-w", "-l", data / "log",
-                    "-o", f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off",
-                    "start"], check=True, capture_output=True)
+    def __init__(self) -> None:
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+        assert bins, "PostgreSQL is not installed: .ci/run installs it (apt-get install postgresql)"
+        self.bindir = Path(bins[-1]).parent
+        self.as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        self.data = Path(tempfile.mkdtemp(prefix="cnnlab-pg-", dir="/tmp"))
+        if os.geteuid() == 0:
+            shutil.chown(self.data, "postgres", "postgres")
+        self.port = _free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        subprocess.run([*self.as_postgres, self.bindir / "initdb", "-D", self.data, "-U",
+                        "postgres", "--auth=trust", "--no-sync"], check=True, capture_output=True)
+
+    def _ctl(self, *args: str | Path) -> None:
+        subprocess.run([*self.as_postgres, self.bindir / "pg_ctl", "-D", self.data, *args],
+                       check=True, capture_output=True)
+
+    def start(self) -> None:
+        self._ctl("-w", "-l", self.data / "log", "-o", f"-p {self.port} -k {self.data} "
+                  "-c listen_addresses=127.0.0.1 -c fsync=off", "start")
+
+    def stop(self) -> None:
+        self._ctl("-m", "immediate", "stop")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    cluster = Postgres()
+    cluster.start()
     try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        yield cluster
     finally:
-        subprocess.run([*as_postgres, bindir / "pg_ctl", "-D", data, "-m", "immediate", "stop"],
-                       capture_output=True)
-        shutil.rmtree(data, ignore_errors=True)
+        with contextlib.suppress(subprocess.CalledProcessError):
+            cluster.stop()
+        shutil.rmtree(cluster.data, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres: Postgres) -> str:
+    return postgres.url

@@ -8,6 +8,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import optuna
 import pytest
 import sqlalchemy.exc
-from conftest import FAST
+from conftest import FAST, Postgres
 from optuna.trial import TrialState
 from PIL import Image
 from test_ablation import complete_keys, write_spec
@@ -439,3 +440,21 @@ def test_a_database_outage_is_one_line_and_a_temporary_failure(
     status, _, err = cli("report", "x")
     assert status == 75 and len(err.strip().splitlines()) == 1, err
     assert "database stopped answering (server closed the connection unexpectedly)" in err
+
+
+def test_a_postgresql_restart_is_waited_out(postgres: Postgres) -> None:
+    """A server that restarts while a study holds pooled connections: the dead ones are found
+    before use and new ones are retried with backoff ($CNNLAB_STORAGE_WAIT_S), so the call that
+    meets the restart still answers instead of failing the study."""
+    storage = open_storage(postgres.url)
+    study = optuna.create_study(storage=storage, study_name="restart")
+    study.enqueue_trial({"x": 1})
+    postgres.stop()
+    back = threading.Timer(2.0, postgres.start)
+    back.start()
+    try:
+        start = time.monotonic()
+        assert len(load_study(storage, "restart").get_trials()) == 1  # asked while it was down
+        assert time.monotonic() - start > 1.0  # it did wait for the server
+    finally:
+        back.join()

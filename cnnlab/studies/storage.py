@@ -10,6 +10,7 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import optuna
 import sqlalchemy
 from optuna.storages.journal import JournalFileBackend
 from optuna.study import StudyDirection
+from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError, ProgrammingError
 
 from cnnlab.errors import CnnlabError
@@ -147,14 +149,38 @@ def _check_tables(url: str, target: str, kwargs: dict[str, Any], readonly: bool)
 def _rdb_storage(url: str, engine_kwargs: dict[str, Any], readonly: bool,
                  attempts: int = 5) -> optuna.storages.RDBStorage:
     """Processes (or machines) opening an empty database at once all create Optuna's tables, and
-    the losers see duplicate-key errors; by then the schema exists, so they try again."""
-    for attempt in range(1, attempts):
+    the losers see duplicate-key errors; by then the schema exists, so they try again. A
+    PostgreSQL storage reconnects patiently (``_patient``) after its server restarts."""
+    for attempt in range(1, attempts + 1):
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
-                                              skip_table_creation=readonly)
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
+                                                 skip_table_creation=readonly)
+            break
         except (IntegrityError, ProgrammingError):
+            if attempt == attempts:
+                raise
             time.sleep(random.uniform(0.1, 0.5) * attempt)
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, skip_table_creation=readonly)
+    if url.startswith("postgresql"):
+        event.listen(storage.engine, "do_connect", _patient(storage_wait()))
+    return storage
+
+
+def _patient(wait: float) -> Callable[..., Any]:
+    """A ``do_connect`` hook: a new connection to a server that does not answer (a restart, a
+    network blip; ``pool_pre_ping`` finds the old ones dead) is retried with backoff for
+    ``wait`` seconds before the error stands."""
+    def connect(dialect: Any, record: Any, cargs: Any, cparams: Any) -> Any:
+        deadline, pause = time.monotonic() + wait, 0.25
+        while True:
+            try:
+                return dialect.connect(*cargs, **cparams)
+            except dialect.loaded_dbapi.OperationalError:
+                if time.monotonic() + pause > deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(2 * pause, 5.0)
+
+    return connect
 
 
 def study_for(storage: optuna.storages.BaseStorage, name: str, direction: str,
