@@ -314,21 +314,22 @@ def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}").is_dir() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
 
 
-def _workers(out: Path) -> set[int]:
+def _workers(out: Path, name: str = "tiny") -> set[int]:
     """The pids of the processes that ran (or run) the study's trials (none yet: empty)."""
     try:
-        study = load_study(open_storage(str(out / "study.journal"), readonly=True), "tiny")
+        study = load_study(open_storage(str(out / "study.journal"), readonly=True), name)
     except (CnnlabError, FileNotFoundError, KeyError):
         return set()
     return {int(t.user_attrs["worker"].rsplit(":", 1)[1]) for t in study.get_trials()
             if "worker" in t.user_attrs}
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
 def test_a_stopped_fit_exits_non_zero_with_one_line_and_leaves_nothing(tmp_path: Path,
                                                                       sig: signal.Signals) -> None:
     """Inside Lightning's fit, where Lightning turns an interrupt into ``sys.exit(1)`` (and on
-    its own let SIGTERM finish the run and exit 0)."""
+    its own let SIGTERM finish the run and exit 0). A SIGKILL leaves its staging folder, which
+    the rerun clears."""
     out = tmp_path / "run"
     command = [sys.executable, "-m", "cnnlab.cli", "fit", "--out", str(out), *FAST,
                "trainer.max_epochs=200"]
@@ -341,13 +342,20 @@ def test_a_stopped_fit_exits_non_zero_with_one_line_and_leaves_nothing(tmp_path:
     time.sleep(0.5)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
+    if sig == signal.SIGKILL:
+        assert proc.returncode == -sig and not out.exists()
+        short = [*command[:-1], "trainer.max_epochs=1"]
+        done = subprocess.run(short, env=ENV, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr  # the killed fit's leftovers block nothing
+        assert (out / "metrics.json").is_file() and not staging.exists()
+        return
     assert proc.returncode == 128 + sig, err
     assert "Traceback" not in err and err.strip().splitlines()[-1] == (
         f"cnnlab: stopped by {sig.name}; finished work is kept: rerun the same command to resume")
     assert not out.exists() and not staging.exists()  # nothing half-written
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
 def test_a_stopped_ablation_exits_non_zero_leaves_no_worker_and_resumes(
         tmp_path: Path, sig: signal.Signals) -> None:
     """What ``timeout``, ``kill``, SLURM and Ctrl-C send: TERM and INT stop with one line and
@@ -380,6 +388,40 @@ def test_a_stopped_ablation_exits_non_zero_leaves_no_worker_and_resumes(
     assert done.returncode == 0, done.stderr
     assert sorted(complete_keys(out)) == sorted(
         f"model.norm={n} | seed={s}" for n in ("batch", "layer", "none") for s in range(2))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
+def test_a_stopped_search_exits_non_zero_leaves_no_worker_and_resumes(
+        tmp_path: Path, sig: signal.Signals) -> None:
+    """``cnnlab tune --workers 2`` stopped by TERM, INT or KILL of its main process: the exit
+    status, no worker left, and a rerun that finishes exactly the requested trials."""
+    spec = write_search_spec(tmp_path)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "cnnlab.cli", "tune", str(spec), "--out", str(out),
+               "--trials", "6", "--workers", "2"]
+    proc = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and len(_workers(out, "small")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert proc.poll() is None, "the search finished before the signal"
+    workers = _workers(out, "small")
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == (-sig if sig == signal.SIGKILL else 128 + sig), err
+    if sig != signal.SIGKILL:
+        assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(
+            f"cnnlab: stopped by {sig.name}")
+    gone = time.monotonic() + 15
+    while any(_alive(pid) for pid in workers) and time.monotonic() < gone:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in workers)  # no worker outlives its command
+    done = subprocess.run([*command[:-1], "1"], env=ENV, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    finished = [t for t in search_trials(out)
+                if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 6 and len({t.user_attrs["key"] for t in finished}) == 6
 
 
 def test_a_lock_left_on_a_relative_journal_path_does_not_hang_the_rerun(tmp_path: Path) -> None:
