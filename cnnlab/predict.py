@@ -86,7 +86,7 @@ class Predictions:
 
     def csv_bytes(self) -> bytes:
         buffer = io.StringIO()
-        csv.writer(buffer).writerows([HEADER, *self.rows])
+        csv.writer(buffer, lineterminator="\n").writerows([HEADER, *self.rows])  # not CRLF
         return buffer.getvalue().encode()
 
 

@@ -220,3 +220,12 @@ def test_print_config_shows_what_auto_resolves_to(cli) -> None:
     assert status == 0
     assert "precision: auto" not in stdout and "channels_last: auto" not in stdout
     assert ("precision: bf16-mixed" in stdout) or ("precision: 32-true" in stdout)
+
+
+def test_predict_csv_has_unix_line_ends(cli, tmp_path: Path) -> None:
+    run, csv_path = tmp_path / "run", tmp_path / "p.csv"
+    assert cli("fit", "--out", str(run), "trainer.max_epochs=1", "model.channels=[8]")[0] == 0
+    np.savez(tmp_path / "x.npz", x=np.zeros((2, 8, 8), np.uint8))
+    assert cli("predict", str(run), str(tmp_path / "x.npz"), "--out", str(csv_path))[0] == 0
+    data = csv_path.read_bytes()
+    assert b"\r\n" not in data and data.count(b"\n") == 3  # header and two rows

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import optuna
@@ -367,3 +368,25 @@ def test_a_300_character_level_name_runs_and_reports(cli, tmp_path: Path) -> Non
     status, _, err = cli("ablate", spec, "--out", tmp_path / "out", "--workers", "1")
     assert status == 0, err
     assert f"reg={level}" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_version_and_python_dash_m() -> None:
+    """``cnnlab --version`` names the installed version (the one pyproject.toml declares), and
+    ``python -m cnnlab`` is the same command."""
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    for command in (["-m", "cnnlab", "--version"], ["-m", "cnnlab.cli", "--version"]):
+        done = subprocess.run([sys.executable, *command], capture_output=True, text=True,
+                              timeout=60, cwd=ROOT)
+        assert done.returncode == 0 and done.stdout.strip() == f"cnnlab {declared}", done.stderr
+
+
+def test_report_of_a_name_make_ablation_wrote_with_quick_says_so(cli, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch
+                                                                 ) -> None:
+    """After ``make ablation`` the study is ``norm-quick``: ``cnnlab report norm`` said only
+    "no study storage there"."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "reports" / "norm-quick").mkdir(parents=True)
+    (tmp_path / "reports" / "norm-quick" / "study.journal").write_text("")
+    status, _, err = cli("report", "norm")
+    assert status == 2 and "(did you mean norm-quick? reports/norm-quick/study.journal exists)" in err

@@ -6,6 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
+from cnnlab import __version__
 from cnnlab.cli.commands import (
     cmd_ablate,
     cmd_augment_preview,
@@ -116,6 +117,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="cnnlab", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"cnnlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     fit = sub.add_parser("fit", help="train and test one model")

@@ -229,8 +229,10 @@ def stored_ablation(name: str, out: Path, storage: str | None) -> optuna.Study:
     """An ablation's study, opened read-only from ``storage`` (default ``out``'s journal)."""
     url = storage or default_url(out)
     if "://" not in url and not Path(url).is_file():
-        raise CnnlabError(f"--storage {url}: no study storage there; allowed: the --out or "
-                          "--storage of an earlier cnnlab ablate")
+        quick = out.parent / f"{out.name}-quick" / JOURNAL  # what make ablation wrote
+        hint = f" (did you mean {name}-quick? {quick} exists)" if quick.is_file() else ""
+        raise CnnlabError(f"--storage {url}: no study storage there{hint}; allowed: the --out "
+                          "or --storage of an earlier cnnlab ablate")
     study = load_study(open_storage(url, readonly=True), name)
     if "factors" not in study.user_attrs.get("spec", {}):
         raise CnnlabError(f"study {name!r} is not an ablation (a cnnlab tune search?); allowed: "
