@@ -11,7 +11,6 @@ import fcntl
 import glob
 import hashlib
 import os
-import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -114,15 +113,30 @@ def _make_staging(staging: Path) -> None:
     is cnnlab's; what an earlier kill left half-made is cleared first."""
     staging.parent.mkdir(parents=True, exist_ok=True)
     for left in staging.parent.glob(f"{glob.escape(staging.name)}{NEW}*"):
-        names = {p.name for p in left.iterdir()} if left.is_dir() and not left.is_symlink() else {""}
-        manifest = Manifest.read(left) if MANIFEST in names else None
-        if all(n == MANIFEST or (n.startswith(f".{MANIFEST}.") and n.endswith(".tmp"))
-               for n in names) and not owner_alive(manifest.owner if manifest else None):
-            shutil.rmtree(left)  # nothing in it but the manifest (or its temporary file)
+        _clear_half_made(left)
     made = Path(tempfile.mkdtemp(dir=staging.parent, prefix=f"{staging.name}{NEW}"))
     os.chmod(made, 0o777 & ~UMASK)  # mkdtemp's 0700 would hide the run from colleagues
     Manifest("partial", owner_id()).write(made)
     os.rename(made, staging)
+
+
+def _clear_half_made(left: Path) -> None:
+    """A staging folder a kill left before its rename, removed when it is a real folder holding
+    nothing but its manifest (or the manifest's temporary file) and its maker is gone: each of
+    those files is unlinked by name, then the folder removed only if that emptied it."""
+    if left.is_symlink() or not left.is_dir():
+        return
+    entries = list(left.iterdir())
+    if not all(not p.is_dir() and (p.name == MANIFEST or (p.name.startswith(f".{MANIFEST}.")
+                                                          and p.name.endswith(".tmp")))
+               for p in entries):
+        return
+    manifest = Manifest.read(left)
+    if owner_alive(manifest.owner if manifest else None):
+        return
+    for entry in entries:
+        entry.unlink()
+    left.rmdir()
 
 
 def _remove_partial(staging: Path) -> None:

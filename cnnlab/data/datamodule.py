@@ -6,14 +6,13 @@ from collections.abc import Iterator
 from math import ceil
 
 import lightning as L
-import numpy as np
 import torch
 from torch import Tensor
 
 from cnnlab.config import DataConfig
 from cnnlab.data.augment import Augment, build_augment
 from cnnlab.data.sources import ImageData, load
-from cnnlab.data.splits import fold_indices, split_indices
+from cnnlab.data.splits import run_indices
 
 
 class TensorBatches:
@@ -98,8 +97,8 @@ class DataModule(L.LightningDataModule):
         self.data, self.given_augment = data, augment
 
     def prepare_data(self) -> None:
-        if self.data is None and self.cfg.download:
-            load(self.cfg)  # fetches the files; ``setup`` reads them on every process
+        if self.data is None and self.cfg.download:  # fetches the files (once per machine) and
+            self.data = load(self.cfg)  # keeps them: this process's setup need not read them again
 
     def setup(self, stage: str | None = None) -> None:
         if hasattr(self, "train"):
@@ -108,19 +107,7 @@ class DataModule(L.LightningDataModule):
         data = self.data if self.data is not None else load(cfg)
         self.classes = data.classes
         self.input_shape = data.input_shape
-        labels = data.y.numpy()
-        split = split_indices(labels, cfg.val_fraction, cfg.test_fraction, cfg.split_seed,
-                              data.test_from)
-        val: np.ndarray | None
-        test: np.ndarray | None
-        if self.refit:  # all training data, no validation: the final model of a search
-            train, val, test = np.concatenate([split.train, split.val]), None, split.test
-        elif fold is None:
-            train, val, test = split.train, split.val, split.test
-        else:
-            dev = np.concatenate([split.train, split.val])
-            train, val = fold_indices(dev, labels, fold[0], fold[1], cfg.split_seed)
-            test = None
+        train, val, test = run_indices(cfg, data.y.numpy(), data.test_from, fold, self.refit)
         x_train = data.x[train]
         self.mean = x_train.mean(dim=(0, 2, 3), keepdim=True)
         self.std = x_train.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)

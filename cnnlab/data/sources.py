@@ -258,11 +258,11 @@ def npz_array(archive: Any, name: str, where: str) -> np.ndarray:
         read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                 else np.lib.format.read_array_header_2_0)
         shape, _, dtype = read(f)
-    as_float = math.prod(shape) * max(dtype.itemsize, 4)  # kept as float32 pixels, or as is
-    if as_float > _free_bytes() // 2:
+    as_float, free = math.prod(shape) * max(dtype.itemsize, 4), _free_bytes()  # float32 pixels
+    if as_float > free // 2:
         raise CnnlabError(f"{where} array {name} declares shape {shape} ({as_float / 2**30:.1f} GiB "
                           f"in memory); allowed: arrays that fit in half the free memory "
-                          f"({_free_bytes() / 2**30:.1f} GiB free)")
+                          f"({free / 2**30:.1f} GiB free)")
     return archive[name]
 
 

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
+from cnnlab.config import DataConfig
 from cnnlab.errors import CnnlabError
 
 
@@ -51,3 +52,18 @@ def fold_indices(dev: np.ndarray, y: np.ndarray, fold: int, folds: int, seed: in
     kfold = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     train, val = list(kfold.split(dev, y[dev]))[fold]
     return dev[train], dev[val]
+
+
+def run_indices(cfg: DataConfig, labels: np.ndarray, test_from: int | None,
+                fold: tuple[int, int] | None = None, refit: bool = False
+                ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """The (train, val, test) indices of one run: the split; fold ``fold`` of its training
+    portion (no test); or, with ``refit``, train + val as training (no validation)."""
+    split = split_indices(labels, cfg.val_fraction, cfg.test_fraction, cfg.split_seed, test_from)
+    if refit:  # all training data, no validation: the final model of a search
+        return np.concatenate([split.train, split.val]), None, split.test
+    if fold is None:
+        return split.train, split.val, split.test
+    dev = np.concatenate([split.train, split.val])
+    train, val = fold_indices(dev, labels, fold[0], fold[1], cfg.split_seed)
+    return train, val, None

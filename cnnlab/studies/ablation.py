@@ -12,7 +12,6 @@ user attributes, and the per-epoch validation accuracy is the trial's intermedia
 from __future__ import annotations
 
 import hashlib
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -74,18 +73,8 @@ def open_ablation(spec: AblationSpec, quick: bool, storage: optuna.storages.Base
     a study of cnnlab ≤ 0.3 has no resolved digest yet and gets one)."""
     attrs = {**spec.to_dict(), "preset": "quick" if quick else "full",
              RESOLVED: resolved_digest(spec, quick)}
-    try:  # seeds are only ever added: a smaller count than the study's changes nothing
-        stored = optuna.load_study(study_name=study_name(spec, quick), storage=storage)
-        had = int(stored.user_attrs.get("spec", {}).get("seeds", 0))
-    except KeyError:
-        had = 0
-    if had > spec.seeds:
-        print(f"cnnlab: note: study {study_name(spec, quick)!r} has {had} seeds per arm; "
-              f"{spec.seeds} changes nothing (seeds are only added; more with --seeds N > {had})",
-              file=sys.stderr)
-        attrs["seeds"] = had
     study = study_for(storage, study_name(spec, quick), spec.direction, attrs,
-                      mutable=SEED_KEYS + REPORT_KEYS, added=(RESOLVED,))
+                      mutable=SEED_KEYS + REPORT_KEYS, added=(RESOLVED,), grow_only=("seeds",))
     if SEED_PLAN not in study.user_attrs and not study.get_trials(deepcopy=False):
         study.set_user_attr(SEED_PLAN, spec.plan.to_dict())  # fixed before the first trial
     return study

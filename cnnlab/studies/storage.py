@@ -184,13 +184,15 @@ def _patient(wait: float) -> Callable[..., Any]:
 
 
 def study_for(storage: optuna.storages.BaseStorage, name: str, direction: str,
-              attrs: dict[str, Any], mutable: tuple[str, ...] = (), added: tuple[str, ...] = ()
-              ) -> optuna.Study:
+              attrs: dict[str, Any], mutable: tuple[str, ...] = (), added: tuple[str, ...] = (),
+              grow_only: tuple[str, ...] = ()) -> optuna.Study:
     """Create the study (or load it) and check it was made from the same ``attrs`` (the spec).
 
     Keys in ``mutable`` (what the report reads, how many seeds) may change between runs: the
     stored spec takes the new values. Older studies lack some of them, which is no difference.
-    Keys in ``added`` are checked once stored; a study made before them gets them.
+    Keys in ``added`` are checked once stored; a study made before them gets them. Counts in
+    ``grow_only`` (seeds per arm) may rise but never fall: a smaller one says so and changes
+    nothing (``--seeds 5`` used to rewrite a 6-seed study's spec to 5).
     """
     try:  # load first: a journal records even a refused create, and a refusal writes nothing
         study = optuna.load_study(study_name=name, storage=storage)
@@ -199,6 +201,12 @@ def study_for(storage: optuna.storages.BaseStorage, name: str, direction: str,
                                     direction=StudyDirection[direction.upper()],
                                     load_if_exists=True)
     stored = study.user_attrs.get("spec")
+    for key in grow_only:
+        had = stored.get(key) if stored is not None else None
+        if isinstance(had, int) and had > attrs.get(key, 0):
+            print(f"cnnlab: note: study {name!r} has {had} {key} per arm; {attrs[key]} changes "
+                  f"nothing ({key} are only added; more with --{key} N > {had})", file=sys.stderr)
+            attrs = {**attrs, key: had}
     skip = set(mutable) | {k for k in added if stored is not None and k not in stored}
     fixed = {k: v for k, v in attrs.items() if k not in skip}
     if stored is not None and {k: v for k, v in stored.items() if k not in skip} != fixed:

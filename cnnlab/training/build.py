@@ -7,6 +7,7 @@ import lightning as L
 from cnnlab.config import ExperimentConfig
 from cnnlab.data.datamodule import DataModule
 from cnnlab.data.sources import Datasets, load_cached
+from cnnlab.data.splits import run_indices
 from cnnlab.models.convnet import ConvNet, feature_shape
 from cnnlab.models.summary import LayerRow, summarize
 
@@ -29,9 +30,10 @@ def build(cfg: ExperimentConfig, fold: tuple[int, int] | None = None,
 def check_buildable(cfg: ExperimentConfig, datasets: Datasets,
                     fold: tuple[int, int] | None = None) -> None:
     """The config's data loads and splits (fold ``fold``) and its network fits the images: a
-    study checks every arm or corner of its space this way before its first trial."""
+    study checks every arm or corner of its space this way before its first trial (indices
+    only: nothing is normalised or copied)."""
     data = load_cached(cfg.data, datasets)
-    DataModule(cfg.data, cfg.seed, fold=fold, data=data).setup("fit")
+    run_indices(cfg.data, data.y.numpy(), data.test_from, fold)
     feature_shape(cfg.model, data.input_shape)
 
 
