@@ -439,3 +439,78 @@ def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(cli, tmp_p
     mine.write_text("mine")
     assert cli("export", str(run), "--out", str(out))[0] == 0
     assert out.is_file() and not left.exists() and alive.exists() and mine.read_text() == "mine"
+
+
+def test_clearing_half_made_staging_folders_touches_only_cnnlab_files(cli, tmp_path: Path) -> None:
+    """What ``begin_run`` may remove beside ``--out``: a half-made staging folder holding only
+    its manifest's temporary file, whose maker is gone. A live maker's, a link (and what it
+    points to), a folder with anything else in it and every file outside stay byte for byte."""
+    work, outside = tmp_path / "work", tmp_path / "outside"
+    work.mkdir()
+    outside.mkdir()
+    (outside / "data.csv").write_text("a,b\n1,2\n")
+    out = work / "run"
+    name = staging_path(out).name
+    dead = work / f"{name}.new-dead"
+    dead.mkdir()
+    (dead / "..cnnlab.json.x1y2.tmp").write_text("{")
+    live = work / f"{name}.new-live"
+    live.mkdir()
+    Manifest("partial", ownership.owner_id()).write(live)  # this process: alive
+    (work / f"{name}.new-link").symlink_to(outside, target_is_directory=True)
+    odd = work / f"{name}.new-odd"
+    (odd / "..cnnlab.json.a.tmp").mkdir(parents=True)  # a folder under a temporary file's name
+    (odd / "..cnnlab.json.a.tmp" / "mine.txt").write_text("mine")
+    (work / "notes.txt").write_text("beside")
+    kept = {**{f"work/{k}": v for k, v in hashes(work).items() if not k.startswith(f"{name}.new-dead")},
+            **{f"outside/{k}": v for k, v in hashes(outside).items()}}
+    status, _, err = cli("fit", "--out", str(out), *FAST)
+    assert status == 0, err
+    assert not dead.exists() and (work / f"{name}.new-link").is_symlink()
+    after = {**{f"work/{k}": v for k, v in hashes(work).items() if not k.startswith("run/")},
+             **{f"outside/{k}": v for k, v in hashes(outside).items()}}
+    assert after == kept
+
+
+def test_clearing_a_dead_writers_temporary_file_touches_nothing_else(cli, tmp_path: Path) -> None:
+    """``write_atomic`` removes only regular files named for a dead writer of this very file;
+    a link under such a name (and its target), a folder under it, another file's temporary
+    file and every file outside stay byte for byte."""
+    run, out, outside = tmp_path / "run", tmp_path / "exports" / "model.pt", tmp_path / "outside"
+    assert cli("fit", "--out", str(run), *FAST)[0] == 0
+    out.parent.mkdir()
+    outside.mkdir()
+    (outside / "secret.txt").write_text("keep")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    host = socket.gethostname()
+    (out.parent / f".model.pt.{host}:{dead}.k3j2h1g0.tmp").write_bytes(b"\0" * 1000)
+    (out.parent / f".model.pt.{host}:{dead}.linklink.tmp").symlink_to(outside / "secret.txt")
+    (out.parent / f".model.pt.{host}:{dead}.folder01.tmp").mkdir()
+    (out.parent / f".model.pt.{host}:{dead}.folder01.tmp" / "x").write_text("x")
+    (out.parent / f".other.pt.{host}:{dead}.k3j2h1g0.tmp").write_text("another file's")
+    before = {k: v for k, v in hashes(tmp_path).items() if ".k3j2h1g0.tmp" not in k
+              or k.endswith(f".other.pt.{host}:{dead}.k3j2h1g0.tmp")}
+    assert cli("export", str(run), "--out", str(out))[0] == 0
+    after = {k: v for k, v in hashes(tmp_path).items() if k != "exports/model.pt"}
+    assert after == before
+    assert (out.parent / f".model.pt.{host}:{dead}.linklink.tmp").is_symlink()
+
+
+def test_a_failed_atomic_write_leaves_the_old_file_and_no_temporary(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``write_atomic`` on a full disk: the file it was replacing, its neighbours and the folder
+    are as before, and its own temporary file is gone."""
+    folder = tmp_path / "study"
+    claim_study_folder(folder)
+    write_owned(folder, "report.md", "old")
+    (folder / "notes.txt").write_text("mine")
+    before = hashes(tmp_path)
+
+    def full(src: str, dst: str) -> None:
+        raise OSError(28, "No space left on device", dst)
+
+    monkeypatch.setattr(ownership.os, "replace", full)
+    with pytest.raises(OSError):
+        ownership.write_atomic(folder / "report.md", "new")
+    assert hashes(tmp_path) == before
