@@ -18,11 +18,9 @@ import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, did_you_mean
+from cnnlab.shipped import DEFAULT_CONFIG, config_path
 from cnnlab.yaml_files import check_shape, load_yaml
-
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
 
 
 @dataclass
@@ -185,8 +183,8 @@ def _allowed_keys(full_key: str) -> str:
     *path, _ = full_key.split(".")
     for part in path:
         parent = parent.get(part) if isinstance(parent, DictConfig) and part in parent else None
-    keys = list(parent.keys()) if isinstance(parent, DictConfig) else []
-    return ", ".join(map(str, keys)) if keys else "see configs/default.yaml"
+    keys = [str(k) for k in parent.keys()] if isinstance(parent, DictConfig) else []
+    return ", ".join(keys) + did_you_mean(full_key.split(".")[-1], keys) if keys else "see default.yaml"
 
 
 def _overrides(items: list[str]) -> DictConfig:
@@ -239,8 +237,8 @@ def merge(*layers: DictConfig) -> ExperimentConfig:
 def load_config(
     files: list[str | Path] | tuple[()] = (), overrides: list[str] | tuple[()] = ()
 ) -> ExperimentConfig:
-    """Defaults, then each file, then ``key=value`` overrides; validated."""
-    cfg = merge(*(_read_yaml(Path(f)) for f in files), _overrides(list(overrides)))
+    """Defaults, then each file (or shipped preset name), then ``key=value`` overrides; validated."""
+    cfg = merge(*(_read_yaml(config_path(f)) for f in files), _overrides(list(overrides)))
     validate(cfg)
     return cfg
 

@@ -1,5 +1,16 @@
 """The one error type for bad user input: the CLI prints its message and exits with status 2."""
 
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
 
 class CnnlabError(Exception):
     """Bad input (config, file, data, URL): the message names what is wrong and what is allowed."""
+
+
+def did_you_mean(word: str, allowed: Iterable[str]) -> str:
+    """`` (did you mean X?)`` for a near miss of one of ``allowed`` (a typo), else ``""``."""
+    near = difflib.get_close_matches(word, list(allowed), n=1, cutoff=0.6)
+    return f" (did you mean {near[0]}?)" if near else ""

@@ -384,9 +384,12 @@ def test_report_of_a_name_make_ablation_wrote_with_quick_says_so(cli, tmp_path: 
                                                                  monkeypatch: pytest.MonkeyPatch
                                                                  ) -> None:
     """After ``make ablation`` the study is ``norm-quick``: ``cnnlab report norm`` said only
-    "no study storage there"."""
+    "no study storage there". A typo of a study's name gets the near one."""
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "reports" / "norm-quick").mkdir(parents=True)
-    (tmp_path / "reports" / "norm-quick" / "study.journal").write_text("")
+    for name in ("norm-quick", "dropout"):
+        (tmp_path / "reports" / name).mkdir(parents=True)
+        (tmp_path / "reports" / name / "study.journal").write_text("")
     status, _, err = cli("report", "norm")
-    assert status == 2 and "(did you mean norm-quick? reports/norm-quick/study.journal exists)" in err
+    assert status == 2 and "no study storage there (did you mean norm-quick?)" in err
+    status, _, err = cli("report", "dropuot")
+    assert status == 2 and "(did you mean dropout?)" in err

@@ -20,6 +20,7 @@ from rich.table import Table
 from cnnlab.config import ExperimentConfig, load_config, to_yaml
 from cnnlab.errors import CnnlabError
 from cnnlab.files import check_run_out, check_study_folder, write_output
+from cnnlab.shipped import spec_path
 
 if TYPE_CHECKING:  # the results model loads numpy and Optuna: only the commands that need it do
     from cnnlab.studies.results import Results
@@ -136,10 +137,10 @@ def cmd_ablate(args: argparse.Namespace) -> None:
     from cnnlab.studies.workers import warm_workers
 
     extra = tuple(a for a in args.specs if OVERRIDE.match(a))
-    paths = [Path(a) for a in args.specs if not OVERRIDE.match(a)]
+    paths = [spec_path(a) for a in args.specs if not OVERRIDE.match(a)]
     if not paths:
-        raise CnnlabError("ablate: no spec file given; allowed: one or more specs, e.g. "
-                          "experiments/norm.yaml, then key=value overrides for every trial")
+        raise CnnlabError("ablate: no spec given; allowed: one or more specs, e.g. norm (shipped) "
+                          "or experiments/norm.yaml, then key=value overrides for every trial")
     specs = [load_spec(path).with_extra(extra) for path in paths]  # validated before any work
     if args.workers > 1:
         warm_workers("cnnlab.studies.ablation")
@@ -163,7 +164,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
     from cnnlab.studies.search_spec import load_search_spec, with_overrides
     from cnnlab.studies.workers import warm_workers
 
-    spec = with_overrides(load_search_spec(args.spec), args.trials, args.folds,
+    spec = with_overrides(load_search_spec(spec_path(args.spec)), args.trials, args.folds,
                           tuple(args.overrides))
     if args.workers > 1:
         warm_workers("cnnlab.studies.search")
@@ -204,7 +205,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
     from cnnlab.studies.spec import load_spec
     from cnnlab.studies.storage import stored_ablation
 
-    spec = load_spec(args.spec)
+    spec = load_spec(spec_path(args.spec))
     name = f"{spec.name}-quick" if args.quick else spec.name
     results = collect(stored_ablation(name, args.out or Path("reports") / name, args.storage))
     console = Console()

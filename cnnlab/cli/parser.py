@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from pathlib import Path
 
 from cnnlab import __version__
@@ -21,7 +22,7 @@ from cnnlab.cli.commands import (
     cmd_tune,
 )
 from cnnlab.cpus import WORKERS_ENV, free_cpus
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, did_you_mean
 
 DESCRIPTION = """The ``cnnlab`` command.
 
@@ -46,6 +47,9 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports usage errors as one line and exit status 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if choice:
+            message += did_you_mean(choice[1], re.findall(r"'([^']*)'", choice[2]))
         raise CnnlabError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
@@ -110,7 +114,8 @@ WORKERS_HELP = (f"worker processes on this machine, one torch thread each (defau
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", action="append", default=[], metavar="FILE",
-                        help="extra YAML config merged over configs/default.yaml (repeatable)")
+                        help="extra YAML config merged over configs/default.yaml, or a shipped "
+                        "preset's name (cifar10_fast); repeatable")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="dotted overrides, e.g. model.norm=layer optim.lr=0.01")
 
@@ -139,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ablate = sub.add_parser("ablate", help="run (or resume) ablation specs and report them")
     ablate.add_argument("specs", nargs="+", metavar="SPEC|key=value",
-                        help="ablation spec(s), e.g. experiments/norm.yaml; key=value overrides "
+                        help="ablation spec(s): a shipped name (norm) or a file (experiments/norm.yaml); "
+                        "key=value overrides "
                         "apply to every trial, after the quick preset (part of the study: a "
                         "rerun with other overrides is refused)")
     ablate.add_argument("--quick", action="store_true",
@@ -154,8 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.set_defaults(func=cmd_ablate)
 
     tune = sub.add_parser("tune", help="cross-validated Optuna search, then refit and test")
-    tune.add_argument("spec", type=Path, metavar="SPEC", help="search spec, e.g. "
-                      "experiments/search.yaml")
+    tune.add_argument("spec", metavar="SPEC", help="search spec: a shipped name (search) or a "
+                      "file (experiments/search.yaml)")
     tune.add_argument("overrides", nargs="*", metavar="key=value",
                       help="overrides for every trial and the refit, after the quick preset "
                       "(part of the study: a rerun with other overrides is refused)")
@@ -173,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan = sub.add_parser("plan", help="size a spec's seed plan from a pilot study of it: "
                           "seeds needed, power and family-wise error by simulation")
-    plan.add_argument("spec", type=Path, metavar="SPEC", help="the ablation spec")
+    plan.add_argument("spec", metavar="SPEC", help="the ablation spec (a shipped name or a file)")
     plan.add_argument("--quick", action="store_true", help="the pilot is the quick preset's")
     plan.add_argument("--plan", type=_plan, action="append", default=[], metavar="F:M:S",
                       help="a seed plan to simulate: first look, most seeds, step "

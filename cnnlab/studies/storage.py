@@ -21,7 +21,7 @@ from optuna.study import StudyDirection
 from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError, ProgrammingError
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, did_you_mean
 from cnnlab.files import check_study_folder, claim_study_folder, write_owned
 from cnnlab.studies.journal import ReadOnlyJournal, repair
 
@@ -237,8 +237,8 @@ def stored_ablation(name: str, out: Path, storage: str | None) -> optuna.Study:
     """An ablation's study, opened read-only from ``storage`` (default ``out``'s journal)."""
     url = storage or default_url(out)
     if "://" not in url and not Path(url).is_file():
-        quick = out.parent / f"{out.name}-quick" / JOURNAL  # what make ablation wrote
-        hint = f" (did you mean {name}-quick? {quick} exists)" if quick.is_file() else ""
+        studies = [p.parent.name for p in out.parent.glob(f"*/{JOURNAL}")]  # beside out
+        hint = did_you_mean(f"{out.name}-quick" if f"{out.name}-quick" in studies else out.name, studies)
         raise CnnlabError(f"--storage {url}: no study storage there{hint}; allowed: the --out "
                           "or --storage of an earlier cnnlab ablate")
     study = load_study(open_storage(url, readonly=True), name)
