@@ -94,6 +94,19 @@ def failure_of(metrics: dict[str, Any]) -> str | None:
     return None
 
 
+def dashboard_values(metrics: dict[str, Any]) -> dict[str, Any]:
+    """``metrics`` as W&B summary columns, one type per key: a censored metric that never reached
+    its target (None, which W&B would drop, so the run would read as not measured) becomes its
+    bound, ``max_epochs + 1``, with ``<name>_censored`` true; reached, the value with false."""
+    out = dict(metrics)
+    for name, m in METRICS.items():
+        if m.failure == "censored" and name in metrics:
+            out[f"{name}_censored"] = metrics[name] is None
+            if metrics[name] is None and metrics.get("max_epochs") is not None:
+                out[name] = metrics["max_epochs"] + 1
+    return out
+
+
 def failure_value(metric: str, row: dict[str, Any]) -> float | None:
     """What a failed run's ``metric`` enters the statistics with (None: no value to enter).
 

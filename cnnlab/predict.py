@@ -73,8 +73,6 @@ def read_inputs(paths: list[Path], shape: tuple[int, int, int]) -> tuple[list[st
     return names, pixels, resized
 
 
-
-
 @dataclass(frozen=True)
 class Predictions:
     """One row per input (name, class, probability as text), and how many inputs were resized
@@ -83,6 +81,7 @@ class Predictions:
     rows: list[list[str]]
     resized: int
     input_shape: tuple[int, int, int]
+    warning: str | None  # the inputs look unlike the training data (Predictor.input_warning)
 
     def csv_bytes(self) -> bytes:
         buffer = io.StringIO()
@@ -94,7 +93,7 @@ def predict(model_path: Path, inputs: list[Path]) -> Predictions:
     """The class and its probability for every input, by the model of a run, checkpoint or export."""
     model = load(model_path)
     names, pixels, resized = read_inputs(inputs, model.input_shape)
-    index, confidence = model.predict(pixels)
+    index, confidence = model.predict(pixels, check=False)
     rows = [[name, model.classes[i], f"{p:.4f}"]
             for name, i, p in zip(names, index.tolist(), confidence.tolist(), strict=True)]
-    return Predictions(rows, resized, model.input_shape)
+    return Predictions(rows, resized, model.input_shape, model.input_warning(pixels))

@@ -181,6 +181,16 @@ def test_shipped_specs_are_valid() -> None:
         assert spec.quick and spec.seeds >= 3
 
 
+def test_numeric_factor_levels_reach_the_dashboard_as_numbers_and_names_stay_text() -> None:
+    """``factor.optim.lr: "0.0003"`` sorted as text in W&B's parallel coordinates."""
+    lr = load_spec(Path("experiments/learning_rate.yaml"))
+    values = [lr.level_values(arm.levels)["optim.lr"] for arm in lr.arms]
+    assert all(isinstance(v, float) for v in values) and sorted(values)[0] == 0.0003
+    norm = load_spec(Path("experiments/norm.yaml"))  # model.norm: names; optim.lr: numbers
+    kinds = {f: {type(norm.level_values(arm.levels)[f]) for arm in norm.arms} for f in norm.factors}
+    assert kinds == {"model.norm": {str}, "optim.lr": {float}}
+
+
 def test_sqlite_storage(cli, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'studies.db'}"
     spec = write_spec(tmp_path, seeds=1, arms="norm only")

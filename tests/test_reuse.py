@@ -229,3 +229,34 @@ def test_predict_csv_has_unix_line_ends(cli, tmp_path: Path) -> None:
     assert cli("predict", str(run), str(tmp_path / "x.npz"), "--out", str(csv_path))[0] == 0
     data = csv_path.read_bytes()
     assert b"\r\n" not in data and data.count(b"\n") == 3  # header and two rows
+
+
+def test_predict_warns_once_naming_the_likely_cause_of_mis_scaled_pixels(
+        cli, run_dir: Path, tmp_path: Path) -> None:
+    """Raw digits as uint8 0–16 were read as /255 and got accuracy 0.13 without a word."""
+    module = Classifier.load_from_checkpoint(run_dir / "checkpoints" / "best.ckpt",
+                                             weights_only=True)
+    _, raw, _ = normalised_test(module)
+    digits = (raw[:, 0] * 16).round().numpy()  # the 0–16 integers sklearn ships
+    cases = {
+        "ok": ((digits / 16).astype(np.float32), None),
+        "uint8_0_16": (digits.astype(np.uint8), "look like 0–16 integers read as /255"),
+        "float_0_255": ((digits * 255 / 16).astype(np.float32), "look like 0–255 values not divided"),
+        "inverted": ((1 - digits / 16).astype(np.float32), "pixels look inverted"),
+    }
+    for name, (x, cause) in cases.items():
+        np.savez(tmp_path / f"{name}.npz", x=x)
+        status, _, err = cli("predict", run_dir, tmp_path / f"{name}.npz", "--out",
+                             tmp_path / f"{name}.csv")
+        assert status == 0 and (tmp_path / f"{name}.csv").is_file(), err
+        warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+        if cause is None:
+            assert warnings == [], err
+        else:
+            assert len(warnings) == 1 and cause in warnings[0], err
+            assert "training pixels had mean 0." in warnings[0]
+    model = cnnlab.load(run_dir)
+    good = torch.from_numpy(digits / 16).float().unsqueeze(1)
+    assert all(model.input_warning(good[i : i + 1]) is None for i in range(len(good)))  # one image
+    with pytest.warns(UserWarning, match="0–255 values"):
+        model.predict(good * 255)

@@ -50,7 +50,8 @@ def _artifacts(path: Path) -> dict[str, list[str]]:
 def test_a_fit_logs_real_pixels_epoch_charts_and_its_model(cli, tmp_path: Path) -> None:
     out = tmp_path / "fit"
     status, _, err = cli("fit", "--out", out, "trainer.max_epochs=2", "model.channels=[8]",
-                         "model.hidden_units=[16]", "data.augment.hflip=true")
+                         "model.hidden_units=[16]", "data.augment.hflip=true",
+                         "trainer.target_acc=1.0")  # never reached: a censored epochs_to_target
     assert status == 0, err
     (run,) = _runs(out)
     media = run / "files" / "media" / "images"
@@ -72,6 +73,9 @@ def test_a_fit_logs_real_pixels_epoch_charts_and_its_model(cli, tmp_path: Path) 
     history = [row for row in contents["history"] if "val/acc" in row]
     assert [row["epoch"] for row in history] == [0, 1]
     assert contents["summary"]["test/acc"] == pytest.approx(contents["summary"]["test_acc"])
+    assert json.loads((out / "metrics.json").read_text())["epochs_to_target"] is None
+    assert contents["summary"]["epochs_to_target"] == 3  # its bound, max_epochs + 1 (W&B drops None)
+    assert contents["summary"]["epochs_to_target_censored"] is True
     assert contents["summary"]["val/acc"]["max"] == max(row["val/acc"] for row in history)
     (files,) = _artifacts(record).values()  # log_model defaults to true for a fit
     assert files[0].endswith(".ckpt") and files[1] == "config.yaml"
@@ -95,6 +99,7 @@ def test_an_ablation_is_reviewable_in_wandb(cli, tmp_path: Path) -> None:
         config = run_contents(_record(run))["config"]
         assert config["study"] == "tiny" and config["seed"] in (0, 1)
         assert set(config["factor"]) == {"model.norm", "opt"}  # bundles by their level name
+        assert config["factor"] == config["factor_level"]  # no numeric factor here: all text
         assert config["arm"] == f"model.norm={config['factor']['model.norm']}, " \
                                 f"opt={config['factor']['opt']}"
         assert not _artifacts(_record(run))  # no checkpoint per trial
@@ -117,6 +122,11 @@ def test_an_ablation_is_reviewable_in_wandb(cli, tmp_path: Path) -> None:
     assert all(c["outcome"] in ("higher", "lower", "equivalent", "undecided") for c in checks)
     assert [look["seeds"] for look in _table(summary, "looks")] == [2]
     contents = run_contents(_record(summary))
+    assert contents["summary"]["n_trials"] == 8 and contents["summary"]["n_looks"] == 1
+    tables = {k.removesuffix("/_type") for row in contents["history"] for k, v in row.items()
+              if k.endswith("/_type") and v == "table-file"}
+    assert {"arms", "checks", "looks"} <= tables
+    assert not tables & set(contents["summary"])  # no summary number shares a table's key
     assert contents["run"].notes == "Two norms × two learning rates."
     assert contents["run"].job_type == "summary"
     assert contents["summary"]["model.norm=none, opt=fast/test_acc/mean"] == pytest.approx(
@@ -206,6 +216,8 @@ def test_a_search_has_a_run_per_trial_and_a_numeric_trials_table(cli, tmp_path: 
             row["cv_mean"] is None
     contents = run_contents(_record(summary))
     assert contents["summary"]["test_acc"] > 0 and "best/optim.lr" in contents["summary"]
+    assert contents["summary"]["n_trials"] == 2 and "trials" not in contents["summary"]
+    assert contents["summary"]["trials/_type"] == "table-file"  # the table, as in every run kind
     (files,) = [f for name, f in _artifacts(_record(summary)).items() if name == "small-report"]
     assert {"search.md", "trials.csv", "study.journal"} <= set(files)
     refit = run_contents(_record(_runs(out / "refit")[0]))

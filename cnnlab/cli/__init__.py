@@ -55,8 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with stop_on_signals():
             args = _parse(list(sys.argv[1:] if argv is None else argv))
-            func: Callable[[argparse.Namespace], None] = args.func
-            func(args)
+            func: Callable[[argparse.Namespace], int | None] = args.func
+            status = func(args) or 0
     except (KeyboardInterrupt, SystemExit) as err:
         if isinstance(err, SystemExit) and not STOPPED:
             raise
@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(outage_line(why), file=sys.stderr)
         return TEMPFAIL
-    return 0
+    return status
 
 
 def console_main() -> None:

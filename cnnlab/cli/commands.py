@@ -9,17 +9,17 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
+from cnnlab import api
 from cnnlab.config import ExperimentConfig, load_config, to_yaml
+from cnnlab.cpus import free_cpus
 from cnnlab.errors import CnnlabError
-from cnnlab.files import check_run_out, check_study_folder, write_output
+from cnnlab.files import write_output
 from cnnlab.shipped import spec_path
 
 if TYPE_CHECKING:  # the results model loads numpy and Optuna: only the commands that need it do
@@ -30,6 +30,16 @@ OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")  # key=value, as opposed to a spec f
 
 def _config(args: argparse.Namespace) -> ExperimentConfig:
     return load_config(args.config, args.overrides)
+
+
+def _workers(console: Console, workers: int | str) -> int:
+    """``auto`` as a count, said at the start: a busy machine gets fewer workers than cores."""
+    if workers != "auto":
+        return int(workers)
+    count = free_cpus()
+    _say(console, f"workers: {count} (auto: one per core other processes leave free; "
+                  "--workers N to choose)")
+    return count
 
 
 def _say(console: Console, line: str) -> None:
@@ -47,20 +57,16 @@ def print_table(console: Console, title: str, rows: list[list[str]]) -> None:
 
 
 def cmd_fit(args: argparse.Namespace) -> None:
-    cfg = _config(args)
-    from cnnlab.training.fast import resolved
-
     if args.print_config:
-        print(to_yaml(resolved(cfg)[0]), end="")
-        return
-    out = args.out or Path("runs") / time.strftime("fit-%Y%m%d-%H%M%S")
-    check_run_out(out, args.overwrite)  # fail now, not after training
-    from cnnlab.training.distributed import is_rank_zero
-    from cnnlab.training.run import run
+        from cnnlab.training.fast import resolved
 
-    result = run(cfg, out, overwrite=args.overwrite)
+        print(to_yaml(resolved(_config(args))[0]), end="")
+        return
+    result = api.fit(args.overrides, out=args.out, config=args.config, overwrite=args.overwrite)
+    from cnnlab.training.distributed import is_rank_zero  # loaded by the fit by now
+
     if is_rank_zero():
-        print_table(Console(), f"cnnlab fit → {out}", [["metric", "value"], *(
+        print_table(Console(), f"cnnlab fit → {result.out}", [["metric", "value"], *(
             [k, f"{v:.4f}" if isinstance(v, float) else str(v)] for k, v in result.metrics.items())])
 
 
@@ -113,6 +119,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
         print(f"wrote {args.out}: {len(found.rows)} predictions")
     else:
         print_table(Console(), f"{args.model}: {len(found.rows)} predictions", [HEADER, *found.rows])
+    if found.warning:
+        print(f"warning: {found.warning}", file=sys.stderr)
     if found.resized:
         shape = "×".join(map(str, found.input_shape[1:]))
         print(f"note: {found.resized} of {len(found.rows)} inputs were resized to the model's "
@@ -133,50 +141,24 @@ def show_results(console: Console, results: Results, out: Path) -> None:
 
 
 def cmd_ablate(args: argparse.Namespace) -> None:
-    from cnnlab.studies.spec import load_spec
-    from cnnlab.studies.workers import warm_workers
-
-    extra = tuple(a for a in args.specs if OVERRIDE.match(a))
-    paths = [spec_path(a) for a in args.specs if not OVERRIDE.match(a)]
-    if not paths:
+    specs = [a for a in args.specs if not OVERRIDE.match(a)]
+    if not specs:
         raise CnnlabError("ablate: no spec given; allowed: one or more specs, e.g. norm (shipped) "
                           "or experiments/norm.yaml, then key=value overrides for every trial")
-    specs = [load_spec(path).with_extra(extra) for path in paths]  # validated before any work
-    if args.workers > 1:
-        warm_workers("cnnlab.studies.ablation")
-    from cnnlab.studies.ablation import ablate, jobs_for
-
-    if args.seeds:
-        specs = [spec.with_seeds(args.seeds) for spec in specs]
     console = Console()
-    # each spec's report files and W&B summary are written while the workers go on
-    with ThreadPoolExecutor(max_workers=1) as writer:
-        written = []
-        ablate(jobs_for(specs, args.out, args.storage, args.quick), args.quick, args.workers,
-               console, finish=lambda write: written.append(writer.submit(write)),
-               on_report=lambda job, results: show_results(console, results, job.out))
-        for future in written:
-            future.result()  # a failed write (a full disk) fails the command
+    api.ablate_specs(specs, [a for a in args.specs if OVERRIDE.match(a)], quick=args.quick,
+                     seeds=args.seeds, workers=_workers(console, args.workers), out=args.out,
+                     storage=args.storage, console=console,
+                     on_report=lambda study: show_results(console, study.results, study.out))
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
-    from cnnlab.studies.hypothesis import safe_name
-    from cnnlab.studies.search_spec import load_search_spec, with_overrides
-    from cnnlab.studies.workers import warm_workers
-
-    spec = with_overrides(load_search_spec(spec_path(args.spec)), args.trials, args.folds,
-                          tuple(args.overrides))
-    if args.workers > 1:
-        warm_workers("cnnlab.studies.search")
-    from cnnlab.studies.search import tune
-    from cnnlab.studies.storage import default_url
-
-    name = safe_name(args.study or (f"{spec.name}-quick" if args.quick else spec.name))
-    out = args.out or Path("reports") / name
     console = Console()
-    result = tune(spec, args.quick, out, args.storage or default_url(out), name, args.workers,
-                  args.timeout, console)
-    print_table(console, f"{name} → {out}/search.md", [
+    result = api.tune(args.spec, args.overrides, quick=args.quick, trials=args.trials,
+                      folds=args.folds, timeout=args.timeout,
+                      workers=_workers(console, args.workers), out=args.out,
+                      storage=args.storage, study=args.study, console=console)
+    print_table(console, f"{result.study} → {result.out}/search.md", [
         ["best trial", "CV accuracy", "CV std", "test accuracy", "parameters"],
         [str(result.best_trial), f"{result.cv_mean:.4f}", f"{result.cv_std:.4f}",
          f"{result.test_acc:.4f}",
@@ -186,16 +168,8 @@ def cmd_tune(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from cnnlab.studies.hypothesis import safe_name
-    from cnnlab.studies.report import write_report
-    from cnnlab.studies.results import collect
-    from cnnlab.studies.storage import stored_ablation
-
-    name = safe_name(args.name)
-    out = args.out or Path("reports") / name
-    study = stored_ablation(name, out, args.storage)
-    check_study_folder(out)  # before anything is written
-    show_results(Console(), write_report(collect(study), out), out)
+    study = api.report(args.name, out=args.out, storage=args.storage)
+    show_results(Console(), study.results, study.out)
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
@@ -214,7 +188,8 @@ def cmd_plan(args: argparse.Namespace) -> None:
         _say(console, line)
 
 
-def cmd_sync(args: argparse.Namespace) -> None:
+def cmd_sync(args: argparse.Namespace) -> int:
+    """0: every run arrived whole (or nothing to do); 1: some did not (listed; a rerun retries)."""
     from cnnlab.sync import is_synced, offline_runs, sync, sync_roots
 
     runs = offline_runs(sync_roots(args.targets))
@@ -223,10 +198,16 @@ def cmd_sync(args: argparse.Namespace) -> None:
             print(f"{run}{'  (synced)' if is_synced(run) else ''}")
         todo = sum(not is_synced(r) for r in runs)
         print(f"{todo} offline W&B runs to sync, {len(runs) - todo} already synced")
-        return
-    summary, failed = sync(runs, args.timeout)
-    print(summary)
-    for line in failed:
-        print(f"failed: {line}", file=sys.stderr)
-    if failed:
-        raise SystemExit(1)
+        return 0
+    outcome = sync(runs, args.timeout, progress=lambda line: print(line, flush=True))
+    if not outcome.synced and not outcome.failed:
+        print(f"nothing to sync: all {len(runs)} offline W&B runs are synced")
+        return 0
+    print(f"synced {len(outcome.synced)} of {len(outcome.synced) + len(outcome.failed)} offline "
+          f"runs to {outcome.url} (W&B's logs: {outcome.logs})")
+    for run, why in outcome.failed.items():
+        print(f"failed: {run}: {why}", file=sys.stderr)
+    if outcome.failed:
+        print(f"cnnlab: {len(outcome.failed)} runs did not arrive whole; rerun cnnlab sync to "
+              "retry them", file=sys.stderr)
+    return 1 if outcome.failed else 0

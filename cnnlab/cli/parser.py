@@ -21,7 +21,7 @@ from cnnlab.cli.commands import (
     cmd_sync,
     cmd_tune,
 )
-from cnnlab.cpus import WORKERS_ENV, free_cpus
+from cnnlab.cpus import WORKERS_ENV
 from cnnlab.errors import CnnlabError, did_you_mean
 
 DESCRIPTION = """The ``cnnlab`` command.
@@ -73,9 +73,9 @@ def _positive(text: str) -> int:
     return value
 
 
-def _workers(text: str) -> int:
+def _workers(text: str) -> int | str:
     if text == "auto":
-        return free_cpus()
+        return text  # counted when the command starts, and said
     if text.isdigit() and int(text) > 0:
         return int(text)
     raise argparse.ArgumentTypeError(f"got {text!r}; allowed: a positive integer or auto")

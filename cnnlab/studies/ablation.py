@@ -101,7 +101,8 @@ def objective(study: optuna.Study, spec: AblationSpec, out: Path, threads: int
         # a lost attempt may have finished its folder but not its trial, or left it half-built
         arm_levels = next(a.levels for a in spec.arms if a.name == arm)
         context: dict[str, Any] = {"study": study.study_name, "arm": arm, "seed": seed,
-                                   "factor": arm_levels}
+                                   "factor": spec.level_values(arm_levels),  # numbers sort
+                                   "factor_level": arm_levels}
         result = run(cfg, run_dir, datasets=datasets, overwrite=True,
                      takeover=True, context=context)
         kept = {name: result.metrics[name] for name in (*RESULT_KEYS, FAILURE)

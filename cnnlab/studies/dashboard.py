@@ -22,7 +22,8 @@ def arm_records(results: Results) -> list[dict[str, Any]]:
     rows = []
     for a in results.arms:
         c = a.delta
-        rows.append({"arm": a.arm, **a.levels, "n": a.seeds, "failed": sum(a.failures.values()),
+        rows.append({"arm": a.arm, **results.spec.level_values(a.levels), "n": a.seeds,
+                     "failed": sum(a.failures.values()),
                      "mean": _number(a.itt.mean), "ci_low": _number(a.itt.low),
                      "ci_high": _number(a.itt.high), "success_mean": _number(a.success.mean),
                      "delta": None if c is None else _number(c.delta.mean),
@@ -50,8 +51,8 @@ def study_summary(results: Results, files: list[Path], step: int) -> StudySummar
     the metric against a numeric factor, the verdict and α spent in the summary."""
     spec = results.spec
     rows = arm_records(results)
-    numbers: dict[str, Any] = {"alpha_spent": results.alpha_spent, "looks": len(results.looks),
-                               "trials": len(results.trials)}
+    numbers: dict[str, Any] = {"alpha_spent": results.alpha_spent, "n_looks": len(results.looks),
+                               "n_trials": len(results.trials)}  # "looks": the table
     for row in rows:
         numbers |= {f"{row['arm']}/{spec.metric}/{k}": row[k]
                     for k in ("mean", "ci_low", "ci_high", "delta", "failed")}
@@ -59,14 +60,9 @@ def study_summary(results: Results, files: list[Path], step: int) -> StudySummar
         numbers |= {"hypothesis": spec.hypothesis.claim, "verdict": results.verdict}
     lines = []
     for factor in spec.factors:
-        try:
-            [float(level) for level in spec.factors[factor]]
-        except ValueError:
-            continue
-        others = [f for f in spec.factors if f != factor]
-        for row in rows:
-            row[f"{factor} (number)"] = float(row[factor])
-        lines.append(("arms", f"{factor} (number)", "mean", others[0] if others else None))
+        if rows and isinstance(rows[0][factor], float):  # a numeric factor: an axis
+            others = [f for f in spec.factors if f != factor]
+            lines.append(("arms", factor, "mean", others[0] if others else None))
     looks = [{"look": i + 1, "seeds": look.seeds, "alpha": look.alpha}
              for i, look in enumerate(results.looks)]
     return StudySummary(results.study, spec.description,

@@ -246,7 +246,7 @@ def refit(study: optuna.Study, spec: SearchSpec, quick: bool, out: Path) -> Sear
     assert best.value is not None  # the best of the COMPLETE trials
     result = SearchResult(study.study_name, best.number, params, best.value,
                           best.user_attrs.get(CV_STD, math.nan),
-                          best.user_attrs.get(FOLD_SCORES, []), final.number("test_acc"))
+                          best.user_attrs.get(FOLD_SCORES, []), final.number("test_acc"), out)
     files = with_journal(out, write_search_report(study, spec, result, out))
     study_run(cfg, out, search_summary(study, spec, result, files, summary_step(study)))
     return result

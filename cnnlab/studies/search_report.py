@@ -34,6 +34,7 @@ class SearchResult:
     cv_std: float
     fold_scores: list[float]
     test_acc: float
+    out: Path  # the report: out/search.md; the refit run: out/refit
 
     def numbers(self) -> dict[str, float]:
         return {"cv_mean": self.cv_mean, "cv_std": self.cv_std, "test_acc": self.test_acc,
@@ -114,7 +115,8 @@ def trial_records(study: optuna.Study) -> list[dict[str, Any]]:
 def search_summary(study: optuna.Study, spec: SearchSpec, result: SearchResult, files: list[Path],
                    step: int) -> StudySummary:
     """The search's W&B summary run: the trials table, best values, the report as artifact."""
-    numbers = {**result.numbers(), **{f"best/{k}": v for k, v in result.params.items()}}
+    numbers = {**result.numbers(), **{f"best/{k}": v for k, v in result.params.items()},
+               "n_trials": len(study.trials)}  # "trials": the table, as on no ablation's run
     return StudySummary(study.study_name, spec.description,
                         {"best_params": result.params, "folds": spec.folds},
                         {"trials": trial_records(study)}, numbers, files,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,12 @@ class AblationSpec:
     @property
     def direction(self) -> str:
         return METRICS[self.metric].direction
+
+    def level_values(self, levels: dict[str, str]) -> dict[str, float | str]:
+        """An arm's levels as the dashboard sorts them: a number for a factor whose every level
+        is one (``optim.lr: [0.0003, 0.006]``), else the level's name."""
+        numeric = {f for f, named in self.factors.items() if all(map(_numeric_text, named))}
+        return {f: float(level) if f in numeric else level for f, level in levels.items()}
 
     def trial_overrides(self, arm: Arm, seed: int, quick: bool) -> list[str]:
         """Everything after the base config files: base, quick preset, command line, arm, seed."""
@@ -215,6 +222,13 @@ def _check_disjoint(path: Path, factors: dict[str, dict[str, tuple[str, ...]]]) 
                 raise CnnlabError(f"spec {path}: factors {owner[key]} and {name} both set {key}; "
                                   "allowed: each config key in one factor")
             owner[key] = name
+
+
+def _numeric_text(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 def _number(value: Any) -> bool:

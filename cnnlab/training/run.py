@@ -34,7 +34,7 @@ from cnnlab.diagnostics import (
 from cnnlab.errors import CnnlabError
 from cnnlab.files import abort_run, begin_run, commit_run, staging_path
 from cnnlab.images import png_bytes, png_image, to_uint8
-from cnnlab.metrics import FAILURE, counts, failure_of
+from cnnlab.metrics import FAILURE, counts, dashboard_values, failure_of
 from cnnlab.ownership import write_atomic
 from cnnlab.tracking import finish, wandb_logger
 from cnnlab.training.build import build
@@ -208,7 +208,7 @@ def _run(cfg: ExperimentConfig, out: Path, final: Path, fold: tuple[int, int] | 
         if cfg.wandb.log_model and ckpt:
             model_files = [Path(ckpt), out / "config.yaml"]
     finally:
-        finish(logger, metrics, model_files)
+        finish(logger, dashboard_values(metrics), model_files)
     if not zero:
         return RunResult(metrics, module.history, final)
     if filters_start is not None:

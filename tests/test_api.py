@@ -1,0 +1,54 @@
+"""The Python API a notebook uses: the CLI's code paths, typed results, CnnlabError (no SystemExit)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+import cnnlab
+from tests.conftest import FAST
+
+
+def test_fit_returns_the_runs_metrics_and_folder(tmp_path: Path) -> None:
+    result = cnnlab.fit([*FAST, "model.norm=layer"], out=tmp_path / "run")
+    assert result.out == tmp_path / "run"
+    assert 0.0 <= result.number("test_acc") <= 1.0 and len(result.history) == 1
+    stored = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert stored["test_acc"] == pytest.approx(result.metrics["test_acc"])
+    assert "norm: layer" in (tmp_path / "run" / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize("call", [
+    lambda tmp: cnnlab.fit(["model.nrom=batch"], out=tmp / "run"),
+    lambda tmp: cnnlab.fit(config=["cifar10_fst"], out=tmp / "run"),
+    lambda tmp: cnnlab.ablate("nrom", quick=True, out=tmp / "study"),
+    lambda tmp: cnnlab.tune("serch", quick=True, out=tmp / "search"),
+    lambda tmp: cnnlab.report("nrom", out=tmp / "study"),
+])
+def test_bad_input_raises_cnnlab_error_and_writes_nothing(call, tmp_path: Path) -> None:
+    with pytest.raises(cnnlab.CnnlabError):
+        call(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ablate_and_report_give_the_same_typed_table(tmp_path: Path) -> None:
+    """``ablate`` returns what the report shows; ``report`` rebuilds it from the storage alone."""
+    study = cnnlab.ablate("learning_rate", ["trainer.max_epochs=1"], quick=True, out=tmp_path)
+    assert study.study == "learning_rate-quick" and study.report.is_file()
+    assert study.verdict in ("supported", "not supported", "undecided")
+    arms = {row["arm"]: row for row in study.arms}
+    assert set(arms) == {a.name for a in study.results.spec.arms}
+    for row in arms.values():
+        assert row["seeds"] >= 2 and 0.0 <= row["test_acc"] <= 1.0
+    assert sum(row["delta"] is None for row in study.arms) == 1  # the baseline
+    assert [c["outcome"] for c in study.checks] == [c.outcome for c in study.results.checks]
+    again = cnnlab.report("learning_rate-quick", out=tmp_path)
+    assert again.arms == study.arms and again.checks == study.checks
+
+
+def test_tune_returns_the_refits_test_and_where_the_report_is(tmp_path: Path) -> None:
+    result = cnnlab.tune("search", ["trainer.max_epochs=1"], quick=True, trials=2, folds=2,
+                         out=tmp_path)
+    assert result.out == tmp_path and (tmp_path / "search.md").is_file()
+    assert 0.0 <= result.test_acc <= 1.0 and len(result.fold_scores) == 2
+    assert f"best trial {result.best_trial}" in (tmp_path / "search.md").read_text()

@@ -1,0 +1,93 @@
+"""``cnnlab sync`` against W&B-compatible servers on 127.0.0.1 (fake_wandb): what arrives, what
+failed, the retry, the server W&B's settings name, and nothing written into the current folder."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fake_wandb import FakeWandb
+
+from tests.conftest import FAST
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY = "k" * 40  # wandb sync wants credentials; the fake server takes any
+
+
+@pytest.fixture
+def runs(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Two offline fits (each logs a model artifact), synced from an empty current folder."""
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # cnnlab's default: offline
+    for name in ("a", "b"):
+        fast = [o for o in FAST if o != "wandb.mode=disabled"]
+        assert cli("fit", "--out", tmp_path / "runs" / name, *fast)[0] == 0
+    monkeypatch.setenv("WANDB_API_KEY", KEY)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    return tmp_path / "runs"
+
+
+def test_a_failed_artifact_is_reported_per_run_exit_1_and_retried_by_the_next_sync(
+        cli, runs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``wandb sync`` marked such a run synced; cnnlab said "synced 1 of 1" and never retried."""
+    with FakeWandb(fail_artifacts=True).serving() as server:
+        monkeypatch.setenv("WANDB_BASE_URL", server.url)
+        status, out, err = cli("sync", runs)
+    assert status == 1, err
+    assert len(server.history) == 2 and all(server.history.values())  # the history arrived
+    assert server.artifacts == []
+    failed = [line for line in err.splitlines() if line.startswith("failed: ")]
+    assert len(failed) == 2 and all("failed to log artifact" in line for line in failed), err
+    assert f"synced 0 of 2 offline runs to {server.url}" in out
+    assert out.count("] sent ") == 2  # a progress line per run
+
+    status, out, err = cli("sync", "--dry-run", runs)
+    assert status == 0 and "2 offline W&B runs to sync, 0 already synced" in out
+
+    with FakeWandb().serving() as server:
+        monkeypatch.setenv("WANDB_BASE_URL", server.url)
+        status, out, err = cli("sync", runs)
+    assert status == 0, err
+    assert sorted(server.artifacts) == sorted(f"model-{r}" for r in server.runs)
+    assert f"synced 2 of 2 offline runs to {server.url}" in out
+    status, out, _ = cli("sync", runs)
+    assert status == 0 and "nothing to sync: all 2 offline W&B runs are synced" in out
+    assert list(Path.cwd().iterdir()) == []  # W&B's sync logs went to the cache
+    assert list((runs.parent / "cache" / "cnnlab" / "wandb-sync").glob("*/wandb/logs/debug-sync*"))
+
+
+def test_the_server_is_the_one_wandb_login_host_configured(runs: Path, tmp_path: Path) -> None:
+    """Without WANDB_BASE_URL, W&B's settings file names the server (it used to be ignored)."""
+    home = tmp_path / "home"
+    (home / ".config" / "wandb").mkdir(parents=True)
+    with FakeWandb().serving() as server:
+        (home / ".config" / "wandb" / "settings").write_text(f"[default]\nbase_url = {server.url}\n")
+        env = {k: v for k, v in os.environ.items() if k not in ("WANDB_BASE_URL", "WANDB_CONFIG_DIR")}
+        done = subprocess.run([sys.executable, "-m", "cnnlab", "sync", str(runs / "a")],
+                              env={**env, "HOME": str(home), "PYTHONPATH": str(ROOT)},
+                              capture_output=True, text=True, timeout=120, cwd=Path.cwd())
+    assert done.returncode == 0, done.stderr
+    assert f"synced 1 of 1 offline runs to {server.url}" in done.stdout
+    assert len(server.runs) == 1 and len(server.artifacts) == 1
+    record = next((runs / "a").rglob("*.cnnlab-sync.json"))
+    assert json.loads(record.read_text())["complete"] is True
+
+
+def test_dry_run_lists_hundreds_of_runs_without_loading_wandb(tmp_path: Path) -> None:
+    for i in range(300):
+        run = (tmp_path / "reports" / "s" / "trials" / f"a{i}" / "wandb"
+               / f"offline-run-20260101_0000{i:02d}-id{i}")
+        (run / "files" / "media").mkdir(parents=True)
+        (run / f"run-id{i}.wandb").write_bytes(b"")
+        if i % 3 == 0:
+            (run / f"run-id{i}.wandb.synced").write_bytes(b"")
+    code = ("import sys; from cnnlab.cli import main; status = main(['sync', '--dry-run']); "
+            "print(status, 'wandb' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    assert "200 offline W&B runs to sync, 100 already synced" in done.stdout
+    assert done.stdout.split()[-2:] == ["0", "False"]
