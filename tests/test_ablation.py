@@ -2,6 +2,7 @@
 
 import math
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -59,11 +60,16 @@ def test_ablation_runs_every_arm_and_seed_and_resumes_without_rerunning(cli, tmp
     assert (out / "report.md").is_file() and (out / "bars.png").is_file()
     assert len((out / "results.csv").read_text().splitlines()) == 9
     first = {t.number: t.value for t in trials(out)}
-    status, _, _ = cli("ablate", spec, "--out", out)  # nothing left to do
-    assert status == 0
+    assert "resuming" not in stdout
+    # off a terminal (a log file) each arm is one whole line, not fragments folded at 80 columns
+    arms = [line for line in stdout.splitlines() if line.startswith("  model.norm=")]
+    assert len(arms) == 4 and sum(bool(re.search(r"· Δ .*, p [\d.e-]+$", a)) for a in arms) == 3
+    status, stdout, _ = cli("ablate", spec, "--out", out, "--workers", "auto")  # nothing to do
+    assert "workers: " in stdout and "(auto: one per core other processes leave free" in stdout
+    assert status == 0 and "resuming: 8 of 8 trials done" in stdout
     assert {t.number: t.value for t in trials(out)} == first
-    status, _, _ = cli("ablate", spec, "--out", out, "--seeds", "3")  # one more seed per arm
-    assert status == 0
+    status, stdout, _ = cli("ablate", spec, "--out", out, "--seeds", "3")  # one more seed per arm
+    assert status == 0 and "resuming: 8 of 12 trials done" in stdout
     keys = complete_keys(out)
     assert len(keys) == 12 and len(set(keys)) == 12
     assert all(t.value == first[t.number] for t in trials(out) if t.number in first)

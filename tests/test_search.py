@@ -6,9 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 from optuna.trial import TrialState
 
+from cnnlab.errors import CnnlabError
 from cnnlab.studies.search import open_search, queue_slots
 from cnnlab.studies.search_spec import load_search_spec, suggest, with_overrides
 from cnnlab.studies.storage import load_study, open_storage
@@ -87,7 +89,8 @@ def test_rerun_adds_trials_instead_of_restarting(cli, tmp_path: Path) -> None:
     assert len(first) == 2
     assert cli("tune", spec, "--out", out, "--trials", "2")[0] == 0  # already there: no new trial
     assert len(trials(out)) == 2
-    assert cli("tune", spec, "--out", out, "--trials", "4")[0] == 0
+    status, stdout, _ = cli("tune", spec, "--out", out, "--trials", "4")
+    assert status == 0 and "small: resuming: 2 of 4 trials done" in stdout
     after = {t.number: t.params for t in trials(out)}
     assert len(after) == 4 and all(after[n] == p for n, p in first.items())
 
@@ -159,3 +162,20 @@ def test_a_run_killed_after_a_finished_trial_does_not_reseed_the_next_as_it_was(
         drawn.append(suggest(trial, spec.space))
         study.tell(trial, 0.5)
     assert drawn[0] != drawn[1]
+
+
+def test_a_conditional_key_is_sampled_only_where_it_has_an_effect(tmp_path: Path) -> None:
+    """The search sampled ``reg.strength`` with ``reg.kind=none``: the dashboard ranked it and
+    the best trial read ``reg.kind=none, reg.strength=5.28e-06``."""
+    spec = load_search_spec(Path("experiments/search.yaml"))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda trial: len(suggest(trial, spec.space)), n_trials=40)
+    kinds = {t.params["reg.kind"] for t in study.trials}
+    assert kinds == {"none", "l2", "elastic"}
+    for t in study.trials:
+        assert ("reg.strength" in t.params) == (t.params["reg.kind"] != "none"), t.params
+    bad = Path("experiments/search.yaml").read_text().replace("[l2, elastic]", "[l1]")
+    (tmp_path / "bad.yaml").write_text(bad)
+    with pytest.raises(CnnlabError, match=r"space.reg.strength.when is .*allowed: a mapping of an "
+                                          "earlier categorical key"):
+        load_search_spec(tmp_path / "bad.yaml")

@@ -32,6 +32,15 @@ def _config(args: argparse.Namespace) -> ExperimentConfig:
     return load_config(args.config, args.overrides)
 
 
+LOG_WIDTH = 200  # off a terminal (a log file): lines and tables are not folded at 80 columns
+
+
+def _console() -> Console:
+    """Rich's console for a command's output: the terminal's width, or ``LOG_WIDTH`` off one."""
+    console = Console()
+    return console if console.is_terminal else Console(width=LOG_WIDTH, soft_wrap=True)
+
+
 def _workers(console: Console, workers: int | str) -> int:
     """``auto`` as a count, said at the start: a busy machine gets fewer workers than cores."""
     if workers != "auto":
@@ -66,7 +75,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
     from cnnlab.training.distributed import is_rank_zero  # loaded by the fit by now
 
     if is_rank_zero():
-        print_table(Console(), f"cnnlab fit → {result.out}", [["metric", "value"], *(
+        print_table(_console(), f"cnnlab fit → {result.out}", [["metric", "value"], *(
             [k, f"{v:.4f}" if isinstance(v, float) else str(v)] for k, v in result.metrics.items())])
 
 
@@ -118,7 +127,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         write_output(args.out, found.csv_bytes(), lambda path: False)  # never replaces a file
         print(f"wrote {args.out}: {len(found.rows)} predictions")
     else:
-        print_table(Console(), f"{args.model}: {len(found.rows)} predictions", [HEADER, *found.rows])
+        print_table(_console(), f"{args.model}: {len(found.rows)} predictions", [HEADER, *found.rows])
     if found.warning:
         print(f"warning: {found.warning}", file=sys.stderr)
     if found.resized:
@@ -145,7 +154,7 @@ def cmd_ablate(args: argparse.Namespace) -> None:
     if not specs:
         raise CnnlabError("ablate: no spec given; allowed: one or more specs, e.g. norm (shipped) "
                           "or experiments/norm.yaml, then key=value overrides for every trial")
-    console = Console()
+    console = _console()
     api.ablate_specs(specs, [a for a in args.specs if OVERRIDE.match(a)], quick=args.quick,
                      seeds=args.seeds, workers=_workers(console, args.workers), out=args.out,
                      storage=args.storage, console=console,
@@ -153,7 +162,7 @@ def cmd_ablate(args: argparse.Namespace) -> None:
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
-    console = Console()
+    console = _console()
     result = api.tune(args.spec, args.overrides, quick=args.quick, trials=args.trials,
                       folds=args.folds, timeout=args.timeout,
                       workers=_workers(console, args.workers), out=args.out,
@@ -169,7 +178,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
 
 def cmd_report(args: argparse.Namespace) -> None:
     study = api.report(args.name, out=args.out, storage=args.storage)
-    show_results(Console(), study.results, study.out)
+    show_results(_console(), study.results, study.out)
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
@@ -182,7 +191,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
     spec = load_spec(spec_path(args.spec))
     name = f"{spec.name}-quick" if args.quick else spec.name
     results = collect(stored_ablation(name, args.out or Path("reports") / name, args.storage))
-    console = Console()
+    console = _console()
     for line in plan_lines(results, [Plan(*p) for p in args.plan] or [spec.plan], args.effect,
                            args.sims, args.seed):
         _say(console, line)

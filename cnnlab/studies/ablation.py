@@ -241,6 +241,11 @@ def ablate(jobs: Sequence[Job], quick: bool, workers: int, console: Console,
     for study, job in zip(studies, jobs, strict=True):
         reclaim(study, lambda lost: None)  # reconcile, next, queues their work again
         reconcile(study, job.spec, quick)
+    for study, job in zip(studies, jobs, strict=True):
+        done = finished_keys(study.get_trials(deepcopy=False))
+        if done:  # a rerun after a stop (or a finished study, reported again)
+            console.print(f"{study.study_name}: resuming: {done} of "
+                          f"{sum(planned(study, job.spec).values())} trials done", highlight=False)
     reports: dict[int, Results] = {}
     with study_bars(console) as bars:
         bar = []

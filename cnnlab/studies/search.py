@@ -214,6 +214,9 @@ def tune(spec: SearchSpec, quick: bool, out: Path, url: str, name: str, workers:
     study = open_search(spec, quick, open_study_storage(out, url), name)
     reclaim(study, requeue_same(study))
     queue_slots(study, spec.trials)
+    done = finished_count(study.get_trials(deepcopy=False))
+    if done:  # a rerun after a stop, or with more --trials
+        console.print(f"{name}: resuming: {done} of {spec.trials} trials done", highlight=False)
     deadline_s = timeout if timeout else math.inf
     with study_bars(console) as bars:
         bar = StudyProgress(name, spec.trials, bars, finished_count, metric="CV accuracy")

@@ -90,6 +90,13 @@ def load_search_spec(path: Path) -> SearchSpec:
         if not ok:
             raise _fail(path, f"space.{key} is {dim}", "categorical with a list of choices, or "
                         "float/int with numbers low < high (log: true needs low > 0)")
+        when = dim.get("when", {})
+        earlier = list(space)[: list(space).index(key)]
+        if not isinstance(when, dict) or not all(
+                k in earlier and space[k]["type"] == "categorical" and isinstance(v, list)
+                and all(c in space[k]["choices"] for c in v) for k, v in when.items()):
+            raise _fail(path, f"space.{key}.when is {when!r}", "a mapping of an earlier categorical "
+                        "key of the space to a list of its choices, e.g. {reg.kind: [l2, elastic]}")
     sampler = raw.get("sampler", {"name": "tpe", "seed": 0})
     pruner = raw.get("pruner", {"name": "median"})
     if sampler.get("name") not in SAMPLERS:
@@ -139,8 +146,13 @@ def as_overrides(params: dict[str, Any]) -> list[str]:
 
 
 def suggest(trial: optuna.Trial, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    params = {}
+    """The trial's values, define-by-run: a key with ``when: {key: [choices]}`` is sampled only
+    where it has an effect (``reg.strength`` only when a regularizer is on), else left at its
+    config value, so Optuna neither ranks nor reports it for the other trials."""
+    params: dict[str, Any] = {}
     for key, dim in space.items():
+        if any(params.get(k) not in allowed for k, allowed in dim.get("when", {}).items()):
+            continue
         if dim["type"] == "categorical":
             choices = [c if isinstance(c, str | int | float | bool) or c is None else yaml_scalar(c)
                        for c in dim["choices"]]
