@@ -239,20 +239,24 @@ def write_owned(folder: Path, rel: str, data: str | bytes | None) -> None:
         manifest.write(folder)
 
 
-def check_output(path: Path, ours: Callable[[Path], bool], option: str = "--out") -> None:
+def check_output(path: Path, ours: Callable[[Path], bool] | None, option: str = "--out") -> None:
     """One named output file may be written: new, or replacing a file ``ours`` proves cnnlab
     wrote as this kind of output (a PNG's text chunk, an export's format mark), never a link.
     Inside a cnnlab folder the same holds: ``predict --out RUN/metrics.json`` does not replace
-    the run's metrics."""
+    the run's metrics. ``ours`` None: this output never replaces a file."""
     refuse_special(path.parent, option)
     if path.is_dir():
         raise CnnlabError(f"{option} {path}: is a directory; allowed: a file name")
-    if path.is_symlink() or (path.exists() and not ours(path)):
+    if ours is None and (path.exists() or path.is_symlink()):
+        raise CnnlabError(f"{option} {path}: exists, and this output never replaces a file; "
+                          "allowed: a new file name, or move it away")
+    if path.is_symlink() or (path.exists() and ours is not None and not ours(path)):
         raise CnnlabError(f"{option} {path}: exists and cnnlab did not write it as this kind "
                           "of output; allowed: a new file name, or move it away")
 
 
-def write_output(path: Path, data: bytes, ours: Callable[[Path], bool], option: str = "--out") -> None:
+def write_output(path: Path, data: bytes, ours: Callable[[Path], bool] | None,
+                 option: str = "--out") -> None:
     """Write one named output file (checked by ``check_output``); in a cnnlab folder it joins the
     folder's manifest, so that folder's owner checks still pass."""
     check_output(path, ours, option)

@@ -117,7 +117,8 @@ def test_predict_on_a_folder_of_pngs_and_an_npz_matches_the_exported_model(
     status, _, err = cli("predict", tmp_path / "model.pt", tmp_path / "missing.png")
     assert status == 2 and "missing.png does not exist" in err
     status, _, err = cli("predict", tmp_path / "model.pt", folder, "--out", tmp_path / "p.csv")
-    assert status == 2 and "p.csv" in err  # an existing file is never replaced
+    assert status == 2 and "p.csv: exists, and this output never replaces a file" in err
+    assert "did not write" not in err  # it did: the reason was false
 
 
 def test_fuse_bn_on_a_model_without_batch_norm_says_so_and_exports_unfused(

@@ -124,7 +124,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
     found = predict(args.model, args.inputs)
     if args.out is not None:
-        write_output(args.out, found.csv_bytes(), lambda path: False)  # never replaces a file
+        write_output(args.out, found.csv_bytes(), None)  # never replaces a file
         print(f"wrote {args.out}: {len(found.rows)} predictions")
     else:
         print_table(_console(), f"{args.model}: {len(found.rows)} predictions", [HEADER, *found.rows])
