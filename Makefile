@@ -36,10 +36,13 @@ bench-gpu: install ## the CIFAR-10 fast preset on this machine's GPU (synthetic 
 
 # Every experiments/*.yaml is an ablation spec except search.yaml (make tune).
 SPECS := $(filter-out search,$(basename $(notdir $(wildcard experiments/*.yaml))))
-.PHONY: ablation $(addprefix ablation-,$(SPECS))
+.PHONY: ablation ablation-summary $(addprefix ablation-,$(SPECS))
 
 ablation: install ## every ablation spec in its quick preset (reports/<name>-quick/)
 	$(VENV)/bin/cnnlab ablate $(foreach s,$(sort $(SPECS)),experiments/$(s).yaml) --quick $(ARGS)
+
+ablation-summary: install ## the verdicts of make ablation's studies as one markdown table
+	$(VENV)/bin/cnnlab report --summary $(foreach s,$(sort $(SPECS)),$(s)-quick)
 
 $(addprefix ablation-,$(SPECS)): ablation-%: install
 	$(VENV)/bin/cnnlab ablate experiments/$*.yaml $(ARGS)

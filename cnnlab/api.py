@@ -23,6 +23,7 @@ from cnnlab.config import load_config
 from cnnlab.files import check_run_out, check_study_folder
 from cnnlab.process import configure
 from cnnlab.shipped import spec_path
+from cnnlab.studies.hypothesis import safe_name
 
 if TYPE_CHECKING:
     from cnnlab.studies.comparisons import Interval
@@ -128,7 +129,6 @@ def tune(spec: str | Path = "search", overrides: Sequence[str] = (), *, quick: b
     """The cross-validated Optuna search of ``spec``, then a refit of the best config and its
     one test, as ``cnnlab tune``; the report is ``result.out / "search.md"``."""
     configure()
-    from cnnlab.studies.hypothesis import safe_name
     from cnnlab.studies.search_spec import load_search_spec, with_overrides
     from cnnlab.studies.workers import warm_workers
 
@@ -144,17 +144,24 @@ def tune(spec: str | Path = "search", overrides: Sequence[str] = (), *, quick: b
                   console or Console())
 
 
-def report(name: str, *, out: str | Path | None = None, storage: str | None = None) -> StudyResult:
-    """Rebuild an ablation's report from its storage (default ``reports/<name>``), as
-    ``cnnlab report``; nothing is trained."""
+def stored_results(name: str, *, out: str | Path | None = None, storage: str | None = None
+                   ) -> Results:
+    """An ablation's results as its storage holds them (default ``reports/<name>``), read only."""
     configure()
-    from cnnlab.studies.hypothesis import safe_name
-    from cnnlab.studies.report import write_report
     from cnnlab.studies.results import collect
     from cnnlab.studies.storage import stored_ablation
 
     study = safe_name(name)
     folder = Path(out) if out is not None else Path("reports") / study
-    stored = stored_ablation(study, folder, storage)
+    return collect(stored_ablation(study, folder, storage))
+
+
+def report(name: str, *, out: str | Path | None = None, storage: str | None = None) -> StudyResult:
+    """Rebuild an ablation's report from its storage (default ``reports/<name>``), as
+    ``cnnlab report``; nothing is trained."""
+    from cnnlab.studies.report import write_report
+
+    folder = Path(out) if out is not None else Path("reports") / safe_name(name)
+    results = stored_results(name, out=folder, storage=storage)
     check_study_folder(folder)  # before anything is written
-    return StudyResult.of(write_report(collect(stored), folder), folder)
+    return StudyResult.of(write_report(results, folder), folder)

@@ -31,7 +31,7 @@ def test_bad_input_raises_cnnlab_error_and_writes_nothing(call, tmp_path: Path) 
     assert list(tmp_path.iterdir()) == []
 
 
-def test_ablate_and_report_give_the_same_typed_table(tmp_path: Path) -> None:
+def test_ablate_and_report_give_the_same_typed_table(cli, tmp_path: Path) -> None:
     """``ablate`` returns what the report shows; ``report`` rebuilds it from the storage alone."""
     study = cnnlab.ablate("learning_rate", ["trainer.max_epochs=1"], quick=True, out=tmp_path)
     assert study.study == "learning_rate-quick" and study.report.is_file()
@@ -44,6 +44,16 @@ def test_ablate_and_report_give_the_same_typed_table(tmp_path: Path) -> None:
     assert [c["outcome"] for c in study.checks] == [c.outcome for c in study.results.checks]
     again = cnnlab.report("learning_rate-quick", out=tmp_path)
     assert again.arms == study.arms and again.checks == study.checks
+    status, out, err = cli("report", "--summary", "learning_rate-quick", "--out", tmp_path)
+    header, rule, row = out.splitlines()[-3:]  # the table of verdicts, one row per study
+    assert status == 0 and header.startswith("| study | hypothesis") and rule.startswith("|---")
+    assert row.startswith("| `learning_rate-quick` | Too low a learning rate")
+    assert f"**{study.verdict}**: test_acc: optim.lr=0.0003 lower than optim.lr=0.006: Δ " in row
+    assert row.count("p_Holm") == len(study.checks) and row.endswith(
+        f"| {max(r['seeds'] for r in study.arms)}, {len(study.results.looks)} look"
+        f"{'s' * (len(study.results.looks) != 1)} |")
+    status, _, err = cli("report", "a", "b")
+    assert status == 2 and "several names need --summary" in err
 
 
 def test_tune_returns_the_refits_test_and_where_the_report_is(tmp_path: Path) -> None:

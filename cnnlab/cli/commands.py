@@ -177,7 +177,17 @@ def cmd_tune(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    study = api.report(args.name, out=args.out, storage=args.storage)
+    if len(args.names) > 1 and (not args.summary or args.out):
+        raise CnnlabError("report: several names need --summary and their default folders "
+                          "(reports/NAME); allowed: one NAME (with --out), or --summary NAME…")
+    if args.summary:
+        from cnnlab.studies.report import SUMMARY_HEADER, markdown_table, summary_row
+
+        rows = [summary_row(api.stored_results(name, out=args.out, storage=args.storage))
+                for name in args.names]
+        print(markdown_table([SUMMARY_HEADER, *rows]))
+        return
+    study = api.report(args.names[0], out=args.out, storage=args.storage)
     show_results(_console(), study.results, study.out)
 
 

@@ -192,8 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--out", type=Path, help="the pilot's folder (default reports/<study>)")
     plan.set_defaults(func=cmd_plan)
 
-    report = sub.add_parser("report", help="rebuild an ablation report from its storage")
-    report.add_argument("name", help="the study name, e.g. norm or norm-quick")
+    report = sub.add_parser("report", help="rebuild an ablation report from its storage, or "
+                            "--summary: one table row per study")
+    report.add_argument("names", nargs="+", metavar="NAME",
+                        help="the study name, e.g. norm or norm-quick (several with --summary)")
+    report.add_argument("--summary", action="store_true",
+                        help="print a markdown table of the studies' verdicts (reports/NAME each, "
+                        "read only); write nothing")
     report.add_argument("--storage", help="Optuna storage URL (default DIR/study.journal)")
     report.add_argument("--out", type=Path, help="report directory (default reports/NAME)")
     report.set_defaults(func=cmd_report)

@@ -131,6 +131,23 @@ def console_lines(results: Results) -> list[str]:
     return lines
 
 
+SUMMARY_HEADER = ["study", "hypothesis (confirmatory family)", "verdict", "seeds, looks"]
+
+
+def summary_row(results: Results) -> list[str]:
+    """A study in one row of a table of studies: its claim, the verdict with each confirmatory
+    comparison (Δ, Holm p, outcome), the most seeds an arm got and the looks taken."""
+    claim = (results.spec.hypothesis.claim if results.spec.hypothesis is not None
+             else "every arm against the baseline")
+    checks = "; ".join(
+        f"{check.expectation.text() if check.expectation.direction else check.comparison.arm}: "
+        f"Δ {check.comparison.delta.text(signed=True)}, p_Holm {p_text(check.comparison.p_adj)} "
+        f"→ {check.outcome}" for check in results.checks)
+    looks = len(results.looks)
+    return [f"`{results.study}`", claim, f"**{results.verdict or 'no hypothesis'}**: {checks}",
+            f"{max((a.seeds for a in results.arms), default=0)}, {looks} look{'s' * (looks != 1)}"]
+
+
 def _measured(row: TrialRow, key: str) -> float | None:
     """A results.csv cell: a metric as the run measured it (never reached: its censoring
     bound, as the report counts it), or a stored count."""
