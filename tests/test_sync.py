@@ -1,6 +1,7 @@
 """``cnnlab sync`` against W&B-compatible servers on 127.0.0.1 (fake_wandb): what arrives, what
 failed, the retry, the server W&B's settings name, and nothing written into the current folder."""
 
+import hashlib
 import json
 import os
 import subprocess
@@ -14,6 +15,12 @@ from tests.conftest import FAST
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "k" * 40  # wandb sync wants credentials; the fake server takes any
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` (the runs, their W&B folders, the cache) by its SHA-256."""
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*")
+            if p.is_file() and not p.is_symlink()}
 
 
 @pytest.fixture
@@ -33,6 +40,7 @@ def runs(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_a_failed_artifact_is_reported_per_run_exit_1_and_retried_by_the_next_sync(
         cli, runs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``wandb sync`` marked such a run synced; cnnlab said "synced 1 of 1" and never retried."""
+    before = _hashes(runs.parent)
     with FakeWandb(fail_artifacts=True).serving() as server:
         monkeypatch.setenv("WANDB_BASE_URL", server.url)
         status, out, err = cli("sync", runs)
@@ -56,6 +64,11 @@ def test_a_failed_artifact_is_reported_per_run_exit_1_and_retried_by_the_next_sy
     status, out, _ = cli("sync", runs)
     assert status == 0 and "nothing to sync: all 2 offline W&B runs are synced" in out
     assert list(Path.cwd().iterdir()) == []  # W&B's sync logs went to the cache
+    after = _hashes(runs.parent)
+    assert {p: h for p, h in after.items() if p in before} == before  # nothing changed or lost
+    added = {Path(p).name.split(".", 1)[-1] for p in set(after) - set(before)
+             if "/cache/" not in p and "/files/" not in p}  # files/: what wandb sync uploads
+    assert added == {"wandb.synced", "wandb.syncstate", "wandb.cnnlab-sync.json"}, added
     assert list((runs.parent / "cache" / "cnnlab" / "wandb-sync").glob("*/wandb/logs/debug-sync*"))
 
 
