@@ -1,6 +1,7 @@
 """`python -m benchmarks`: every ratio benchmark, one table; `--gpu`: the GPU benchmark.
 Each module's wall time goes to stderr as it ends (``make bench`` should stay within minutes)."""
 
+import multiprocessing.util
 import os
 import sys
 import tempfile
@@ -32,6 +33,7 @@ def main() -> None:
     """The benchmarks, each study and run folder in one temporary folder removed at the end
     (one ``make bench`` used to leave 33 ``cnnlab-bench-*`` folders, 645 MB, behind)."""
     configure()
+    multiprocessing.util.get_temp_dir()  # multiprocessing's own folder: outside, removed by it
     with tempfile.TemporaryDirectory(prefix="cnnlab-bench-") as scratch:
         tempfile.tempdir = os.environ["TMPDIR"] = scratch  # mkdtemp here and in every worker
         if sys.argv[1:2] == ["--gpu"]:

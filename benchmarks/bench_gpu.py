@@ -97,18 +97,20 @@ def trials_per_second(device: str, extra: list[str], workers: int, scratch: Path
 
 def bench(device: str, images: int, data_root: Path | None, workers: tuple[int, ...],
           overrides: tuple[str, ...] = ()) -> list[str]:
-    """The report's lines; ``overrides`` change the preset (a variant to time)."""
-    scratch = Path(tempfile.mkdtemp(prefix="cnnlab-bench-gpu-"))
-    extra, source = data_overrides(data_root, images, scratch)
-    extra += overrides
-    source += "".join(f", {o}" for o in overrides)
+    """The report's lines; ``overrides`` change the preset (a variant to time). Its data, runs
+    and studies go to a temporary folder removed at the end."""
+    with tempfile.TemporaryDirectory(prefix="cnnlab-bench-gpu-") as folder:
+        scratch = Path(folder)
+        extra, source = data_overrides(data_root, images, scratch)
+        extra += overrides
+        source += "".join(f", {o}" for o in overrides)
+        epoch, plain, fit = epoch_seconds(device, extra, scratch)
+        rates = {w: trials_per_second(device, extra, w, scratch) for w in workers}
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
-    epoch, plain, fit = epoch_seconds(device, extra, scratch)
     lines = [f"{name}, {PRESET}, {source}",
              f"epoch time: {epoch:.2f} s (epochs 2–3 of a 3-epoch fit)",
              f"Lightning path / plain loop: {plain / fit:.2f} (3 epochs: plain {plain:.2f} s, "
              f"cnnlab fit {fit:.2f} s; target ≥ 0.90)"]
-    rates = {w: trials_per_second(device, extra, w, scratch) for w in workers}
     lines.append("ablation trials/s (1-epoch trials): " + ", ".join(
         f"{w} worker{'s' * (w > 1)} {r:.3f} ({r / rates[workers[0]]:.2f}×)"
         for w, r in rates.items()))

@@ -1,13 +1,15 @@
 """The GPU benchmark's code on a CPU: synthetic CIFAR-shaped data, every figure it prints."""
 
 import re
+import tempfile
 
 import numpy as np
 
 from benchmarks import bench_gpu
 
 
-def test_gpu_benchmark_runs_on_a_cpu_with_a_small_network(tmp_path) -> None:
+def test_gpu_benchmark_runs_on_a_cpu_with_a_small_network(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where its scratch folder goes
     lines = bench_gpu.bench("cpu", 96, None, (1, 2), ("model.channels=[4,8,8]", "data.batch_size=16",
                                                       "data.eval_batch_size=64"))
     assert lines[0].startswith("CPU, configs/presets/cifar10_fast.yaml, 96 synthetic")
@@ -15,6 +17,8 @@ def test_gpu_benchmark_runs_on_a_cpu_with_a_small_network(tmp_path) -> None:
     ratio = float(re.search(r"plain loop: ([\d.]+)", lines[2]).group(1))
     rates = [float(r) for r in re.findall(r"workers? ([\d.]+) \(", lines[3])]
     assert epoch > 0 and ratio > 0 and len(rates) == 2 and all(r > 0 for r in rates)
+    left = [p for p in tmp_path.iterdir() if not p.name.startswith("pymp-")]  # multiprocessing's
+    assert left == []  # its data, runs and studies are gone
 
 
 def test_synthetic_data_has_the_asked_training_portion(tmp_path) -> None:
