@@ -114,8 +114,7 @@ def sync_roots(targets: list[str]) -> list[Path]:
 def log_folder() -> Path:
     """Where ``wandb sync`` runs and writes its logs: a new folder in the user's cache."""
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    folder = cache / "cnnlab" / "wandb-sync" / time.strftime("%Y%m%d-%H%M%S")
-    folder = folder.with_name(f"{folder.name}-{os.getpid()}")
+    folder = cache / "cnnlab" / "wandb-sync" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -135,7 +134,8 @@ def _errors(logs: Path) -> dict[str, list[str]]:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What one ``cnnlab sync`` did: the server, each run's error (None: everything arrived)."""
+    """What one ``cnnlab sync`` did: the server ("" when there was nothing to sync), the runs
+    that did not arrive whole with W&B's error for each, the runs that did, W&B's log folder."""
 
     url: str
     failed: dict[Path, str]
@@ -146,10 +146,10 @@ class Outcome:
 def sync(runs: list[Path], timeout: float, progress: Callable[[str], None] = print) -> Outcome:
     """Upload the runs not synced yet in one ``wandb sync`` and check each one's log; an error,
     with nothing synced, when the server is unreachable. ``progress`` gets a line per run."""
-    url = server_url()
     todo = [r for r in runs if not is_synced(r)]
-    if not todo:
-        return Outcome(url, {}, [], Path())
+    if not todo:  # no server asked (and W&B not loaded) for nothing to do
+        return Outcome("", {}, [], Path())
+    url = server_url()
     check_reachable(url)
     cli = shutil.which("wandb", path=str(Path(sys.executable).parent)) or shutil.which("wandb")
     if cli is None:
