@@ -423,6 +423,32 @@ def test_a_lock_left_on_a_relative_journal_path_does_not_hang_the_rerun(tmp_path
     assert not (tmp_path / "out" / "study.journal.lock").is_symlink()  # released, not left
 
 
+def test_clearing_a_dangling_journal_lock_touches_nothing_else(tmp_path: Path) -> None:
+    """Only ``<journal>.lock`` pointing nowhere goes: another journal's dangling lock, a lock
+    whose journal exists, a user's link of another name, and every file (inside and outside the
+    folder, and what the links point to) stay as they were."""
+    out, outside = tmp_path / "out", tmp_path / "outside"
+    out.mkdir()
+    outside.mkdir()
+    (outside / "data.csv").write_text("a,b\n")
+    (out / "notes.txt").write_text("mine")
+    (out / "study.journal.lock").symlink_to(tmp_path / "gone" / "study.journal")  # dangling: ours
+    (out / "other.journal.lock").symlink_to(tmp_path / "gone" / "other.journal")  # not this journal's
+    (out / "kept.journal").write_text("")
+    (out / "kept.journal.lock").symlink_to(out / "kept.journal")  # a live writer's
+    (out / "mine.lock").symlink_to(outside / "data.csv")
+    links = {p.name: os.readlink(p) for p in out.iterdir() if p.is_symlink()}
+    files = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    open_storage(str(out / "study.journal"))
+    assert not (out / "study.journal.lock").is_symlink()
+    assert {p.name: os.readlink(p) for p in out.iterdir() if p.is_symlink()} == {
+        k: v for k, v in links.items() if k != "study.journal.lock"}
+    assert {p: p.read_bytes() for p in files} == files  # the new journal aside, nothing changed
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["notes.txt", "other.journal.lock", "kept.journal", "kept.journal.lock", "mine.lock",
+         "study.journal"])
+
+
 def _lock_sqlite(path: Path, seconds: float) -> subprocess.Popen:
     """Another process holding an exclusive lock on the database for ``seconds``."""
     code = ("import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
