@@ -9,7 +9,8 @@
   a uniform guess's) or collapsed (its tested accuracy within ``COLLAPSE_MARGIN`` of the
   majority-class share: it predicts about one class). ``failure_of`` is the one definition.
   A failed run is an outcome of its arm: its metrics enter the statistics at the metric's
-  failure value (intention-to-treat), never dropped.
+  failure value (intention-to-treat), never dropped, and never better than any run's value
+  (``failure_value``).
 """
 
 from __future__ import annotations
@@ -31,15 +32,15 @@ class Metric:
     ``rates``: compared as failure counts (Boschloo), not paired differences.
     ``failure``: what a failed run enters the statistics with: ``chance`` (the majority-class
     share, as a count where counted), ``censored`` (the bound of never reaching the target:
-    max_epochs + 1), or ``measured`` (its own value where finite, else the worst end of its
-    range).
+    max_epochs + 1), or ``worst`` (the worst end of its range, or the worst value seen where
+    the range is open).
     """
 
     direction: str
     bounds: tuple[float, float]
     meaning: str
     counted: str | None = None
-    failure: str = "measured"
+    failure: str = "worst"
     rates: bool = False
 
     @property
@@ -107,20 +108,28 @@ def dashboard_values(metrics: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def failure_value(metric: str, row: dict[str, Any]) -> float | None:
-    """What a failed run's ``metric`` enters the statistics with (None: no value to enter).
+def failure_value(metric: str, row: dict[str, Any], worst_seen: float | None) -> float | None:
+    """What a failed run's ``metric`` enters the statistics with (None: the metric does not
+    apply to the run, e.g. ``bn_train_eval_gap`` without batch norm): a value no run is worse
+    than, whatever the failed run measured (a collapsed net's small weights or zero
+    generalization gap must not flatter it).
 
-    Accuracies: the majority-class share (the accuracy of predicting one class); others: the
-    measured value where finite, the worst end of the metric's range where the measurement is
-    not finite (NaN weights), none where the metric does not apply (a net without batch norm
-    has no ``bn_train_eval_gap``). Censored metrics are the reader's: it knows max_epochs.
+    Accuracies: the majority-class share (a collapsed run's accuracy), or lower where some run
+    scored lower; other metrics: the worst end of the metric's range where it is finite, else
+    ``worst_seen`` — the worst finite value any run of the study measured (worst rank).
+    Censored metrics are the reader's: it knows max_epochs.
     """
     m = METRICS[metric]
     if m.failure == "chance" and row.get("chance_acc") is not None:
-        return float(row["chance_acc"])
-    value = row.get(metric)
-    if value is None:
+        chance = float(row["chance_acc"])
+        return chance if worst_seen is None else min(chance, worst_seen)
+    if row.get(metric, None) is None:
         return None
-    if math.isfinite(value):
-        return float(value)
-    return m.worst if math.isfinite(m.worst) else None
+    return m.worst if math.isfinite(m.worst) else worst_seen
+
+
+def worse(metric: str, a: float | None, b: float | None) -> float | None:
+    """The worse of two values of ``metric`` (None: no value)."""
+    if a is None or b is None:
+        return b if a is None else a
+    return min(a, b) if METRICS[metric].direction == "maximize" else max(a, b)

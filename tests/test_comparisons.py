@@ -150,22 +150,27 @@ def test_one_image_worse_on_every_seed_is_an_exact_tie_not_p_5e_11(tmp_path: Pat
 
 
 def test_an_arm_that_diverges_on_every_seed_is_lower_and_fails_more_often(tmp_path: Path) -> None:
+    """A ``seeds: 5`` spec, one look: the two-part test decides the accuracy (a sign-flip test
+    of the ITT differences could not: 2/2⁵ = 0.0625)."""
     extra = "    - {arm: {arm: other}, metric: failed, is: higher}\n"
-    spec = _spec(tmp_path, "{min: 6, max: 6}", extra)
-    rows = [{"arm": "arm=base", "seed": s, "metrics": _accuracy(340 + s)} for s in range(6)]
+    spec = _spec(tmp_path, "{min: 5, max: 5}", extra)
+    rows = [{"arm": "arm=base", "seed": s, "metrics": _accuracy(340 + s)} for s in range(5)]
     diverged = {**_accuracy(300), "failure": "diverged", "diverged": True}  # tested before it
-    rows += [{"arm": "arm=other", "seed": s, "metrics": diverged} for s in range(6)]
+    rows += [{"arm": "arm=other", "seed": s, "metrics": diverged} for s in range(5)]
     results = collect(_store(tmp_path / "s.journal", spec, rows))
     accuracy, failures = results.checks
     assert accuracy.outcome == "as expected" and accuracy.comparison.sign == -1  # ITT: "lower"
-    assert accuracy.comparison.p == pytest.approx(2 / 64)  # sign flips: a failed run in every pair
+    assert accuracy.comparison.look == 0 and accuracy.comparison.alpha == 0.05
+    # no pair where both trained: the failure counts alone, 5 of 5 against 0 of 5
+    assert accuracy.comparison.p == pytest.approx(boschloo_p(5, 0, 5, 5)) == 2 / 2**10
+    assert sign_flip_test(np.full(5, -300.0)) == 2 / 2**5  # what the ITT sign flips would give
     assert accuracy.comparison.delta.mean == pytest.approx(37 / 360 - np.mean(
-        [(340 + s) / 360 for s in range(6)]))  # entered at chance, not at its 300 images
-    assert failures.outcome == "as expected" and failures.comparison.p < 0.001  # Boschloo 6/6 vs 0/6
+        [(340 + s) / 360 for s in range(5)]))  # entered at chance, not at its 300 images
+    assert failures.outcome == "as expected" and failures.comparison.p < 0.01  # Boschloo
     assert results.verdict == "supported"
     other = next(a for a in results.arms if a.arm == "arm=other")
-    assert other.failures == {"diverged": 6, "collapsed": 0} and other.success.n == 0
-    assert other.itt.n == 6  # never dropped
+    assert other.failures == {"diverged": 5, "collapsed": 0} and other.success.n == 0
+    assert other.itt.n == 5  # never dropped
 
 
 def test_a_study_grown_from_3_to_6_seeds_spends_alpha_for_two_looks(cli, tmp_path: Path) -> None:

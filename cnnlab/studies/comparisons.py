@@ -3,27 +3,31 @@
 - **Paired differences.** A comparison pairs each seed of an arm with the same seed of its
   reference (same split, same initialisation). Accuracies are differenced as counts of test
   images, so equal counts are an exact tie.
-- **Failures.** A failed run enters at its failure value (intention-to-treat), so its
-  difference is an outlier of hundreds of images and the differences are bimodal: the t-test
-  is then wrong (a null Monte-Carlo with 11 arms and 30% failures gave a family-wise error of
-  0.11). A comparison in which any run failed is tested with the exact sign-flip permutation
-  test of its differences (valid for any distribution symmetric under the null; its smallest p
-  is 2/2ⁿ, so failures need more seeds to decide), and is never called equivalent.
+- **Failures.** A failed run enters at its failure value (intention-to-treat; ``cnnlab.metrics``
+  gives every metric one that no successful run is worse than). A comparison in which a run
+  failed gets Lachenbruch's two-part test: the two arms' failure counts (Boschloo) combined
+  with the paired differences of the seeds where both trained (``two_part_p``). A sign-flip
+  test of the ITT differences alone could never decide below 6 seeds (its smallest p is
+  2/2ⁿ); the failure counts of 5 of 5 against 0 of 5 give p 0.002. Never called equivalent.
 - **Failure rates.** The pseudo-metric ``failed`` (1 for a failed run) is tested with
   Boschloo's exact unconditional test of the two arms' failure counts: exact like Fisher's
   and uniformly more powerful (3 of 3 against 0 of 3: p 0.031 against Fisher's 0.1). Not
   paired (McNemar): its smallest p with n discordant seeds is 2/2ⁿ. Seeds pair the runs, but a
   failure is the arm's doing, so the two arms' failures are treated as independent counts.
-- **Test.** Two-sided paired t-test of mean difference 0. Differences without spread get the
-  exact sign-flip p-value 2/2ⁿ (1 when they are all 0) instead of t's 0: "without spread" means
-  a range within ``TIE_RTOL`` of the largest difference's size (at least 1), which makes integer
-  counts exact and absorbs float32 rounding of continuous metrics (~6e-8 relative).
-  Why not a sign-flip test throughout: with n seeds its smallest p is 2/2ⁿ, so 3–5 seeds could
-  never decide anything; the calibration tests check that the t-test keeps its error rate on
-  counts of a finite test set.
+- **Paired test, valid on any lattice.** Counts of test images (and epochs) are whole numbers.
+  Where the paired differences spread over fewer than ``COARSE_STEPS`` steps of their lattice
+  (sd / gcd of the differences), the t-test's p collapses — ``[-1]*9 + [0]`` gets 8.5e-6,
+  less than ``[-1]*10`` — and its error reached 7× nominal at 5 seeds. There the exact
+  Fisher–Pitman sign-flip test of the differences decides (Good 2005, *Permutation, Parametric
+  and Bootstrap Tests*, §3.2: exact for any distribution symmetric under the null), elsewhere
+  the paired t-test, which keeps 3–5-seed looks able to decide. The threshold 1.5 is where an
+  exact enumeration over symmetric lattice nulls (one to five steps, zero mass 0–0.5, 3–5
+  seeds) kept the size ≤ α at α 0.05, 0.0095 and 0.0045 (the worst: 0.90·α; 1.0 reached
+  2.5·α); the calibration tests repeat it. Continuous metrics (losses, norms) get the t-test.
 - **Family.** Holm's step-down adjustment across a family at the look's α; a comparison
   decided at an earlier look leaves the family (``sequential.decide``).
-- **Equivalence.** Two one-sided t-tests (TOST) against ±margin, Holm-adjusted across the
+- **Equivalence.** Two one-sided tests (TOST) against ±margin — t-tests, or exact one-sided
+  sign-flip tests of d ± margin where the differences are coarse — Holm-adjusted across the
   family like the difference tests; shown with its 1 − 2α interval.
 - **Intervals.** Student-t, intersected with the metric's range (the true mean lies in it, so
   the intersection covers as often as the t-interval). Without spread no interval is given.
@@ -102,22 +106,9 @@ def sign_flip_p(n: int) -> float:
     return min(1.0, 2 / 2**n)
 
 
-def paired_p(diffs: np.ndarray) -> np.ndarray:
-    """Two-sided p of mean difference 0 along the last axis (n seeds); nan below two seeds."""
-    d = np.asarray(diffs, float)
-    n = d.shape[-1]
-    if n < 2:
-        return np.full(d.shape[:-1], math.nan)
-    mean = d.mean(-1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = mean / (d.std(-1, ddof=1) / math.sqrt(n))
-        p = 2 * stats.t.sf(np.abs(t), n - 1)
-    zero = np.abs(mean) <= TIE_RTOL * np.maximum(1.0, np.abs(d).max(-1))
-    return np.where(tied(d), np.where(zero, 1.0, sign_flip_p(n)), p)
-
-
 EXACT_SEEDS = 12  # up to 2¹² sign patterns are enumerated; beyond, PERMUTATIONS random ones
 PERMUTATIONS = 4096
+COARSE_STEPS = 1.5  # differences whose sd is below this many lattice steps get the exact test
 
 
 def _signs(n: int) -> np.ndarray:
@@ -130,27 +121,73 @@ def _signs(n: int) -> np.ndarray:
     return 1 - 2 * grid
 
 
+def _flip_sums(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every sign pattern's sum along the last axis (the first is the observed one), and the
+    tolerance below which two sums are equal."""
+    sums = x @ _signs(x.shape[-1])
+    tol = TIE_RTOL * np.maximum(1.0, np.abs(x).max(-1, keepdims=True)) * x.shape[-1]
+    return sums, tol
+
+
 def sign_flip_test(diffs: np.ndarray) -> np.ndarray:
-    """Two-sided p of the sign-flip permutation test of mean 0 along the last axis."""
+    """Two-sided p of the sign-flip permutation test of mean 0 along the last axis (exact up
+    to EXACT_SEEDS seeds: Fisher–Pitman, valid for any distribution symmetric under the null,
+    lattices included)."""
     d = np.asarray(diffs, float)
-    n = d.shape[-1]
-    if n < 1:
+    if d.shape[-1] < 1:
         return np.full(d.shape[:-1], math.nan)
-    means = np.abs(d @ _signs(n))  # (..., patterns); the first pattern is the observed one
-    tol = TIE_RTOL * np.maximum(1.0, np.abs(d).max(-1, keepdims=True)) * n
+    sums, tol = _flip_sums(d)
+    means = np.abs(sums)
     return (means >= means[..., :1] - tol).mean(-1)
 
 
-def itt_p(diffs: np.ndarray, failed: np.ndarray) -> np.ndarray:
-    """The two-sided p of one comparison's paired differences: the sign-flip test where a pair
-    had a failed run (``failed``, same shape), the paired t-test (with the tie rule) elsewhere."""
+def flip_above(x: np.ndarray) -> np.ndarray:
+    """One-sided sign-flip p that ``x`` is centred above 0 (its sum this large by chance)."""
+    sums, tol = _flip_sums(np.asarray(x, float))
+    return (sums >= sums[..., :1] - tol).mean(-1)
+
+
+def lattice_step(diffs: np.ndarray) -> np.ndarray:
+    """Along the last axis: the step of the lattice the differences sit on (the gcd of whole
+    numbers: counts of images, epochs), 0 where all are 0, nan where they are not whole."""
     d = np.asarray(diffs, float)
-    if d.shape[-1] == 0:
+    whole = (np.abs(d - np.round(d)) <= TIE_RTOL).all(-1) & (np.abs(d) < 2**53).all(-1)
+    ints = np.where(whole[..., None], np.abs(np.round(d)), 0).astype(np.int64)
+    return np.where(whole, np.gcd.reduce(ints, axis=-1), math.nan)
+
+
+def coarse(diffs: np.ndarray) -> np.ndarray:
+    """Along the last axis: differences on a lattice with less than COARSE_STEPS steps of
+    spread, or without spread at all. Here the t-test's p collapses (``[-1]*9 + [0]``: 8.5e-6),
+    so the exact sign-flip test decides (module notes)."""
+    d = np.asarray(diffs, float)
+    step = lattice_step(d)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        spread = d.std(-1, ddof=1) / step if d.shape[-1] > 1 else np.zeros(d.shape[:-1])
+    return tied(d) | (~np.isnan(step) & ~(spread >= COARSE_STEPS))
+
+
+def t_p(diffs: np.ndarray) -> np.ndarray:
+    """Two-sided p of the paired t-test of mean 0 along the last axis (nan below two seeds)."""
+    d = np.asarray(diffs, float)
+    n = d.shape[-1]
+    if n < 2:
         return np.full(d.shape[:-1], math.nan)
-    return np.where(np.asarray(failed, bool).any(-1), sign_flip_test(d), paired_p(d))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = d.mean(-1) / (d.std(-1, ddof=1) / math.sqrt(n))
+        return 2 * stats.t.sf(np.abs(t), n - 1)
 
 
-@lru_cache(maxsize=4096)
+def paired_p(diffs: np.ndarray) -> np.ndarray:
+    """Two-sided p of mean difference 0 along the last axis (n seeds; nan below two): the
+    exact sign-flip test where the differences are coarse, the t-test elsewhere."""
+    d = np.asarray(diffs, float)
+    if d.shape[-1] < 2:
+        return np.full(d.shape[:-1], math.nan)
+    return np.where(coarse(d), sign_flip_test(d), t_p(d))
+
+
+@lru_cache(maxsize=65536)
 def boschloo_p(failed: int, reference_failed: int, runs: int, reference_runs: int) -> float:
     """Two-sided p of Boschloo's exact test that two arms fail equally often."""
     if not (failed or reference_failed) or failed + reference_failed == runs + reference_runs:
@@ -169,9 +206,37 @@ def rates_p(arm: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return np.vectorize(lambda x, y: boschloo_p(int(x), int(y), n, m), otypes=[float])(fa, fr)
 
 
+def two_part_p(diffs: np.ndarray, arm_failed: np.ndarray, reference_failed: np.ndarray
+               ) -> np.ndarray:
+    """Lachenbruch's two-part test (Stat Methods Med Res 2002, 11:297) along the last axis: the
+    failure counts (Boschloo) and the paired differences of the seeds where neither run failed
+    (``paired_p``, at least two), combined as χ² = Σ χ²₁-quantiles of the parts' p on one
+    degree of freedom per part present. The parts are independent under the null (the
+    second is tested given which runs failed), so the combination is exact in the limit and
+    the calibration tests check it at 3–10 seeds."""
+    d = np.asarray(diffs, float)
+    fa, fr = np.asarray(arm_failed, bool), np.asarray(reference_failed, bool)
+    rates = rates_p(fa, fr)
+    ok = ~(fa | fr)
+    # the successful pairs first, then a test per count of them
+    order = np.argsort(~ok, axis=-1, kind="stable")
+    packed = np.take_along_axis(d, order, -1)
+    count = ok.sum(-1)
+    success = np.full(d.shape[:-1], math.nan)
+    for k in np.unique(count):
+        if k >= 2:
+            rows = count == k
+            success[rows] = paired_p(packed[rows][..., :k])
+    parts = np.where(np.isnan(success), 1, 2)
+    chi2 = stats.chi2.isf(rates, 1) + np.where(np.isnan(success), 0.0,
+                                               stats.chi2.isf(np.nan_to_num(success, nan=1.0), 1))
+    return stats.chi2.sf(chi2, parts)
+
+
 def tost_p(diffs: np.ndarray, margin: float) -> np.ndarray:
-    """p of two one-sided t-tests that the mean difference lies within ±margin (nan: no margin
-    or below two seeds); without spread, the exact sign-flip bound."""
+    """p of two one-sided tests that the mean difference lies within ±margin (nan: no margin
+    or below two seeds): exact one-sided sign-flip tests where the differences are coarse,
+    one-sided t-tests elsewhere."""
     d = np.asarray(diffs, float)
     n = d.shape[-1]
     if margin <= 0 or n < 2:
@@ -181,8 +246,8 @@ def tost_p(diffs: np.ndarray, margin: float) -> np.ndarray:
         se = d.std(-1, ddof=1) / math.sqrt(n)
         above = stats.t.sf((mean + margin) / se, n - 1)
         below = stats.t.cdf((mean - margin) / se, n - 1)
-    exact = np.where(np.abs(mean) < margin, sign_flip_p(n), 1.0)
-    return np.where(tied(d), exact, np.maximum(above, below))
+    exact = np.maximum(flip_above(d + margin), flip_above(margin - d))
+    return np.where(coarse(d), exact, np.maximum(above, below))
 
 
 def holm(p_values: np.ndarray | list[float]) -> np.ndarray:
@@ -220,29 +285,40 @@ PAIRED, RATES = "paired", "rates"  # how a comparison is tested (``rates``: metr
 @dataclass(frozen=True)
 class Sample:
     """One comparison's values, shaped (simulations, seeds) and paired by seed: the arm's, the
-    reference's, which pairs had a failed run, and how it is tested."""
+    reference's, which of each failed, and how it is tested."""
 
     arm: np.ndarray
     reference: np.ndarray
-    failed: np.ndarray
+    arm_failed: np.ndarray
+    reference_failed: np.ndarray
     kind: str = PAIRED
 
     @property
     def diffs(self) -> np.ndarray:
         return self.arm - self.reference
 
+    @property
+    def failed(self) -> np.ndarray:
+        """Pairs with a failed run."""
+        return np.asarray(self.arm_failed, bool) | np.asarray(self.reference_failed, bool)
+
     def p(self) -> np.ndarray:
+        """The comparison's two-sided p: Boschloo for failure rates, the two-part test where a
+        run failed, else the paired test (exact on coarse lattices)."""
         if self.kind == RATES:
             return rates_p(self.arm, self.reference)
-        return itt_p(self.diffs, self.failed)
+        d = self.diffs
+        if d.shape[-1] == 0:
+            return np.full(d.shape[:-1], math.nan)
+        return np.where(self.failed.any(-1),
+                        two_part_p(d, self.arm_failed, self.reference_failed), paired_p(d))
 
 
 def decide_family(samples: list[Sample], alpha: float, margins: list[float],
                 active: np.ndarray | None = None) -> FamilyTest:
     """Each comparison tested (``Sample.p``); Holm over the active comparisons."""
     diffs = [s.diffs for s in samples]
-    failed = [s.failed for s in samples]
-    any_failed = [np.asarray(f, bool).any(-1) for f in failed]
+    any_failed = [s.failed.any(-1) for s in samples]
     p = np.stack([s.p() for s in samples], -1)
     same = np.stack([np.where(f, 1.0, tost_p(d, m)) if d.shape[-1] >= 2 else
                      np.full(d.shape[:-1], math.nan)

@@ -74,7 +74,8 @@ def model(results: Results, e: Expectation) -> Model:
 def _draw(models: list[Model], seeds: int, sims: int, rng: np.random.Generator, null: bool
           ) -> Simulated:
     shape = (sims, len(models), seeds)
-    arm, ref, failed = np.zeros(shape), np.zeros(shape), np.zeros(shape, bool)
+    arm, ref = np.zeros(shape), np.zeros(shape)
+    arm_failed, ref_failed = np.zeros(shape, bool), np.zeros(shape, bool)
     for i, m in enumerate(models):
         fail_ref = rng.random((sims, seeds)) < m.fail_reference
         fail_arm = rng.random((sims, seeds)) < (m.fail_reference if null else m.fail_arm)
@@ -90,9 +91,9 @@ def _draw(models: list[Model], seeds: int, sims: int, rng: np.random.Generator, 
             if m.quantum:
                 r, a = np.round(r / m.quantum), np.round(a / m.quantum)
             arm[:, i], ref[:, i] = a, r
-        failed[:, i] = fail_arm | fail_ref
+        arm_failed[:, i], ref_failed[:, i] = fail_arm, fail_ref
     kinds = tuple(RATES if m.rates else PAIRED for m in models)
-    return Simulated(arm, ref, failed, kinds)
+    return Simulated(arm, ref, arm_failed, ref_failed, kinds)
 
 
 @dataclass(frozen=True)

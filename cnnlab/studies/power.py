@@ -87,16 +87,18 @@ class Counts:
 @dataclass(frozen=True)
 class Simulated:
     """(sims, comparisons, seeds) arrays: each comparison's arm and reference values, paired
-    by seed, and which pairs had a failed run."""
+    by seed, and which of them failed."""
 
     arm: np.ndarray
     reference: np.ndarray
-    failed: np.ndarray
+    arm_failed: np.ndarray
+    reference_failed: np.ndarray
     kinds: tuple[str, ...]
 
     def samples(self, seeds: int) -> list[Sample]:
         return [Sample(self.arm[:, i, :seeds], self.reference[:, i, :seeds],
-                       self.failed[:, i, :seeds], kind) for i, kind in enumerate(self.kinds)]
+                       self.arm_failed[:, i, :seeds], self.reference_failed[:, i, :seeds], kind)
+                for i, kind in enumerate(self.kinds)]
 
 
 def count_samples(c: Counts, effects: list[float], seeds: int, sims: int,
@@ -115,9 +117,30 @@ def count_samples(c: Counts, effects: list[float], seeds: int, sims: int,
     failed = rng.random(correct.shape) < p_fail
     correct[failed] = round(c.chance * c.total)
     values = failed.astype(float) if rates else correct
-    base = np.broadcast_to(values[:, :1], values[:, 1:].shape)
-    return Simulated(values[:, 1:], base, failed[:, 1:] | failed[:, :1],
-                     (RATES if rates else PAIRED,) * len(effects))
+    shape = values[:, 1:].shape
+    return Simulated(values[:, 1:], np.broadcast_to(values[:, :1], shape), failed[:, 1:],
+                     np.broadcast_to(failed[:, :1], shape), (RATES if rates else PAIRED,) * len(effects))
+
+
+def lattice_samples(steps: int, nonzero: float, arms: int, seeds: int, sims: int,
+                    rng: np.random.Generator, centre: float = 0.0, total: int = 360,
+                    fails: float = 0.0, paired_failures: bool = False) -> Simulated:
+    """Near-identical arms as the runs store them: each arm's count is the baseline's plus a
+    difference on the lattice {−steps…steps} images (0 with probability 1 − ``nonzero``, else
+    ± a uniform 1…steps), shifted by ``centre`` images. Runs fail with probability ``fails``
+    (both arms of a seed together where ``paired_failures``) and then score the chance count."""
+    base = rng.binomial(total, 0.95, (sims, 1, seeds)).astype(float)
+    size = rng.integers(1, steps + 1, (sims, arms, seeds)) * rng.choice([-1, 1], (sims, arms,
+                                                                               seeds))
+    d = np.where(rng.random((sims, arms, seeds)) < nonzero, size, 0) + centre
+    values = np.concatenate([base, base + d], 1)
+    failed = rng.random(values.shape) < fails
+    if paired_failures:
+        failed = np.broadcast_to(failed[:, :1], failed.shape).copy()
+    values[failed] = round(0.1 * total)
+    shape = (sims, arms, seeds)
+    return Simulated(values[:, 1:], np.broadcast_to(values[:, :1], shape), failed[:, 1:],
+                     np.broadcast_to(failed[:, :1], shape), (PAIRED,) * arms)
 
 
 def simulate(looks: list[Look], data: Simulated, margins: list[float]) -> Decisions:

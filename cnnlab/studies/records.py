@@ -5,13 +5,13 @@ finished trials read back from the storage as typed rows, one per arm × seed.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from cnnlab.metrics import FAILURE, METRICS, RESULT_KEYS, failure_value
+from cnnlab.metrics import FAILURE, METRICS, RESULT_KEYS, failure_value, worse
 
 # Trial user attributes, one name each (a dashboard shows them under these names).
 KEY = "key"              # the unit of work: "<arm> | seed=<n>" (ablation), "slot <n>" (search)
@@ -58,6 +58,7 @@ class TrialRow:
     failure: str | None
     metrics: dict[str, Any]
     curve: list[float]
+    worst: dict[str, float] = field(default_factory=dict)  # per metric: the study's worst value
 
     @property
     def censored(self) -> bool:
@@ -76,15 +77,23 @@ class TrialRow:
         value = self.metrics.get(metric)
         return None if value is None else float(value)
 
+    def finite(self, metric: str) -> float | None:
+        """The measured value where it is a finite number."""
+        value = self.measured(metric)
+        return value if value is not None and math.isfinite(value) else None
+
     def value(self, metric: str) -> float | None:
-        """What the run enters the statistics with (intention-to-treat)."""
+        """What the run enters the statistics with (intention-to-treat): its measurement, or
+        for a failed run (or a measurement that is not finite) the failure value."""
         if METRICS[metric].rates:
             return float(self.failure is not None)
-        if self.failure is None:
-            return self.measured(metric)
+        value = self.finite(metric)
+        if self.failure is None and (value is not None or self.measured(metric) is None):
+            return value
         if METRICS[metric].failure == "censored":
             return self._never()
-        return failure_value(metric, {**self.metrics, metric: self.measured(metric)})
+        seen = worse(metric, self.worst.get(metric), value)
+        return failure_value(metric, self.metrics, seen)
 
     def exact(self, metric: str) -> tuple[float, int] | None:
         """(count, total) of a counted metric (its value × total, rounded), or None."""
@@ -116,6 +125,17 @@ def read_trials(study: optuna.Study) -> tuple[list[TrialRow], list[str], list[st
         if t.state in (TrialState.FAIL, TrialState.PRUNED) and NOTE not in t.user_attrs and reason:
             problems.append((key, f"{key}: {reason}"))  # none: a killed worker's, redone
     failed = [line for key, line in problems if key not in rows]
-    return list(rows.values()), sorted(set(running) - set(rows)), failed
+    return with_worst(list(rows.values())), sorted(set(running) - set(rows)), failed
+
+
+def with_worst(rows: list[TrialRow]) -> list[TrialRow]:
+    """``rows`` knowing each metric's worst finite value over all of them, which a failed run
+    enters with where the metric's range has no finite worst end."""
+    worst: dict[str, float] = {}
+    for row in rows:
+        for metric in METRICS:
+            if not METRICS[metric].rates and (v := row.finite(metric)) is not None:
+                worst[metric] = worse(metric, worst.get(metric), v)  # type: ignore[assignment]
+    return [replace(row, worst=worst) for row in rows]
 
 

@@ -146,10 +146,12 @@ def _sample(rows: list[TrialRow], arm: str, reference: str, metric: str, seeds: 
         values = [(a[0], b[0]) for a, b in exact]  # type: ignore[index]
     else:
         values = [(a.value(metric), b.value(metric)) for a, b in pairs]
-    failed = [a.failure is not None or b.failure is not None for a, b in pairs]
+    failed = np.array([(a.failure is not None, b.failure is not None) for a, b in pairs],
+                      bool).reshape(-1, 2)
     v = np.array(values, float).reshape(-1, 2)
     kind = RATES if METRICS[metric].rates else PAIRED
-    return Sample(v[None, :, 0], v[None, :, 1], np.array(failed, bool)[None], kind), scale
+    return Sample(v[None, :, 0], v[None, :, 1], failed[None, :, 0], failed[None, :, 1],
+                  kind), scale
 
 
 def _comparison(rows: list[TrialRow], arm: str, reference: str, metric: str,
