@@ -42,6 +42,7 @@ class Metric:
     counted: str | None = None
     failure: str = "worst"
     rates: bool = False
+    step: float = 0.0  # the lattice of its values where uncounted whole numbers (epochs: 1)
 
     @property
     def worst(self) -> float:
@@ -62,7 +63,8 @@ METRICS: dict[str, Metric] = {
     "weight_l2": Metric("minimize", (0, INF), "L2 norm of all conv/linear weights"),
     "epochs_to_target": Metric("minimize", (1, INF),
                                "first epoch with val accuracy ≥ trainer.target_acc "
-                               "(never: max_epochs + 1, drawn as censored)", failure="censored"),
+                               "(never: max_epochs + 1, drawn as censored)", failure="censored",
+                               step=1.0),
     "bn_train_eval_gap": Metric("maximize", (-1, 1),
                                 "val accuracy with batch statistics − with running statistics"),
     "failed": Metric("minimize", (0, 1), "share of runs that failed (diverged or collapsed)",

@@ -35,6 +35,7 @@ from cnnlab.studies.comparisons import (
 from cnnlab.studies.power import (
     Counts,
     count_samples,
+    Setting,
     detectable_effect,
     error_rate,
     power,
@@ -244,12 +245,15 @@ def test_stated_power_of_the_shipped_plans() -> None:
 
 
 def test_detectable_effect_and_seeds_needed_invert_the_power() -> None:
-    effect = detectable_effect(0.01, 5, 0.05)
-    assert power(effect, 0.01, 5, 0.05) == pytest.approx(0.8, abs=1e-6)
-    n = seeds_needed(0.01, 0.01, 0.05)
-    assert power(0.01, 0.01, n, 0.05) >= 0.8 > power(0.01, 0.01, n - 1, 0.05)
-    assert detectable_effect(0.0, 3, 0.05) == math.inf  # ties: 2/2³ never below 0.05
-    assert detectable_effect(0.0, 6, 0.05) == 0.0
+    for setting in (Setting(0.01), Setting(4.0, lattice=True), Setting(4.0, True, 0.2, 0.1)):
+        effect = detectable_effect(5, 0.05, setting)
+        assert power(effect, 5, 0.05, setting) == pytest.approx(0.8, abs=1e-3 if
+                                                                setting.lattice else 1e-6)
+        n = seeds_needed(3 * setting.sd, 0.05, setting)
+        assert power(3 * setting.sd, n, 0.05, setting) >= 0.8
+        assert power(3 * setting.sd, n - 1, 0.05, setting) < 0.8
+    assert detectable_effect(3, 0.05, Setting(0.0)) == math.inf  # ties: 2/2³ never below 0.05
+    assert detectable_effect(6, 0.05, Setting(0.0)) == 0.0
 
 
 def test_the_pocock_plan_spends_exactly_alpha() -> None:

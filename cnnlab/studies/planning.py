@@ -22,7 +22,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.metrics import METRICS
 from cnnlab.studies.comparisons import PAIRED, RATES
 from cnnlab.studies.hypothesis import Expectation
-from cnnlab.studies.power import POWER, Simulated, seeds_needed, simulate
+from cnnlab.studies.power import POWER, Setting, Simulated, seeds_needed, simulate
 from cnnlab.studies.records import TrialRow
 from cnnlab.studies.results import Results, family
 from cnnlab.studies.sequential import Plan, planned_looks
@@ -38,7 +38,7 @@ class Model:
     fail_arm: float
     fail_reference: float
     failure_value: float
-    quantum: float  # 1/total for counted metrics, 0 for continuous ones
+    quantum: float  # 1/total for counted metrics, 1 for epochs, 0 for continuous ones
     rates: bool
     pilot_seeds: int
 
@@ -60,7 +60,7 @@ def model(results: Results, e: Expectation) -> Model:
     split = METRICS[e.metric].counted
     totals = {r.metrics.get(f"{split}_total") for r in results.trials} if split else set()
     total = totals.pop() if len(totals) == 1 else None
-    quantum = 1 / total if total else 0.0
+    quantum = 1 / total if total else METRICS[e.metric].step
     failed = [r for r in results.trials if r.failure is not None]
     fail_value = next((v for r in failed if (v := r.value(e.metric)) is not None), math.nan)
     sd = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else math.nan
@@ -141,8 +141,10 @@ def seeds_for(results: Results, effect: float | None) -> list[tuple[Expectation,
     for e in expect:
         m = model(results, e)
         size = abs(effect if effect is not None else m.delta)
-        needed = None if m.rates or not size else seeds_needed(size, m.sd, 0.05 / len(expect),
-                                                                 POWER)
+        unit = m.quantum or 1.0
+        setting = Setting(m.sd / unit, bool(m.quantum), m.fail_arm, m.fail_reference)
+        needed = (None if m.rates or not size else
+                  seeds_needed(size / unit, 0.05 / len(expect), setting, POWER))
         out.append((e, m, needed))
     return out
 

@@ -1,11 +1,14 @@
 """What a design could have seen: detectable effects, seeds needed, and Monte-Carlo error rates.
 
-``detectable_effect`` and ``seeds_needed`` use the paired t-test's exact power (noncentral t)
-at a per-comparison α: the look's α divided by the family size (Holm's first threshold, so the
-figures hold for every comparison of the family). ``simulate`` runs whole studies through the
-same decision code as the reports (``sequential.decide``), on differences shaped like the
-stored ones: counts of a finite test set (``count_diffs``) or a pilot's spread
-(``normal_diffs``). ``cnnlab plan`` and the calibration tests use it.
+Every figure is the power of the test the comparison actually gets, at the α it was actually
+tested at (the α its look spent, over the comparisons active at that look: Holm's first
+threshold): the paired test on whole numbers (counts, epochs) simulated through
+``comparisons.paired_p`` itself on rounded normal differences, since it switches to exact
+sign flips on coarse lattices (``POWER_SIMS`` draws, seeded); on continuous metrics the
+t-test's exact power (noncentral t); the two-part test where runs fail, simulated at the
+observed failure rates; Boschloo's test exactly, summing over the binomial outcomes.
+``simulate`` runs whole studies through the same decision code as the reports
+(``sequential.decide``). ``cnnlab plan`` and the calibration tests use it.
 """
 
 from __future__ import annotations
@@ -16,14 +19,25 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import optimize, stats
 
-from cnnlab.studies.comparisons import PAIRED, RATES, Sample, boschloo_p, sign_flip_p
+from cnnlab.studies.comparisons import (
+    COARSE_STEPS,
+    PAIRED,
+    RATES,
+    Sample,
+    boschloo_p,
+    paired_p,
+    sign_flip_p,
+    two_part_p,
+)
 from cnnlab.studies.sequential import Decisions, Look, decide
 
 POWER = 0.8
 MOST_SEEDS = 200  # seeds_needed and rates_needed give up beyond this
+POWER_SIMS = 4000  # draws behind a simulated power figure (its s.e. ≤ 0.008)
+TINY = 1e-4  # binomial outcomes less likely than this are left out of an exact power sum
 
 
-def power(effect: float, sd: float, n: int, alpha: float) -> float:
+def t_power(effect: float, sd: float, n: int, alpha: float) -> float:
     """P(two-sided paired t-test at α rejects) with n pairs of true mean Δ ``effect``, sd ``sd``."""
     if n < 2:
         return 0.0
@@ -36,40 +50,105 @@ def power(effect: float, sd: float, n: int, alpha: float) -> float:
     return float(np.nan_to_num(upper, nan=1.0) + np.nan_to_num(lower, nan=0.0))
 
 
-def detectable_effect(sd: float, n: int, alpha: float, target: float = POWER) -> float:
+@dataclass(frozen=True)
+class Setting:
+    """What a comparison's power depends on besides Δ and n: the spread of its paired
+    differences, whether they are whole numbers (a lattice of step 1, in the units given), and
+    the two arms' failure rates (the two-part test where either is above 0)."""
+
+    sd: float
+    lattice: bool = False
+    fail_arm: float = 0.0
+    fail_reference: float = 0.0
+    seed: int = 0
+
+    @property
+    def failures(self) -> bool:
+        return self.fail_arm > 0 or self.fail_reference > 0
+
+    @property
+    def simulated(self) -> bool:
+        """The test's power needs a simulation: failures, or a lattice the differences may
+        not spread over (beyond twice COARSE_STEPS the paired test is the t-test)."""
+        return self.failures or (self.lattice and self.sd < 2 * COARSE_STEPS)
+
+
+def power(effect: float, n: int, alpha: float, s: Setting, sims: int = POWER_SIMS) -> float:
+    """P(the comparison's test at α rejects) with n seeds and true mean difference ``effect``
+    (among runs that train, where runs fail)."""
+    if n < 2:
+        return 0.0
+    if not s.simulated:
+        return t_power(effect, s.sd, n, alpha)
+    rng = np.random.default_rng(s.seed)
+    d = abs(effect) + s.sd * rng.standard_normal((sims, n))
+    if s.lattice:
+        d = np.round(d)
+    if not s.failures:
+        return float((paired_p(d) < alpha).mean())
+    fa = rng.random((sims, n)) < s.fail_arm
+    fr = rng.random((sims, n)) < s.fail_reference
+    p = np.where((fa | fr).any(-1), two_part_p(d, fa, fr), paired_p(d))
+    return float((p < alpha).mean())
+
+
+def detectable_effect(n: int, alpha: float, s: Setting, target: float = POWER) -> float:
     """The smallest |Δ| found with probability ``target`` (inf: not with n seeds)."""
     if n < 2:
         return math.inf
-    if sd <= 0:
-        return 0.0 if sign_flip_p(n) < alpha else math.inf
-    high = 1000 * sd
-    if power(high, sd, n, alpha) < target:
+    if s.sd <= 0 and not s.failures:  # no spread: any nonzero Δ, or none at all
+        return 0.0 if power(1.0, n, alpha, s) >= target else math.inf
+    if power(0.0, n, alpha, s) >= target:
+        return 0.0
+    high = 1000 * max(s.sd, 1.0 if s.lattice else 1e-12)
+    if power(high, n, alpha, s) < target:
         return math.inf
-    return float(optimize.brentq(lambda e: power(e, sd, n, alpha) - target, 0, high))
+    if not s.simulated:
+        return float(optimize.brentq(lambda e: power(e, n, alpha, s) - target, 0, high))
+    low = 0.0  # bisection on the simulated power (the same draws at every effect)
+    for _ in range(40):
+        mid = (low + high) / 2
+        low, high = (mid, high) if power(mid, n, alpha, s) < target else (low, mid)
+    return high
 
 
-def seeds_needed(effect: float, sd: float, alpha: float, target: float = POWER) -> int | None:
-    """The fewest seeds with which |Δ| = ``effect`` is found with probability ``target``."""
-    for n in range(2, MOST_SEEDS + 1):
-        if power(effect, sd, n, alpha) >= target:
-            return n
-    return None
+def seeds_needed(effect: float, alpha: float, s: Setting, target: float = POWER) -> int | None:
+    """The fewest seeds with which |Δ| = ``effect`` is found with probability ``target``
+    (None: not within MOST_SEEDS). Power grows with the seeds, so a bisection finds it."""
+    if power(effect, MOST_SEEDS, alpha, s) < target:
+        return None
+    low, high = 1, MOST_SEEDS
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (mid, high) if power(effect, mid, alpha, s) < target else (low, mid)
+    return high
 
 
-def flip_seeds(alpha: float) -> int:
-    """The fewest seeds whose sign-flip test can reach p < α at all (2/2ⁿ < α)."""
-    return next(n for n in range(1, 64) if sign_flip_p(n) < alpha)
+def rates_power(arm: float, reference: float, n: int, alpha: float) -> float:
+    """P(Boschloo's test at α rejects) with n seeds per arm failing at these rates (exact, up
+    to outcomes rarer than TINY)."""
+    a = stats.binom.pmf(np.arange(n + 1), n, arm)
+    r = stats.binom.pmf(np.arange(n + 1), n, reference)
+    return float(sum(a[i] * r[j] for i in range(n + 1) for j in range(n + 1)
+                     if a[i] * r[j] > TINY and boschloo_p(i, j, n, n) < alpha))
 
 
-def rates_needed(arm: float, reference: float, alpha: float) -> int | None:
-    """The fewest seeds per arm at which failure shares ``arm`` and ``reference`` would give
-    Boschloo's p < α (the expected counts, rounded; None: not within power.MOST_SEEDS)."""
+def rates_needed(arm: float, reference: float, alpha: float, target: float = POWER
+                 ) -> int | None:
+    """The fewest seeds per arm at which failure rates ``arm`` and ``reference`` are told apart
+    by Boschloo's test with probability ``target`` (None: equal rates, or not within
+    MOST_SEEDS)."""
     if arm == reference:
         return None
-    for n in range(2, MOST_SEEDS + 1):
-        if boschloo_p(round(arm * n), round(reference * n), n, n) < alpha:
-            return n
-    return None
+    low, high = 1, 2
+    while rates_power(arm, reference, high, alpha) < target:
+        if high >= MOST_SEEDS:
+            return None
+        low, high = high, min(2 * high, MOST_SEEDS)
+    while high - low > 1:  # bisection: more seeds, more power
+        mid = (low + high) // 2
+        low, high = (mid, high) if rates_power(arm, reference, mid, alpha) < target else (low, mid)
+    return high
 
 
 @dataclass(frozen=True)

@@ -52,8 +52,9 @@ def _power_text(check: Check) -> str:
         found = ("failing always against never" if math.isfinite(power.detectable)
                  else "not even failing always against never")
     else:
+        among = " among runs that trained" if power.test == "two-part test" else ""
         found = ("no effect at all" if math.isinf(power.detectable)
-                 else f"|Δ| ≥ {power.detectable:.4g}")
+                 else f"|Δ| ≥ {power.detectable:.4g}{among}")
     needed = ("no difference observed to size" if not check.comparison.delta.mean
               else "more than 200 seeds for the observed |Δ|" if power.needed is None
               else f"{power.needed} seeds for the observed |Δ|")
@@ -204,8 +205,10 @@ def _hypothesis(results: Results) -> list[str]:
             "run included (a failed run at its failure value); accuracies are compared as counts "
             "of images. The interval is at 1 − α of its look, equivalence (TOST against "
             f"±{spec.margin}) at 1 − 2α. An undecided comparison states the smallest |Δ| it "
-            f"would find with {POWER:.0%} power at its seeds and spread (paired t-test at α over "
-            "the family size, one look) and the seeds its observed |Δ| would need.", ""]
+            f"would find with {POWER:.0%} power at its seeds and spread, by the test it got "
+            "(paired: t, or exact sign flips on a coarse lattice; two-part where a run failed; "
+            "Boschloo for failure rates) at the α it was tested at (its look's α over the "
+            "comparisons tested there), and the seeds its observed |Δ| would need.", ""]
 
 
 def _looks(results: Results) -> list[str]:

@@ -35,7 +35,7 @@ from cnnlab.studies.comparisons import (
     difference_bounds,
 )
 from cnnlab.studies.hypothesis import Expectation
-from cnnlab.studies.power import detectable_effect, flip_seeds, rates_needed, seeds_needed
+from cnnlab.studies.power import Setting, detectable_effect, rates_needed, seeds_needed
 from cnnlab.studies.records import TrialRow, read_trials
 from cnnlab.studies.sequential import LOOKS, SEED_PLAN, Decisions, Look, Plan, decide, take_look
 from cnnlab.studies.spec import AblationSpec
@@ -74,11 +74,12 @@ class Comparison:
 
 @dataclass(frozen=True)
 class Power:
-    """An undecided comparison's power statement at its seeds, spread and per-comparison α
-    (α over the family size: Holm's first threshold, one look)."""
+    """An undecided comparison's power statement, for the test it got at its seeds and spread,
+    at the α it was tested at: its look's α over the comparisons tested there (Holm's first
+    threshold)."""
 
     alpha: float
-    test: str  # t-test | sign-flip test (a run failed) | Boschloo (failure rates)
+    test: str  # paired test | two-part test (a run failed) | Boschloo (failure rates)
     detectable: float  # |Δ| found with 80% power at these seeds (inf: none; nan: not sized)
     needed: int | None  # seeds the observed |Δ| would need (None: none observed, or > 200)
 
@@ -210,7 +211,6 @@ def _confirm(spec: AblationSpec, rows: list[TrialRow], looks: list[Look]) -> lis
 
     decisions: Decisions = decide(looks, samples_at, margins)
     checks = []
-    m = len(expect)
     for i, (e, scale) in enumerate(zip(expect, scales, strict=True)):
         k = int(decisions.look[0, i])
         seeds = looks[k].seeds if k >= 0 else looks[-1].seeds
@@ -226,26 +226,34 @@ def _confirm(spec: AblationSpec, rows: list[TrialRow], looks: list[Look]) -> lis
                        float(decisions.p[0, i]), int(failed.sum()), float(decisions.p_adj[0, i]),
                        alpha, int(decisions.sign[0, i]), bool(decisions.equivalent[0, i]), k,
                        equivalence, sd)
-        power = None if c.decided or len(diffs) < 2 else _power(sample, c, ALPHA / m)
+        each = (alpha if alpha > 0 else ALPHA) / max(1, int(decisions.family[0, i]))
+        power = None if c.decided or len(diffs) < 2 else _power(sample, c, each, scale)
         checks.append(Check(e, c, _outcome(e, c), power))
     return checks
 
 
-def _power(sample: Sample, c: Comparison, each: float) -> Power:
+def _power(sample: Sample, c: Comparison, each: float, scale: float) -> Power:
     """What ``c`` could have found at its seeds, and the seeds its observed Δ would need, by
-    the test it gets: Boschloo for failure rates, sign flips where a run failed, else t."""
+    the test it got: Boschloo for failure rates, the two-part test where a run failed (Δ among
+    runs that trained, at the observed failure rates), else the paired test."""
     n = sample.arm.shape[-1]
-    effect = abs(c.delta.mean)
     if sample.kind == RATES:
         shares = float(sample.arm.mean()), float(sample.reference.mean())
         always = 1.0 if boschloo_p(n, 0, n, n) < each else math.inf
         return Power(each, "Boschloo", always, rates_needed(*shares, each))
-    needed = seeds_needed(effect, c.sd, each) if effect else None
+    diffs, ok = sample.diffs[0], ~sample.failed[0]
+    lattice = bool(np.all(diffs == np.round(diffs)))
     if sample.failed.any():
-        flips = flip_seeds(each)
-        found = detectable_effect(c.sd, n, each) if n >= flips else math.inf
-        return Power(each, "sign-flip test", found, None if needed is None else max(needed, flips))
-    return Power(each, "t-test", detectable_effect(c.sd, n, each), needed)
+        trained = diffs[ok]
+        sd = float(np.std(trained, ddof=1)) if len(trained) > 1 else c.sd / scale
+        setting = Setting(sd if math.isfinite(sd) else 0.0, lattice,
+                          float(sample.arm_failed.mean()), float(sample.reference_failed.mean()))
+        effect, test = abs(float(trained.mean())) if len(trained) else 0.0, "two-part test"
+    else:
+        setting = Setting(c.sd / scale, lattice)
+        effect, test = abs(c.delta.mean) / scale, "paired test"
+    found = detectable_effect(n, each, setting) * scale
+    return Power(each, test, found, seeds_needed(effect, each, setting) if effect else None)
 
 
 def _shown(rows: list[TrialRow], spec: AblationSpec) -> list[str]:

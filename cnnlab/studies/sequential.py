@@ -92,6 +92,7 @@ class Decisions:
     p_adj: np.ndarray
     tost_adj: np.ndarray
     alpha: np.ndarray  # the α of the look each comparison was last tested at
+    family: np.ndarray  # how many comparisons were tested with it there (Holm's m)
 
     @property
     def decided(self) -> np.ndarray:
@@ -109,6 +110,7 @@ def decide(looks: list[Look], samples_at: Callable[[int], list[Sample]], margins
     equivalent = np.zeros(shape, bool)
     look = np.full(shape, -1)
     p, p_adj, tost_adj, alpha = (np.full(shape, math.nan) for _ in range(4))
+    family = np.zeros(shape, int)
     for k, step in enumerate(looks):
         active = look < 0
         if not active.any():
@@ -120,4 +122,5 @@ def decide(looks: list[Look], samples_at: Callable[[int], list[Sample]], margins
         for mine, theirs in ((p, last.p), (p_adj, last.p_adj), (tost_adj, last.tost_adj)):
             mine[active] = theirs[active]
         alpha[active] = step.alpha
-    return Decisions(sign, equivalent, look, p, p_adj, tost_adj, alpha)
+        family[active] = np.broadcast_to(active.sum(-1, keepdims=True), shape)[active]
+    return Decisions(sign, equivalent, look, p, p_adj, tost_adj, alpha, family)
