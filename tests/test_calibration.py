@@ -12,7 +12,7 @@ from scipy import stats
 from test_comparisons import _accuracy, _spec, _store
 
 from cnnlab.metrics import METRICS
-from cnnlab.studies.comparisons import Sample, paired_p, t_p, tost_p
+from cnnlab.studies.comparisons import Sample, paired_p, t_p
 from cnnlab.studies.power import (
     Counts,
     Setting,

@@ -34,8 +34,8 @@ from cnnlab.studies.comparisons import (
 )
 from cnnlab.studies.power import (
     Counts,
-    count_samples,
     Setting,
+    count_samples,
     detectable_effect,
     error_rate,
     power,

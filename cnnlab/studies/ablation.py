@@ -113,9 +113,9 @@ def objective(study: optuna.Study, spec: AblationSpec, out: Path, threads: int
             if "val/acc" in row:
                 trial.report(row["val/acc"], epoch)
         failure = kept.get(FAILURE)
-        row = TrialRow(arm, seed, None if failure is None else str(failure), kept, [])
-        value = row.value(spec.metric)
-        if value is None and row.measured(spec.metric) is not None:  # failed, open range
+        record = TrialRow(arm, seed, None if failure is None else str(failure), kept, [])
+        value = record.value(spec.metric)
+        if value is None and record.measured(spec.metric) is not None:  # failed, open range
             value = METRICS[spec.metric].worst
         if value is None:
             raise CnnlabError(f"arm {arm!r} seed {seed}: the run recorded no {spec.metric}")
