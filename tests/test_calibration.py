@@ -24,6 +24,7 @@ from cnnlab.studies.power import (
     simulate,
 )
 from cnnlab.studies.results import collect
+from cnnlab.studies.rounds import take_next_look
 from cnnlab.studies.sequential import Look, Plan, planned_looks
 
 SIMS = 1000
@@ -205,3 +206,22 @@ def test_a_failed_run_enters_every_metric_at_a_value_no_run_beats(tmp_path: Path
         (_, interval, comparison), = [x for x in per_arm if x[0] == "arm=other"]
         assert interval.n == 4 and comparison is not None, metric
         assert comparison.delta.n == 4 and comparison.failed_pairs == 1, metric
+
+
+def test_a_report_mid_round_spends_no_alpha_and_the_round_spends_it_once(tmp_path: Path) -> None:
+    """``cnnlab report`` during the first round (no look stored) decides nothing and stores
+    nothing; the round's end stores its look with the plan's share, once."""
+    spec = _spec(tmp_path, "{min: 4, max: 8, step: 4}")
+    rows = [{"arm": "arm=base", "seed": s, "metrics": _accuracy(340 + s)} for s in range(4)]
+    rows += [{"arm": "arm=other", "seed": s, "metrics": _accuracy(c)}
+             for s, c in enumerate([305, 301, 309, 302])]
+    study = _store(tmp_path / "s.journal", spec, rows)
+    mid = collect(study)
+    assert not mid.looks_stored and mid.alpha_spent == 0.0
+    assert [c.outcome for c in mid.checks] == ["undecided"] and mid.verdict == "undecided"
+    assert "looks_taken" not in study.user_attrs  # a report stores nothing
+    take_next_look(study, spec)
+    take_next_look(study, spec)  # the same round again: no second look
+    done = collect(study)
+    assert done.looks == [Look(4, Plan(4, 8, 4).spent(4))]
+    assert done.checks[0].outcome == "as expected" and done.alpha_spent == Plan(4, 8, 4).spent(4)

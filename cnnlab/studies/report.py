@@ -218,9 +218,10 @@ def _looks(results: Results) -> list[str]:
              f"α {plan.alpha:g} spent by the Pocock-type Lan–DeMets function "
              "α·ln(1 + (e − 1)·seeds/most); each look tests at what it adds."]
     if not results.looks_stored:
-        lines.append("No look was stored for this study (cnnlab ≤ 0.3, or no round finished): "
-                     "the one above is what a look at the current seeds would spend.")
-    if any(look.alpha <= 0 for look in results.looks):
+        lines.append("No look was stored for this study (cnnlab ≤ 0.3, or its first round is "
+                     "still running): nothing is decided, and no α is spent, until `cnnlab "
+                     "ablate` finishes the round and stores its look.")
+    if results.looks_stored and any(look.alpha <= 0 for look in results.looks):
         lines.append(f"A look with α 0 came after the plan's {plan.most} seeds: its seeds are "
                      "shown, but decide nothing (the plan's α was spent).")
     return [*lines, ""]

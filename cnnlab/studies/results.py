@@ -37,7 +37,7 @@ from cnnlab.studies.comparisons import (
 from cnnlab.studies.hypothesis import Expectation
 from cnnlab.studies.power import Setting, detectable_effect, rates_needed, seeds_needed
 from cnnlab.studies.records import TrialRow, read_trials
-from cnnlab.studies.sequential import LOOKS, SEED_PLAN, Decisions, Look, Plan, decide, take_look
+from cnnlab.studies.sequential import LOOKS, SEED_PLAN, Decisions, Look, Plan, decide
 from cnnlab.studies.spec import AblationSpec
 
 
@@ -282,17 +282,18 @@ def _arm(spec: AblationSpec, rows: list[TrialRow], name: str, levels: dict[str, 
 
 
 def collect(study: optuna.Study) -> Results:
-    """The study's trials read back and decided (read-only: looks never taken are not stored;
-    without any, the report shows what a look at the current seeds would spend)."""
+    """The study's trials read back and decided at the looks the study stored (read-only: a
+    report mid-round, or of a study that never stored a look, decides nothing new; the look
+    is stored, and its α spent once, when ``cnnlab ablate`` finishes the round)."""
     spec = AblationSpec.from_dict(study.user_attrs["spec"])
     rows, running, failed = read_trials(study)
     order = [arm.name for arm in spec.arms]
     rows.sort(key=lambda r: (order.index(r.arm), r.seed))
     plan = plan_of(study, spec)
     looks, stored = looks_of(study), True
-    if not looks:
+    if not looks:  # decide nothing with an α no look recorded; show the seeds descriptively
         seeds = [sum(r.arm == arm for r in rows) for arm in order]
-        looks, stored = take_look(plan, [], max(1, min(seeds, default=1))), False
+        looks, stored = [Look(max(1, min(seeds, default=1)), 0.0)], False
     present = [arm for arm in spec.arms if any(r.arm == arm.name for r in rows)]
     arms = [_arm(spec, rows, arm.name, arm.levels) for arm in present]
     mechanisms = {metric: [(arm.name, Interval.of([v for r in rows if r.arm == arm.name and
