@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 
 from cnnlab.config import load_config
+from cnnlab.errors import CnnlabError
 from cnnlab.files import check_run_out, check_study_folder
 from cnnlab.process import configure
 from cnnlab.shipped import spec_path
@@ -85,17 +86,24 @@ class StudyResult:
 def ablate_specs(specs: Sequence[str | Path], overrides: Sequence[str] = (), *, quick: bool = False,
                  seeds: int | str | None = None, workers: int = 1, out: str | Path | None = None,
                  storage: str | None = None, console: Console | None = None,
-                 on_report: Callable[[StudyResult], None] = lambda result: None
-                 ) -> list[StudyResult]:
+                 on_report: Callable[[StudyResult], None] = lambda result: None,
+                 pilot: bool = False) -> list[StudyResult]:
     """Run (or resume) ablation specs, as ``cnnlab ablate``: every spec is checked before any
     work, one set of ``workers`` runs them all, and each report is written as its spec ends
-    (``on_report`` sees it then). ``seeds``: per arm, or ``"auto"`` (rounds until decided)."""
+    (``on_report`` sees it then). ``seeds``: per arm, or ``"auto"`` (rounds until decided).
+    ``pilot``: each spec's pilot instead (``<name>-pilot``, seeds from 1000, ``seeds`` or 3 an
+    arm), for ``cnnlab plan``."""
     configure()
-    from cnnlab.studies.spec import load_spec
+    from cnnlab.studies.spec import PILOT_SEEDS, load_spec
     from cnnlab.studies.workers import warm_workers
 
     loaded = [load_spec(spec_path(s)).with_extra(tuple(overrides)) for s in specs]
-    if seeds:
+    if pilot:
+        if seeds == "auto":
+            raise CnnlabError("ablate --pilot: --seeds auto; allowed: a number of seeds (a pilot "
+                              "has one round)")
+        loaded = [spec.as_pilot(int(seeds or PILOT_SEEDS)) for spec in loaded]
+    elif seeds:
         loaded = [spec.with_seeds(seeds) for spec in loaded]
     if workers > 1:
         warm_workers("cnnlab.studies.ablation")

@@ -40,6 +40,13 @@ def specs() -> dict[str, Path]:
     return _shipped("cnnlab.experiments")
 
 
+def pilots() -> dict[str, Path]:
+    """The shipped pilots by study name (``norm-pilot-quick``): the results.csv of each spec's
+    pilot, from which ``cnnlab plan`` recomputes the figures the spec quotes."""
+    folder = _folder("cnnlab.experiments") / "pilots"
+    return {p.stem: p for p in sorted(folder.glob("*.csv"))}
+
+
 def ablation_names() -> list[str]:
     """The shipped ablation specs (``make ablation`` runs them all)."""
     return [name for name in specs() if name != "search"]

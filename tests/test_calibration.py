@@ -215,7 +215,7 @@ def test_a_report_mid_round_spends_no_alpha_and_the_round_spends_it_once(tmp_pat
     rows = [{"arm": "arm=base", "seed": s, "metrics": _accuracy(340 + s)} for s in range(4)]
     rows += [{"arm": "arm=other", "seed": s, "metrics": _accuracy(c)}
              for s, c in enumerate([305, 301, 309, 302])]
-    study = _store(tmp_path / "s.journal", spec, rows)
+    study = _store(tmp_path / "s.journal", spec, rows, look=False)
     mid = collect(study)
     assert not mid.looks_stored and mid.alpha_spent == 0.0
     assert [c.outcome for c in mid.checks] == ["undecided"] and mid.verdict == "undecided"

@@ -43,7 +43,7 @@ from cnnlab.studies.power import (
     simulate,
 )
 from cnnlab.studies.results import collect
-from cnnlab.studies.rounds import planned, reconcile
+from cnnlab.studies.rounds import planned, reconcile, take_next_look
 from cnnlab.studies.sequential import Look, Plan, planned_looks, take_look
 from cnnlab.studies.spec import AblationSpec, load_spec
 from cnnlab.studies.storage import load_study, open_storage
@@ -93,14 +93,18 @@ def test_paired_tests_match_scipy_and_statsmodels() -> None:
     assert boschloo_p(0, 0, 3, 3) == 1.0
 
 
-def _store(path: Path, spec: AblationSpec, rows: list[dict], quick: bool = False) -> optuna.Study:
-    """A study as ``cnnlab ablate`` stores it, with ``rows`` as its finished trials."""
+def _store(path: Path, spec: AblationSpec, rows: list[dict], quick: bool = False,
+           look: bool = True) -> optuna.Study:
+    """A study as ``cnnlab ablate`` stores it, with ``rows`` as its finished trials and (where
+    ``look``) the look its finished round stores."""
     study = open_ablation(spec, quick, open_storage(str(path)))
     for row in rows:
         attrs = {"key": f"{row['arm']} | seed={row['seed']}", "arm": row["arm"],
                  "seed": row["seed"], **row["metrics"]}
         study.add_trial(optuna.trial.create_trial(value=0.0, user_attrs=attrs, params={},
                                                   distributions={}))
+    if look:
+        take_next_look(study, spec)
     return study
 
 

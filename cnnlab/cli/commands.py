@@ -20,7 +20,7 @@ from cnnlab.config import ExperimentConfig, load_config, to_yaml
 from cnnlab.cpus import free_cpus
 from cnnlab.errors import CnnlabError
 from cnnlab.files import write_output
-from cnnlab.shipped import spec_path
+from cnnlab.shipped import pilots, spec_path
 
 if TYPE_CHECKING:  # the results model loads numpy and Optuna: only the commands that need it do
     from cnnlab.studies.results import Results
@@ -157,7 +157,7 @@ def cmd_ablate(args: argparse.Namespace) -> None:
     console = _console()
     api.ablate_specs(specs, [a for a in args.specs if OVERRIDE.match(a)], quick=args.quick,
                      seeds=args.seeds, workers=_workers(console, args.workers), out=args.out,
-                     storage=args.storage, console=console,
+                     storage=args.storage, console=console, pilot=args.pilot,
                      on_report=lambda study: show_results(console, study.results, study.out))
 
 
@@ -192,17 +192,23 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
-    from cnnlab.studies.planning import plan_lines
+    from cnnlab.studies.planning import Pilot, plan_lines
+    from cnnlab.studies.records import csv_trials
     from cnnlab.studies.results import collect
     from cnnlab.studies.sequential import Plan
     from cnnlab.studies.spec import load_spec
     from cnnlab.studies.storage import stored_ablation
 
     spec = load_spec(spec_path(args.spec))
-    name = f"{spec.name}-quick" if args.quick else spec.name
-    results = collect(stored_ablation(name, args.out or Path("reports") / name, args.storage))
+    name = f"{spec.name}-pilot-quick" if args.quick else f"{spec.name}-pilot"
+    source = args.pilot or (None if args.out or args.storage else pilots().get(name))
+    if source is not None:
+        pilot = Pilot(str(source), spec, csv_trials(Path(source)))
+    else:
+        results = collect(stored_ablation(name, args.out or Path("reports") / name, args.storage))
+        pilot = Pilot(results.study, spec, results.trials)
     console = _console()
-    for line in plan_lines(results, [Plan(*p) for p in args.plan] or [spec.plan], args.effect,
+    for line in plan_lines(pilot, [Plan(*p) for p in args.plan] or [spec.plan], args.effect,
                            args.sims, args.seed):
         _say(console, line)
 

@@ -157,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--workers", type=_workers, default=os.environ.get(WORKERS_ENV, "auto"),
                         metavar="N|auto", help=WORKERS_HELP)
     ablate.add_argument("--out", type=Path, help="report directory (default reports/<study>)")
+    ablate.add_argument("--pilot", action="store_true",
+                        help="run the spec's pilot (<name>-pilot: --seeds or 3 seeds an arm from "
+                        "seed 1000, never a confirmatory seed) for cnnlab plan")
     ablate.set_defaults(func=cmd_ablate)
 
     tune = sub.add_parser("tune", help="cross-validated Optuna search, then refit and test")
@@ -177,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--out", type=Path, help="report directory (default reports/<study>)")
     tune.set_defaults(func=cmd_tune)
 
-    plan = sub.add_parser("plan", help="size a spec's seed plan from a pilot study of it: "
+    plan = sub.add_parser("plan", help="size a spec's seed plan from its pilot: "
                           "seeds needed, power and family-wise error by simulation")
     plan.add_argument("spec", metavar="SPEC", help="the ablation spec (a shipped name or a file)")
     plan.add_argument("--quick", action="store_true", help="the pilot is the quick preset's")
@@ -188,8 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--sims", type=_positive, default=2000,
                       help="simulated studies per plan (default: %(default)s)")
     plan.add_argument("--seed", type=int, default=0, help="the simulation's seed")
+    plan.add_argument("--pilot", type=Path, metavar="CSV",
+                      help="the pilot's results.csv (default: the one shipped beside the spec, "
+                      "else the pilot study in --out)")
     plan.add_argument("--storage", help="Optuna storage URL (default DIR/study.journal)")
-    plan.add_argument("--out", type=Path, help="the pilot's folder (default reports/<study>)")
+    plan.add_argument("--out", type=Path, help="the pilot study's folder (default "
+                      "reports/<name>-pilot[-quick], as cnnlab ablate SPEC --pilot makes it)")
     plan.set_defaults(func=cmd_plan)
 
     report = sub.add_parser("report", help="rebuild an ablation report from its storage, or "

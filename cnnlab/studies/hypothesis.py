@@ -16,12 +16,13 @@ from cnnlab.errors import CnnlabError
 from cnnlab.metrics import METRICS
 
 Factors = dict[str, dict[str, tuple[str, ...]]]  # factor → level → the overrides it adds
-DIRECTIONS = ("higher", "lower")
+DIRECTIONS = ("higher", "lower", "equivalent")  # equivalent: within ±margin (the spec's)
 
 
 @dataclass(frozen=True)
 class Expectation:
-    """``arm`` has a higher / lower ``metric`` than ``than`` (paired by seed)."""
+    """``arm`` has a higher / lower ``metric`` than ``than``, or one equivalent within the
+    spec's margin (paired by seed)."""
 
     arm: str
     than: str
@@ -30,9 +31,12 @@ class Expectation:
 
     @property
     def sign(self) -> int:
-        return 1 if self.direction == "higher" else -1
+        """+1 higher, −1 lower, 0 equivalent."""
+        return {"higher": 1, "lower": -1}.get(self.direction, 0)
 
     def text(self) -> str:
+        if self.direction == "equivalent":
+            return f"{self.metric}: {self.arm} equivalent to {self.than}"
         return f"{self.metric}: {self.arm} {self.direction} than {self.than}"
 
 
@@ -93,7 +97,7 @@ def parse_hypothesis(path: Path, raw: Any, factors: Factors,
                      base: dict[str, str], metric: str) -> Hypothesis:
     """``{claim: text, expect: [{arm: {...}, than: {...}, metric: m, is: higher|lower}, ...]}``."""
     shape = ("{claim: text, expect: [{arm: {factor: level}, than: {factor: level} (default the "
-             "baseline), metric: name (default the spec's), is: higher|lower}, ...]}")
+             "baseline), metric: name (default the spec's), is: higher|lower|equivalent}, ...]}")
     if (not isinstance(raw, dict) or set(map(str, raw)) != {"claim", "expect"}
             or not isinstance(raw["expect"], list) or not raw["expect"]):
         raise CnnlabError(f"spec {path}: hypothesis: got {raw!r}; allowed: {shape}")
@@ -112,5 +116,8 @@ def parse_hypothesis(path: Path, raw: Any, factors: Factors,
             raise CnnlabError(f"spec {path}: {where}: compares arm {arm!r} with itself; allowed: "
                               "two different arms")
         name = metric_name(path, f"{where}.metric", item.get("metric", metric))
+        if item["is"] == "equivalent" and name != metric:
+            raise CnnlabError(f"spec {path}: {where}: equivalent on {name}; allowed: the spec's "
+                              f"metric ({metric}), whose margin it is")
         expect.append(Expectation(arm, than, name, item["is"]))
     return Hypothesis(str(raw["claim"]), tuple(expect))

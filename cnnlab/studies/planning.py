@@ -24,8 +24,20 @@ from cnnlab.studies.comparisons import PAIRED, RATES
 from cnnlab.studies.hypothesis import Expectation
 from cnnlab.studies.power import POWER, Setting, Simulated, seeds_needed, simulate
 from cnnlab.studies.records import TrialRow
-from cnnlab.studies.results import Results, family
+from cnnlab.studies.results import family
 from cnnlab.studies.sequential import Plan, planned_looks
+from cnnlab.studies.spec import AblationSpec
+
+
+@dataclass(frozen=True)
+class Pilot:
+    """The runs a plan is sized from — a pilot study of the spec (``cnnlab ablate SPEC
+    --pilot``: seeds from 1000) or its stored results.csv — and the spec being planned, whose
+    hypothesis and margin the plan is for."""
+
+    name: str
+    spec: AblationSpec
+    trials: list[TrialRow]
 
 
 @dataclass(frozen=True)
@@ -47,10 +59,10 @@ def _rate(rows: list[TrialRow]) -> float:
     return sum(r.failure is not None for r in rows) / max(1, len(rows))
 
 
-def model(results: Results, e: Expectation) -> Model:
+def model(pilot: Pilot, e: Expectation) -> Model:
     """The pilot's view of expectation ``e``."""
-    arm = {r.seed: r for r in results.trials if r.arm == e.arm}
-    ref = {r.seed: r for r in results.trials if r.arm == e.than}
+    arm = {r.seed: r for r in pilot.trials if r.arm == e.arm}
+    ref = {r.seed: r for r in pilot.trials if r.arm == e.than}
     seeds = sorted(set(arm) & set(ref))
     ok = [s for s in seeds if arm[s].failure is None and ref[s].failure is None]
     use = ok if len(ok) >= 2 else seeds
@@ -58,10 +70,10 @@ def model(results: Results, e: Expectation) -> Model:
              if arm[s].value(e.metric) is not None and ref[s].value(e.metric) is not None]
     refs = [v for r in ref.values() if r.failure is None and (v := r.value(e.metric)) is not None]
     split = METRICS[e.metric].counted
-    totals = {r.metrics.get(f"{split}_total") for r in results.trials} if split else set()
+    totals = {r.metrics.get(f"{split}_total") for r in pilot.trials} if split else set()
     total = totals.pop() if len(totals) == 1 else None
     quantum = 1 / total if total else METRICS[e.metric].step
-    failed = [r for r in results.trials if r.failure is not None]
+    failed = [r for r in pilot.trials if r.failure is not None]
     fail_value = next((v for r in failed if (v := r.value(e.metric)) is not None), math.nan)
     sd = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else math.nan
     return Model(float(np.mean(refs)) if refs else math.nan,
@@ -109,19 +121,20 @@ class Design:
     mean_seeds: float  # seeds per arm at the look that ends the study (on average)
 
 
-def simulate_plan(results: Results, plan: Plan, sims: int = 2000, seed: int = 0) -> Design:
+def simulate_plan(pilot: Pilot, plan: Plan, sims: int = 2000, seed: int = 0) -> Design:
     """``plan`` run ``sims`` times on the pilot's models, decided by the reports' code."""
-    expect = family(results.spec)
-    models = [model(results, e) for e in expect]
+    expect = family(pilot.spec)
+    models = [model(pilot, e) for e in expect]
     looks = planned_looks(plan)
-    margins = [results.spec.margin / (m.quantum or 1.0) if e.metric == results.spec.metric
+    margins = [pilot.spec.margin / (m.quantum or 1.0) if e.metric == pilot.spec.metric
                else 0.0 for e, m in zip(expect, models, strict=True)]
     rng = np.random.default_rng(seed)
     alt = simulate(looks, _draw(models, plan.most, sims, rng, null=False), margins)
-    signs = np.array([e.sign if e.direction else 0 for e in expect])
-    hit = np.where(signs[None, :] != 0, alt.sign == signs[None, :], alt.decided)
-    against = np.where(signs[None, :] != 0, (alt.sign == -signs[None, :]) |
-                       (alt.equivalent & (alt.sign == 0)), False)
+    signs = np.array([e.sign for e in expect])[None, :]
+    direction = np.array([bool(e.direction) for e in expect])[None, :]
+    same = alt.equivalent & (alt.sign == 0)
+    hit = np.where(~direction, alt.decided, np.where(signs != 0, alt.sign == signs, same))
+    against = direction & np.where(signs != 0, (alt.sign == -signs) | same, alt.sign != 0)
     null = simulate(looks, _draw(models, plan.most, sims, rng, null=True), margins)
     wrong = (null.sign != 0).any(-1)
     last = np.where(alt.decided.all(-1), alt.look.max(-1), len(looks) - 1)
@@ -133,13 +146,13 @@ def simulate_plan(results: Results, plan: Plan, sims: int = 2000, seed: int = 0)
                   float(np.mean([looks[k].seeds for k in last])))
 
 
-def seeds_for(results: Results, effect: float | None) -> list[tuple[Expectation, Model, int | None]]:
+def seeds_for(pilot: Pilot, effect: float | None) -> list[tuple[Expectation, Model, int | None]]:
     """Per expectation: seeds a single look needs for 80% power at |Δ| = ``effect`` (default:
     the pilot's) with the pilot's spread, at α over the family size."""
-    expect = family(results.spec)
+    expect = family(pilot.spec)
     out = []
     for e in expect:
-        m = model(results, e)
+        m = model(pilot, e)
         size = abs(effect if effect is not None else m.delta)
         unit = m.quantum or 1.0
         setting = Setting(m.sd / unit, bool(m.quantum), m.fail_arm, m.fail_reference)
@@ -149,16 +162,18 @@ def seeds_for(results: Results, effect: float | None) -> list[tuple[Expectation,
     return out
 
 
-def plan_lines(results: Results, plans: list[Plan], effect: float | None, sims: int, seed: int
+def plan_lines(pilot: Pilot, plans: list[Plan], effect: float | None, sims: int, seed: int
                ) -> Iterator[str]:
     """``cnnlab plan``'s text: the seeds each confirmatory comparison needs in one look, then
     each seed plan's simulated chances, error rate and cost."""
-    if not results.checks:
-        raise CnnlabError(f"study {results.study!r} has no finished trials to plan from; allowed: "
-                          "a pilot run of the spec (cnnlab ablate SPEC --seeds 3)")
-    yield (f"{results.study}: pilot of {results.arms[0].seeds}+ seeds; seeds for 80% power in one "
-           f"look at α 0.05 / {len(results.checks)} (the family)")
-    for i, (e, m, needed) in enumerate(seeds_for(results, effect)):
+    expect = family(pilot.spec)
+    if not pilot.trials or not expect:
+        raise CnnlabError(f"pilot {pilot.name!r} has no finished trials to plan from; allowed: "
+                          "a pilot run of the spec (cnnlab ablate SPEC --pilot)")
+    seeds = sorted({r.seed for r in pilot.trials})
+    yield (f"{pilot.name}: pilot of {len(seeds)} seeds an arm; seeds for 80% power in one look at "
+           f"α 0.05 / {len(expect)} (the family)")
+    for i, (e, m, needed) in enumerate(seeds_for(pilot, effect)):
         size = f"|Δ| {effect:g}" if effect else "the pilot's Δ"
         need = ("failure rates: see the simulation" if m.rates
                 else f"{needed or 'more than 200'} seeds for {size}")
@@ -168,7 +183,7 @@ def plan_lines(results: Results, plans: list[Plan], effect: float | None, sims: 
     yield (f"seed plans, {sims} simulated studies each (seed {seed}), decided by the report's "
            "code:")
     for plan in plans:
-        d = simulate_plan(results, plan, sims, seed)
+        d = simulate_plan(pilot, plan, sims, seed)
         yield (f"  {plan.first}:{plan.most}:{plan.step}: P(as expected) "
                + " ".join(f"{i + 1}:{x:.2f}" for i, x in enumerate(d.expected))
                + f"; P(supported) {d.supported:.2f}; P(decided) {d.decided:.2f}; FWER under the "

@@ -4,13 +4,16 @@ finished trials read back from the storage as typed rows, one per arm × seed.
 
 from __future__ import annotations
 
+import csv
 import math
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from cnnlab.errors import CnnlabError
 from cnnlab.metrics import FAILURE, METRICS, RESULT_KEYS, failure_value, worse
 
 # Trial user attributes, one name each (a dashboard shows them under these names).
@@ -139,3 +142,29 @@ def with_worst(rows: list[TrialRow]) -> list[TrialRow]:
     return [replace(row, worst=worst) for row in rows]
 
 
+
+
+def csv_trials(path: Path) -> list[TrialRow]:
+    """The trials of an ablation's ``results.csv`` (as ``report.results_csv`` writes it): a
+    shipped pilot is one. A censored metric comes back censored (its bound, max_epochs + 1)."""
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            table = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise CnnlabError(f"pilot {path}: {e}; allowed: a results.csv of cnnlab ablate") from None
+    need = {ARM, SEED, FAILURE}
+    if not table or not need <= set(table[0]):
+        raise CnnlabError(f"pilot {path}: no rows with columns {', '.join(sorted(need))}; "
+                          "allowed: a results.csv of cnnlab ablate")
+    rows = []
+    for line in table:
+        try:
+            metrics = {k: float(line[k]) for k in RESULT_KEYS if line.get(k)}
+            seed = int(line[SEED])
+        except ValueError as e:
+            raise CnnlabError(f"pilot {path}: {e}; allowed: numbers in the metric columns") from None
+        bound = metrics.get("max_epochs", math.inf) + 1
+        if "epochs_to_target" in metrics and metrics["epochs_to_target"] >= bound:
+            metrics["epochs_to_target"] = None  # type: ignore[assignment]
+        rows.append(TrialRow(line[ARM], seed, line[FAILURE] or None, metrics, []))
+    return with_worst(rows)

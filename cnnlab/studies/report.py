@@ -162,7 +162,8 @@ def results_csv(results: Results) -> str:
     writer.writerow(["arm", "seed", *factors, FAILURE, "diverged", *RESULT_KEYS])
     levels = {arm.name: arm.levels for arm in results.spec.arms}
     for r in results.trials:
-        writer.writerow([r.arm, r.seed, *(levels[r.arm][f] for f in factors), r.failure or "",
+        writer.writerow([r.arm, results.spec.first_seed + r.seed,
+                         *(levels[r.arm][f] for f in factors), r.failure or "",
                          r.failure == "diverged", *("" if (v := _measured(r, k)) is None else v
                                                     for k in RESULT_KEYS)])
     return buffer.getvalue()
@@ -195,9 +196,11 @@ def _hypothesis(results: Results) -> list[str]:
     else:
         head = ["## Arms against the baseline (confirmatory)", "",
                 f"On `{_data(results)}`, {results.preset} preset, {seeds} seeds per arm.", ""]
-    rule = ("Supported: every expectation significant in its direction; not supported: one "
-            "significant the other way, or equivalent within "
-            f"±{spec.margin} on {spec.metric}; otherwise undecided. " if spec.hypothesis else "")
+    rule = ("Supported: every expectation significant in its direction (an expected "
+            f"equivalence: within ±{spec.margin} by TOST); not supported: one significant the "
+            f"other way, equivalent within ±{spec.margin} on {spec.metric} where a difference "
+            "was expected, or different where equivalence was; otherwise undecided. "
+            if spec.hypothesis else "")
     return [*head, markdown_table(check_rows(results)), "",
             f"{rule}The family is these {len(results.checks)} comparisons, Holm-adjusted within "
             "each look at the α that look spent; a comparison keeps the decision of the first "

@@ -192,6 +192,9 @@ def family(spec: AblationSpec) -> list[Expectation]:
 def _outcome(e: Expectation, c: Comparison) -> str:
     if not e.direction:
         return c.decision
+    if e.sign == 0:
+        return "as expected" if c.equivalent and not c.sign else "against" if c.sign else (
+            "undecided")
     if c.sign == e.sign:
         return "as expected"
     return "against" if c.sign == -e.sign or (c.equivalent and not c.sign) else "undecided"

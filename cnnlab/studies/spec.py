@@ -46,6 +46,8 @@ SEEDS_AUTO = {"min": 3, "max": 10, "step": 2}  # --seeds auto over a spec with f
 # The most seeds any study's α-spending plan reaches when its spec fixes a count (seeds: N): a
 # later --seeds M or --seeds auto can add looks up to this many seeds and still spend α.
 SEEDS_HORIZON = SEEDS_AUTO["max"]
+PILOT_SEED = 1000  # a pilot's first seed: confirmatory studies use 0, 1, … (never this many)
+PILOT_SEEDS = 3  # a pilot's seeds per arm unless --seeds says otherwise
 SEED_KEYS = ("seeds", "max_seeds", "seed_step")  # how many seeds: may change between runs
 REPORT_KEYS = ("description", "metrics", "margin", "hypothesis")  # read by the report only
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ class AblationSpec:
     max_seeds: int = 0  # ≥ seeds: a plan of rounds, seed_step more seeds to undecided arms
     seed_step: int = 2
     extra: tuple[str, ...] = ()  # the command line's key=value, after the quick preset
+    first_seed: int = 0  # the seed of each arm's first run (a pilot's: PILOT_SEED)
 
     @property
     def auto(self) -> bool:
@@ -111,7 +114,7 @@ class AblationSpec:
     def trial_overrides(self, arm: Arm, seed: int, quick: bool) -> list[str]:
         """Everything after the base config files: base, quick preset, command line, arm, seed."""
         return [*self.overrides, *(self.quick if quick else ()), *self.extra, *arm.overrides,
-                f"seed={seed}"]
+                f"seed={self.first_seed + seed}"]
 
     def config(self, arm: Arm, seed: int, quick: bool) -> ExperimentConfig:
         return load_config(list(self.configs), self.trial_overrides(arm, seed, quick))
@@ -126,7 +129,8 @@ class AblationSpec:
         return cls(d["name"], d["description"], tuple(d["configs"]), tuple(d["overrides"]), factors,
                    d.get("seeds", 0), d["metric"], d["baseline"], tuple(d["quick"]),
                    tuple(d.get("metrics", ())), d.get("margin", 0.01), hypothesis,
-                   d.get("max_seeds", 0), d.get("seed_step", 2), tuple(d.get("extra", ())))
+                   d.get("max_seeds", 0), d.get("seed_step", 2), tuple(d.get("extra", ())),
+                   d.get("first_seed", 0))
 
     def to_dict(self) -> dict[str, Any]:
         hyp = None if self.hypothesis is None else {
@@ -139,7 +143,8 @@ class AblationSpec:
                             for f, levels in self.factors.items()},
                 "metrics": list(self.metrics), "margin": self.margin, "hypothesis": hyp,
                 "max_seeds": self.max_seeds, "seed_step": self.seed_step} | (
-                    {"extra": list(self.extra)} if self.extra else {})  # older studies match
+                    {"extra": list(self.extra)} if self.extra else {}) | (
+                    {"first_seed": self.first_seed} if self.first_seed else {})  # older match
 
     def with_extra(self, extra: tuple[str, ...]) -> AblationSpec:
         """The command line's key=value overrides for every trial (not a factor's key: the arms
@@ -150,6 +155,12 @@ class AblationSpec:
             raise CnnlabError(f"override {clash[0]}: the spec {self.name} varies it between arms; "
                               "allowed: keys its factors do not set")
         return dataclasses.replace(self, extra=extra)
+
+    def as_pilot(self, seeds: int) -> AblationSpec:
+        """The spec's pilot: ``<name>-pilot``, ``seeds`` runs an arm from seed PILOT_SEED, so a
+        design chosen from it is confirmed on seeds it never saw (0, 1, …)."""
+        return dataclasses.replace(self, name=f"{self.name}-pilot", seeds=seeds, max_seeds=0,
+                                   first_seed=PILOT_SEED)
 
     def with_seeds(self, seeds: int | str) -> AblationSpec:
         """``--seeds N`` (N fixed) or ``--seeds auto`` (from the spec's count, in rounds)."""
