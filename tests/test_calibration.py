@@ -2,8 +2,10 @@
 error ≤ α on count lattices (one- and two-image differences, ties), with failures, under every
 shipped seed plan; exact sizes by enumeration for 3–5 seeds; power as the reports state it."""
 
+import csv
 import itertools
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ from scipy import stats
 from test_comparisons import _accuracy, _spec, _store
 
 from cnnlab.metrics import METRICS
+from cnnlab.shipped import ablation_names, pilots, specs
 from cnnlab.studies.comparisons import Sample, paired_p, t_p
 from cnnlab.studies.power import (
     Counts,
@@ -26,6 +29,7 @@ from cnnlab.studies.power import (
 from cnnlab.studies.results import collect
 from cnnlab.studies.rounds import take_next_look
 from cnnlab.studies.sequential import Look, Plan, planned_looks
+from cnnlab.studies.spec import PILOT_SEED
 
 SIMS = 1000
 SHIPPED_PLANS = [Plan(3, 6, 3), Plan(4, 8, 4), Plan(5, 10, 5), Plan(3, 10, 2)]
@@ -225,3 +229,34 @@ def test_a_report_mid_round_spends_no_alpha_and_the_round_spends_it_once(tmp_pat
     done = collect(study)
     assert done.looks == [Look(4, Plan(4, 8, 4).spent(4))]
     assert done.checks[0].outcome == "as expected" and done.alpha_spent == Plan(4, 8, 4).spent(4)
+
+
+QUOTE = re.compile(r"^seeds: .*# cnnlab plan (\S+) --quick: (.*)$", re.M)
+FIGURE = re.compile(r"(P\(supported\)|P\(decided\)|FWER) ([\d.]+)")
+
+
+@pytest.mark.parametrize("name", ablation_names())
+def test_a_spec_quotes_what_its_stored_pilot_gives(cli, name: str) -> None:
+    """Every shipped spec quotes its plan's figures as ``cnnlab plan NAME --quick`` prints them
+    from the pilot shipped beside it (seeds from 1000); rerun, each is within 3 s.e. of 2000
+    simulated studies."""
+    spec = specs()[name]
+    assert f"{name}-pilot-quick" in pilots()  # the pilot is stored
+    rows = list(csv.DictReader(pilots()[f"{name}-pilot-quick"].open()))
+    assert min(int(r["seed"]) for r in rows) >= PILOT_SEED  # never a confirmatory seed
+    (command, quoted), = QUOTE.findall(spec.read_text())
+    assert command == name
+    status, out, _ = cli("plan", name, "--quick")
+    assert status == 0
+    line = next(x for x in out.splitlines() if "P(supported)" in x)
+    got = _figures(line)
+    for key, value in FIGURE.findall(quoted):
+        se = math.sqrt(max(got[key] * (1 - got[key]), 0.0025) / 2000)
+        assert abs(float(value) - got[key]) <= 3 * se, (key, value, got[key])
+
+
+def _figures(line: str) -> dict[str, float]:
+    """A plan line's P(supported), P(decided) and FWER."""
+    out = {k: float(v) for k, v in re.findall(r"(P\(supported\)|P\(decided\)) ([\d.]+)", line)}
+    out["FWER"] = float(re.search(r"FWER under the null ([\d.]+)", line).group(1))
+    return out

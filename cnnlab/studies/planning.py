@@ -176,7 +176,8 @@ def plan_lines(pilot: Pilot, plans: list[Plan], effect: float | None, sims: int,
     for i, (e, m, needed) in enumerate(seeds_for(pilot, effect)):
         size = f"|Δ| {effect:g}" if effect else "the pilot's Δ"
         need = ("failure rates: see the simulation" if m.rates
-                else f"{needed or 'more than 200'} seeds for {size}")
+                else f"equivalence within ±{pilot.spec.margin:g}: see the simulation"
+                if e.direction == "equivalent" else f"{needed or 'more than 200'} seeds for {size}")
         yield (f"  {i + 1}. {e.text() if e.direction else f'{e.arm} vs {e.than}'}: Δ "
                f"{m.delta:+.4g}, sd {m.sd:.3g}, failure rate {m.fail_arm:.2f} vs "
                f"{m.fail_reference:.2f}; {need}")
