@@ -65,7 +65,8 @@ def check_rows(results: Results) -> list[list[str]]:
     """Header + one row per confirmatory comparison: Δ, pairs, p, Holm p at its look's α, the
     look that decided it, the outcome, and for the undecided what they could have detected."""
     rows = [["expectation", "Δ (paired, every run) [CI at 1 − α]", "pairs", "p", "p (Holm)",
-             "α (look)", "outcome", "equivalence [1 − 2α]", "could detect (undecided)"]]
+             "α (look)", "outcome", "equivalence [1 − 2α] (p TOST, Holm)",
+             "could detect (undecided)"]]
     for check in results.checks:
         c = check.comparison
         look = f"{c.alpha:.3g} ({c.look + 1 if c.decided else len(results.looks)})"
@@ -74,7 +75,8 @@ def check_rows(results: Results) -> list[list[str]]:
                      f"{c.metric}: {c.arm} vs {c.reference}",
                      c.delta.text(signed=True), f"{c.delta.n}{failed}", p_text(c.p),
                      p_text(c.p_adj), look, check.outcome,
-                     "" if c.equivalence is None else c.equivalence.text(signed=True),
+                     "" if c.equivalence is None else
+                     f"{c.equivalence.text(signed=True)} ({p_text(c.p_tost)})",
                      _power_text(check)])
     return rows
 
@@ -125,11 +127,19 @@ def console_lines(results: Results) -> list[str]:
                 else f"{c.metric}: {c.arm} vs {c.reference}")
         power = _power_text(check)
         lines.append(f"  {mark.get(check.outcome, '?')} {what}: Δ {c.delta.text(signed=True)}, "
-                     f"p_Holm {p_text(c.p_adj)} at α {c.alpha:.3g} → {check.outcome}"
+                     f"{_p_line(check)} at α {c.alpha:.3g} → {check.outcome}"
                      + (f"; could detect {power}" if power else ""))
     if results.verdict is not None and results.spec.hypothesis is not None:
         lines.append(f"hypothesis: {results.spec.hypothesis.claim} → {results.verdict}")
     return lines
+
+
+def _p_line(check: Check) -> str:
+    """The Holm p that decides the expectation: TOST's for an expected equivalence."""
+    c = check.comparison
+    if check.expectation.direction == "equivalent":
+        return f"p_TOST,Holm {p_text(c.p_tost)}"
+    return f"p_Holm {p_text(c.p_adj)}"
 
 
 SUMMARY_HEADER = ["study", "hypothesis (confirmatory family)", "verdict", "seeds, looks"]
@@ -142,7 +152,7 @@ def summary_row(results: Results) -> list[str]:
              else "every arm against the baseline")
     checks = "; ".join(
         f"{check.expectation.text() if check.expectation.direction else check.comparison.arm}: "
-        f"Δ {check.comparison.delta.text(signed=True)}, p_Holm {p_text(check.comparison.p_adj)} "
+        f"Δ {check.comparison.delta.text(signed=True)}, {_p_line(check)} "
         f"→ {check.outcome}" for check in results.checks)
     looks = len(results.looks)
     return [f"`{results.study}`", claim, f"**{results.verdict or 'no hypothesis'}**: {checks}",

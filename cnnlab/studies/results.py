@@ -61,6 +61,7 @@ class Comparison:
     look: int = -1  # 0-based look that decided it; −1: undecided
     equivalence: Interval | None = None  # the 1 − 2α interval, where a margin applies
     sd: float = math.nan  # of the paired differences (metric units)
+    p_tost: float = math.nan  # Holm-adjusted TOST p (equivalence within the spec's margin)
 
     @property
     def decided(self) -> bool:
@@ -228,7 +229,7 @@ def _confirm(spec: AblationSpec, rows: list[TrialRow], looks: list[Look]) -> lis
         c = Comparison(e.arm, e.than, e.metric, Interval.of(diffs, bounds, shown, scale),
                        float(decisions.p[0, i]), int(failed.sum()), float(decisions.p_adj[0, i]),
                        alpha, int(decisions.sign[0, i]), bool(decisions.equivalent[0, i]), k,
-                       equivalence, sd)
+                       equivalence, sd, float(decisions.tost_adj[0, i]))
         each = (alpha if alpha > 0 else ALPHA) / max(1, int(decisions.family[0, i]))
         power = None if c.decided or len(diffs) < 2 else _power(sample, c, each, scale)
         checks.append(Check(e, c, _outcome(e, c), power))
