@@ -116,9 +116,10 @@ def failure_value(metric: str, row: dict[str, Any], worst_seen: float | None) ->
     than, whatever the failed run measured (a collapsed net's small weights or zero
     generalization gap must not flatter it).
 
-    Accuracies: the majority-class share (a collapsed run's accuracy), or lower where some run
-    scored lower; other metrics: the worst end of the metric's range where it is finite, else
-    ``worst_seen`` — the worst finite value any run of the study measured (worst rank).
+    Accuracies: the majority-class share (a collapsed run's accuracy), or lower where a run that
+    did not fail scored lower; other metrics: the worst end of the metric's range where it is
+    finite, else ``worst_seen`` — the worst finite value the study's runs that did not fail
+    measured, or the failed run's own where worse (worst rank).
     Censored metrics are the reader's: it knows max_epochs.
     """
     m = METRICS[metric]

@@ -95,8 +95,8 @@ class TrialRow:
             return value
         if METRICS[metric].failure == "censored":
             return self._never()
-        seen = worse(metric, self.worst.get(metric), value)
-        return failure_value(metric, self.metrics, seen)
+        own = None if METRICS[metric].failure == "chance" else value  # below chance: chance
+        return failure_value(metric, self.metrics, worse(metric, self.worst.get(metric), own))
 
     def exact(self, metric: str) -> tuple[float, int] | None:
         """(count, total) of a counted metric (its value × total, rounded), or None."""
@@ -132,11 +132,12 @@ def read_trials(study: optuna.Study) -> tuple[list[TrialRow], list[str], list[st
 
 
 def with_worst(rows: list[TrialRow]) -> list[TrialRow]:
-    """``rows`` knowing each metric's worst finite value over all of them, which a failed run
-    enters with where the metric's range has no finite worst end."""
+    """``rows`` knowing each metric's worst finite value over the runs that did not fail, which
+    a failed run enters with (or its own, if worse) where the metric's range has no finite
+    worst end."""
     worst: dict[str, float] = {}
     for row in rows:
-        for metric in METRICS:
+        for metric in METRICS if row.failure is None else ():
             if not METRICS[metric].rates and (v := row.finite(metric)) is not None:
                 worst[metric] = worse(metric, worst.get(metric), v)  # type: ignore[assignment]
     return [replace(row, worst=worst) for row in rows]

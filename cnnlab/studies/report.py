@@ -264,8 +264,10 @@ def markdown(results: Results, images: list[str]) -> str:
         "run (" + " or ".join(FAILURES) + ", `cnnlab.metrics.failure_of`) at its failure value "
         "(chance accuracy: the majority-class share), as the confirmatory tests do; the next "
         "column leaves failed runs out. Intervals: 95% Student-t over seeds, clipped to the "
-        "metric's range; none where every seed gave the same value. Δ's p: paired t-test, or "
-        "the exact sign-flip test where a pair had a failed run. Failure rate p: Boschloo's "
+        "metric's range; none where every seed gave the same value. Δ's p: the paired test "
+        "(t, or exact sign flips where the differences sit on a coarse lattice), or the two-part "
+        "test where a run failed (failure counts and the seeds where both trained). Failure "
+        "rate p: Boschloo's "
         "exact test, failed / not failed, arm against the baseline.",
         "",
     ]
