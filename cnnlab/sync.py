@@ -19,6 +19,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -112,11 +113,14 @@ def sync_roots(targets: list[str]) -> list[Path]:
 
 
 def log_folder() -> Path:
-    """Where ``wandb sync`` runs and writes its logs: a new folder in the user's cache."""
+    """Where ``wandb sync`` runs and writes its logs: a new folder in the user's cache, never
+    an earlier sync's (two syncs in one second of one process shared one, and the second read
+    the first's errors as its own)."""
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    folder = cache / "cnnlab" / "wandb-sync" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    parent = cache / "cnnlab" / "wandb-sync"
+    parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-",
+                                 dir=parent))
 
 
 def _errors(logs: Path) -> dict[str, list[str]]:

@@ -295,6 +295,24 @@ CATALOGUE: dict[str, Case] = {
     "space outside a key's range": tune("name: x\nspace: {model.dropout: {type: float, low: 0.5, high: 1.5}}\n",
                                         "model.dropout: got 1.5"),
     "missing spec file": Case(("ablate", "{d}/none.yaml", "--out", "{out}"), "{d}/none.yaml: cannot read"),
+    "pilot in rounds": Case(("ablate", "norm", "--quick", "--pilot", "--seeds", "auto", "--out",
+                             "{out}"), "ablate --pilot: --seeds auto; allowed: a number of seeds"),
+    "missing pilot file": Case(("plan", "norm", "--quick", "--pilot", "{d}/none.csv"),
+                               "pilot {d}/none.csv: [Errno 2] No such file"),
+    "pilot without the columns": Case(("plan", "norm", "--pilot", "{d}/p.csv"),
+                                      "pilot {d}/p.csv: no rows with columns arm, failure, seed",
+                                      {"p.csv": "a,b\n1,2\n"}),
+    "pilot with a word for a metric": Case(
+        ("plan", "norm", "--pilot", "{d}/p.csv"), "allowed: numbers in the metric columns",
+        {"p.csv": "arm,seed,failure,test_acc\nx,1000,,abc\n"}),
+    "pilot of another spec": Case(
+        ("plan", "norm", "--pilot", "{d}/p.csv"),
+        "has no runs of arm 'model.norm=batch, optim.lr=0.1'; allowed: a pilot of spec norm",
+        {"p.csv": "arm,seed,failure,test_acc\nx,1000,,0.5\n"}),
+    "equivalence on another metric": ablate(
+        "name: e\nfactors: {model.norm: [batch, none]}\nhypothesis:\n  claim: c\n  expect:\n"
+        "    - {arm: {model.norm: none}, metric: train_acc, is: equivalent}\n",
+        "equivalent on train_acc; allowed: the spec's metric (test_acc), whose margin it is"),
     # storage URLs
     "unknown storage scheme": ablate(TINY_ABLATION, "--storage mysql://u@h/db: unknown scheme 'mysql'; "
                                      "allowed: journal file path", "--storage", "mysql://u@h/db"),

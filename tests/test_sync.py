@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from fake_wandb import FakeWandb
 
+from cnnlab.sync import log_folder
 from tests.conftest import FAST
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,3 +105,11 @@ def test_dry_run_lists_hundreds_of_runs_without_loading_wandb(tmp_path: Path) ->
     assert done.returncode == 0, done.stderr
     assert "200 offline W&B runs to sync, 100 already synced" in done.stdout
     assert done.stdout.split()[-2:] == ["0", "False"]
+
+
+def test_two_syncs_in_one_second_never_share_a_log_folder(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second sync read the first one's errors as its own when both began in one second."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    first, second = log_folder(), log_folder()
+    assert first != second and first.parent == second.parent == tmp_path / "cnnlab" / "wandb-sync"

@@ -170,6 +170,11 @@ def plan_lines(pilot: Pilot, plans: list[Plan], effect: float | None, sims: int,
     if not pilot.trials or not expect:
         raise CnnlabError(f"pilot {pilot.name!r} has no finished trials to plan from; allowed: "
                           "a pilot run of the spec (cnnlab ablate SPEC --pilot)")
+    arms = {r.arm for r in pilot.trials}
+    missing = sorted({a for e in expect for a in (e.arm, e.than)} - arms)
+    if missing:
+        raise CnnlabError(f"pilot {pilot.name!r} has no runs of arm {missing[0]!r}; allowed: a "
+                          f"pilot of spec {pilot.spec.name} (cnnlab ablate SPEC --pilot)")
     seeds = sorted({r.seed for r in pilot.trials})
     yield (f"{pilot.name}: pilot of {len(seeds)} seeds an arm; seeds for 80% power in one look at "
            f"α 0.05 / {len(expect)} (the family)")
