@@ -28,6 +28,7 @@ from cnnlab.studies.power import (
     rates_power,
     simulate,
 )
+from cnnlab.studies.report import check_rows
 from cnnlab.studies.results import collect
 from cnnlab.studies.rounds import take_next_look
 from cnnlab.studies.sequential import Look, Plan, planned_looks
@@ -287,3 +288,18 @@ def test_boschloo_seeds_needed_have_the_stated_power() -> None:
     a, r = rng.binomial(n, arm, sims), rng.binomial(n, reference, sims)
     decided = np.mean([boschloo_p(int(x), int(y), n, n) < alpha for x, y in zip(a, r, strict=True)])
     assert decided >= 0.8 - 3 * math.sqrt(0.16 / sims)
+
+
+def test_a_power_line_never_names_an_effect_beyond_the_metric_range(tmp_path: Path) -> None:
+    """3 seeds of wildly spread accuracies: 80% power needs |Δ| > 1, which an accuracy cannot
+    differ by; the line says so instead of "|Δ| ≥ 1.6"."""
+    spec = _spec(tmp_path)
+    rows = [{"arm": "arm=base", "seed": s, "metrics": _accuracy(c)}
+            for s, c in enumerate([350, 120, 340])]
+    rows += [{"arm": "arm=other", "seed": s, "metrics": _accuracy(c)}
+             for s, c in enumerate([100, 345, 200])]
+    results = collect(_store(tmp_path / "s.journal", spec, rows))
+    (check,) = results.checks
+    assert check.outcome == "undecided" and check.power is not None
+    assert check.power.detectable > 1
+    assert "no effect within the metric's range" in check_rows(results)[1][-1]

@@ -53,7 +53,8 @@ def _power_text(check: Check) -> str:
                  else "not even failing always against never")
     else:
         among = " among runs that trained" if power.test == "two-part test" else ""
-        found = ("no effect at all" if math.isinf(power.detectable)
+        low, high = METRICS[check.comparison.metric].bounds
+        found = ("no effect within the metric's range" if power.detectable > high - low
                  else f"|Δ| ≥ {power.detectable:.4g}{among}")
     needed = ("no difference observed to size" if not check.comparison.delta.mean
               else "more than 200 seeds for the observed |Δ|" if power.needed is None
