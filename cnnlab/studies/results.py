@@ -53,7 +53,7 @@ class Comparison:
     metric: str
     delta: Interval
     p: float
-    failed_pairs: int  # seeds where either run failed (tested by sign flips, never equivalent)
+    failed_pairs: int  # seeds where either run failed (the two-part test; never equivalent)
     p_adj: float = math.nan
     alpha: float = math.nan
     sign: int = 0

@@ -13,8 +13,10 @@ over all looks is at most the sum of the increments, α, whatever the correlatio
 
 Every look is stored in the study (``LOOKS``) when it is taken, with its seeds and the α it
 spent, so a later command that adds seeds takes a new look with what is left, and a rerun
-cannot pretend it had one look. Looks beyond the plan's maximum spend nothing (the report says
-the added seeds are descriptive). A comparison decided at a look keeps that decision and
+cannot pretend it had one look. A report decides only at stored looks: one made mid-round, or
+of a study that never stored a look, decides nothing and spends nothing (``results.collect``).
+Looks beyond the plan's maximum spend nothing (the report says the added seeds are
+descriptive). A comparison decided at a look keeps that decision and
 leaves the family of later looks.
 """
 
