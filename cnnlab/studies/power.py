@@ -60,7 +60,7 @@ class Setting:
     lattice: bool = False
     fail_arm: float = 0.0
     fail_reference: float = 0.0
-    seed: int = 0
+    seed: int = 0  # of the simulation, so a stated figure is reproducible
 
     @property
     def failures(self) -> bool:
