@@ -126,7 +126,7 @@ def failure_value(metric: str, row: dict[str, Any], worst_seen: float | None) ->
     if m.failure == "chance" and row.get("chance_acc") is not None:
         chance = float(row["chance_acc"])
         return chance if worst_seen is None else min(chance, worst_seen)
-    if row.get(metric, None) is None:
+    if row.get(metric) is None:
         return None
     return m.worst if math.isfinite(m.worst) else worst_seen
 

@@ -325,10 +325,15 @@ class Sample:
         if self.kind == RATES:
             return rates_p(self.arm, self.reference)
         d = self.diffs
+        out = np.full(d.shape[:-1], math.nan)
         if d.shape[-1] == 0:
-            return np.full(d.shape[:-1], math.nan)
-        return np.where(self.failed.any(-1),
-                        two_part_p(d, self.arm_failed, self.reference_failed), paired_p(d))
+            return out
+        failed = self.failed.any(-1)  # each test only where it applies
+        out[~failed] = paired_p(d[~failed])
+        if failed.any():
+            out[failed] = two_part_p(d[failed], np.asarray(self.arm_failed, bool)[failed],
+                                     np.asarray(self.reference_failed, bool)[failed])
+        return out
 
 
 def decide_family(samples: list[Sample], alpha: float, margins: list[float],

@@ -25,9 +25,7 @@ from cnnlab.studies.comparisons import (
     RATES,
     Sample,
     boschloo_p,
-    paired_p,
     sign_flip_p,
-    two_part_p,
 )
 from cnnlab.studies.sequential import Decisions, Look, decide
 
@@ -84,12 +82,9 @@ def power(effect: float, n: int, alpha: float, s: Setting, sims: int = POWER_SIM
     d = abs(effect) + s.sd * rng.standard_normal((sims, n))
     if s.lattice:
         d = np.round(d)
-    if not s.failures:
-        return float((paired_p(d) < alpha).mean())
     fa = rng.random((sims, n)) < s.fail_arm
     fr = rng.random((sims, n)) < s.fail_reference
-    p = np.where((fa | fr).any(-1), two_part_p(d, fa, fr), paired_p(d))
-    return float((p < alpha).mean())
+    return float((Sample(d, np.zeros_like(d), fa, fr).p() < alpha).mean())
 
 
 def detectable_effect(n: int, alpha: float, s: Setting, target: float = POWER) -> float:

@@ -33,6 +33,7 @@ from cnnlab.studies.comparisons import (
     Sample,
     boschloo_p,
     difference_bounds,
+    lattice_step,
 )
 from cnnlab.studies.hypothesis import Expectation
 from cnnlab.studies.power import Setting, detectable_effect, rates_needed, seeds_needed
@@ -246,7 +247,7 @@ def _power(sample: Sample, c: Comparison, each: float, scale: float) -> Power:
         always = 1.0 if boschloo_p(n, 0, n, n) < each else math.inf
         return Power(each, "Boschloo", always, rates_needed(*shares, each))
     diffs, ok = sample.diffs[0], ~sample.failed[0]
-    lattice = bool(np.all(diffs == np.round(diffs)))
+    lattice = not np.isnan(lattice_step(diffs))
     if sample.failed.any():
         trained = diffs[ok]
         sd = float(np.std(trained, ddof=1)) if len(trained) > 1 else c.sd / scale
