@@ -19,9 +19,9 @@ from rich.console import Console
 from benchmarks.common import Ratio
 from cnnlab.cli import main
 from cnnlab.cpus import free_cpus
-from cnnlab.studies.ablation import Job, ablate
-from cnnlab.studies.spec import load_spec
-from cnnlab.studies.storage import default_url, load_study, open_storage
+from cnnlab.studies.ablations.run import Job, ablate
+from cnnlab.studies.ablations.spec import load_spec
+from cnnlab.studies.engine.storage import default_url, load_study, open_storage
 
 SPEC = """
 name: bench

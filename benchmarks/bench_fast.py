@@ -17,11 +17,11 @@ from benchmarks.common import Ratio
 from cnnlab.config import load_config
 from cnnlab.cpus import usable_cpus
 from cnnlab.data.sources import ImageData, dataset_key
-from cnnlab.studies.ablation import _worker_main, open_ablation
-from cnnlab.studies.rounds import reconcile
-from cnnlab.studies.spec import load_spec
-from cnnlab.studies.storage import open_storage
-from cnnlab.studies.workers import run_workers
+from cnnlab.studies.ablations.rounds import reconcile
+from cnnlab.studies.ablations.run import _worker_main, open_ablation
+from cnnlab.studies.ablations.spec import load_spec
+from cnnlab.studies.engine.storage import open_storage
+from cnnlab.studies.engine.workers import run_workers
 from cnnlab.training.fast import resolve
 from cnnlab.training.run import run
 

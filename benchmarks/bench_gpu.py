@@ -21,9 +21,9 @@ from benchmarks.bench_ablation import _throughput
 from benchmarks.bench_fit import plain_loop
 from cnnlab.config import ExperimentConfig, load_config
 from cnnlab.data.datamodule import DataModule
-from cnnlab.studies.ablation import Job, ablate
-from cnnlab.studies.spec import load_spec
-from cnnlab.studies.storage import default_url, load_study, open_storage
+from cnnlab.studies.ablations.run import Job, ablate
+from cnnlab.studies.ablations.spec import load_spec
+from cnnlab.studies.engine.storage import default_url, load_study, open_storage
 from cnnlab.training.run import run
 
 PRESET = "configs/presets/cifar10_fast.yaml"

@@ -20,9 +20,9 @@ from rich.console import Console
 from benchmarks.common import Ratio
 from cnnlab.config import load_config
 from cnnlab.cpus import usable_cpus
-from cnnlab.studies.ablation import Job, ablate
-from cnnlab.studies.spec import load_spec
-from cnnlab.studies.storage import default_url
+from cnnlab.studies.ablations.run import Job, ablate
+from cnnlab.studies.ablations.spec import load_spec
+from cnnlab.studies.engine.storage import default_url
 from cnnlab.training.run import run
 
 QUICK = """

@@ -15,9 +15,9 @@ from rich.console import Console
 
 from benchmarks.common import Ratio
 from cnnlab.process import configure
-from cnnlab.studies.search import tune
-from cnnlab.studies.search_spec import load_search_spec, with_overrides
-from cnnlab.studies.storage import default_url, load_study, open_storage
+from cnnlab.studies.engine.storage import default_url, load_study, open_storage
+from cnnlab.studies.searches.run import tune
+from cnnlab.studies.searches.spec import load_search_spec, with_overrides
 
 TRIALS = 30  # as make tune
 SEEDS = (0, 1, 2)

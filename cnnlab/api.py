@@ -21,15 +21,15 @@ from rich.console import Console
 
 from cnnlab.config import load_config
 from cnnlab.errors import CnnlabError
-from cnnlab.files import check_run_out, check_study_folder
+from cnnlab.outputs.files import check_run_out, check_study_folder
 from cnnlab.process import configure
 from cnnlab.shipped import spec_path
-from cnnlab.studies.hypothesis import safe_name
+from cnnlab.studies.ablations.hypothesis import safe_name
 
 if TYPE_CHECKING:
-    from cnnlab.studies.comparisons import Interval
-    from cnnlab.studies.results import Results
-    from cnnlab.studies.search_report import SearchResult
+    from cnnlab.studies.ablations.results import Results
+    from cnnlab.studies.searches.report import SearchResult
+    from cnnlab.studies.statistics.comparisons import Interval
     from cnnlab.training.run import RunResult
 
 
@@ -94,8 +94,8 @@ def ablate_specs(specs: Sequence[str | Path], overrides: Sequence[str] = (), *, 
     ``pilot``: each spec's pilot instead (``<name>-pilot``, seeds from 1000, ``seeds`` or 3 an
     arm), for ``cnnlab plan``."""
     configure()
-    from cnnlab.studies.spec import PILOT_SEEDS, load_spec
-    from cnnlab.studies.workers import warm_workers
+    from cnnlab.studies.ablations.spec import PILOT_SEEDS, load_spec
+    from cnnlab.studies.engine.workers import warm_workers
 
     loaded = [load_spec(spec_path(s)).with_extra(tuple(overrides)) for s in specs]
     if pilot:
@@ -106,8 +106,8 @@ def ablate_specs(specs: Sequence[str | Path], overrides: Sequence[str] = (), *, 
     elif seeds:
         loaded = [spec.with_seeds(seeds) for spec in loaded]
     if workers > 1:
-        warm_workers("cnnlab.studies.ablation")
-    from cnnlab.studies.ablation import ablate, jobs_for
+        warm_workers("cnnlab.studies.ablations.run")
+    from cnnlab.studies.ablations.run import ablate, jobs_for
 
     jobs = jobs_for(loaded, Path(out) if out is not None else None, storage, quick)
     # each spec's report files and W&B summary are written while the workers go on
@@ -137,14 +137,14 @@ def tune(spec: str | Path = "search", overrides: Sequence[str] = (), *, quick: b
     """The cross-validated Optuna search of ``spec``, then a refit of the best config and its
     one test, as ``cnnlab tune``; the report is ``result.out / "search.md"``."""
     configure()
-    from cnnlab.studies.search_spec import load_search_spec, with_overrides
-    from cnnlab.studies.workers import warm_workers
+    from cnnlab.studies.engine.workers import warm_workers
+    from cnnlab.studies.searches.spec import load_search_spec, with_overrides
 
     loaded = with_overrides(load_search_spec(spec_path(spec)), trials, folds, tuple(overrides))
     if workers > 1:
-        warm_workers("cnnlab.studies.search")
-    from cnnlab.studies.search import tune as search
-    from cnnlab.studies.storage import default_url
+        warm_workers("cnnlab.studies.searches.run")
+    from cnnlab.studies.engine.storage import default_url
+    from cnnlab.studies.searches.run import tune as search
 
     name = safe_name(study or (f"{loaded.name}-quick" if quick else loaded.name))
     folder = Path(out) if out is not None else Path("reports") / name
@@ -156,8 +156,8 @@ def stored_results(name: str, *, out: str | Path | None = None, storage: str | N
                    ) -> Results:
     """An ablation's results as its storage holds them (default ``reports/<name>``), read only."""
     configure()
-    from cnnlab.studies.results import collect
-    from cnnlab.studies.storage import stored_ablation
+    from cnnlab.studies.ablations.results import collect
+    from cnnlab.studies.engine.storage import stored_ablation
 
     study = safe_name(name)
     folder = Path(out) if out is not None else Path("reports") / study
@@ -167,7 +167,7 @@ def stored_results(name: str, *, out: str | Path | None = None, storage: str | N
 def report(name: str, *, out: str | Path | None = None, storage: str | None = None) -> StudyResult:
     """Rebuild an ablation's report from its storage (default ``reports/<name>``), as
     ``cnnlab report``; nothing is trained."""
-    from cnnlab.studies.report import write_report
+    from cnnlab.studies.ablations.report import write_report
 
     folder = Path(out) if out is not None else Path("reports") / safe_name(name)
     results = stored_results(name, out=folder, storage=storage)

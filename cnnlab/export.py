@@ -24,9 +24,9 @@ from cnnlab.config import ExperimentConfig, merge, validate
 from cnnlab.data.datamodule import DataModule
 from cnnlab.diagnostics import fuse_bn, inference_seconds, max_abs_diff
 from cnnlab.errors import CnnlabError
-from cnnlab.files import check_output, write_output
 from cnnlab.models.convnet import ConvNet
 from cnnlab.models.predictor import Predictor
+from cnnlab.outputs.files import check_output, write_output
 from cnnlab.training.module import Classifier
 
 TOLERANCE = 1e-4

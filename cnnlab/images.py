@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from cnnlab.errors import CnnlabError
-from cnnlab.files import check_output
+from cnnlab.outputs.files import check_output
 
 if TYPE_CHECKING:  # annotations only: reports draw figures without loading torch
     from torch import Tensor

@@ -14,8 +14,8 @@ from optuna.trial import TrialState
 from scipy import stats
 from wandb_records import read_records
 
-from cnnlab.studies.spec import load_spec
-from cnnlab.studies.storage import load_study, open_storage
+from cnnlab.studies.ablations.spec import load_spec
+from cnnlab.studies.engine.storage import load_study, open_storage
 
 SPEC = """
 name: tiny
@@ -175,7 +175,7 @@ def test_a_changed_spec_does_not_mix_into_an_existing_study(cli, tmp_path: Path)
 
 
 def test_shipped_specs_are_valid() -> None:
-    from cnnlab.studies.search_spec import load_search_spec
+    from cnnlab.studies.searches.spec import load_search_spec
 
     paths = sorted(Path("experiments").glob("*.yaml"))
     specs = [load_spec(p) for p in paths if p.name != "search.yaml"]

@@ -15,8 +15,12 @@ from test_comparisons import _accuracy, _spec, _store
 
 from cnnlab.metrics import METRICS
 from cnnlab.shipped import ablation_names, pilots, specs
-from cnnlab.studies.comparisons import Sample, boschloo_p, paired_p, t_p
-from cnnlab.studies.power import (
+from cnnlab.studies.ablations.report import check_rows
+from cnnlab.studies.ablations.results import collect
+from cnnlab.studies.ablations.rounds import take_next_look
+from cnnlab.studies.ablations.spec import PILOT_SEED, load_spec
+from cnnlab.studies.statistics.comparisons import Sample, boschloo_p, paired_p, t_p
+from cnnlab.studies.statistics.power import (
     Counts,
     Setting,
     count_samples,
@@ -28,11 +32,7 @@ from cnnlab.studies.power import (
     rates_power,
     simulate,
 )
-from cnnlab.studies.report import check_rows
-from cnnlab.studies.results import collect
-from cnnlab.studies.rounds import take_next_look
-from cnnlab.studies.sequential import Look, Plan, planned_looks
-from cnnlab.studies.spec import PILOT_SEED, load_spec
+from cnnlab.studies.statistics.sequential import Look, Plan, planned_looks
 
 SIMS = 1000
 # every shipped spec's plan, and --seeds auto's

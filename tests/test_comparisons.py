@@ -23,8 +23,12 @@ from torch import nn
 from wandb_records import run_contents
 
 from cnnlab.diagnostics import SPARSITY_THRESHOLD, epochs_to, weight_l2, weight_sparsity
-from cnnlab.studies.ablation import open_ablation
-from cnnlab.studies.comparisons import (
+from cnnlab.studies.ablations.results import collect
+from cnnlab.studies.ablations.rounds import planned, reconcile, take_next_look
+from cnnlab.studies.ablations.run import open_ablation
+from cnnlab.studies.ablations.spec import AblationSpec, load_spec
+from cnnlab.studies.engine.storage import load_study, open_storage
+from cnnlab.studies.statistics.comparisons import (
     Interval,
     boschloo_p,
     holm,
@@ -32,7 +36,7 @@ from cnnlab.studies.comparisons import (
     sign_flip_test,
     tost_p,
 )
-from cnnlab.studies.power import (
+from cnnlab.studies.statistics.power import (
     Counts,
     Setting,
     count_samples,
@@ -42,11 +46,7 @@ from cnnlab.studies.power import (
     seeds_needed,
     simulate,
 )
-from cnnlab.studies.results import collect
-from cnnlab.studies.rounds import planned, reconcile, take_next_look
-from cnnlab.studies.sequential import Look, Plan, planned_looks, take_look
-from cnnlab.studies.spec import AblationSpec, load_spec
-from cnnlab.studies.storage import load_study, open_storage
+from cnnlab.studies.statistics.sequential import Look, Plan, planned_looks, take_look
 
 
 def test_an_accuracy_interval_stays_inside_0_1_when_a_seed_collapses() -> None:

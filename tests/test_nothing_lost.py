@@ -20,11 +20,11 @@ from optuna.trial import TrialState
 from PIL import Image
 from test_ablation import write_spec
 
-from cnnlab import files, ownership
 from cnnlab.errors import CnnlabError
-from cnnlab.files import claim_study_folder, staging_path, write_owned
-from cnnlab.ownership import MANIFEST, Manifest
-from cnnlab.studies.storage import load_study, open_storage
+from cnnlab.outputs import files, ownership
+from cnnlab.outputs.files import claim_study_folder, staging_path, write_owned
+from cnnlab.outputs.ownership import MANIFEST, Manifest
+from cnnlab.studies.engine.storage import load_study, open_storage
 
 FAST = ["trainer.max_epochs=1", "model.channels=[8]", "model.hidden_units=[16]", "data.batch_size=128"]
 ENV = {**os.environ, "WANDB_MODE": "disabled"}

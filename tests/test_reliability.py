@@ -24,7 +24,7 @@ from test_search import trials as search_trials
 from test_search import write_spec as write_search_spec
 
 from cnnlab.errors import CnnlabError
-from cnnlab.studies.storage import load_study, open_storage
+from cnnlab.studies.engine.storage import load_study, open_storage
 
 ENV = {**os.environ, "WANDB_MODE": "disabled"}
 KILLS = 3  # SIGKILLs per study, each at a random moment after at least one more trial finished
@@ -414,7 +414,7 @@ def test_a_lock_left_on_a_relative_journal_path_does_not_hang_the_rerun(tmp_path
     relative path that never resolves, and every later writer spun on it for good."""
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "study.journal.lock").symlink_to("out/study.journal")  # dangling
-    code = ("from cnnlab.studies.storage import open_storage; import optuna; "
+    code = ("from cnnlab.studies.engine.storage import open_storage; import optuna; "
             "s = optuna.create_study(storage=open_storage('out/study.journal'), study_name='x'); "
             "s.enqueue_trial({}); print(len(s.get_trials()))")
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,

@@ -11,9 +11,9 @@ import pytest
 from optuna.trial import TrialState
 
 from cnnlab.errors import CnnlabError
-from cnnlab.studies.search import open_search, queue_slots
-from cnnlab.studies.search_spec import load_search_spec, suggest, with_overrides
-from cnnlab.studies.storage import load_study, open_storage
+from cnnlab.studies.engine.storage import load_study, open_storage
+from cnnlab.studies.searches.run import open_search, queue_slots
+from cnnlab.studies.searches.spec import load_search_spec, suggest, with_overrides
 
 SPEC = """
 name: small

@@ -22,15 +22,15 @@ from cnnlab.config import CHOICES
 from cnnlab.data.augment import POLICIES
 from cnnlab.data.sources import SOURCES
 from cnnlab.errors import CnnlabError
-from cnnlab.files import abort_run, begin_run, staging_path
 from cnnlab.models.convnet import INITS, POOLS
 from cnnlab.models.norms import NORMS
-from cnnlab.ownership import Manifest
+from cnnlab.outputs.files import abort_run, begin_run, staging_path
+from cnnlab.outputs.ownership import Manifest
 from cnnlab.regularization import REGULARIZERS
-from cnnlab.studies.hypothesis import safe_name
-from cnnlab.studies.records import HEARTBEAT, KEY, NOTE, WORKER
-from cnnlab.studies.storage import load_study, open_storage
-from cnnlab.studies.trials import liveness, reclaim, requeue_same
+from cnnlab.studies.ablations.hypothesis import safe_name
+from cnnlab.studies.ablations.rows import HEARTBEAT, KEY, NOTE, WORKER
+from cnnlab.studies.engine.storage import load_study, open_storage
+from cnnlab.studies.engine.trials import liveness, reclaim, requeue_same
 from cnnlab.training.fast import PRECISIONS
 from cnnlab.training.optim import OPTIMIZERS, SCHEDULERS
 
@@ -235,8 +235,8 @@ def test_no_import_circles_in_cnnlab() -> None:
 
     for module in sorted(graph):
         visit(module)
-    assert not {m for m in graph["cnnlab.tracking"] if m.startswith("cnnlab.studies")}
-    assert "cnnlab.studies.ablation" not in graph["cnnlab.studies.report"]
+    assert not {m for m in graph["cnnlab.tracking.runs"] if m.startswith("cnnlab.studies")}
+    assert "cnnlab.studies.ablations.run" not in graph["cnnlab.studies.ablations.report"]
     assert graph["cnnlab.config"] <= {"cnnlab.errors", "cnnlab.yaml_files", "cnnlab.shipped"}  # no registry
     assert graph["cnnlab.shipped"] == {"cnnlab.errors"}
 
@@ -264,8 +264,8 @@ def test_help_loads_no_torch_lightning_or_optuna() -> None:
 
 
 def test_the_statistics_and_the_report_load_no_torch_lightning_or_wandb() -> None:
-    done = _python("import sys; import cnnlab.studies.report, cnnlab.studies.results, "
-                   "cnnlab.studies.planning, cnnlab.studies.dashboard; "
+    done = _python("import sys; import cnnlab.studies.ablations.report, cnnlab.studies.ablations.results, "
+                   "cnnlab.studies.ablations.planning, cnnlab.studies.ablations.dashboard; "
                    "print(*(m in sys.modules for m in ('torch', 'lightning', 'wandb')))")
     assert done.stdout.split() == ["False", "False", "False"], done.stderr
 

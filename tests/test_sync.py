@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from fake_wandb import FakeWandb
 
-from cnnlab.sync import log_folder
+from cnnlab.tracking.sync import log_folder
 from tests.conftest import FAST
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,7 +7,7 @@ import pytest
 from wandb_records import run_contents
 
 from cnnlab.config import load_config
-from cnnlab.tracking import stable_id, wandb_mode
+from cnnlab.tracking.runs import stable_id, wandb_mode
 
 
 def test_mode_defaults_to_offline_unless_chosen(monkeypatch: pytest.MonkeyPatch) -> None:

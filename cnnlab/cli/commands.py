@@ -19,11 +19,11 @@ from cnnlab import api
 from cnnlab.config import ExperimentConfig, load_config, to_yaml
 from cnnlab.cpus import free_cpus
 from cnnlab.errors import CnnlabError
-from cnnlab.files import write_output
+from cnnlab.outputs.files import write_output
 from cnnlab.shipped import pilots, spec_path
 
 if TYPE_CHECKING:  # the results model loads numpy and Optuna: only the commands that need it do
-    from cnnlab.studies.results import Results
+    from cnnlab.studies.ablations.results import Results
 
 OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")  # key=value, as opposed to a spec file's path
 
@@ -138,7 +138,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 def show_results(console: Console, results: Results, out: Path) -> None:
     """The study's arms, confirmatory checks and verdict, as the report gives them."""
-    from cnnlab.studies.report import console_lines
+    from cnnlab.studies.ablations.report import console_lines
 
     for line in console_lines(results):
         _say(console, line)
@@ -181,7 +181,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         raise CnnlabError("report: several names need --summary and their default folders "
                           "(reports/NAME); allowed: one NAME (with --out), or --summary NAME…")
     if args.summary:
-        from cnnlab.studies.report import SUMMARY_HEADER, markdown_table, summary_row
+        from cnnlab.studies.ablations.report import SUMMARY_HEADER, markdown_table, summary_row
 
         rows = [summary_row(api.stored_results(name, out=args.out, storage=args.storage))
                 for name in args.names]
@@ -192,12 +192,12 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
-    from cnnlab.studies.planning import Pilot, plan_lines
-    from cnnlab.studies.records import csv_trials
-    from cnnlab.studies.results import collect
-    from cnnlab.studies.sequential import Plan
-    from cnnlab.studies.spec import load_spec
-    from cnnlab.studies.storage import stored_ablation
+    from cnnlab.studies.ablations.planning import Pilot, plan_lines
+    from cnnlab.studies.ablations.results import collect
+    from cnnlab.studies.ablations.rows import csv_trials
+    from cnnlab.studies.ablations.spec import load_spec
+    from cnnlab.studies.engine.storage import stored_ablation
+    from cnnlab.studies.statistics.sequential import Plan
 
     spec = load_spec(spec_path(args.spec))
     name = f"{spec.name}-pilot-quick" if args.quick else f"{spec.name}-pilot"
@@ -215,7 +215,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
 
 def cmd_sync(args: argparse.Namespace) -> int:
     """0: every run arrived whole (or nothing to do); 1: some did not (listed; a rerun retries)."""
-    from cnnlab.sync import is_synced, offline_runs, sync, sync_roots
+    from cnnlab.tracking.sync import is_synced, offline_runs, sync, sync_roots
 
     runs = offline_runs(sync_roots(args.targets))
     if args.dry_run:

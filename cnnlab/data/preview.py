@@ -8,8 +8,8 @@ from cnnlab.config import ExperimentConfig
 from cnnlab.data.augment import preview
 from cnnlab.data.datamodule import DataModule
 from cnnlab.errors import CnnlabError
-from cnnlab.files import write_output
 from cnnlab.images import check_png_out, is_cnnlab_png, png_bytes
+from cnnlab.outputs.files import write_output
 
 
 def write_preview(cfg: ExperimentConfig, out: Path, samples: int, variants: int) -> None:

@@ -13,9 +13,9 @@ from matplotlib.figure import Figure
 
 from cnnlab.config import ExperimentConfig
 from cnnlab.errors import CnnlabError
-from cnnlab.files import write_output
 from cnnlab.images import check_png_out, figure_png, is_cnnlab_png
-from cnnlab.tracking import small_run
+from cnnlab.outputs.files import write_output
+from cnnlab.tracking.runs import small_run
 from cnnlab.training.build import build
 from cnnlab.training.fast import prepare, resolve
 from cnnlab.training.module import Classifier

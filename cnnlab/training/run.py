@@ -32,11 +32,11 @@ from cnnlab.diagnostics import (
     weight_sparsity,
 )
 from cnnlab.errors import CnnlabError
-from cnnlab.files import abort_run, begin_run, commit_run, staging_path
 from cnnlab.images import png_bytes, png_image, to_uint8
 from cnnlab.metrics import FAILURE, counts, dashboard_values, failure_of
-from cnnlab.ownership import write_atomic
-from cnnlab.tracking import finish, wandb_logger
+from cnnlab.outputs.files import abort_run, begin_run, commit_run, staging_path
+from cnnlab.outputs.ownership import write_atomic
+from cnnlab.tracking.runs import finish, wandb_logger
 from cnnlab.training.build import build
 from cnnlab.training.distributed import is_rank_zero
 from cnnlab.training.fast import prepare, resolved

@@ -16,11 +16,11 @@ import optuna
 from optuna.trial import TrialState
 from optuna.visualization import matplotlib as ov
 
-from cnnlab.files import write_owned
 from cnnlab.images import figure_png
-from cnnlab.studies.records import CV_STD, FOLD_EPOCHS, FOLD_SCORES, NOTE, reason_of
-from cnnlab.studies.search_spec import SearchSpec
-from cnnlab.study_summary import StudySummary
+from cnnlab.outputs.files import write_owned
+from cnnlab.studies.ablations.rows import CV_STD, FOLD_EPOCHS, FOLD_SCORES, NOTE, reason_of
+from cnnlab.studies.searches.spec import SearchSpec
+from cnnlab.tracking.summary import StudySummary
 
 
 @dataclass(frozen=True)

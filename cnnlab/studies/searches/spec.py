@@ -13,8 +13,8 @@ import yaml
 
 from cnnlab.config import ExperimentConfig, load_config
 from cnnlab.errors import CnnlabError
-from cnnlab.studies.hypothesis import safe_name, yaml_scalar
-from cnnlab.studies.spec import one_process, read_spec
+from cnnlab.studies.ablations.hypothesis import safe_name, yaml_scalar
+from cnnlab.studies.ablations.spec import one_process, read_spec
 
 SPEC_KEYS = ("name", "description", "configs", "overrides", "space", "folds", "trials",
              "sampler", "pruner", "quick")

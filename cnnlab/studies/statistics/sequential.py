@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cnnlab.studies.comparisons import ALPHA, Sample, decide_family
+from cnnlab.studies.statistics.comparisons import ALPHA, Sample, decide_family
 
 LOOKS = "looks_taken"  # study attribute: [{"seeds": n, "alpha": spent}, ...] in the order taken
 SEED_PLAN = "seed_plan"  # study attribute: the plan fixed when the study was created

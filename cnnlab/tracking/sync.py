@@ -28,7 +28,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from cnnlab.errors import CnnlabError
-from cnnlab.ownership import write_atomic
+from cnnlab.outputs.ownership import write_atomic
 
 OFFLINE = "offline-run-"  # how W&B names an offline run's folder: offline-run-DATE_TIME-ID
 CONNECT_S = 5.0  # how long ``cnnlab sync`` waits for the W&B server before giving up

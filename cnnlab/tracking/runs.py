@@ -20,7 +20,7 @@ from lightning.pytorch.loggers import WandbLogger
 
 from cnnlab.config import ExperimentConfig, to_dict
 from cnnlab.errors import CnnlabError
-from cnnlab.study_summary import StudySummary
+from cnnlab.tracking.summary import StudySummary
 
 MODES = ("offline", "online", "disabled", "shared", "dryrun", "run")  # what wandb itself accepts
 INIT_TIMEOUT_S = 30.0  # online with an unreachable server: one line after this, not a 90 s hang

@@ -10,12 +10,12 @@ import io
 import math
 from pathlib import Path
 
-from cnnlab.files import claim_study_folder, write_owned
 from cnnlab.metrics import FAILURE, FAILURES, METRICS, RESULT_KEYS
-from cnnlab.studies.plots import plots
-from cnnlab.studies.power import POWER
-from cnnlab.studies.records import TrialRow
-from cnnlab.studies.results import Check, Results
+from cnnlab.outputs.files import claim_study_folder, write_owned
+from cnnlab.studies.ablations.plots import plots
+from cnnlab.studies.ablations.results import Check, Results
+from cnnlab.studies.ablations.rows import TrialRow
+from cnnlab.studies.statistics.power import POWER
 
 
 def p_text(p: float) -> str:

@@ -8,8 +8,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from cnnlab.studies.results import Results
-from cnnlab.study_summary import StudySummary
+from cnnlab.studies.ablations.results import Results
+from cnnlab.tracking.summary import StudySummary
 
 
 def _number(value: float) -> float | None:

@@ -7,10 +7,10 @@ from __future__ import annotations
 import optuna
 from optuna.trial import TrialState
 
-from cnnlab.studies.records import ARM, CONFIGS, FINISHED, KEY, OVERRIDES, SEED, arm_seed
-from cnnlab.studies.results import Results, looks_of, plan_of
-from cnnlab.studies.sequential import LOOKS, take_look
-from cnnlab.studies.spec import AblationSpec
+from cnnlab.studies.ablations.results import Results, looks_of, plan_of
+from cnnlab.studies.ablations.rows import ARM, CONFIGS, FINISHED, KEY, OVERRIDES, SEED, arm_seed
+from cnnlab.studies.ablations.spec import AblationSpec
+from cnnlab.studies.statistics.sequential import LOOKS, take_look
 
 
 def trial_key(arm: str, seed: int) -> str:

@@ -20,13 +20,13 @@ import numpy as np
 
 from cnnlab.errors import CnnlabError
 from cnnlab.metrics import METRICS
-from cnnlab.studies.comparisons import PAIRED, RATES
-from cnnlab.studies.hypothesis import Expectation
-from cnnlab.studies.power import POWER, Setting, Simulated, seeds_needed, simulate
-from cnnlab.studies.records import TrialRow
-from cnnlab.studies.results import family
-from cnnlab.studies.sequential import Plan, planned_looks
-from cnnlab.studies.spec import AblationSpec
+from cnnlab.studies.ablations.hypothesis import Expectation
+from cnnlab.studies.ablations.results import family
+from cnnlab.studies.ablations.rows import TrialRow
+from cnnlab.studies.ablations.spec import AblationSpec
+from cnnlab.studies.statistics.comparisons import PAIRED, RATES
+from cnnlab.studies.statistics.power import POWER, Setting, Simulated, seeds_needed, simulate
+from cnnlab.studies.statistics.sequential import Plan, planned_looks
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from cnnlab.config import ExperimentConfig
 from cnnlab.errors import CnnlabError
-from cnnlab.ownership import owner_alive, owner_id
-from cnnlab.studies.records import FINISHED, HEARTBEAT, KEY, NOTE, QUEUED, REASON, WORKER
+from cnnlab.outputs.ownership import owner_alive, owner_id
+from cnnlab.studies.ablations.rows import FINISHED, HEARTBEAT, KEY, NOTE, QUEUED, REASON, WORKER
 
 FAILURES = (CnnlabError, RuntimeError, ValueError)  # a trial's run failed; the study goes on
 POLL_S = 1.0  # how often a worker with nothing queued looks at the others' trials

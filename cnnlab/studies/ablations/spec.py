@@ -28,7 +28,7 @@ from typing import Any
 from cnnlab.config import ExperimentConfig, load_config, to_yaml
 from cnnlab.errors import CnnlabError
 from cnnlab.metrics import METRICS
-from cnnlab.studies.hypothesis import (
+from cnnlab.studies.ablations.hypothesis import (
     Expectation,
     Hypothesis,
     arm_name,
@@ -37,7 +37,7 @@ from cnnlab.studies.hypothesis import (
     safe_name,
     yaml_scalar,
 )
-from cnnlab.studies.sequential import Plan
+from cnnlab.studies.statistics.sequential import Plan
 from cnnlab.yaml_files import load_yaml
 
 SPEC_KEYS = ("name", "description", "configs", "overrides", "factors", "seeds", "metric",

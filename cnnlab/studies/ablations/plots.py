@@ -20,8 +20,8 @@ from matplotlib.figure import Figure
 
 from cnnlab.images import figure_png
 from cnnlab.metrics import METRICS
-from cnnlab.studies.comparisons import Interval
-from cnnlab.studies.results import Results
+from cnnlab.studies.ablations.results import Results
+from cnnlab.studies.statistics.comparisons import Interval
 
 MARKERS = "osD^vP*Xhp<>"
 

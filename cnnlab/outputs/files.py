@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from cnnlab.errors import CnnlabError
-from cnnlab.ownership import (
+from cnnlab.outputs.ownership import (
     APPEND_ONLY,
     MANIFEST,
     PENDING,

@@ -22,8 +22,8 @@ from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError, ProgrammingError
 
 from cnnlab.errors import CnnlabError, did_you_mean
-from cnnlab.files import check_study_folder, claim_study_folder, write_owned
-from cnnlab.studies.journal import ReadOnlyJournal, repair
+from cnnlab.outputs.files import check_study_folder, claim_study_folder, write_owned
+from cnnlab.studies.engine.journal import ReadOnlyJournal, repair
 
 SCHEMES = ("journal file path", "sqlite:///PATH", "postgresql://USER@HOST/DB")
 OPTUNA_TABLES = {"studies", "trials", "version_info"}

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import optimize, stats
 
-from cnnlab.studies.comparisons import (
+from cnnlab.studies.statistics.comparisons import (
     COARSE_STEPS,
     PAIRED,
     RATES,
@@ -27,7 +27,7 @@ from cnnlab.studies.comparisons import (
     boschloo_p,
     sign_flip_p,
 )
-from cnnlab.studies.sequential import Decisions, Look, decide
+from cnnlab.studies.statistics.sequential import Decisions, Look, decide
 
 POWER = 0.8
 MOST_SEEDS = 200  # seeds_needed and rates_needed give up beyond this

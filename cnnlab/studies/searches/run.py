@@ -29,10 +29,20 @@ from rich.console import Console
 
 from cnnlab.config import load_config
 from cnnlab.errors import CnnlabError
-from cnnlab.studies.progress import StudyProgress, study_bars
-from cnnlab.studies.records import CV_STD, FINISHED, FOLD_EPOCHS, FOLD_SCORES, KEY
-from cnnlab.studies.search_report import SearchResult, search_summary, write_search_report
-from cnnlab.studies.search_spec import (
+from cnnlab.studies.ablations.rows import CV_STD, FINISHED, FOLD_EPOCHS, FOLD_SCORES, KEY
+from cnnlab.studies.engine.progress import StudyProgress, study_bars
+from cnnlab.studies.engine.storage import (
+    load_study,
+    open_storage,
+    open_study_storage,
+    study_for,
+    summary_step,
+    with_journal,
+)
+from cnnlab.studies.engine.trials import Queue, liveness, reclaim, requeue_same, trial_config, work
+from cnnlab.studies.engine.workers import run_workers
+from cnnlab.studies.searches.report import SearchResult, search_summary, write_search_report
+from cnnlab.studies.searches.spec import (
     CORNERS,
     PRUNERS,
     SAMPLERS,
@@ -41,17 +51,7 @@ from cnnlab.studies.search_spec import (
     corner_config,
     suggest,
 )
-from cnnlab.studies.storage import (
-    load_study,
-    open_storage,
-    open_study_storage,
-    study_for,
-    summary_step,
-    with_journal,
-)
-from cnnlab.studies.trials import Queue, liveness, reclaim, requeue_same, trial_config, work
-from cnnlab.studies.workers import run_workers
-from cnnlab.tracking import share_service, small_run, study_run
+from cnnlab.tracking.runs import share_service, small_run, study_run
 from cnnlab.training.build import Datasets, check_buildable
 from cnnlab.training.run import run
 

@@ -11,7 +11,7 @@ from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from cnnlab.studies.records import FINISHED, KEY, NOTE, reason_of
+from cnnlab.studies.ablations.rows import FINISHED, KEY, NOTE, reason_of
 
 
 def study_bars(console: Console) -> Progress:

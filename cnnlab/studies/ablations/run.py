@@ -25,17 +25,15 @@ from rich.console import Console
 from cnnlab.config import load_config, to_yaml
 from cnnlab.errors import CnnlabError
 from cnnlab.metrics import FAILURE, METRICS, RESULT_KEYS
-from cnnlab.studies.comparisons import Interval
-from cnnlab.studies.dashboard import study_summary
-from cnnlab.studies.hypothesis import safe_name
-from cnnlab.studies.progress import StudyProgress, study_bars
-from cnnlab.studies.records import ARM, CONFIGS, FINISHED, KEY, OVERRIDES, SEED, TrialRow, arm_seed
-from cnnlab.studies.report import write_report
-from cnnlab.studies.results import Results, collect
-from cnnlab.studies.rounds import next_round, planned, reconcile, take_next_look
-from cnnlab.studies.sequential import SEED_PLAN
-from cnnlab.studies.spec import REPORT_KEYS, SEED_KEYS, AblationSpec
-from cnnlab.studies.storage import (
+from cnnlab.studies.ablations.dashboard import study_summary
+from cnnlab.studies.ablations.hypothesis import safe_name
+from cnnlab.studies.ablations.report import write_report
+from cnnlab.studies.ablations.results import Results, collect
+from cnnlab.studies.ablations.rounds import next_round, planned, reconcile, take_next_look
+from cnnlab.studies.ablations.rows import ARM, CONFIGS, FINISHED, KEY, OVERRIDES, SEED, TrialRow, arm_seed
+from cnnlab.studies.ablations.spec import REPORT_KEYS, SEED_KEYS, AblationSpec
+from cnnlab.studies.engine.progress import StudyProgress, study_bars
+from cnnlab.studies.engine.storage import (
     default_url,
     load_study,
     open_storage,
@@ -44,9 +42,11 @@ from cnnlab.studies.storage import (
     summary_step,
     with_journal,
 )
-from cnnlab.studies.trials import Queue, liveness, reclaim, trial_config, work
-from cnnlab.studies.workers import run_workers
-from cnnlab.tracking import share_service, study_run
+from cnnlab.studies.engine.trials import Queue, liveness, reclaim, trial_config, work
+from cnnlab.studies.engine.workers import run_workers
+from cnnlab.studies.statistics.comparisons import Interval
+from cnnlab.studies.statistics.sequential import SEED_PLAN
+from cnnlab.tracking.runs import share_service, study_run
 from cnnlab.training.build import Datasets, check_buildable
 from cnnlab.training.run import run
 

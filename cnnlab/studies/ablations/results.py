@@ -25,7 +25,10 @@ from cnnlab.metrics import (
     MECHANISMS,
     METRICS,
 )
-from cnnlab.studies.comparisons import (
+from cnnlab.studies.ablations.hypothesis import Expectation
+from cnnlab.studies.ablations.rows import TrialRow, read_trials
+from cnnlab.studies.ablations.spec import AblationSpec
+from cnnlab.studies.statistics.comparisons import (
     ALPHA,
     PAIRED,
     RATES,
@@ -35,11 +38,8 @@ from cnnlab.studies.comparisons import (
     difference_bounds,
     lattice_step,
 )
-from cnnlab.studies.hypothesis import Expectation
-from cnnlab.studies.power import Setting, detectable_effect, rates_needed, seeds_needed
-from cnnlab.studies.records import TrialRow, read_trials
-from cnnlab.studies.sequential import LOOKS, SEED_PLAN, Decisions, Look, Plan, decide
-from cnnlab.studies.spec import AblationSpec
+from cnnlab.studies.statistics.power import Setting, detectable_effect, rates_needed, seeds_needed
+from cnnlab.studies.statistics.sequential import LOOKS, SEED_PLAN, Decisions, Look, Plan, decide
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""What cnnlab writes and how it proves it wrote it: owned folders, manifests, atomic swaps."""

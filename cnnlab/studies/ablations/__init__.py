@@ -1,0 +1,1 @@
+"""Ablations: a spec's arms × seeds run as trials, stored, read back, decided and reported."""
