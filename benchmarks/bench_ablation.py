@@ -21,7 +21,8 @@ from cnnlab.cli import main
 from cnnlab.cpus import free_cpus
 from cnnlab.studies.ablations.run import Job, ablate
 from cnnlab.studies.ablations.spec import load_spec
-from cnnlab.studies.engine.storage import default_url, load_study, open_storage
+from cnnlab.studies.engine.storage import default_url, open_storage
+from cnnlab.studies.engine.store import Store
 
 SPEC = """
 name: bench
@@ -40,7 +41,7 @@ def _run(workers: int, seeds: int) -> tuple[float, list]:
     start = time.perf_counter()
     ablate([Job(spec, out, default_url(out))], False, workers, Console(quiet=True))
     wall = time.perf_counter() - start
-    trials = load_study(open_storage(default_url(out), readonly=True), "bench").get_trials()
+    trials = Store.load(open_storage(default_url(out), readonly=True), "bench").get_trials()
     return wall, [t for t in trials if t.state == TrialState.COMPLETE]
 
 
@@ -69,7 +70,7 @@ def make_ablation() -> tuple[float, float, int, int]:
         status = main(["ablate", *map(str, specs), "--quick", "--out", str(root)])
     wall = time.perf_counter() - start
     assert status == 0, "cnnlab ablate failed"
-    fits = [t.user_attrs["fit_seconds"] for spec in specs for t in load_study(
+    fits = [t.user_attrs["fit_seconds"] for spec in specs for t in Store.load(
         open_storage(default_url(root / f"{spec.stem}-quick"), readonly=True),
         f"{spec.stem}-quick").get_trials() if "fit_seconds" in t.user_attrs]
     return wall, sum(fits), len(fits), workers

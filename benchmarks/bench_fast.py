@@ -17,9 +17,9 @@ from benchmarks.common import Ratio
 from cnnlab.config import load_config
 from cnnlab.cpus import usable_cpus
 from cnnlab.data.sources import ImageData, dataset_key
-from cnnlab.studies.ablations.rounds import reconcile
-from cnnlab.studies.ablations.run import _worker_main, open_ablation
+from cnnlab.studies.ablations.run import worker_main
 from cnnlab.studies.ablations.spec import load_spec
+from cnnlab.studies.ablations.store import AblationStore
 from cnnlab.studies.engine.storage import open_storage
 from cnnlab.studies.engine.workers import run_workers
 from cnnlab.training.fast import resolve
@@ -49,11 +49,11 @@ def _two_workers(threads: int) -> float:
     # 8 trials of 3 epochs: oversubscribed workers are so slow that more would dominate make bench
     (root / "bench.yaml").write_text(SPEC.format(seeds=2).replace("max_epochs=15", "max_epochs=3"))
     url, spec = str(root / "study.journal"), load_spec(root / "bench.yaml")
-    study = open_ablation(spec, False, open_storage(url))
-    reconcile(study, spec, False)
-    run_workers(_worker_main, [([(url, study.study_name, str(root / "out"))], threads)] * 2,
+    store = AblationStore.open(spec, False, open_storage(url))
+    store.reconcile(spec, False)
+    run_workers(worker_main, [([(url, store.name, str(root / "out"))], threads)] * 2,
                 lambda: None)
-    return _throughput([t for t in study.get_trials() if t.value is not None])
+    return _throughput([t for t in store.trials() if t.value is not None])
 
 
 def bench(repeats: int = 3) -> list[Ratio]:

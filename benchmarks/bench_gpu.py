@@ -23,7 +23,8 @@ from cnnlab.config import ExperimentConfig, load_config
 from cnnlab.data.datamodule import DataModule
 from cnnlab.studies.ablations.run import Job, ablate
 from cnnlab.studies.ablations.spec import load_spec
-from cnnlab.studies.engine.storage import default_url, load_study, open_storage
+from cnnlab.studies.engine.storage import default_url, open_storage
+from cnnlab.studies.engine.store import Store
 from cnnlab.training.run import run
 
 PRESET = "configs/presets/cifar10_fast.yaml"
@@ -91,7 +92,7 @@ def trials_per_second(device: str, extra: list[str], workers: int, scratch: Path
     out = root / "out"
     ablate([Job(load_spec(root / "spec.yaml"), out, default_url(out))], False, workers,
            Console(quiet=True))
-    trials = load_study(open_storage(default_url(out), readonly=True), "gpu-workers").get_trials()
+    trials = Store.load(open_storage(default_url(out), readonly=True), "gpu-workers").get_trials()
     return _throughput([t for t in trials if "fit_seconds" in t.user_attrs])
 
 

@@ -15,7 +15,8 @@ from rich.console import Console
 
 from benchmarks.common import Ratio
 from cnnlab.process import configure
-from cnnlab.studies.engine.storage import default_url, load_study, open_storage
+from cnnlab.studies.engine.storage import default_url, open_storage
+from cnnlab.studies.engine.store import Store
 from cnnlab.studies.searches.run import tune
 from cnnlab.studies.searches.spec import load_search_spec, with_overrides
 
@@ -35,7 +36,7 @@ def _search(pruned: bool, seed: int) -> tuple[float, int]:
     spec = with_overrides(load_search_spec(spec_path), TRIALS, None)
     out = root / "out"
     tune(spec, True, out, default_url(out), "bench", 1, None, Console(quiet=True))
-    trials = load_study(open_storage(default_url(out), readonly=True), "bench").get_trials()
+    trials = Store.load(open_storage(default_url(out), readonly=True), "bench").get_trials()
     best = max(t.value for t in trials if t.state == TrialState.COMPLETE)
     return best, sum(t.user_attrs.get("fold_epochs", 0) for t in trials)
 

@@ -21,10 +21,10 @@ from rich.console import Console
 
 from cnnlab.config import load_config
 from cnnlab.errors import CnnlabError
-from cnnlab.outputs.files import check_run_out, check_study_folder
+from cnnlab.outputs.files import check_run_out, check_study_folder, study_folder
 from cnnlab.process import configure
-from cnnlab.shipped import spec_path
-from cnnlab.studies.ablations.hypothesis import safe_name
+from cnnlab.shipped import pilots, spec_path
+from cnnlab.studies.specs import safe_name
 
 if TYPE_CHECKING:
     from cnnlab.studies.ablations.results import Results
@@ -144,10 +144,11 @@ def tune(spec: str | Path = "search", overrides: Sequence[str] = (), *, quick: b
     if workers > 1:
         warm_workers("cnnlab.studies.searches.run")
     from cnnlab.studies.engine.storage import default_url
+    from cnnlab.studies.searches.run import search_study_name
     from cnnlab.studies.searches.run import tune as search
 
-    name = safe_name(study or (f"{loaded.name}-quick" if quick else loaded.name))
-    folder = Path(out) if out is not None else Path("reports") / name
+    name = safe_name(study or search_study_name(loaded, quick))
+    folder = study_folder(name, out)
     return search(loaded, quick, folder, storage or default_url(folder), name, workers, timeout,
                   console or Console())
 
@@ -157,11 +158,10 @@ def stored_results(name: str, *, out: str | Path | None = None, storage: str | N
     """An ablation's results as its storage holds them (default ``reports/<name>``), read only."""
     configure()
     from cnnlab.studies.ablations.results import collect
-    from cnnlab.studies.engine.storage import stored_ablation
+    from cnnlab.studies.ablations.store import AblationStore
 
     study = safe_name(name)
-    folder = Path(out) if out is not None else Path("reports") / study
-    return collect(stored_ablation(study, folder, storage))
+    return collect(AblationStore.stored(study, study_folder(study, out), storage))
 
 
 def report(name: str, *, out: str | Path | None = None, storage: str | None = None) -> StudyResult:
@@ -169,7 +169,32 @@ def report(name: str, *, out: str | Path | None = None, storage: str | None = No
     ``cnnlab report``; nothing is trained."""
     from cnnlab.studies.ablations.report import write_report
 
-    folder = Path(out) if out is not None else Path("reports") / safe_name(name)
+    folder = study_folder(safe_name(name), out)
     results = stored_results(name, out=folder, storage=storage)
     check_study_folder(folder)  # before anything is written
     return StudyResult.of(write_report(results, folder), folder)
+
+
+def plan(spec: str | Path, *, quick: bool = False, pilot: str | Path | None = None,
+         out: str | Path | None = None, storage: str | None = None,
+         plans: Sequence[tuple[int, int, int]] = (), effect: float | None = None,
+         sims: int = 2000, seed: int = 0) -> list[str]:
+    """What ``cnnlab plan`` prints: each seed plan's power for the spec, simulated from its
+    pilot (``pilot``: a results.csv; default: the pilot study in ``out``/``storage``, else the
+    shipped one)."""
+    from cnnlab.studies.ablations.planning import Pilot, plan_lines
+    from cnnlab.studies.ablations.results import collect
+    from cnnlab.studies.ablations.rows import csv_trials
+    from cnnlab.studies.ablations.spec import PILOT_SEEDS, load_spec
+    from cnnlab.studies.ablations.store import AblationStore, study_name
+    from cnnlab.studies.statistics.sequential import Plan
+
+    loaded = load_spec(spec_path(spec))
+    name = study_name(loaded.as_pilot(PILOT_SEEDS), quick)
+    source = pilot or (None if out or storage else pilots().get(name))
+    if source is not None:
+        found = Pilot(str(source), loaded, csv_trials(Path(source)))
+    else:
+        results = collect(AblationStore.stored(name, study_folder(name, out), storage))
+        found = Pilot(results.study, loaded, results.trials)
+    return list(plan_lines(found, [Plan(*p) for p in plans] or [loaded.plan], effect, sims, seed))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -234,9 +234,7 @@ def merge(*layers: DictConfig) -> ExperimentConfig:
         raise CnnlabError(f"{err.full_key}: {reason}") from None
 
 
-def load_config(
-    files: list[str | Path] | tuple[()] = (), overrides: list[str] | tuple[()] = ()
-) -> ExperimentConfig:
+def load_config(files: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> ExperimentConfig:
     """Defaults, then each file (or shipped preset name), then ``key=value`` overrides; validated."""
     cfg = merge(*(_read_yaml(config_path(f)) for f in files), _overrides(list(overrides)))
     validate(cfg)

@@ -15,6 +15,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.utils import make_grid
 
 from cnnlab.images import figure_png
+from cnnlab.metrics import VAL_ACC
 from cnnlab.regularization import penalized_weights
 
 # |w| below this counts as zero in ``weight_sparsity``: about 1% of a typical initial conv weight
@@ -91,7 +92,7 @@ def weight_l2(model: nn.Module) -> float:
 
 def epochs_to(history: list[dict[str, Any]], target: float) -> int | None:
     """The first epoch (counting from 1) whose validation accuracy reaches ``target``."""
-    return next((i + 1 for i, row in enumerate(history) if row.get("val/acc", -1.0) >= target),
+    return next((i + 1 for i, row in enumerate(history) if row.get(VAL_ACC, -1.0) >= target),
                 None)
 
 

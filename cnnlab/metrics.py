@@ -74,7 +74,21 @@ STORED = tuple(name for name, m in METRICS.items() if not m.rates)  # what a run
 # shown when a spec names no ``metrics:`` (and only those that differ between arms)
 MECHANISMS = ("train_acc", "generalization_gap", "weight_sparsity", "weight_l2",
               "epochs_to_target", "bn_train_eval_gap")
-COUNT_KEYS = tuple(f"{split}_{part}" for split in ("test", "val", "train")
+
+
+def logged(split: str, name: str) -> str:
+    """The name an epoch metric is logged under (Lightning, W&B, history.csv): ``val/acc``."""
+    return f"{split}/{name}"
+
+
+def count_key(split: str, part: str) -> str:
+    """A run's count of a split's images: ``test_correct``, ``test_total``."""
+    return f"{split}_{part}"
+
+
+VAL_ACC, VAL_LOSS = logged("val", "acc"), logged("val", "loss")
+TEST_ACC, TEST_LOSS, TRAIN_LOSS = logged("test", "acc"), logged("test", "loss"), logged("train", "loss")
+COUNT_KEYS = tuple(count_key(split, part) for split in ("test", "val", "train")
                    for part in ("correct", "total"))
 # Everything a study trial keeps of a run's metrics (besides the failure).
 RESULT_KEYS = (*STORED, "epochs", "max_epochs", *COUNT_KEYS, "chance_acc")

@@ -15,7 +15,8 @@ from scipy import stats
 from wandb_records import read_records
 
 from cnnlab.studies.ablations.spec import load_spec
-from cnnlab.studies.engine.storage import load_study, open_storage
+from cnnlab.studies.engine.storage import open_storage
+from cnnlab.studies.engine.store import Store
 
 SPEC = """
 name: tiny
@@ -42,7 +43,7 @@ def write_spec(tmp_path: Path, seeds: int = 2, arms: str | None = None) -> Path:
 
 
 def trials(out: Path) -> list:
-    return load_study(open_storage(str(out / "study.journal"), readonly=True), "tiny").get_trials()
+    return Store.load(open_storage(str(out / "study.journal"), readonly=True), "tiny").get_trials()
 
 
 def complete_keys(out: Path) -> list[str]:
@@ -107,7 +108,7 @@ def test_one_set_of_workers_runs_several_specs(cli, tmp_path: Path) -> None:
     workers = {}
     for name in ("tiny", "other"):
         out = tmp_path / "out" / name
-        done = [t for t in load_study(open_storage(str(out / "study.journal"), readonly=True),
+        done = [t for t in Store.load(open_storage(str(out / "study.journal"), readonly=True),
                                       name).get_trials() if t.state == TrialState.COMPLETE]
         assert len({t.user_attrs["key"] for t in done}) == len(done) == 6
         assert (out / "report.md").is_file() and f"{name}: arms" in stdout  # its lines
@@ -202,7 +203,7 @@ def test_sqlite_storage(cli, tmp_path: Path) -> None:
     spec = write_spec(tmp_path, seeds=1, arms="norm only")
     status, _, err = cli("ablate", spec, "--out", tmp_path / "out", "--storage", url)
     assert status == 0, err
-    done = [t for t in load_study(open_storage(url, readonly=True), "tiny").get_trials()
+    done = [t for t in Store.load(open_storage(url, readonly=True), "tiny").get_trials()
             if t.state == TrialState.COMPLETE]
     assert len(done) == 3 and not (tmp_path / "out" / "study.journal").exists()
     status, _, _ = cli("report", "tiny", "--out", tmp_path / "again", "--storage", url)
@@ -271,6 +272,6 @@ def test_fewer_seeds_than_the_study_has_says_so_and_changes_nothing(cli, tmp_pat
     keys, report = sorted(complete_keys(out)), (out / "report.md").read_text()
     status, _, err = cli("ablate", spec, "--out", out, "--workers", "1", "--seeds", "1")
     assert status == 0 and "has 2 seeds per arm; 1 changes nothing" in err
-    study = load_study(open_storage(str(out / "study.journal"), readonly=True), "tiny")
+    study = Store.load(open_storage(str(out / "study.journal"), readonly=True), "tiny")
     assert study.user_attrs["spec"]["seeds"] == 2  # the stored spec was rewritten to 1 before
     assert sorted(complete_keys(out)) == keys and (out / "report.md").read_text() == report

@@ -17,7 +17,6 @@ from cnnlab.metrics import METRICS
 from cnnlab.shipped import ablation_names, pilots, specs
 from cnnlab.studies.ablations.report import check_rows
 from cnnlab.studies.ablations.results import collect
-from cnnlab.studies.ablations.rounds import take_next_look
 from cnnlab.studies.ablations.spec import PILOT_SEED, load_spec
 from cnnlab.studies.statistics.comparisons import Sample, boschloo_p, paired_p, t_p
 from cnnlab.studies.statistics.power import (
@@ -152,11 +151,11 @@ def test_power_lines_are_at_the_alpha_each_comparison_was_tested(tmp_path: Path)
     noise = [3, -4, 5, -2, 4, -6, 2, -1]
     rows += [{"arm": "arm=other", "seed": s, "metrics": _accuracy(int(c) + noise[s])}
              for s, c in enumerate(base)]
-    study = _store(tmp_path / "s.journal", spec, rows)
+    store = _store(tmp_path / "s.journal", spec, rows)
     plan = Plan(4, 8, 4)
     looks = planned_looks(plan)
-    study.set_user_attr("looks_taken", [{"seeds": k.seeds, "alpha": k.alpha} for k in looks])
-    (check,) = collect(study).checks
+    store.study.set_user_attr("looks_taken", [{"seeds": k.seeds, "alpha": k.alpha} for k in looks])
+    (check,) = collect(store).checks
     assert check.outcome == "undecided" and check.power is not None
     assert check.power.alpha == pytest.approx(looks[1].alpha)  # not 0.05, not one look
     assert check.power.test == "paired test"
@@ -234,14 +233,14 @@ def test_a_report_mid_round_spends_no_alpha_and_the_round_spends_it_once(tmp_pat
     rows = [{"arm": "arm=base", "seed": s, "metrics": _accuracy(340 + s)} for s in range(4)]
     rows += [{"arm": "arm=other", "seed": s, "metrics": _accuracy(c)}
              for s, c in enumerate([305, 301, 309, 302])]
-    study = _store(tmp_path / "s.journal", spec, rows, look=False)
-    mid = collect(study)
+    store = _store(tmp_path / "s.journal", spec, rows, look=False)
+    mid = collect(store)
     assert not mid.looks_stored and mid.alpha_spent == 0.0
     assert [c.outcome for c in mid.checks] == ["undecided"] and mid.verdict == "undecided"
-    assert "looks_taken" not in study.user_attrs  # a report stores nothing
-    take_next_look(study, spec)
-    take_next_look(study, spec)  # the same round again: no second look
-    done = collect(study)
+    assert "looks_taken" not in store.study.user_attrs  # a report stores nothing
+    store.take_next_look(spec)
+    store.take_next_look(spec)  # the same round again: no second look
+    done = collect(store)
     assert done.looks == [Look(4, Plan(4, 8, 4).spent(4))]
     assert done.checks[0].outcome == "as expected" and done.alpha_spent == Plan(4, 8, 4).spent(4)
 

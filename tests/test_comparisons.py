@@ -24,10 +24,10 @@ from wandb_records import run_contents
 
 from cnnlab.diagnostics import SPARSITY_THRESHOLD, epochs_to, weight_l2, weight_sparsity
 from cnnlab.studies.ablations.results import collect
-from cnnlab.studies.ablations.rounds import planned, reconcile, take_next_look
-from cnnlab.studies.ablations.run import open_ablation
 from cnnlab.studies.ablations.spec import AblationSpec, load_spec
-from cnnlab.studies.engine.storage import load_study, open_storage
+from cnnlab.studies.ablations.store import AblationStore
+from cnnlab.studies.engine.storage import open_storage
+from cnnlab.studies.engine.store import Store
 from cnnlab.studies.statistics.comparisons import (
     Interval,
     boschloo_p,
@@ -94,18 +94,18 @@ def test_paired_tests_match_scipy_and_statsmodels() -> None:
 
 
 def _store(path: Path, spec: AblationSpec, rows: list[dict], quick: bool = False,
-           look: bool = True) -> optuna.Study:
+           look: bool = True) -> AblationStore:
     """A study as ``cnnlab ablate`` stores it, with ``rows`` as its finished trials and (where
     ``look``) the look its finished round stores."""
-    study = open_ablation(spec, quick, open_storage(str(path)))
+    store = AblationStore.open(spec, quick, open_storage(str(path)))
     for row in rows:
         attrs = {"key": f"{row['arm']} | seed={row['seed']}", "arm": row["arm"],
                  "seed": row["seed"], **row["metrics"]}
-        study.add_trial(optuna.trial.create_trial(value=0.0, user_attrs=attrs, params={},
-                                                  distributions={}))
+        store.study.add_trial(optuna.trial.create_trial(value=0.0, user_attrs=attrs, params={},
+                                                        distributions={}))
     if look:
-        take_next_look(study, spec)
-    return study
+        store.take_next_look(spec)
+    return store
 
 
 def _accuracy(correct: int, total: int = 360) -> dict:
@@ -185,7 +185,7 @@ def test_a_study_grown_from_3_to_6_seeds_spends_alpha_for_two_looks(cli, tmp_pat
     out = tmp_path / "out"
     assert cli("ablate", spec, "--out", out)[0] == 0
     assert cli("ablate", spec, "--out", out, "--seeds", "6")[0] == 0
-    study = load_study(open_storage(str(out / "study.journal"), readonly=True), "two")
+    study = Store.load(open_storage(str(out / "study.journal"), readonly=True), "two")
     looks = study.user_attrs["looks_taken"]
     plan = Plan(3, 10, 2)  # seeds: 3 plans up to SEEDS_HORIZON, so later looks have α to spend
     assert [look["seeds"] for look in looks] == [3, 6]
@@ -195,7 +195,7 @@ def test_a_study_grown_from_3_to_6_seeds_spends_alpha_for_two_looks(cli, tmp_pat
     text = (out / "report.md").read_text()
     assert "## Looks and α spent" in text and f"| 2 | 6 | {looks[1]['alpha']:.4g} |" in text
     assert cli("ablate", spec, "--out", out, "--seeds", "6")[0] == 0  # a rerun is no new look
-    study = load_study(open_storage(str(out / "study.journal"), readonly=True), "two")
+    study = Store.load(open_storage(str(out / "study.journal"), readonly=True), "two")
     assert len(study.user_attrs["looks_taken"]) == 2
 
 
@@ -313,7 +313,7 @@ def test_a_trial_stores_the_mechanism_metrics_and_never_reached_is_censored(
                     .replace("data.batch_size=16,", "data.batch_size=16, trainer.target_acc=1.0,"))
     status, _, err = cli("ablate", spec, "--out", tmp_path / "out")
     assert status == 0, err
-    study = load_study(open_storage(str(tmp_path / "out" / "study.journal"), readonly=True), "auto")
+    study = Store.load(open_storage(str(tmp_path / "out" / "study.journal"), readonly=True), "auto")
     for t in study.get_trials(states=(TrialState.COMPLETE,)):
         assert set(MECHANISMS) <= set(t.user_attrs) and t.user_attrs["epochs_to_target"] is None
     rows = (tmp_path / "out" / "results.csv").read_text().splitlines()
@@ -337,7 +337,7 @@ baseline: {arm: base}
 
 
 def _seeds(out: Path) -> dict[str, list[int]]:
-    study = load_study(open_storage(str(out / "study.journal"), readonly=True), "auto")
+    study = Store.load(open_storage(str(out / "study.journal"), readonly=True), "auto")
     seeds: dict[str, list[int]] = {}
     for t in study.get_trials(states=(TrialState.COMPLETE,)):
         seeds.setdefault(t.user_attrs["arm"], []).append(t.user_attrs["seed"])
@@ -402,8 +402,9 @@ def test_a_kill_while_a_round_is_queued_resumes_the_whole_round(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "auto.yaml").write_text(AUTO_SPEC)
     spec = load_spec(tmp_path / "auto.yaml")
-    study = open_ablation(spec, False, open_storage(str(tmp_path / "study.journal")))
-    reconcile(study, spec, False)  # round one: 3 seeds per arm
+    store = AblationStore.open(spec, False, open_storage(str(tmp_path / "study.journal")))
+    study = store.study
+    store.reconcile(spec, False)  # round one: 3 seeds per arm
     real, calls = study.enqueue_trial, []
 
     def killed(*args, **kwargs):  # the process dies after queueing one trial of round two
@@ -414,12 +415,12 @@ def test_a_kill_while_a_round_is_queued_resumes_the_whole_round(
 
     monkeypatch.setattr(study, "enqueue_trial", killed)
     with pytest.raises(KeyboardInterrupt):
-        reconcile(study, spec, False, {"arm=base": 4, "arm=l2": 4})
+        store.reconcile(spec, False, {"arm=base": 4, "arm=l2": 4})
     monkeypatch.setattr(study, "enqueue_trial", real)
-    rerun = open_ablation(spec, False, open_storage(str(tmp_path / "study.journal")))
-    assert planned(rerun, spec) == {"arm=base": 4, "arm=l2": 4, "arm=dropout": 3}
-    assert reconcile(rerun, spec, False) == 1  # the rest of the round, nothing more
-    keys = {t.user_attrs["key"] for t in rerun.get_trials()}
+    rerun = AblationStore.open(spec, False, open_storage(str(tmp_path / "study.journal")))
+    assert rerun.planned(spec) == {"arm=base": 4, "arm=l2": 4, "arm=dropout": 3}
+    assert rerun.reconcile(spec, False) == 1  # the rest of the round, nothing more
+    keys = {t.user_attrs["key"] for t in rerun.trials()}
     assert {"arm=base | seed=3", "arm=l2 | seed=3"} <= keys and "arm=dropout | seed=3" not in keys
 
 

@@ -24,7 +24,8 @@ from cnnlab.errors import CnnlabError
 from cnnlab.outputs import files, ownership
 from cnnlab.outputs.files import claim_study_folder, staging_path, write_owned
 from cnnlab.outputs.ownership import MANIFEST, Manifest
-from cnnlab.studies.engine.storage import load_study, open_storage
+from cnnlab.studies.engine.storage import open_storage
+from cnnlab.studies.engine.store import Store
 
 FAST = ["trainer.max_epochs=1", "model.channels=[8]", "model.hidden_units=[16]", "data.batch_size=128"]
 ENV = {**os.environ, "WANDB_MODE": "disabled"}
@@ -165,7 +166,7 @@ def test_a_report_the_user_edited_is_not_overwritten(cli, tmp_path: Path) -> Non
 
 
 def _keys(out: Path, name: str = "tiny") -> list[str]:
-    study = load_study(open_storage(str(out / "study.journal"), readonly=True), name)
+    study = Store.load(open_storage(str(out / "study.journal"), readonly=True), name)
     return [t.user_attrs["key"] for t in study.get_trials(states=(TrialState.COMPLETE,))]
 
 
@@ -260,7 +261,7 @@ def test_a_read_only_output_folder_is_one_line(tmp_path: Path) -> None:
 def test_a_report_written_while_trials_run_says_so(cli, tmp_path: Path) -> None:
     spec, out = write_spec(tmp_path, seeds=1), tmp_path / "study"
     assert _ablate(cli, spec, out)[0] == 0
-    study = load_study(open_storage(str(out / "study.journal")), "tiny")
+    study = Store.load(open_storage(str(out / "study.journal")), "tiny")
     key = "model.norm=batch, reg=none | seed=1"  # another worker's trial, still running
     study.enqueue_trial({"arm": "model.norm=batch, reg=none", "seed": 1}, user_attrs={"key": key})
     study.ask()

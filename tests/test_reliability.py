@@ -24,7 +24,8 @@ from test_search import trials as search_trials
 from test_search import write_spec as write_search_spec
 
 from cnnlab.errors import CnnlabError
-from cnnlab.studies.engine.storage import load_study, open_storage
+from cnnlab.studies.engine.storage import open_storage
+from cnnlab.studies.engine.store import Store
 
 ENV = {**os.environ, "WANDB_MODE": "disabled"}
 KILLS = 3  # SIGKILLs per study, each at a random moment after at least one more trial finished
@@ -87,7 +88,7 @@ def test_ablation_survives_repeated_sigkills(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "cnnlab.cli", "ablate", str(spec), "--out", str(out)]
     kills = kill_and_resume(command, lambda: len(complete_keys(out)), seed=1)
     assert kills >= 2
-    study = load_study(open_storage(str(out / "study.journal"), readonly=True), "tiny")
+    study = Store.load(open_storage(str(out / "study.journal"), readonly=True), "tiny")
     keys = complete_keys(out)
     assert len(keys) == 9 and len(set(keys)) == 9  # every arm × seed exactly once
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
@@ -148,7 +149,7 @@ def test_a_diverging_arm_is_a_failed_outcome_and_the_ablation_goes_on(cli, tmp_p
     out = tmp_path / "out"
     status, stdout, err = cli("ablate", spec, "--out", out)
     assert status == 0, err
-    study = load_study(open_storage(str(out / "study.journal"), readonly=True), "lr")
+    study = Store.load(open_storage(str(out / "study.journal"), readonly=True), "lr")
     trials = study.get_trials()
     assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
     for t in trials:  # an outcome of its arm, recorded as such, entered at chance accuracy
@@ -196,7 +197,7 @@ def test_four_workers_share_one_ablation(cli, tmp_path: Path, storage: str, requ
     status, _, err = cli("ablate", spec, "--out", tmp_path / "out", "--storage", url,
                          "--workers", "4")
     assert status == 0, err
-    all_trials = load_study(open_storage(url, readonly=True), name).get_trials()
+    all_trials = Store.load(open_storage(url, readonly=True), name).get_trials()
     done = [t for t in all_trials if t.state == TrialState.COMPLETE]
     keys = [t.user_attrs["key"] for t in done]
     assert len(keys) == 8 and len(set(keys)) == 8  # unique, none lost
@@ -317,7 +318,7 @@ def _alive(pid: int) -> bool:
 def _workers(out: Path, name: str = "tiny") -> set[int]:
     """The pids of the processes that ran (or run) the study's trials (none yet: empty)."""
     try:
-        study = load_study(open_storage(str(out / "study.journal"), readonly=True), name)
+        study = Store.load(open_storage(str(out / "study.journal"), readonly=True), name)
     except (CnnlabError, FileNotFoundError, KeyError):
         return set()
     return {int(t.user_attrs["worker"].rsplit(":", 1)[1]) for t in study.get_trials()
@@ -507,7 +508,7 @@ def test_a_postgresql_restart_is_waited_out(postgres: Postgres) -> None:
     back.start()
     try:
         start = time.monotonic()
-        assert len(load_study(storage, "restart").get_trials()) == 1  # asked while it was down
+        assert len(Store.load(storage, "restart").get_trials()) == 1  # asked while it was down
         assert time.monotonic() - start > 1.0  # it did wait for the server
     finally:
         back.join()

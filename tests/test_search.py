@@ -11,8 +11,9 @@ import pytest
 from optuna.trial import TrialState
 
 from cnnlab.errors import CnnlabError
-from cnnlab.studies.engine.storage import load_study, open_storage
-from cnnlab.studies.searches.run import open_search, queue_slots
+from cnnlab.studies.engine.storage import open_storage
+from cnnlab.studies.engine.store import Store
+from cnnlab.studies.searches.run import open_search
 from cnnlab.studies.searches.spec import load_search_spec, suggest, with_overrides
 
 SPEC = """
@@ -38,7 +39,7 @@ def write_spec(tmp_path: Path, low: float = 1e-3, high: float = 1e-2, sampler: s
 
 def trials(out: Path, url: str | None = None, name: str = "small") -> list:
     storage = open_storage(url or str(out / "study.journal"), readonly=True)
-    return [t for t in load_study(storage, name).get_trials() if "note" not in t.user_attrs]
+    return [t for t in Store.load(storage, name).get_trials() if "note" not in t.user_attrs]
 
 
 def test_small_search_completes_refits_and_reports(cli, tmp_path: Path) -> None:
@@ -154,10 +155,10 @@ def test_a_run_killed_after_a_finished_trial_does_not_reseed_the_next_as_it_was(
     spec = with_overrides(load_search_spec(write_spec(tmp_path)), 4, None)
     storage = open_storage(str(tmp_path / "study.journal"))
     first = open_search(spec, True, storage, "small")
-    queue_slots(first, spec.trials)
+    first.queue_slots(spec.trials)
     drawn = []
     for _ in range(2):  # each "run": open, draw one configuration, finish it, die
-        study = open_search(spec, True, storage, "small")
+        study = open_search(spec, True, storage, "small").study
         trial = study.ask()
         drawn.append(suggest(trial, spec.space))
         study.tell(trial, 0.5)

@@ -27,10 +27,10 @@ from cnnlab.models.norms import NORMS
 from cnnlab.outputs.files import abort_run, begin_run, staging_path
 from cnnlab.outputs.ownership import Manifest
 from cnnlab.regularization import REGULARIZERS
-from cnnlab.studies.ablations.hypothesis import safe_name
-from cnnlab.studies.ablations.rows import HEARTBEAT, KEY, NOTE, WORKER
-from cnnlab.studies.engine.storage import load_study, open_storage
-from cnnlab.studies.engine.trials import liveness, reclaim, requeue_same
+from cnnlab.studies.engine.storage import open_storage
+from cnnlab.studies.engine.store import HEARTBEAT, KEY, NOTE, WORKER, Store
+from cnnlab.studies.engine.trials import liveness, reclaim
+from cnnlab.studies.specs import safe_name
 from cnnlab.training.fast import PRECISIONS
 from cnnlab.training.optim import OPTIMIZERS, SCHEDULERS
 
@@ -50,7 +50,7 @@ def _url(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
 
 def _trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
     try:
-        return load_study(open_storage(url, readonly=True), name).get_trials()
+        return Store.load(open_storage(url, readonly=True), name).get_trials()
     except (CnnlabError, FileNotFoundError):  # nothing stored yet
         return []
 
@@ -138,13 +138,14 @@ def test_a_live_workers_trial_is_never_taken_on_any_host(
         trial.suggest_float("x", 0, 10)
         trial.set_user_attr(WORKER, worker)
         trial.set_user_attr(HEARTBEAT, time.time())
-    assert reclaim(study, lambda t: requeued.append(t.number)) == 0  # fresh heartbeats
+    store = Store(study)
+    assert reclaim(store, lambda t: requeued.append(t.number)) == 0  # fresh heartbeats
     for t in study.get_trials(states=(TrialState.RUNNING,)):  # both stop beating
         study._storage.set_trial_user_attr(t._trial_id, HEARTBEAT, time.time() - GRACE - 1)
     os.environ.update(CNNLAB_HEARTBEAT_S=str(INTERVAL), CNNLAB_GRACE_S=str(GRACE))
     try:
-        assert reclaim(study, requeue_same(study)) == 2  # silent past the grace: lost
-        assert reclaim(study, requeue_same(study)) == 0  # failed once, queued once
+        assert reclaim(store, store.requeue) == 2  # silent past the grace: lost
+        assert reclaim(store, store.requeue) == 0  # failed once, queued once
     finally:
         del os.environ["CNNLAB_HEARTBEAT_S"], os.environ["CNNLAB_GRACE_S"]
     waiting = study.get_trials(states=(TrialState.WAITING,))

@@ -20,7 +20,6 @@ from cnnlab.config import ExperimentConfig, load_config, to_yaml
 from cnnlab.cpus import free_cpus
 from cnnlab.errors import CnnlabError
 from cnnlab.outputs.files import write_output
-from cnnlab.shipped import pilots, spec_path
 
 if TYPE_CHECKING:  # the results model loads numpy and Optuna: only the commands that need it do
     from cnnlab.studies.ablations.results import Results
@@ -192,24 +191,10 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
-    from cnnlab.studies.ablations.planning import Pilot, plan_lines
-    from cnnlab.studies.ablations.results import collect
-    from cnnlab.studies.ablations.rows import csv_trials
-    from cnnlab.studies.ablations.spec import load_spec
-    from cnnlab.studies.engine.storage import stored_ablation
-    from cnnlab.studies.statistics.sequential import Plan
-
-    spec = load_spec(spec_path(args.spec))
-    name = f"{spec.name}-pilot-quick" if args.quick else f"{spec.name}-pilot"
-    source = args.pilot or (None if args.out or args.storage else pilots().get(name))
-    if source is not None:
-        pilot = Pilot(str(source), spec, csv_trials(Path(source)))
-    else:
-        results = collect(stored_ablation(name, args.out or Path("reports") / name, args.storage))
-        pilot = Pilot(results.study, spec, results.trials)
     console = _console()
-    for line in plan_lines(pilot, [Plan(*p) for p in args.plan] or [spec.plan], args.effect,
-                           args.sims, args.seed):
+    for line in api.plan(args.spec, quick=args.quick, pilot=args.pilot, out=args.out,
+                         storage=args.storage, plans=args.plan, effect=args.effect,
+                         sims=args.sims, seed=args.seed):
         _say(console, line)
 
 

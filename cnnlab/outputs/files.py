@@ -179,6 +179,14 @@ def commit_run(staging: Path, out: Path) -> None:
         os.rename(staging, out)  # replaces an empty folder
 
 
+REPORTS = Path("reports")  # where a study reports unless told otherwise
+
+
+def study_folder(name: str, out: str | Path | None = None) -> Path:
+    """A study's folder: ``out``, else ``reports/<name>``."""
+    return Path(out) if out is not None else REPORTS / name
+
+
 def check_study_folder(out: Path) -> bool:
     """``out`` may hold a study's report: new, empty, or made by cnnlab for a study; returns
     whether cnnlab made it already."""

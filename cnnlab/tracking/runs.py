@@ -20,6 +20,7 @@ from lightning.pytorch.loggers import WandbLogger
 
 from cnnlab.config import ExperimentConfig, to_dict
 from cnnlab.errors import CnnlabError
+from cnnlab.metrics import VAL_ACC, VAL_LOSS
 from cnnlab.tracking.summary import StudySummary
 
 MODES = ("offline", "online", "disabled", "shared", "dryrun", "run")  # what wandb itself accepts
@@ -77,8 +78,8 @@ def define_metrics(run: Any) -> None:
     run.define_metric("epoch")
     for pattern in PER_EPOCH:
         run.define_metric(pattern, step_metric="epoch")
-    run.define_metric("val/acc", step_metric="epoch", summary="max")
-    run.define_metric("val/loss", step_metric="epoch", summary="min")
+    run.define_metric(VAL_ACC, step_metric="epoch", summary="max")
+    run.define_metric(VAL_LOSS, step_metric="epoch", summary="min")
 
 
 def wandb_logger(cfg: ExperimentConfig, out: Path, context: dict[str, Any] | None = None

@@ -28,6 +28,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from cnnlab.errors import CnnlabError
+from cnnlab.outputs.files import REPORTS
 from cnnlab.outputs.ownership import write_atomic
 
 OFFLINE = "offline-run-"  # how W&B names an offline run's folder: offline-run-DATE_TIME-ID
@@ -101,8 +102,8 @@ def sync_roots(targets: list[str]) -> list[Path]:
     roots = []
     for target in targets or ["reports", "runs"]:
         path = Path(target)
-        if not path.is_dir() and (Path("reports") / target).is_dir():
-            path = Path("reports") / target
+        if not path.is_dir() and (REPORTS / target).is_dir():
+            path = REPORTS / target
         if not path.is_dir():
             if targets:
                 raise CnnlabError(f"sync: {target}: no such folder or study under reports/; "

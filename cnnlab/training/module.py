@@ -15,6 +15,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from cnnlab.config import ExperimentConfig, merge, to_dict
 from cnnlab.data.datamodule import DataModule
+from cnnlab.metrics import TRAIN_LOSS, logged
 from cnnlab.models.convnet import ConvNet
 from cnnlab.regularization import Regularizer
 from cnnlab.training.optim import OPTIMIZERS, SCHEDULERS
@@ -110,7 +111,7 @@ class Classifier(L.LightningModule):
         for name, metric, args in (("acc", self._metric(f"{split}_acc"), (preds, targets)),
                                    ("loss", self._metric(f"{split}_loss"), (losses, sizes))):
             metric.update(*args)
-            metrics[f"{split}/{name}"] = metric.compute()  # over every process's shard
+            metrics[logged(split, name)] = metric.compute()  # over every process's shard
             metric.reset()
         return metrics
 
@@ -123,7 +124,7 @@ class Classifier(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         metrics = self._epoch_metrics("train")
         reg = self._metric("train_reg_loss")
-        metrics["train/reg_loss"] = reg.compute() if reg.update_count else torch.zeros(())
+        metrics[logged("train", "reg_loss")] = reg.compute() if reg.update_count else torch.zeros(())
         reg.reset()
         optimizer = self.optimizers()
         assert not isinstance(optimizer, list)  # configure_optimizers returns one
@@ -136,7 +137,7 @@ class Classifier(L.LightningModule):
         row: dict[str, float] = {"epoch": self.current_epoch}
         row.update({k: float(v) for k, v in self.trainer.callback_metrics.items()})
         self.history.append(row)
-        loss = metrics["train/loss"]
+        loss = metrics[TRAIN_LOSS]
         if not torch.isfinite(loss) or loss > self.diverge_above:  # stop; the run is marked diverged
             self.diverged = True
             self.trainer.should_stop = True

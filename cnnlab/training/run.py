@@ -33,7 +33,16 @@ from cnnlab.diagnostics import (
 )
 from cnnlab.errors import CnnlabError
 from cnnlab.images import png_bytes, png_image, to_uint8
-from cnnlab.metrics import FAILURE, counts, dashboard_values, failure_of
+from cnnlab.metrics import (
+    FAILURE,
+    TEST_ACC,
+    TEST_LOSS,
+    TRAIN_LOSS,
+    count_key,
+    counts,
+    dashboard_values,
+    failure_of,
+)
 from cnnlab.outputs.files import abort_run, begin_run, commit_run, staging_path
 from cnnlab.outputs.ownership import write_atomic
 from cnnlab.tracking.runs import finish, wandb_logger
@@ -72,7 +81,7 @@ def _history_csv(history: list[dict[str, float]]) -> str:
 
 def _counted(split: str, share: float, labels: torch.Tensor) -> dict[str, float | None]:
     """An accuracy's exact form: the images correct and evaluated (``metrics.counts``)."""
-    return {f"{split}_correct": counts(share, len(labels)), f"{split}_total": len(labels)}
+    return {count_key(split, "correct"): counts(share, len(labels)), count_key(split, "total"): len(labels)}
 
 
 def _majority_share(labels: torch.Tensor) -> float:
@@ -89,7 +98,7 @@ def _mechanisms(model: torch.nn.Module, history: list[dict[str, float]],
     train_acc = accuracy(model, *train, batch=512)  # eval mode: the batch size changes nothing
     out: dict[str, float | None] = {
         "train_acc": train_acc, "train_correct": counts(train_acc, len(train[1])),
-        "train_total": len(train[1]), "weight_sparsity": weight_sparsity(model),
+        count_key("train", "total"): len(train[1]), "weight_sparsity": weight_sparsity(model),
         "weight_l2": weight_l2(model), "epochs_to_target": epochs_to(history, cfg.trainer.target_acc)}
     if "test_acc" in metrics:
         out["generalization_gap"] = train_acc - float(metrics["test_acc"] or 0.0)
@@ -177,7 +186,7 @@ def _run(cfg: ExperimentConfig, out: Path, final: Path, fold: tuple[int, int] | 
             val_acc = float(best.best_model_score)
             metrics["val_acc"] = val_acc
             metrics |= _counted("val", val_acc, datamodule.val[1])
-        metrics["train_loss"] = module.history[-1]["train/loss"]
+        metrics["train_loss"] = module.history[-1][TRAIN_LOSS]
         metrics["diverged"] = module.diverged
         if datamodule.val is not None and zero:
             gap = bn_train_eval_gap(model, *datamodule.val, batch=cfg.data.batch_size)
@@ -188,9 +197,9 @@ def _run(cfg: ExperimentConfig, out: Path, final: Path, fold: tuple[int, int] | 
             (test,) = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False,
                                    weights_only=True)
             assert datamodule.test is not None  # no fold: a test split
-            metrics["test_acc"] = test["test/acc"]
-            metrics["test_loss"] = test["test/loss"]
-            metrics |= _counted("test", test["test/acc"], datamodule.test[1])
+            metrics["test_acc"] = test[TEST_ACC]
+            metrics["test_loss"] = test[TEST_LOSS]
+            metrics |= _counted("test", test[TEST_ACC], datamodule.test[1])
         tested = datamodule.test if fold is None else datamodule.val
         if tested is not None:
             metrics["chance_acc"] = _majority_share(tested[1])

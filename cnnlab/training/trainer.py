@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 
 from cnnlab.config import TrainerConfig
+from cnnlab.metrics import VAL_ACC
 from cnnlab.training.distributed import layer_sync
 
 
@@ -50,7 +51,7 @@ def build_trainer(
     checkpoint = ModelCheckpoint(
         dirpath=out / "checkpoints",
         filename=BEST,
-        monitor="val/acc" if validate else None,
+        monitor=VAL_ACC if validate else None,
         mode="max",
         save_top_k=1,
         enable_version_counter=False,

@@ -1,19 +1,15 @@
 """A spec's hypothesis: its expectations (arm higher / lower than another on a metric), read
-from ``{claim, expect: [...]}`` with arms named by their factor levels; and the names of arms,
-studies and levels as files, W&B and overrides need them."""
+from ``{claim, expect: [...]}`` with arms named by their factor levels."""
 
 from __future__ import annotations
 
-import hashlib
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from cnnlab.errors import CnnlabError
 from cnnlab.metrics import METRICS
+from cnnlab.studies.specs import yaml_scalar
 
 Factors = dict[str, dict[str, tuple[str, ...]]]  # factor → level → the overrides it adds
 DIRECTIONS = ("higher", "lower", "equivalent")  # equivalent: within ±margin (the spec's)
@@ -50,22 +46,6 @@ def arm_name(levels: dict[str, str]) -> str:
     return ", ".join(f"{factor}={level}" for factor, level in levels.items())
 
 
-MAX_NAME = 80  # characters of a name on disk (file systems stop at 255 bytes)
-
-
-def safe_name(text: str) -> str:
-    """A file-system-safe version of a study, arm or run name (no separators, no '..'). A name
-    that is too long, or that loses letters outside ASCII, ends in a hash of the original:
-    two such names never share a folder (all-Greek names all became ``_``)."""
-    name = re.sub(r"[^A-Za-z0-9_.=+-]+", "_", text).replace("..", "_").strip("._") or "_"
-    if len(name) > MAX_NAME or not text.isascii():
-        name = f"{name[:MAX_NAME - 9]}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
-    return name
-
-
-def yaml_scalar(value: Any) -> str:
-    """A value as it reads in a key=value override."""
-    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
 def metric_name(path: Path, key: str, name: Any) -> str:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cnnlab.errors import CnnlabError
-from cnnlab.metrics import METRICS
+from cnnlab.metrics import METRICS, count_key
 from cnnlab.studies.ablations.hypothesis import Expectation
 from cnnlab.studies.ablations.results import family
 from cnnlab.studies.ablations.rows import TrialRow
@@ -70,7 +70,7 @@ def model(pilot: Pilot, e: Expectation) -> Model:
              if arm[s].value(e.metric) is not None and ref[s].value(e.metric) is not None]
     refs = [v for r in ref.values() if r.failure is None and (v := r.value(e.metric)) is not None]
     split = METRICS[e.metric].counted
-    totals = {r.metrics.get(f"{split}_total") for r in pilot.trials} if split else set()
+    totals = {r.metrics.get(count_key(split, "total")) for r in pilot.trials} if split else set()
     total = totals.pop() if len(totals) == 1 else None
     quantum = 1 / total if total else METRICS[e.metric].step
     failed = [r for r in pilot.trials if r.failure is not None]

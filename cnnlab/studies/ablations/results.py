@@ -18,7 +18,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import optuna
 
 from cnnlab.metrics import (
     FAILURES,
@@ -26,8 +25,9 @@ from cnnlab.metrics import (
     METRICS,
 )
 from cnnlab.studies.ablations.hypothesis import Expectation
-from cnnlab.studies.ablations.rows import TrialRow, read_trials
+from cnnlab.studies.ablations.rows import TrialRow
 from cnnlab.studies.ablations.spec import AblationSpec
+from cnnlab.studies.ablations.store import AblationStore
 from cnnlab.studies.statistics.comparisons import (
     ALPHA,
     PAIRED,
@@ -39,7 +39,7 @@ from cnnlab.studies.statistics.comparisons import (
     lattice_step,
 )
 from cnnlab.studies.statistics.power import Setting, detectable_effect, rates_needed, seeds_needed
-from cnnlab.studies.statistics.sequential import LOOKS, SEED_PLAN, Decisions, Look, Plan, decide
+from cnnlab.studies.statistics.sequential import Decisions, Look, Plan, decide
 
 
 @dataclass(frozen=True)
@@ -168,20 +168,6 @@ def _comparison(rows: list[TrialRow], arm: str, reference: str, metric: str,
                       float(sample.p()[0]), int(sample.failed.sum()), sd=sd)
 
 
-def plan_of(study: optuna.Study, spec: AblationSpec) -> Plan:
-    """The α-spending plan stored when the study was created (cnnlab ≤ 0.3: one look, or a
-    look per planned round of its seeds, from the stored spec)."""
-    stored = study.user_attrs.get(SEED_PLAN)
-    return Plan.from_dict(stored) if stored else Plan(spec.seeds, max(spec.seeds,
-                                                                        spec.max_seeds),
-                                                      spec.seed_step)
-
-
-def looks_of(study: optuna.Study) -> list[Look]:
-    return [Look(int(look["seeds"]), float(look["alpha"])) for look in
-            study.user_attrs.get(LOOKS, [])]
-
-
 def family(spec: AblationSpec) -> list[Expectation]:
     """The confirmatory family: the hypothesis's expectations, or every arm against the
     baseline on the primary metric, in the direction it came out (two-sided tests)."""
@@ -286,16 +272,16 @@ def _arm(spec: AblationSpec, rows: list[TrialRow], name: str, levels: dict[str, 
         rate_p, None if baseline else _comparison(rows, name, spec.baseline, spec.metric))
 
 
-def collect(study: optuna.Study) -> Results:
+def collect(store: AblationStore) -> Results:
     """The study's trials read back and decided at the looks the study stored (read-only: a
     report mid-round, or of a study that never stored a look, decides nothing new; the look
     is stored, and its α spent once, when ``cnnlab ablate`` finishes the round)."""
-    spec = AblationSpec.from_dict(study.user_attrs["spec"])
-    rows, running, failed = read_trials(study)
+    spec = store.spec
+    rows, running, failed = store.rows()
     order = [arm.name for arm in spec.arms]
     rows.sort(key=lambda r: (order.index(r.arm), r.seed))
-    plan = plan_of(study, spec)
-    looks, stored = looks_of(study), True
+    plan = store.plan(spec)
+    looks, stored = store.looks(), True
     if not looks:  # decide nothing with an α no look recorded; show the seeds descriptively
         seeds = [sum(r.arm == arm for r in rows) for arm in order]
         looks, stored = [Look(max(1, min(seeds, default=1)), 0.0)], False
@@ -313,5 +299,18 @@ def collect(study: optuna.Study) -> Results:
         outcomes = {c.outcome for c in checks}
         verdict = ("not supported" if "against" in outcomes else "supported"
                    if outcomes == {"as expected"} else "undecided")
-    return Results(spec, study.study_name, study.user_attrs["spec"]["preset"], rows, arms, plan,
+    return Results(spec, store.name, store.preset, rows, arms, plan,
                    looks, stored, checks, verdict, mechanisms, running, failed)
+
+
+def next_round(report: Results, seeds: dict[str, int]) -> dict[str, int]:
+    """``--seeds auto``: more seeds for both arms of every undecided confirmatory comparison,
+    up to the spec's maximum (and the plan's: beyond it a look spends nothing)."""
+    spec, more = report.spec, dict[str, int]()
+    for c in report.undecided:
+        count = min(spec.max_seeds, report.plan.most,
+                    max(seeds[c.arm], seeds[c.reference]) + spec.seed_step)
+        for arm in (c.arm, c.reference):
+            if count > seeds[arm]:
+                more[arm] = max(more.get(arm, 0), count)
+    return more

@@ -34,11 +34,9 @@ from cnnlab.studies.ablations.hypothesis import (
     arm_name,
     metric_name,
     parse_hypothesis,
-    safe_name,
-    yaml_scalar,
 )
+from cnnlab.studies.specs import one_process, read_spec, safe_name, yaml_scalar
 from cnnlab.studies.statistics.sequential import Plan
-from cnnlab.yaml_files import load_yaml
 
 SPEC_KEYS = ("name", "description", "configs", "overrides", "factors", "seeds", "metric",
              "metrics", "baseline", "quick", "margin", "hypothesis")
@@ -173,14 +171,6 @@ class AblationSpec:
         return dataclasses.replace(self, seeds=int(seeds), max_seeds=0)
 
 
-def one_process(cfg: ExperimentConfig) -> None:
-    """A study's trial is one process; parallelism comes from workers, not from DDP per trial."""
-    for key, value in (("trainer.devices", cfg.trainer.devices),
-                       ("trainer.num_nodes", cfg.trainer.num_nodes)):
-        if value != 1:
-            raise CnnlabError(f"{key}: got {value}; allowed: 1 in a study (run several trials at "
-                              "once with --workers, or with workers on more machines sharing one "
-                              "PostgreSQL --storage)")
 
 
 def _overrides(where: str, value: Any) -> tuple[str, ...]:
@@ -263,16 +253,6 @@ def _seeds(path: Path, raw: Any) -> tuple[int, int, int]:
     return raw, 0, SEEDS_AUTO["step"]
 
 
-def read_spec(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
-    """A spec file's top-level mapping; unreadable files, bad YAML and unknown keys are errors."""
-    raw = load_yaml(path, "spec")
-    if not isinstance(raw, dict):
-        raise CnnlabError(f"spec {path}: top level is {type(raw).__name__}; allowed: a mapping "
-                          f"with keys {', '.join(keys)}")
-    unknown = sorted(set(map(str, raw)) - set(keys))
-    if unknown:
-        raise CnnlabError(f"spec {path}: unknown key {unknown[0]!r}; allowed: {', '.join(keys)}")
-    return raw
 
 
 def load_spec(path: Path) -> AblationSpec:

@@ -11,7 +11,7 @@ from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from cnnlab.studies.ablations.rows import FINISHED, KEY, NOTE, reason_of
+from cnnlab.studies.engine.store import FINISHED, Store
 
 
 def study_bars(console: Console) -> Progress:
@@ -47,7 +47,7 @@ class StudyProgress:
     def update(self, trials: list[FrozenTrial]) -> None:
         count = self.done(trials)
         ended = [t for t in trials if t.state in (*FINISHED, TrialState.FAIL)
-                 and NOTE not in t.user_attrs]
+                 and not Store.noted(t)]
         if self.before is None:  # work done by an earlier run doesn't count towards the ETA
             self.before = count
             self.seen = {t.number for t in ended}
@@ -70,10 +70,10 @@ class StudyProgress:
         done_now = max(count - (self.before or 0), 1)
         eta = elapsed / done_now * max(self.total - count, 0)
         outcome = (f"{self.metric} {trial.value:.4f}" if trial.state == TrialState.COMPLETE
-                   else f"{trial.state.name.lower()}: {reason_of(trial) or 'no reason recorded'}")
+                   else f"{trial.state.name.lower()}: {Store.reason(trial) or 'no reason recorded'}")
         took = ((trial.datetime_complete - trial.datetime_start).total_seconds()
                 if trial.datetime_complete and trial.datetime_start else 0.0)
-        return (f"{self.name} [{count}/{self.total}] {trial.user_attrs.get(KEY, trial.number)}: "
+        return (f"{self.name} [{count}/{self.total}] {Store.key(trial) or trial.number}: "
                 f"{outcome} ({took:.1f} s) · elapsed {_clock(elapsed)} · ETA {_clock(eta)}")
 
 

@@ -17,11 +17,10 @@ from typing import Any
 import optuna
 import sqlalchemy
 from optuna.storages.journal import JournalFileBackend
-from optuna.study import StudyDirection
 from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError, ProgrammingError
 
-from cnnlab.errors import CnnlabError, did_you_mean
+from cnnlab.errors import CnnlabError
 from cnnlab.outputs.files import check_study_folder, claim_study_folder, write_owned
 from cnnlab.studies.engine.journal import ReadOnlyJournal, repair
 
@@ -183,78 +182,9 @@ def _patient(wait: float) -> Callable[..., Any]:
     return connect
 
 
-def study_for(storage: optuna.storages.BaseStorage, name: str, direction: str,
-              attrs: dict[str, Any], mutable: tuple[str, ...] = (), added: tuple[str, ...] = (),
-              grow_only: tuple[str, ...] = ()) -> optuna.Study:
-    """Create the study (or load it) and check it was made from the same ``attrs`` (the spec).
 
-    Keys in ``mutable`` (what the report reads, how many seeds) may change between runs: the
-    stored spec takes the new values. Older studies lack some of them, which is no difference.
-    Keys in ``added`` are checked once stored; a study made before them gets them. Counts in
-    ``grow_only`` (seeds per arm) may rise but never fall: a smaller one says so and changes
-    nothing (``--seeds 5`` used to rewrite a 6-seed study's spec to 5).
-    """
-    try:  # load first: a journal records even a refused create, and a refusal writes nothing
-        study = optuna.load_study(study_name=name, storage=storage)
-    except KeyError:
-        study = optuna.create_study(storage=storage, study_name=name,
-                                    direction=StudyDirection[direction.upper()],
-                                    load_if_exists=True)
-    stored = study.user_attrs.get("spec")
-    for key in grow_only:
-        had = stored.get(key) if stored is not None else None
-        if isinstance(had, int) and had > attrs.get(key, 0):
-            print(f"cnnlab: note: study {name!r} has {had} {key} per arm; {attrs[key]} changes "
-                  f"nothing ({key} are only added; more with --{key} N > {had})", file=sys.stderr)
-            attrs = {**attrs, key: had}
-    skip = set(mutable) | {k for k in added if stored is not None and k not in stored}
-    fixed = {k: v for k, v in attrs.items() if k not in skip}
-    if stored is not None and {k: v for k, v in stored.items() if k not in skip} != fixed:
-        same_spec = all(stored.get(k) == v for k, v in fixed.items() if k not in added)
-        why = ("its arms' configs resolve differently now (a configs: file or the defaults "
-               "changed since)" if same_spec else "a different spec")
-        raise CnnlabError(f"study {name!r} in this storage was made from {why}; allowed: the "
-                          "same spec and settings to resume it, or another --out / --storage")
-    if stored != attrs:
-        study.set_user_attr("spec", attrs)
-    return study
-
-
-def load_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
-    try:
-        return optuna.load_study(study_name=name, storage=storage)
-    except KeyError:
-        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
-        raise CnnlabError(f"study {name!r} is not in this storage; allowed: "
-                          f"{', '.join(names) or 'none yet — run cnnlab ablate first'}") from None
-
-
-WANDB_STEP = "wandb_step"  # study attribute: the step of the summary run's latest tables
 ARTIFACT_BYTES = 50 * 2**20  # a default journal this small joins the study's W&B artifact
 
-
-def stored_ablation(name: str, out: Path, storage: str | None) -> optuna.Study:
-    """An ablation's study, opened read-only from ``storage`` (default ``out``'s journal)."""
-    url = storage or default_url(out)
-    if "://" not in url and not Path(url).is_file():
-        studies = [p.parent.name for p in out.parent.glob(f"*/{JOURNAL}")]  # beside out
-        hint = did_you_mean(f"{out.name}-quick" if f"{out.name}-quick" in studies else out.name, studies)
-        raise CnnlabError(f"--storage {url}: no study storage there{hint}; allowed: the --out "
-                          "or --storage of an earlier cnnlab ablate")
-    study = load_study(open_storage(url, readonly=True), name)
-    if "factors" not in study.user_attrs.get("spec", {}):
-        raise CnnlabError(f"study {name!r} is not an ablation (a cnnlab tune search?); allowed: "
-                          "an ablation's name; a search's report is its --out/search.md, rewritten "
-                          "by rerunning cnnlab tune")
-    return study
-
-
-def summary_step(study: optuna.Study) -> int:
-    """The next step of the study's one W&B summary run: each rerun logs after the last, so
-    after ``wandb sync`` the dashboard shows the newest tables (offline runs cannot ask)."""
-    step = study.user_attrs.get(WANDB_STEP, -1) + 1
-    study.set_user_attr(WANDB_STEP, step)
-    return step
 
 
 def with_journal(out: Path, files: list[Path]) -> list[Path]:

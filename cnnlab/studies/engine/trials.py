@@ -25,7 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 from cnnlab.config import ExperimentConfig
 from cnnlab.errors import CnnlabError
 from cnnlab.outputs.ownership import owner_alive, owner_id
-from cnnlab.studies.ablations.rows import FINISHED, HEARTBEAT, KEY, NOTE, QUEUED, REASON, WORKER
+from cnnlab.studies.engine.store import Store
 
 FAILURES = (CnnlabError, RuntimeError, ValueError)  # a trial's run failed; the study goes on
 POLL_S = 1.0  # how often a worker with nothing queued looks at the others' trials
@@ -75,38 +75,30 @@ def trial_config(cfg: ExperimentConfig, group: str, job_type: str, threads: int)
 def is_lost(trial: FrozenTrial, now: float, grace: float) -> bool:
     """A RUNNING trial whose worker is a dead process of this host (or this very process, which
     asks between its own trials) or has sent no heartbeat for ``grace`` seconds."""
-    worker = trial.user_attrs.get(WORKER)
+    worker = Store.worker(trial)
     if worker is not None and (worker == owner_id() or not owner_alive(worker)):
         return True
-    beat = trial.user_attrs.get(HEARTBEAT)
+    beat = Store.heartbeat(trial)
     if beat is None:  # an older cnnlab, or the instant between ask and the first stamp
         beat = trial.datetime_start.timestamp() if trial.datetime_start else now
     return now - beat > grace
 
 
-def reclaim(study: optuna.Study, requeue: Callable[[FrozenTrial], object]) -> int:
+def reclaim(store: Store, requeue: Callable[[FrozenTrial], object]) -> int:
     """Fail every lost trial and ``requeue`` its work; returns how many. When two workers judge
     the same trial, the storage lets only one of them fail it, so its work is queued once."""
     _, grace = liveness()
     now, count = time.time(), 0
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    for t in store.trials(TrialState.RUNNING):
         if not is_lost(t, now, grace):
             continue
         try:
-            study.tell(t.number, state=TrialState.FAIL)
+            store.study.tell(t.number, state=TrialState.FAIL)
         except (UpdateFinishedTrialError, ValueError):  # another worker failed it (or it ended)
             continue
         requeue(t)
         count += 1
     return count
-
-
-def requeue_same(study: optuna.Study) -> Callable[[FrozenTrial], None]:
-    """Queue a lost trial again with its parameters and its work attributes."""
-    def requeue(t: FrozenTrial) -> None:
-        study.enqueue_trial(t.params, user_attrs={k: t.user_attrs[k] for k in QUEUED
-                                                  if k in t.user_attrs})
-    return requeue
 
 
 class _Heartbeat:
@@ -120,13 +112,12 @@ class _Heartbeat:
     def _beat(self) -> None:
         while not self.stop.wait(self.interval):
             try:
-                self.trial.set_user_attr(HEARTBEAT, time.time())
+                Store.beat(self.trial)
             except Exception:  # noqa: BLE001  a missed beat (storage busy); the next one may land
                 continue
 
     def __enter__(self) -> _Heartbeat:
-        self.trial.set_user_attr(WORKER, owner_id())
-        self.trial.set_user_attr(HEARTBEAT, time.time())
+        Store.claim(self.trial)
         self.thread.start()
         return self
 
@@ -135,17 +126,11 @@ class _Heartbeat:
         self.thread.join()
 
 
-def _taken_elsewhere(study: optuna.Study, trial: optuna.Trial, key: str) -> bool:
-    return any(t.user_attrs.get(KEY) == key and t.number != trial.number
-               and t.state in (*FINISHED, TrialState.RUNNING)
-               for t in study.get_trials(deepcopy=False))
-
-
 @dataclass(frozen=True)
 class Queue:
     """A study's queued work: how to run a trial, and how to queue a lost one's work again."""
 
-    study: optuna.Study
+    store: Store
     objective: Callable[[optuna.Trial], float]
     requeue: Callable[[FrozenTrial], object]
 
@@ -162,21 +147,18 @@ def work(queues: Sequence[Queue], on_done: Callable[[], None] = lambda: None,
     interval, _ = liveness()
     while not stop():
         for each in queues:
-            reclaim(each.study, each.requeue)
-        queue = next((q for q in queues
-                      if q.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))), None)
+            reclaim(each.store, each.requeue)
+        queue = next((q for q in queues if q.store.trials(TrialState.WAITING)), None)
         if queue is None:
-            if not any(q.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                       for q in queues):
+            if not any(q.store.trials(TrialState.RUNNING) for q in queues):
                 return
             time.sleep(POLL_S)  # others' trials: wait for them to finish, or to be lost
             continue
-        study = queue.study
+        store, study = queue.store, queue.store.study
         trial = study.ask()
-        key = trial.user_attrs.get(KEY)
-        if key is None or _taken_elsewhere(study, trial, key):  # another worker was faster
-            trial.set_user_attr(WORKER, owner_id())
-            trial.set_user_attr(NOTE, "no queued work left" if key is None else "duplicate")
+        key = store.key(trial)
+        if key is None or store.taken_elsewhere(trial, key):  # another worker was faster
+            store.ran_nothing(trial, "no queued work left" if key is None else "duplicate")
             study.tell(trial, state=TrialState.FAIL)
             continue
         try:
@@ -185,10 +167,10 @@ def work(queues: Sequence[Queue], on_done: Callable[[], None] = lambda: None,
                     value: float | None = queue.objective(trial)
                     state = TrialState.COMPLETE
                 except optuna.TrialPruned as reason:
-                    trial.set_user_attr(REASON, str(reason))
+                    store.fail_with(trial, str(reason))
                     value, state = None, TrialState.PRUNED
                 except FAILURES as err:
-                    trial.set_user_attr(REASON, (str(err).splitlines() or [type(err).__name__])[0])
+                    store.fail_with(trial, (str(err).splitlines() or [type(err).__name__])[0])
                     value, state = None, TrialState.FAIL
             study.tell(trial, value, state=state)
         except UpdateFinishedTrialError:  # stopped (SIGSTOP) or starved past the grace period

@@ -18,8 +18,8 @@ from optuna.visualization import matplotlib as ov
 
 from cnnlab.images import figure_png
 from cnnlab.outputs.files import write_owned
-from cnnlab.studies.ablations.rows import CV_STD, FOLD_EPOCHS, FOLD_SCORES, NOTE, reason_of
 from cnnlab.studies.searches.spec import SearchSpec
+from cnnlab.studies.searches.store import SearchStore
 from cnnlab.tracking.summary import StudySummary
 
 
@@ -41,8 +41,8 @@ class SearchResult:
                 "best_trial": self.best_trial}
 
 
-def _trials_csv(study: optuna.Study) -> str:
-    trials = [t for t in study.get_trials(deepcopy=False) if NOTE not in t.user_attrs]
+def _trials_csv(store: SearchStore) -> str:
+    trials = store.ran()
     keys = sorted({k for t in trials for k in t.params})
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -51,16 +51,21 @@ def _trials_csv(study: optuna.Study) -> str:
     for t in trials:
         writer.writerow([t.number, t.state.name, *(t.params.get(k, "") for k in keys),
                          "" if t.value is None else t.value,
-                         t.user_attrs.get(CV_STD, ""),
-                         " ".join(f"{s:.4f}" for s in t.user_attrs.get(FOLD_SCORES, [])),
-                         t.user_attrs.get(FOLD_EPOCHS, ""), reason_of(t) or ""])
+                         _blank(store.cv_std(t)),
+                         " ".join(f"{s:.4f}" for s in store.fold_scores(t)),
+                         _blank(store.fold_epochs(t)), store.reason(t) or ""])
     return buffer.getvalue()
+
+
+def _blank(value: Any) -> Any:
+    return "" if value is None else value
 
 
 LEGEND_ENTRIES = 12  # beyond this a legend hides the plot and names nothing a reader can find
 
 
-def _plots(study: optuna.Study) -> dict[str, bytes]:
+def _plots(store: SearchStore) -> dict[str, bytes]:
+    study = store.study
     plots: dict[str, Callable[[optuna.Study], Any]] = {
              "history.png": ov.plot_optimization_history,
              "intermediate.png": ov.plot_intermediate_values,
@@ -85,10 +90,9 @@ def _plots(study: optuna.Study) -> dict[str, bytes]:
     for key in widths:  # the course: hidden units chosen by cross-validation
         fig, ax = plt.subplots(figsize=(6, 4))
         for state, style in ((TrialState.COMPLETE, "o"), (TrialState.PRUNED, "x")):
-            trials = [t for t in study.get_trials(deepcopy=False, states=(state,))
-                      if key in t.params and t.user_attrs.get(FOLD_SCORES)]
+            trials = [t for t in store.trials(state) if key in t.params and store.fold_scores(t)]
             ax.plot([t.params[key] for t in trials],
-                    [statistics.mean(t.user_attrs[FOLD_SCORES]) for t in trials], style,
+                    [statistics.mean(store.fold_scores(t)) for t in trials], style,
                     label=f"{state.name.lower()} (mean of its folds)")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("hidden units (first FC layer)")
@@ -98,46 +102,44 @@ def _plots(study: optuna.Study) -> dict[str, bytes]:
     return out
 
 
-def trial_records(study: optuna.Study) -> list[dict[str, Any]]:
+def trial_records(store: SearchStore) -> list[dict[str, Any]]:
     """One numeric row per trial (W&B's table): number, state, parameters, CV mean and std."""
     rows = []
-    for t in study.get_trials(deepcopy=False):
-        if NOTE in t.user_attrs:
-            continue
+    for t in store.ran():
         row: dict[str, Any] = {"number": t.number, "state": t.state.name, **t.params,
-                               "cv_mean": t.value, "cv_std": t.user_attrs.get(CV_STD),
-                               "folds": len(t.user_attrs.get(FOLD_SCORES, [])),
-                               "fold_epochs": t.user_attrs.get(FOLD_EPOCHS, 0)}
+                               "cv_mean": t.value, "cv_std": store.cv_std(t),
+                               "folds": len(store.fold_scores(t)),
+                               "fold_epochs": store.fold_epochs(t) or 0}
         rows.append({k: str(v) if isinstance(v, list) else v for k, v in row.items()})
     return rows
 
 
-def search_summary(study: optuna.Study, spec: SearchSpec, result: SearchResult, files: list[Path],
-                   step: int) -> StudySummary:
+def search_summary(store: SearchStore, spec: SearchSpec, result: SearchResult,
+                   files: list[Path]) -> StudySummary:
     """The search's W&B summary run: the trials table, best values, the report as artifact."""
     numbers = {**result.numbers(), **{f"best/{k}": v for k, v in result.params.items()},
-               "n_trials": len(study.trials)}  # "trials": the table, as on no ablation's run
-    return StudySummary(study.study_name, spec.description,
+               "n_trials": len(store.trials())}  # "trials": the table, as on no ablation's run
+    return StudySummary(store.name, spec.description,
                         {"best_params": result.params, "folds": spec.folds},
-                        {"trials": trial_records(study)}, numbers, files,
-                        bar=None, step=step)
+                        {"trials": trial_records(store)}, numbers, files,
+                        bar=None, step=store.summary_step())
 
 
-def write_search_report(study: optuna.Study, spec: SearchSpec, result: SearchResult,
+def write_search_report(store: SearchStore, spec: SearchSpec, result: SearchResult,
                         out: Path) -> list[Path]:
     """Write ``search.md``, ``trials.csv`` and the plots; returns their paths."""
-    states = [t.state for t in study.get_trials(deepcopy=False) if NOTE not in t.user_attrs]
+    states = [t.state for t in store.ran()]
     count = {s.name.lower(): states.count(s) for s in (TrialState.COMPLETE, TrialState.PRUNED,
                                                         TrialState.FAIL)}
-    epochs = sum(t.user_attrs.get(FOLD_EPOCHS, 0) for t in study.get_trials(deepcopy=False))
-    images = _plots(study)
+    epochs = sum(store.fold_epochs(t) or 0 for t in store.trials())
+    images = _plots(store)
     for name, png in images.items():
         write_owned(out, name, png)
-    write_owned(out, "trials.csv", _trials_csv(study))
+    write_owned(out, "trials.csv", _trials_csv(store))
     params = "\n".join(f"| `{k}` | {v} |" for k, v in result.params.items())
     scores = ", ".join(f"{s:.4f}" for s in result.fold_scores)
     text = "\n".join([
-        f"# Search: {study.study_name}", "", spec.description, "",
+        f"# Search: {store.name}", "", spec.description, "",
         f"- {spec.folds}-fold stratified CV of the training portion; sampler "
         f"{spec.sampler['name']}, pruner {spec.pruner['name']}",
         f"- trials: {count['complete']} complete, {count['pruned']} pruned, {count['fail']} "

@@ -20,7 +20,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import optuna
 import yaml
 from lightning.pytorch.callbacks import Callback
@@ -29,28 +28,21 @@ from rich.console import Console
 
 from cnnlab.config import load_config
 from cnnlab.errors import CnnlabError
-from cnnlab.studies.ablations.rows import CV_STD, FINISHED, FOLD_EPOCHS, FOLD_SCORES, KEY
+from cnnlab.metrics import VAL_ACC
 from cnnlab.studies.engine.progress import StudyProgress, study_bars
-from cnnlab.studies.engine.storage import (
-    load_study,
-    open_storage,
-    open_study_storage,
-    study_for,
-    summary_step,
-    with_journal,
-)
-from cnnlab.studies.engine.trials import Queue, liveness, reclaim, requeue_same, trial_config, work
+from cnnlab.studies.engine.storage import open_storage, open_study_storage, with_journal
+from cnnlab.studies.engine.store import FINISHED
+from cnnlab.studies.engine.trials import Queue, liveness, reclaim, trial_config, work
 from cnnlab.studies.engine.workers import run_workers
 from cnnlab.studies.searches.report import SearchResult, search_summary, write_search_report
 from cnnlab.studies.searches.spec import (
     CORNERS,
-    PRUNERS,
-    SAMPLERS,
     SearchSpec,
     as_overrides,
     corner_config,
     suggest,
 )
+from cnnlab.studies.searches.store import SearchStore
 from cnnlab.tracking.runs import share_service, small_run, study_run
 from cnnlab.training.build import Datasets, check_buildable
 from cnnlab.training.run import run
@@ -77,7 +69,7 @@ class EpochPruning(Callback):
         self.stopped_at: int | None = None
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        score = trainer.callback_metrics.get("val/acc")
+        score = trainer.callback_metrics.get(VAL_ACC)
         if trainer.sanity_checking or score is None:
             return
         self.trial.report(float(score), trainer.current_epoch)
@@ -120,7 +112,7 @@ def cross_validate(spec: SearchSpec, quick: bool, out: Path, threads: int
                              context={"study": trial.study.study_name, "trial": trial.number,
                                       "fold": fold}, callbacks=pruning)
                 epochs += int(result.number("epochs"))
-                trial.set_user_attr(FOLD_EPOCHS, epochs)
+                SearchStore.record_folds(trial, scores, epochs)
                 if result.metrics["diverged"]:
                     state = "pruned"
                     raise optuna.TrialPruned(f"diverged in fold {fold}: training loss "
@@ -129,9 +121,9 @@ def cross_validate(spec: SearchSpec, quick: bool, out: Path, threads: int
                     state = "pruned"
                     raise optuna.TrialPruned(
                         f"pruned in fold 0 after epoch {pruning[0].stopped_at} (validation "
-                        f"accuracy {result.history[-1]['val/acc']:.4f})")
+                        f"accuracy {result.history[-1][VAL_ACC]:.4f})")
                 scores.append(result.number("val_acc"))
-                trial.set_user_attr(FOLD_SCORES, scores)
+                SearchStore.record_folds(trial, scores, epochs)
                 if paired:
                     trial.report(scores[-1], fold)
                 elif fold:
@@ -140,7 +132,7 @@ def cross_validate(spec: SearchSpec, quick: bool, out: Path, threads: int
                     state = "pruned"
                     raise optuna.TrialPruned(f"pruned after fold {fold} (CV mean so far "
                                              f"{statistics.mean(scores):.4f})")
-            trial.set_user_attr(CV_STD, statistics.stdev(scores))
+            SearchStore.record_spread(trial, statistics.stdev(scores))
             state = "complete"
             return statistics.mean(scores)
         finally:  # one W&B run per trial: its parameters, folds and outcome, beside the folds'
@@ -156,49 +148,30 @@ def cross_validate(spec: SearchSpec, quick: bool, out: Path, threads: int
     return one
 
 
-def queue_slots(study: optuna.Study, target: int) -> int:
-    """Queue empty slots until finished, running and queued trials number ``target``; returns
-    how many. Failed trials leave their slot free, so a rerun tries again."""
-    taken = {t.user_attrs.get(KEY, f"#{t.number}") for t in study.get_trials(deepcopy=False)
-             if t.state in (*FINISHED, TrialState.RUNNING, TrialState.WAITING)}
-    free = (f"slot {i}" for i in range(10**9) if f"slot {i}" not in taken)
-    missing = max(target - len(taken), 0)
-    for _ in range(missing):
-        study.enqueue_trial({}, user_attrs={KEY: next(free)})
-    return missing
+def search_study_name(spec: SearchSpec, quick: bool) -> str:
+    """A search's study unless ``--study`` names another: its name, ``-quick`` for the quick
+    preset."""
+    return f"{spec.name}-quick" if quick else spec.name
 
 
 def open_search(spec: SearchSpec, quick: bool, storage: optuna.storages.BaseStorage, name: str,
-                worker: int = 0) -> optuna.Study:
-    """The study with its sampler and pruner. The sampler's seed comes from the spec's, the worker
-    and the number of configurations already drawn (trials with parameters, whatever their
-    state): a resumed or extended search goes on exploring (its history is the storage) instead
-    of proposing the configurations it already ran. Counting every stored trial repeated one:
-    slots are queued up front, so a run killed before it queued or lost anything left the count
-    as it found it, and the next run drew its first configuration again."""
-    attrs = {**spec.to_dict(), "preset": "quick" if quick else "full"}
-    study = study_for(storage, name, "maximize", attrs)  # created once; guards against another spec
-    drawn = sum(bool(t.params) for t in study.get_trials(deepcopy=False))
-    seed = np.random.SeedSequence([spec.sampler.get("seed", 0), worker, drawn]).generate_state(1)[0]
-    sampler = SAMPLERS[spec.sampler["name"]](int(seed))
-    pruner = PRUNERS[spec.pruner["name"]](spec.pruner, report_steps(spec, quick))
-    return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+                worker: int = 0) -> SearchStore:
+    """The study with the spec's sampler and pruner (``SearchStore.open``)."""
+    return SearchStore.open(spec, quick, storage, name, report_steps(spec, quick), worker)
 
 
-def _worker_main(url: str, name: str, out: str, deadline_s: float, index: int) -> None:
-    study = load_study(open_storage(url), name)
-    attrs = study.user_attrs["spec"]
-    spec = SearchSpec.from_dict(attrs)
-    quick = attrs["preset"] == "quick"
-    study = open_search(spec, quick, open_storage(url), name, worker=index)
-    _work(study, spec, quick, Path(out), time.monotonic() + deadline_s, threads=1)
+def worker_main(url: str, name: str, out: str, deadline_s: float, index: int) -> None:
+    """A worker process: its own storage connection and sampler, then its share of the slots."""
+    spec, quick = SearchStore.stored_spec(url, name)
+    store = open_search(spec, quick, open_storage(url), name, worker=index)
+    _work(store, spec, quick, Path(out), time.monotonic() + deadline_s, threads=1)
 
 
-def _work(study: optuna.Study, spec: SearchSpec, quick: bool, out: Path, deadline: float,
+def _work(store: SearchStore, spec: SearchSpec, quick: bool, out: Path, deadline: float,
           threads: int = 0, on_done: Callable[[], None] = lambda: None) -> None:
     """This process's share of the queued slots; after ``deadline`` it starts none (the slots
     left wait for a rerun)."""
-    work([Queue(study, cross_validate(spec, quick, out, threads), requeue_same(study))], on_done,
+    work([Queue(store, cross_validate(spec, quick, out, threads), store.requeue)], on_done,
          stop=lambda: time.monotonic() >= deadline)
 
 
@@ -211,10 +184,10 @@ def tune(spec: SearchSpec, quick: bool, out: Path, url: str, name: str, workers:
     """Run (or resume) the search, refit the best config, test it once, write the report."""
     liveness()  # bad heartbeat settings: one line before anything is written
     check_data(spec, quick)
-    study = open_search(spec, quick, open_study_storage(out, url), name)
-    reclaim(study, requeue_same(study))
-    queue_slots(study, spec.trials)
-    done = finished_count(study.get_trials(deepcopy=False))
+    store = open_search(spec, quick, open_study_storage(out, url), name)
+    reclaim(store, store.requeue)
+    store.queue_slots(spec.trials)
+    done = finished_count(store.trials())
     if done:  # a rerun after a stop, or with more --trials
         console.print(f"{name}: resuming: {done} of {spec.trials} trials done", highlight=False)
     deadline_s = timeout if timeout else math.inf
@@ -222,34 +195,34 @@ def tune(spec: SearchSpec, quick: bool, out: Path, url: str, name: str, workers:
         bar = StudyProgress(name, spec.trials, bars, finished_count, metric="CV accuracy")
 
         def progress() -> None:
-            bar.update(study.get_trials(deepcopy=False))
+            bar.update(store.trials())
 
         progress()
         if workers == 1:
-            _work(study, spec, quick, out, time.monotonic() + deadline_s, on_done=progress)
+            _work(store, spec, quick, out, time.monotonic() + deadline_s, on_done=progress)
         else:
             share_service(corner_config(spec, CORNERS[0], quick))
-            run_workers(_worker_main, [(url, name, str(out), deadline_s, i)
+            run_workers(worker_main, [(url, name, str(out), deadline_s, i)
                                        for i in range(workers)], progress)
-    return refit(study, spec, quick, out)
+    return refit(store, spec, quick, out)
 
 
-def refit(study: optuna.Study, spec: SearchSpec, quick: bool, out: Path) -> SearchResult:
+def refit(store: SearchStore, spec: SearchSpec, quick: bool, out: Path) -> SearchResult:
     """Refit the best trial's config on all training data, test once, write search.md."""
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if not complete:
-        raise CnnlabError(f"study {study.study_name}: no trial completed (all pruned or failed); "
+    if not store.trials(TrialState.COMPLETE):
+        raise CnnlabError(f"study {store.name}: no trial completed (all pruned or failed); "
                           "allowed: more --trials, or a wider space")
-    best = study.best_trial
+    best = store.study.best_trial
     params = {k: yaml.safe_load(v) if isinstance(v, str) and v[:1] == "[" else v
               for k, v in best.params.items()}
     cfg = load_config(list(spec.configs), [*spec.base_overrides(quick), *as_overrides(params)])
     cfg.wandb.group, cfg.wandb.job_type, cfg.wandb.name = spec.name, "refit", "refit best"
     final = run(cfg, out / "refit", refit=True, overwrite=True)  # a rerun refits the best
     assert best.value is not None  # the best of the COMPLETE trials
-    result = SearchResult(study.study_name, best.number, params, best.value,
-                          best.user_attrs.get(CV_STD, math.nan),
-                          best.user_attrs.get(FOLD_SCORES, []), final.number("test_acc"), out)
-    files = with_journal(out, write_search_report(study, spec, result, out))
-    study_run(cfg, out, search_summary(study, spec, result, files, summary_step(study)))
+    cv_std = store.cv_std(best)
+    result = SearchResult(store.name, best.number, params, best.value,
+                          math.nan if cv_std is None else cv_std, store.fold_scores(best),
+                          final.number("test_acc"), out)
+    files = with_journal(out, write_search_report(store, spec, result, out))
+    study_run(cfg, out, search_summary(store, spec, result, files))
     return result

@@ -13,8 +13,7 @@ import yaml
 
 from cnnlab.config import ExperimentConfig, load_config
 from cnnlab.errors import CnnlabError
-from cnnlab.studies.ablations.hypothesis import safe_name, yaml_scalar
-from cnnlab.studies.ablations.spec import one_process, read_spec
+from cnnlab.studies.specs import one_process, read_spec, safe_name, yaml_scalar
 
 SPEC_KEYS = ("name", "description", "configs", "overrides", "space", "folds", "trials",
              "sampler", "pruner", "quick")

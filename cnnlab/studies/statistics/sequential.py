@@ -11,7 +11,7 @@ over all looks is at most the sum of the increments, α, whatever the correlatio
 (a union bound: exact group-sequential boundaries would need the joint law of t statistics with
 2–9 degrees of freedom, and gain little here — the calibration tests show the margin).
 
-Every look is stored in the study (``LOOKS``) when it is taken, with its seeds and the α it
+Every look is stored in the study (``ablations.store``) when it is taken, with its seeds and the α it
 spent, so a later command that adds seeds takes a new look with what is left, and a rerun
 cannot pretend it had one look. A report decides only at stored looks: one made mid-round, or
 of a study that never stored a look, decides nothing and spends nothing (``results.collect``).
@@ -29,9 +29,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from cnnlab.studies.statistics.comparisons import ALPHA, Sample, decide_family
-
-LOOKS = "looks_taken"  # study attribute: [{"seeds": n, "alpha": spent}, ...] in the order taken
-SEED_PLAN = "seed_plan"  # study attribute: the plan fixed when the study was created
 
 
 def pocock(t: float, alpha: float = ALPHA) -> float:

@@ -1,0 +1,178 @@
+"""A study's saved state as the engine knows it: the one place that names and reads the study's
+and its trials' attributes that every study kind shares (the spec it was made from, the unit
+of work each trial runs, who runs it, why it failed). Each study kind subclasses ``Store``
+with its own attributes (``ablations.store``, ``searches.store``); no other module touches
+``user_attrs``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, ClassVar
+
+import optuna
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+from cnnlab.errors import CnnlabError
+from cnnlab.outputs.ownership import owner_id
+
+# Trial attributes, one name each (a dashboard shows them under these names).
+KEY = "key"              # the unit of work: "<arm> | seed=<n>" (ablation), "slot <n>" (search)
+WORKER = "worker"        # host:pid of the process that runs (or ran) the trial
+HEARTBEAT = "heartbeat"  # Unix time of that worker's last sign of life
+REASON = "reason"        # why the trial failed or was pruned
+NOTE = "note"            # the trial ran nothing (a lost race for queued work)
+LEGACY_REASON = "error"  # cnnlab 0.1 stored an ablation's failure here
+# Study attributes.
+SPEC = "spec"            # the spec (and preset) the study was made from
+PRESET = "preset"        # in the spec attribute: "quick" or "full"
+WANDB_STEP = "wandb_step"  # the step of the summary run's latest tables
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # pruned: diverged or stopped; not redone
+TAKEN = (*FINISHED, TrialState.WAITING, TrialState.RUNNING)  # work that is done or on its way
+
+
+class Store:
+    """An ``optuna.Study`` read and written through named attributes."""
+
+    QUEUED: ClassVar[tuple[str, ...]] = (KEY,)  # what a lost trial's requeued copy keeps
+
+    def __init__(self, study: optuna.Study) -> None:
+        self.study = study
+
+    @property
+    def name(self) -> str:
+        return self.study.study_name
+
+    def trials(self, *states: TrialState) -> list[FrozenTrial]:
+        return self.study.get_trials(deepcopy=False, states=states or None)
+
+    @property
+    def spec_attrs(self) -> dict[str, Any]:
+        return dict(self.study.user_attrs.get(SPEC, {}))
+
+    @property
+    def quick(self) -> bool:
+        return self.spec_attrs.get(PRESET) == "quick"
+
+    @classmethod
+    def create(cls, storage: optuna.storages.BaseStorage, name: str, direction: str,
+               attrs: dict[str, Any], mutable: tuple[str, ...] = (), added: tuple[str, ...] = (),
+               grow_only: tuple[str, ...] = ()) -> optuna.Study:
+        """Create the study (or load it) and check it was made from the same ``attrs`` (the
+        spec).
+
+        Keys in ``mutable`` (what the report reads, how many seeds) may change between runs:
+        the stored spec takes the new values. Older studies lack some of them, which is no
+        difference. Keys in ``added`` are checked once stored; a study made before them gets
+        them. Counts in ``grow_only`` (seeds per arm) may rise but never fall: a smaller one
+        says so and changes nothing (``--seeds 5`` used to rewrite a 6-seed study's spec to 5).
+        """
+        try:  # load first: a journal records even a refused create, and a refusal writes nothing
+            study = optuna.load_study(study_name=name, storage=storage)
+        except KeyError:
+            study = optuna.create_study(storage=storage, study_name=name,
+                                        direction=StudyDirection[direction.upper()],
+                                        load_if_exists=True)
+        stored = study.user_attrs.get(SPEC)
+        for key in grow_only:
+            had = stored.get(key) if stored is not None else None
+            if isinstance(had, int) and had > attrs.get(key, 0):
+                print(f"cnnlab: note: study {name!r} has {had} {key} per arm; {attrs[key]} "
+                      f"changes nothing ({key} are only added; more with --{key} N > {had})",
+                      file=sys.stderr)
+                attrs = {**attrs, key: had}
+        skip = set(mutable) | {k for k in added if stored is not None and k not in stored}
+        fixed = {k: v for k, v in attrs.items() if k not in skip}
+        if stored is not None and {k: v for k, v in stored.items() if k not in skip} != fixed:
+            same_spec = all(stored.get(k) == v for k, v in fixed.items() if k not in added)
+            why = ("its arms' configs resolve differently now (a configs: file or the defaults "
+                   "changed since)" if same_spec else "a different spec")
+            raise CnnlabError(f"study {name!r} in this storage was made from {why}; allowed: "
+                              "the same spec and settings to resume it, or another --out / "
+                              "--storage")
+        if stored != attrs:
+            study.set_user_attr(SPEC, attrs)
+        return study
+
+    @staticmethod
+    def load(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
+        try:
+            return optuna.load_study(study_name=name, storage=storage)
+        except KeyError:
+            names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+            raise CnnlabError(f"study {name!r} is not in this storage; allowed: "
+                              f"{', '.join(names) or 'none yet — run cnnlab ablate first'}"
+                              ) from None
+
+    # -- the unit of work --------------------------------------------------------------------
+    @staticmethod
+    def key(trial: FrozenTrial | optuna.Trial) -> str | None:
+        return trial.user_attrs.get(KEY)
+
+    def taken(self) -> set[str]:
+        """The keys of work finished, queued or running."""
+        return {k for t in self.trials(*TAKEN) if (k := self.key(t)) is not None}
+
+    def finished_keys(self, trials: list[FrozenTrial] | None = None) -> int:
+        return len({k for t in (self.trials() if trials is None else trials)
+                    if t.state in FINISHED and (k := self.key(t)) is not None})
+
+    def enqueue(self, key: str, params: dict[str, Any] | None = None, **attrs: Any) -> None:
+        self.study.enqueue_trial(params or {}, user_attrs={KEY: key, **attrs})
+
+    def requeue(self, trial: FrozenTrial) -> None:
+        """Queue a lost trial again with its parameters and its work attributes."""
+        self.study.enqueue_trial(trial.params, user_attrs={
+            k: trial.user_attrs[k] for k in self.QUEUED if k in trial.user_attrs})
+
+    def taken_elsewhere(self, trial: optuna.Trial, key: str) -> bool:
+        return any(self.key(t) == key and t.number != trial.number
+                   for t in self.trials(*FINISHED, TrialState.RUNNING))
+
+    # -- who runs it, and how it ended ---------------------------------------------------------
+    @staticmethod
+    def worker(trial: FrozenTrial) -> str | None:
+        return trial.user_attrs.get(WORKER)
+
+    @staticmethod
+    def heartbeat(trial: FrozenTrial) -> float | None:
+        return trial.user_attrs.get(HEARTBEAT)
+
+    @staticmethod
+    def claim(trial: optuna.Trial) -> None:
+        """This process runs ``trial``: its worker id and a first heartbeat."""
+        trial.set_user_attr(WORKER, owner_id())
+        trial.set_user_attr(HEARTBEAT, time.time())
+
+    @staticmethod
+    def beat(trial: optuna.Trial) -> None:
+        trial.set_user_attr(HEARTBEAT, time.time())
+
+    @staticmethod
+    def ran_nothing(trial: optuna.Trial, why: str) -> None:
+        trial.set_user_attr(WORKER, owner_id())
+        trial.set_user_attr(NOTE, why)
+
+    @staticmethod
+    def noted(trial: FrozenTrial) -> bool:
+        """The trial ran nothing (a lost race for queued work): not a result, not a failure."""
+        return NOTE in trial.user_attrs
+
+    @staticmethod
+    def fail_with(trial: optuna.Trial, reason: str) -> None:
+        trial.set_user_attr(REASON, reason)
+
+    @staticmethod
+    def reason(trial: FrozenTrial) -> str | None:
+        return trial.user_attrs.get(REASON) or trial.user_attrs.get(LEGACY_REASON)
+
+    # -- the study's W&B summary run -----------------------------------------------------------
+    def summary_step(self) -> int:
+        """The next step of the study's one W&B summary run: each rerun logs after the last,
+        so after ``wandb sync`` the dashboard shows the newest tables (offline runs cannot ask)."""
+        step = self.study.user_attrs.get(WANDB_STEP, -1) + 1
+        self.study.set_user_attr(WANDB_STEP, step)
+        return step
