@@ -1,6 +1,5 @@
 """Studies core: heartbeats across machines, one trial loop, and a house without import circles."""
 
-import ast
 import csv
 import os
 import shutil
@@ -196,50 +195,6 @@ def test_takeover_clears_a_lost_attempt_but_never_a_folder_cnnlab_did_not_make(
     with pytest.raises(CnnlabError, match="cnnlab did not make it"):
         begin_run(out, overwrite=True, takeover=True)
     assert (staging / "mine.txt").read_text() == "mine"
-
-
-def _imports(path: Path) -> set[str]:
-    """Every cnnlab module ``path`` imports: at the top, inside functions, under TYPE_CHECKING."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("cnnlab"):
-            found.add(node.module)
-            found.update(f"{node.module}.{a.name}" for a in node.names)
-        elif isinstance(node, ast.Import):
-            found.update(a.name for a in node.names if a.name.startswith("cnnlab"))
-    return found
-
-
-def _graph() -> dict[str, set[str]]:
-    modules = {}
-    for path in (ROOT / "cnnlab").rglob("*.py"):
-        name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
-        modules[name] = path
-    return {name: {m for m in _imports(path) if m in modules and m != name}
-            for name, path in modules.items()}
-
-
-def test_no_import_circles_in_cnnlab() -> None:
-    graph = _graph()
-    on_path: list[str] = []
-    done: set[str] = set()
-
-    def visit(module: str) -> None:
-        assert module not in on_path, f"import circle: {' → '.join([*on_path, module])}"
-        if module in done:
-            return
-        on_path.append(module)
-        for imported in sorted(graph[module]):
-            visit(imported)
-        on_path.pop()
-        done.add(module)
-
-    for module in sorted(graph):
-        visit(module)
-    assert not {m for m in graph["cnnlab.tracking.runs"] if m.startswith("cnnlab.studies")}
-    assert "cnnlab.studies.ablations.run" not in graph["cnnlab.studies.ablations.report"]
-    assert graph["cnnlab.config"] <= {"cnnlab.errors", "cnnlab.yaml_files", "cnnlab.shipped"}  # no registry
-    assert graph["cnnlab.shipped"] == {"cnnlab.errors"}
 
 
 def _python(code: str) -> subprocess.CompletedProcess[str]:
