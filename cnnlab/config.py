@@ -23,7 +23,7 @@ from cnnlab.shipped import DEFAULT_CONFIG, config_path
 from cnnlab.yaml_files import check_shape, load_yaml
 
 
-@dataclass
+@dataclass(frozen=True)
 class AugmentConfig:
     policy: str = MISSING
     k: int = MISSING
@@ -39,7 +39,7 @@ class AugmentConfig:
     lens: float = MISSING
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     name: str = MISSING
     root: str = MISSING
@@ -53,7 +53,7 @@ class DataConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     channels: list[int] = MISSING
     convs_per_block: int = MISSING
@@ -73,7 +73,7 @@ class ModelConfig:
     channels_last: bool | str = MISSING  # true | false | auto (on for CPU and CUDA)
 
 
-@dataclass
+@dataclass(frozen=True)
 class OptimConfig:
     name: str = MISSING
     lr: float | int | str = MISSING  # a number, or "auto": run the LR finder first
@@ -83,7 +83,7 @@ class OptimConfig:
     scheduler: str = MISSING
 
 
-@dataclass
+@dataclass(frozen=True)
 class RegConfig:
     kind: str = MISSING
     strength: float = MISSING
@@ -91,7 +91,7 @@ class RegConfig:
     label_smoothing: float = MISSING
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainerConfig:
     max_epochs: int = MISSING
     accelerator: str = MISSING
@@ -108,7 +108,7 @@ class TrainerConfig:
     target_acc: float = MISSING
 
 
-@dataclass
+@dataclass(frozen=True)
 class WandbConfig:
     mode: str | None = MISSING
     project: str = MISSING
@@ -119,7 +119,7 @@ class WandbConfig:
     log_model: bool = MISSING
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExperimentConfig:
     seed: int = MISSING
     data: DataConfig = field(default_factory=DataConfig)
@@ -219,7 +219,7 @@ def _defaults() -> DictConfig:
     return cast(DictConfig, OmegaConf.merge(_schema(), _read_yaml(DEFAULT_CONFIG)))
 
 
-def merge(*layers: DictConfig) -> ExperimentConfig:
+def _merge(*layers: DictConfig) -> ExperimentConfig:
     """Merge config layers onto the defaults, turning OmegaConf errors into one clear line."""
     try:
         return cast(ExperimentConfig, OmegaConf.to_object(OmegaConf.merge(_defaults(), *layers)))
@@ -236,9 +236,40 @@ def merge(*layers: DictConfig) -> ExperimentConfig:
 
 def load_config(files: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> ExperimentConfig:
     """Defaults, then each file (or shipped preset name), then ``key=value`` overrides; validated."""
-    cfg = merge(*(_read_yaml(config_path(f)) for f in files), _overrides(list(overrides)))
+    cfg = _merge(*(_read_yaml(config_path(f)) for f in files), _overrides(list(overrides)))
     validate(cfg)
     return cfg
+
+
+def recorded(values: dict[str, Any]) -> ExperimentConfig:
+    """The config a run recorded (its checkpoint's or export's), rebuilt exactly: merged over
+    the schema alone, never today's defaults, so a key the record lacks is an error, not a
+    silent new default; validated."""
+    try:
+        cfg = cast(ExperimentConfig, OmegaConf.to_object(OmegaConf.merge(_schema(), values)))
+    except MissingMandatoryValue as err:
+        raise CnnlabError(f"{err.full_key}: missing from the recorded config (written by an older "
+                          "cnnlab?); allowed: a record with every key of this cnnlab's "
+                          "configs/default.yaml") from None
+    except OmegaConfBaseException as err:
+        raise CnnlabError(f"{err.full_key}: {str(err.msg).splitlines()[0]}") from None
+    validate(cfg)
+    return cfg
+
+
+def with_values(cfg: Any, values: dict[str, Any]) -> Any:
+    """``cfg`` (a config or one of its sections) with dotted keys set, as a new frozen config:
+    configs are never changed in place, so the one a run records is the one it ran."""
+    sections: dict[str, dict[str, Any]] = {}
+    direct: dict[str, Any] = {}
+    for key, value in values.items():
+        head, _, rest = key.partition(".")
+        if rest:
+            sections.setdefault(head, {})[rest] = value
+        else:
+            direct[head] = value
+    direct |= {head: with_values(getattr(cfg, head), sub) for head, sub in sections.items()}
+    return dataclasses.replace(cfg, **direct)
 
 
 def to_dict(cfg: ExperimentConfig) -> dict[str, Any]:

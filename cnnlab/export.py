@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
-from cnnlab.config import ExperimentConfig, merge, validate
+from cnnlab.config import ExperimentConfig, recorded
 from cnnlab.data.datamodule import DataModule
 from cnnlab.diagnostics import fuse_bn, inference_seconds, max_abs_diff
 from cnnlab.errors import CnnlabError
@@ -54,8 +53,7 @@ def _checked(meta: Mapping[str, Any], weights: Mapping[str, Any], path: Path) ->
     traceback or an allocation of the size its edited shape claims. ``weights``: the network's
     saved tensors, whose total size bounds the network it may describe."""
     try:
-        cfg = merge(OmegaConf.create(dict(meta["config"])))
-        validate(cfg)
+        cfg = recorded(dict(meta["config"]))
         c, h, w = (int(v) for v in meta["input_shape"])
         classes, mean, std = list(meta["classes"]), list(meta["mean"]), list(meta["std"])
     except CnnlabError as err:
@@ -136,7 +134,7 @@ def export(source: Path, out: Path, fuse: bool) -> dict[str, Any]:
     model: nn.Module = module.model
     report: dict[str, Any] = {"fused_bn": fuse and has_batch_norm(model), "norm": h.config["model"]["norm"]}
     if report["fused_bn"]:
-        cfg = merge(OmegaConf.create(dict(h.config)))
+        cfg = recorded(dict(h.config))
         data = DataModule(cfg.data, cfg.seed)
         data.setup("fit")
         assert data.val is not None  # no fold, no refit: a validation split

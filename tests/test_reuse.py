@@ -2,6 +2,7 @@
 outputs, command-line habits and progress lines."""
 
 import csv
+import dataclasses
 import json
 import os
 import subprocess
@@ -16,9 +17,11 @@ from PIL import Image
 from test_nothing_lost import hashes
 
 import cnnlab
-from cnnlab.config import merge
+from cnnlab import config
+from cnnlab.config import recorded, to_dict
 from cnnlab.data.datamodule import DataModule
-from cnnlab.export import load_exported
+from cnnlab.errors import CnnlabError
+from cnnlab.export import export, load_classifier, load_exported
 from cnnlab.training.module import Classifier
 from cnnlab.training.trainer import build_trainer
 
@@ -38,7 +41,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def normalised_test(module: Classifier) -> tuple[DataModule, torch.Tensor, torch.Tensor]:
     """The run's data module and its test split as raw pixels and as the network saw them."""
-    cfg = merge(OmegaConf.create(module.hparams.config))
+    cfg = recorded(module.hparams.config)
     data = DataModule(cfg.data, cfg.seed)
     data.setup("test")
     x = data.test[0]
@@ -56,7 +59,7 @@ def test_every_file_of_a_run_follows_the_umask(run_dir: Path) -> None:
 def test_load_from_checkpoint_reproduces_the_test_accuracy(run_dir: Path, tmp_path: Path) -> None:
     module = Classifier.load_from_checkpoint(run_dir / "checkpoints" / "best.ckpt",
                                              weights_only=True)
-    cfg = merge(OmegaConf.create(module.hparams.config))
+    cfg = recorded(module.hparams.config)
     assert cfg.trainer.precision != "auto"  # the config as the run resolved it
     data, _, _ = normalised_test(module)
     trainer = build_trainer(cfg.trainer, tmp_path, [])
@@ -66,6 +69,33 @@ def test_load_from_checkpoint_reproduces_the_test_accuracy(run_dir: Path, tmp_pa
     model = cnnlab.load(run_dir)  # a ready model: eval mode, classes and input shape beside it
     assert not model.training and model.classes == [str(d) for d in range(10)]
     assert model.input_shape == (1, 8, 8)
+
+
+def test_a_checkpoint_and_an_export_rebuild_their_recorded_config_never_todays_defaults(
+        run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Defaults that changed since the run (another norm, width, learning rate) change nothing
+    of a loaded model; a record that lacks a key is refused naming it, not filled in."""
+    ckpt = run_dir / "checkpoints" / "best.ckpt"
+    saved = torch.load(ckpt, weights_only=True)["hyper_parameters"]["config"]
+    newer = OmegaConf.merge(config._defaults(), {"model": {"norm": "none", "hidden_units": [7]},
+                                                 "optim": {"lr": 0.5}, "seed": 99})
+    monkeypatch.setattr(config, "_defaults", lambda: newer)
+    assert config.load_config().model.hidden_units == [7]  # the defaults did change
+    module = load_classifier(ckpt)
+    assert to_dict(recorded(module.hparams.config)) == saved
+    exported = export(run_dir, tmp_path / "model.pt", False)
+    assert exported is not None and (tmp_path / "model.pt").is_file()
+    assert torch.load(tmp_path / "model.pt", weights_only=True)["config"] == saved
+    x = torch.rand(2, 1, 8, 8)
+    assert torch.equal(cnnlab.load(tmp_path / "model.pt")(x), cnnlab.load(run_dir)(x))
+
+    old = torch.load(ckpt, weights_only=True)
+    del old["hyper_parameters"]["config"]["model"]["init"]  # as a cnnlab before model.init
+    torch.save(old, tmp_path / "old.ckpt")
+    with pytest.raises(CnnlabError, match=r"model\.init: missing from the recorded config"):
+        load_classifier(tmp_path / "old.ckpt")
+    with pytest.raises(dataclasses.FrozenInstanceError):  # frozen, like every config
+        recorded(saved).model.norm = "none"  # type: ignore[misc]
 
 
 def test_an_export_gives_on_raw_pixels_what_cnnlab_gives_on_normalised_ones(

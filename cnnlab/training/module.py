@@ -8,12 +8,11 @@ from typing import Any, cast
 import lightning as L
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
-from cnnlab.config import ExperimentConfig, merge, to_dict
+from cnnlab.config import ExperimentConfig, recorded, to_dict
 from cnnlab.data.datamodule import DataModule
 from cnnlab.metrics import TRAIN_LOSS, logged
 from cnnlab.models.convnet import ConvNet
@@ -45,7 +44,7 @@ class Classifier(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model"], logger=False)  # W&B has the config already
-        cfg = merge(OmegaConf.create(config))
+        cfg = recorded(config)
         num_classes = len(classes)
         self.model = model if model is not None else ConvNet(cfg.model, input_shape, num_classes)
         self.optim = cfg.optim

@@ -49,9 +49,8 @@ def objective(store: AblationStore, spec: AblationSpec, out: Path, threads: int
 
     def one(trial: optuna.Trial) -> float:
         arm, seed, configs, overrides = store.work(trial, spec)
-        cfg = load_config(configs, overrides)
-        trial_config(cfg, store.name, arm.name, threads)
-        cfg.wandb.name, cfg.wandb.tags = f"{arm.name} seed={seed}", [store.name, f"seed={seed}"]
+        cfg = trial_config(load_config(configs, overrides), store.name, arm.name, threads,
+                           name=f"{arm.name} seed={seed}", tags=[store.name, f"seed={seed}"])
         run_dir = out / "trials" / safe_name(arm.name) / f"seed{seed}"
         # a lost attempt may have finished its folder but not its trial, or left it half-built
         context: dict[str, Any] = {"study": store.name, "arm": arm.name, "seed": seed,

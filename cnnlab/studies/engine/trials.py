@@ -17,12 +17,13 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-from cnnlab.config import ExperimentConfig
+from cnnlab.config import ExperimentConfig, with_values
 from cnnlab.errors import CnnlabError
 from cnnlab.outputs.ownership import owner_alive, owner_id
 from cnnlab.studies.engine.store import Store
@@ -58,18 +59,19 @@ def liveness() -> tuple[float, float]:
     return interval, grace
 
 
-def trial_config(cfg: ExperimentConfig, group: str, job_type: str, threads: int) -> None:
-    """The one policy for a study trial's run (ablation arm × seed, search fold): W&B group
-    and job type, no images or progress bar (the report draws the study's curves, the study
-    shows one bar), no model upload (a checkpoint per trial is too many), and a fixed torch
-    thread count (``threads``, else the config's, else one): results must not depend on the
-    worker count or the machine's load, as torch's sums vary with the threads."""
-    cfg.wandb.group, cfg.wandb.job_type = group, job_type
-    cfg.trainer.images = False
-    cfg.trainer.progress_bar = False
-    cfg.wandb.log_model = False
-    if threads or not cfg.trainer.threads:
-        cfg.trainer.threads = threads or 1
+def trial_config(cfg: ExperimentConfig, group: str, job_type: str, threads: int,
+                 **wandb: Any) -> ExperimentConfig:
+    """The one policy for a study trial's run (ablation arm × seed, search fold): W&B group,
+    job type (and ``wandb`` keys: name, tags), no images or progress bar (the report draws the
+    study's curves, the study shows one bar), no model upload (a checkpoint per trial is too
+    many), and a fixed torch thread count (``threads``, else the config's, else one): results
+    must not depend on the worker count or the machine's load, as torch's sums vary with the
+    threads."""
+    return with_values(cfg, {
+        "wandb.group": group, "wandb.job_type": job_type, "wandb.log_model": False,
+        **{f"wandb.{k}": v for k, v in wandb.items()},
+        "trainer.images": False, "trainer.progress_bar": False,
+        "trainer.threads": threads or cfg.trainer.threads or 1})
 
 
 def is_lost(trial: FrozenTrial, now: float, grace: float) -> bool:

@@ -26,7 +26,7 @@ from lightning.pytorch.callbacks import Callback
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 
-from cnnlab.config import load_config
+from cnnlab.config import load_config, with_values
 from cnnlab.errors import CnnlabError
 from cnnlab.metrics import VAL_ACC
 from cnnlab.studies.engine.progress import StudyProgress, study_bars
@@ -98,16 +98,16 @@ def cross_validate(spec: SearchSpec, quick: bool, out: Path, threads: int
 
     def one(trial: optuna.Trial) -> float:
         overrides = [*spec.base_overrides(quick), *as_overrides(suggest(trial, spec.space))]
-        cfg = load_config(list(spec.configs), overrides)
-        trial_config(cfg, spec.name, "fold", threads)
+        cfg = trial_config(load_config(list(spec.configs), overrides), spec.name, "fold", threads)
         scores: list[float] = []
         epochs, state = 0, "failed"
         try:
             for fold in range(spec.folds):
-                cfg.wandb.name = f"trial {trial.number} fold {fold}"
-                cfg.wandb.tags = [spec.name, f"trial={trial.number}", f"fold={fold}"]
+                fold_cfg = with_values(cfg, {
+                    "wandb.name": f"trial {trial.number} fold {fold}",
+                    "wandb.tags": [spec.name, f"trial={trial.number}", f"fold={fold}"]})
                 pruning = [EpochPruning(trial)] if fold == 0 and not paired else []
-                result = run(cfg, out / "trials" / f"{trial.number:04d}" / f"fold{fold}",
+                result = run(fold_cfg, out / "trials" / f"{trial.number:04d}" / f"fold{fold}",
                              fold=(fold, spec.folds), datasets=datasets, overwrite=True, takeover=True,
                              context={"study": trial.study.study_name, "trial": trial.number,
                                       "fold": fold}, callbacks=pruning)
@@ -136,8 +136,9 @@ def cross_validate(spec: SearchSpec, quick: bool, out: Path, threads: int
             state = "complete"
             return statistics.mean(scores)
         finally:  # one W&B run per trial: its parameters, folds and outcome, beside the folds'
-            cfg.wandb.job_type, cfg.wandb.tags = "trial", [spec.name, f"trial={trial.number}"]
-            small_run(cfg, out / "trials" / f"{trial.number:04d}", "trial",
+            trial_cfg = with_values(cfg, {"wandb.job_type": "trial",
+                                          "wandb.tags": [spec.name, f"trial={trial.number}"]})
+            small_run(trial_cfg, out / "trials" / f"{trial.number:04d}", "trial",
                       {"state": state, "fold_scores": scores, "folds_done": len(scores),
                        "fold_epochs": epochs, "cv_mean": statistics.mean(scores) if scores else None,
                        "cv_std": statistics.stdev(scores) if len(scores) > 1 else None},
@@ -215,8 +216,10 @@ def refit(store: SearchStore, spec: SearchSpec, quick: bool, out: Path) -> Searc
     best = store.study.best_trial
     params = {k: yaml.safe_load(v) if isinstance(v, str) and v[:1] == "[" else v
               for k, v in best.params.items()}
-    cfg = load_config(list(spec.configs), [*spec.base_overrides(quick), *as_overrides(params)])
-    cfg.wandb.group, cfg.wandb.job_type, cfg.wandb.name = spec.name, "refit", "refit best"
+    cfg = with_values(load_config(list(spec.configs),
+                                  [*spec.base_overrides(quick), *as_overrides(params)]),
+                      {"wandb.group": spec.name, "wandb.job_type": "refit",
+                       "wandb.name": "refit best"})
     final = run(cfg, out / "refit", refit=True, overwrite=True)  # a rerun refits the best
     assert best.value is not None  # the best of the COMPLETE trials
     cv_std = store.cv_std(best)
