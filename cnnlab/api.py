@@ -19,17 +19,21 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
-from cnnlab.config import load_config
+from cnnlab.config import ExperimentConfig, load_config
 from cnnlab.errors import CnnlabError
 from cnnlab.outputs.files import check_run_out, check_study_folder, study_folder
-from cnnlab.process import configure
+from cnnlab.process import scoped
 from cnnlab.shipped import pilots, spec_path
 from cnnlab.studies.specs import safe_name
 
 if TYPE_CHECKING:
+    from cnnlab.models.summary import LayerRow
+    from cnnlab.predict import Predictions
     from cnnlab.studies.ablations.results import Results
     from cnnlab.studies.searches.report import SearchResult
     from cnnlab.studies.statistics.comparisons import Interval
+    from cnnlab.tracking.sync import Outcome
+    from cnnlab.training.lr_find import LRFind
     from cnnlab.training.run import RunResult
 
 
@@ -37,13 +41,13 @@ def fit(overrides: Sequence[str] = (), *, out: str | Path | None = None,
         config: Sequence[str | Path] = (), overwrite: bool = False) -> RunResult:
     """Train and test one model into ``out`` (default ``runs/fit-<time>``), as ``cnnlab fit``:
     ``config`` files or preset names merged over the defaults, then ``overrides``."""
-    configure()
     cfg = load_config(list(config), list(overrides))
     folder = Path(out) if out is not None else Path("runs") / time.strftime("fit-%Y%m%d-%H%M%S")
     check_run_out(folder, overwrite)  # fail now, not after training
     from cnnlab.training.run import run
 
-    return run(cfg, folder, overwrite=overwrite)
+    with scoped():
+        return run(cfg, folder, overwrite=overwrite)
 
 
 def _numbers(prefix: str, interval: Interval | None) -> dict[str, float | None]:
@@ -93,7 +97,6 @@ def ablate_specs(specs: Sequence[str | Path], overrides: Sequence[str] = (), *, 
     (``on_report`` sees it then). ``seeds``: per arm, or ``"auto"`` (rounds until decided).
     ``pilot``: each spec's pilot instead (``<name>-pilot``, seeds from 1000, ``seeds`` or 3 an
     arm), for ``cnnlab plan``."""
-    configure()
     from cnnlab.studies.ablations.spec import PILOT_SEEDS, load_spec
     from cnnlab.studies.engine.workers import warm_workers
 
@@ -111,7 +114,7 @@ def ablate_specs(specs: Sequence[str | Path], overrides: Sequence[str] = (), *, 
 
     jobs = jobs_for(loaded, Path(out) if out is not None else None, storage, quick)
     # each spec's report files and W&B summary are written while the workers go on
-    with ThreadPoolExecutor(max_workers=1) as writer:
+    with scoped(), ThreadPoolExecutor(max_workers=1) as writer:
         written = []
         reports = ablate(jobs, quick, workers, console or Console(),
                          finish=lambda write: written.append(writer.submit(write)),
@@ -136,7 +139,6 @@ def tune(spec: str | Path = "search", overrides: Sequence[str] = (), *, quick: b
          study: str | None = None, console: Console | None = None) -> SearchResult:
     """The cross-validated Optuna search of ``spec``, then a refit of the best config and its
     one test, as ``cnnlab tune``; the report is ``result.out / "search.md"``."""
-    configure()
     from cnnlab.studies.engine.workers import warm_workers
     from cnnlab.studies.searches.spec import load_search_spec, with_overrides
 
@@ -149,19 +151,20 @@ def tune(spec: str | Path = "search", overrides: Sequence[str] = (), *, quick: b
 
     name = safe_name(study or search_study_name(loaded, quick))
     folder = study_folder(name, out)
-    return search(loaded, quick, folder, storage or default_url(folder), name, workers, timeout,
-                  console or Console())
+    with scoped():
+        return search(loaded, quick, folder, storage or default_url(folder), name, workers,
+                      timeout, console or Console())
 
 
 def stored_results(name: str, *, out: str | Path | None = None, storage: str | None = None
                    ) -> Results:
     """An ablation's results as its storage holds them (default ``reports/<name>``), read only."""
-    configure()
     from cnnlab.studies.ablations.results import collect
     from cnnlab.studies.ablations.store import AblationStore
 
     study = safe_name(name)
-    return collect(AblationStore.stored(study, study_folder(study, out), storage))
+    with scoped():
+        return collect(AblationStore.stored(study, study_folder(study, out), storage))
 
 
 def report(name: str, *, out: str | Path | None = None, storage: str | None = None) -> StudyResult:
@@ -172,7 +175,8 @@ def report(name: str, *, out: str | Path | None = None, storage: str | None = No
     folder = study_folder(safe_name(name), out)
     results = stored_results(name, out=folder, storage=storage)
     check_study_folder(folder)  # before anything is written
-    return StudyResult.of(write_report(results, folder), folder)
+    with scoped():
+        return StudyResult.of(write_report(results, folder), folder)
 
 
 def plan(spec: str | Path, *, quick: bool = False, pilot: str | Path | None = None,
@@ -183,10 +187,9 @@ def plan(spec: str | Path, *, quick: bool = False, pilot: str | Path | None = No
     pilot (``pilot``: a results.csv; default: the pilot study in ``out``/``storage``, else the
     shipped one)."""
     from cnnlab.studies.ablations.planning import Pilot, plan_lines
-    from cnnlab.studies.ablations.results import collect
     from cnnlab.studies.ablations.rows import csv_trials
     from cnnlab.studies.ablations.spec import PILOT_SEEDS, load_spec
-    from cnnlab.studies.ablations.store import AblationStore, study_name
+    from cnnlab.studies.ablations.store import study_name
     from cnnlab.studies.statistics.sequential import Plan
 
     loaded = load_spec(spec_path(spec))
@@ -195,6 +198,107 @@ def plan(spec: str | Path, *, quick: bool = False, pilot: str | Path | None = No
     if source is not None:
         found = Pilot(str(source), loaded, csv_trials(Path(source)))
     else:
-        results = collect(AblationStore.stored(name, study_folder(name, out), storage))
+        results = stored_results(name, out=study_folder(name, out), storage=storage)
         found = Pilot(results.study, loaded, results.trials)
     return list(plan_lines(found, [Plan(*p) for p in plans] or [loaded.plan], effect, sims, seed))
+
+
+def summary(cfg: ExperimentConfig, input_shape: tuple[int, int, int] | None = None,
+            num_classes: int = 10) -> tuple[list[LayerRow], tuple[int, int, int], int]:
+    """``cnnlab summary``: each layer's output shape, parameters and multiply-adds, the input
+    shape and the class count (the configured dataset's unless given)."""
+    from cnnlab.training.build import summary_of
+
+    return summary_of(cfg, input_shape, num_classes)
+
+
+def augment_preview(cfg: ExperimentConfig, out: str | Path, samples: int = 8,
+                    variants: int = 8) -> Path:
+    """``cnnlab augment-preview``: training samples beside augmented variants, as one PNG."""
+    from cnnlab.data.preview import write_preview
+
+    with scoped():
+        write_preview(cfg, Path(out), samples, variants)
+    return Path(out)
+
+
+def lr_find(cfg: ExperimentConfig, out: str | Path, min_lr: float = 1e-6, max_lr: float = 1.0,
+            num_training: int = 100) -> LRFind:
+    """``cnnlab lr-find``: Lightning's learning-rate finder, its loss plot written to ``out``."""
+    from cnnlab.training.lr_find import write_lr_find
+
+    with scoped():
+        return write_lr_find(cfg, Path(out), min_lr, max_lr, num_training)
+
+
+def export(run: str | Path, out: str | Path | None = None, fuse_bn: bool = False
+           ) -> tuple[Path, str]:
+    """``cnnlab export``: a self-contained model file of a run or checkpoint (batch norm folded
+    with ``fuse_bn``); returns where it went and the line describing it."""
+    from cnnlab.export import default_out, describe
+    from cnnlab.export import export as write_export
+
+    target = Path(out) if out is not None else default_out(Path(run), fuse_bn)
+    with scoped():
+        return target, describe(target, write_export(Path(run), target, fuse_bn), fuse_bn)
+
+
+def predict(model: str | Path, inputs: Sequence[str | Path]) -> Predictions:
+    """``cnnlab predict``: the class of each input (image files, folders, .npz) as rows."""
+    from cnnlab.predict import predict as run_predict
+
+    with scoped():
+        return run_predict(Path(model), [Path(i) for i in inputs])
+
+
+def offline_runs(targets: Sequence[str]) -> list[tuple[Path, bool]]:
+    """``cnnlab sync --dry-run``: the offline W&B runs under ``targets`` (folders or study
+    names), each with whether it is synced already."""
+    from cnnlab.tracking.sync import is_synced, sync_roots
+    from cnnlab.tracking.sync import offline_runs as found
+
+    return [(run, is_synced(run)) for run in found(sync_roots(list(targets)))]
+
+
+def sync(targets: Sequence[str], timeout: float, progress: Callable[[str], None] = print
+         ) -> tuple[list[Path], Outcome]:
+    """``cnnlab sync``: the offline W&B runs under ``targets``, uploaded by one ``wandb sync``,
+    each run's arrival read back from its log."""
+    from cnnlab.tracking.sync import offline_runs as found
+    from cnnlab.tracking.sync import sync as run_sync
+    from cnnlab.tracking.sync import sync_roots
+
+    runs = found(sync_roots(list(targets)))
+    return runs, run_sync(runs, timeout, progress=progress)
+
+
+def resolved(cfg: ExperimentConfig) -> ExperimentConfig:
+    """``cfg`` with ``auto`` resolved for this machine (precision, channels-last), as the
+    run's config.yaml records it: ``cnnlab fit --print-config``."""
+    from cnnlab.training.fast import resolved as resolve_auto
+
+    return resolve_auto(cfg)[0]
+
+
+def is_rank_zero() -> bool:
+    """This process writes and prints (one of several DDP processes may not)."""
+    from cnnlab.training.distributed import is_rank_zero as rank_zero
+
+    return rank_zero()
+
+
+def console_lines(results: Results) -> list[str]:
+    """What a terminal shows of a study: its arms, confirmatory checks and verdict."""
+    from cnnlab.studies.ablations.report import console_lines as lines
+
+    return list(lines(results))
+
+
+def summary_table(names: Sequence[str], *, out: str | Path | None = None,
+                  storage: str | None = None) -> str:
+    """``cnnlab report --summary``: the verdicts of the named studies (each in ``out``, default
+    ``reports/<name>``) as one markdown table."""
+    from cnnlab.studies.ablations.report import SUMMARY_HEADER, markdown_table, summary_row
+
+    rows = [summary_row(stored_results(name, out=out, storage=storage)) for name in names]
+    return markdown_table([SUMMARY_HEADER, *rows])

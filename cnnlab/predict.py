@@ -78,6 +78,8 @@ class Predictions:
     """One row per input (name, class, probability as text), and how many inputs were resized
     to the model's ``input_shape``."""
 
+    columns = HEADER  # the header of ``rows``
+
     rows: list[list[str]]
     resized: int
     input_shape: tuple[int, int, int]

@@ -2,7 +2,8 @@
 apply, and SIGTERM/SIGINT as a clean, resumable stop.
 
 No library module changes global state when imported (lightning-hydra-template's ``extras()``
-idea): the ``cnnlab`` command and each study worker call ``configure`` when they start.
+idea): the ``cnnlab`` command and each study worker call ``configure`` when they start; the
+Python API sets the same for the length of a call only (``scoped``).
 """
 
 from __future__ import annotations
@@ -29,14 +30,38 @@ IGNORED_WARNINGS = (
 )
 
 
+QUIET_LOGGERS = ("lightning.pytorch", "lightning.fabric", "optuna")  # INFO lines per trial
+
+
 def configure() -> None:
-    """Lightning's device and tip banners off (it sets INFO on import), the warnings above, and
-    matplotlib's file-only backend unless the user chose one (cnnlab writes PNGs, opens no
-    window, and draws reports on a thread, where GUI backends fail)."""
+    """Lightning's device and tip banners and Optuna's line per trial off (each sets INFO when
+    first imported: call this after), the warnings above, and matplotlib's file-only backend
+    unless the user chose one (cnnlab writes PNGs, opens no window, and draws reports on a
+    thread, where GUI backends fail)."""
     os.environ.setdefault("MPLBACKEND", "Agg")
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     for pattern in IGNORED_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
+
+
+@contextmanager
+def scoped() -> Iterator[None]:
+    """``configure`` for one call of the Python API: afterwards a notebook's warning filters,
+    log levels and ``MPLBACKEND`` are as the call found them."""
+    levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
+    backend = os.environ.get("MPLBACKEND")
+    with warnings.catch_warnings():
+        configure()
+        try:
+            yield
+        finally:
+            for name, level in levels.items():
+                logging.getLogger(name).setLevel(level)
+            if backend is None:
+                os.environ.pop("MPLBACKEND", None)
+            else:
+                os.environ["MPLBACKEND"] = backend
 
 
 STORAGE_ERRORS = {  # an OSError of a full or read-only disk: what to do about it

@@ -1,8 +1,12 @@
 """The Python API a notebook uses: the CLI's code paths, typed results, CnnlabError (no SystemExit)."""
 
 import json
+import logging
+import os
+import warnings
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pytest
 
 import cnnlab
@@ -62,3 +66,46 @@ def test_tune_returns_the_refits_test_and_where_the_report_is(tmp_path: Path) ->
     assert result.out == tmp_path and (tmp_path / "search.md").is_file()
     assert 0.0 <= result.test_acc <= 1.0 and len(result.fold_scores) == 2
     assert f"best trial {result.best_trial}" in (tmp_path / "search.md").read_text()
+
+
+def _notebook_state() -> tuple:
+    return (list(warnings.filters), {n: logging.getLogger(n).level for n in LOGGERS},
+            os.environ.get("MPLBACKEND"), _umask(), plt.get_fignums())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+LOGGERS = ("lightning.pytorch", "lightning.fabric", "optuna", "")
+
+
+def test_the_api_leaves_a_notebooks_global_state_as_it_found_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Warning filters, log levels, the matplotlib backend, the umask and the user's open
+    figures: a fit, a search (Optuna's storage and pyplot figures) and a report change none."""
+    monkeypatch.delenv("MPLBACKEND", raising=False)
+    for name in LOGGERS:
+        monkeypatch.setattr(logging.getLogger(name), "level", logging.INFO)
+    mask = os.umask(0o027)
+    figure = plt.figure()  # the notebook's own figure
+    try:
+        with warnings.catch_warnings():
+            warnings.resetwarnings()
+            warnings.simplefilter("default")  # a notebook shows every warning once
+            before = _notebook_state()
+            cnnlab.fit(FAST, out=tmp_path / "run")
+            assert _notebook_state() == before
+            cnnlab.tune("search", ["trainer.max_epochs=1"], quick=True, trials=2, folds=2,
+                        out=tmp_path / "search")
+            assert _notebook_state() == before
+            cnnlab.ablate("learning_rate", ["trainer.max_epochs=1"], quick=True,
+                          seeds=2, out=tmp_path / "study")
+            cnnlab.report("learning_rate-quick", out=tmp_path / "study")
+            assert _notebook_state() == before
+            assert plt.fignum_exists(figure.number)
+    finally:
+        os.umask(mask)
+        plt.close(figure)

@@ -66,23 +66,16 @@ def print_table(console: Console, title: str, rows: list[list[str]]) -> None:
 
 def cmd_fit(args: argparse.Namespace) -> None:
     if args.print_config:
-        from cnnlab.training.fast import resolved
-
-        print(to_yaml(resolved(_config(args))[0]), end="")
+        print(to_yaml(api.resolved(_config(args))), end="")
         return
     result = api.fit(args.overrides, out=args.out, config=args.config, overwrite=args.overwrite)
-    from cnnlab.training.distributed import is_rank_zero  # loaded by the fit by now
-
-    if is_rank_zero():
+    if api.is_rank_zero():
         print_table(_console(), f"cnnlab fit → {result.out}", [["metric", "value"], *(
             [k, f"{v:.4f}" if isinstance(v, float) else str(v)] for k, v in result.metrics.items())])
 
 
 def cmd_summary(args: argparse.Namespace) -> None:
-    cfg = _config(args)
-    from cnnlab.training.build import summary_of
-
-    rows, shape, classes = summary_of(cfg, args.input_shape, args.num_classes)
+    rows, shape, classes = api.summary(_config(args), args.input_shape, args.num_classes)
     table = Table(title=f"ConvNet on {'×'.join(map(str, shape))} input, {classes} classes")
     for column in ("layer", "type", "output", "params", "mult-adds"):
         table.add_column(column, justify="left" if column in ("layer", "type") else "right")
@@ -95,38 +88,27 @@ def cmd_summary(args: argparse.Namespace) -> None:
 
 
 def cmd_augment_preview(args: argparse.Namespace) -> None:
-    cfg = _config(args)
-    from cnnlab.data.preview import write_preview
-
-    write_preview(cfg, args.out, args.samples, args.variants)
+    api.augment_preview(_config(args), args.out, args.samples, args.variants)
     print(f"wrote {args.out}: {args.samples} training samples (left column) and "
           f"{args.variants} augmented variants each")
 
 
 def cmd_lr_find(args: argparse.Namespace) -> None:
-    cfg = _config(args)
-    from cnnlab.training.lr_find import write_lr_find
-
-    found = write_lr_find(cfg, args.out, args.min_lr, args.max_lr, args.num_training)
+    found = api.lr_find(_config(args), args.out, args.min_lr, args.max_lr, args.num_training)
     print(f"suggested learning rate {found.suggestion:.4g} ({found.points} points); plot: {args.out}")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from cnnlab.export import default_out, describe, export
-
-    out = args.out or default_out(args.run, args.fuse_bn)
-    print(describe(out, export(args.run, out, args.fuse_bn), args.fuse_bn))
+    print(api.export(args.run, args.out, args.fuse_bn)[1])
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from cnnlab.predict import HEADER, predict
-
-    found = predict(args.model, args.inputs)
+    found = api.predict(args.model, args.inputs)
     if args.out is not None:
         write_output(args.out, found.csv_bytes(), None)  # never replaces a file
         print(f"wrote {args.out}: {len(found.rows)} predictions")
     else:
-        print_table(_console(), f"{args.model}: {len(found.rows)} predictions", [HEADER, *found.rows])
+        print_table(_console(), f"{args.model}: {len(found.rows)} predictions", [found.columns, *found.rows])
     if found.warning:
         print(f"warning: {found.warning}", file=sys.stderr)
     if found.resized:
@@ -137,9 +119,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 def show_results(console: Console, results: Results, out: Path) -> None:
     """The study's arms, confirmatory checks and verdict, as the report gives them."""
-    from cnnlab.studies.ablations.report import console_lines
-
-    for line in console_lines(results):
+    for line in api.console_lines(results):
         _say(console, line)
     _say(console, f"report: {out}/report.md")
     if results.running:
@@ -180,11 +160,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         raise CnnlabError("report: several names need --summary and their default folders "
                           "(reports/NAME); allowed: one NAME (with --out), or --summary NAME…")
     if args.summary:
-        from cnnlab.studies.ablations.report import SUMMARY_HEADER, markdown_table, summary_row
-
-        rows = [summary_row(api.stored_results(name, out=args.out, storage=args.storage))
-                for name in args.names]
-        print(markdown_table([SUMMARY_HEADER, *rows]))
+        print(api.summary_table(args.names, out=args.out, storage=args.storage))
         return
     study = api.report(args.names[0], out=args.out, storage=args.storage)
     show_results(_console(), study.results, study.out)
@@ -200,16 +176,15 @@ def cmd_plan(args: argparse.Namespace) -> None:
 
 def cmd_sync(args: argparse.Namespace) -> int:
     """0: every run arrived whole (or nothing to do); 1: some did not (listed; a rerun retries)."""
-    from cnnlab.tracking.sync import is_synced, offline_runs, sync, sync_roots
-
-    runs = offline_runs(sync_roots(args.targets))
     if args.dry_run:
-        for run in runs:
-            print(f"{run}{'  (synced)' if is_synced(run) else ''}")
-        todo = sum(not is_synced(r) for r in runs)
-        print(f"{todo} offline W&B runs to sync, {len(runs) - todo} already synced")
+        listed = api.offline_runs(args.targets)
+        for run, synced in listed:
+            print(f"{run}{'  (synced)' if synced else ''}")
+        todo = sum(not synced for _, synced in listed)
+        print(f"{todo} offline W&B runs to sync, {len(listed) - todo} already synced")
         return 0
-    outcome = sync(runs, args.timeout, progress=lambda line: print(line, flush=True))
+    runs, outcome = api.sync(args.targets, args.timeout,
+                             progress=lambda line: print(line, flush=True))
     if not outcome.synced and not outcome.failed:
         print(f"nothing to sync: all {len(runs)} offline W&B runs are synced")
         return 0

@@ -20,7 +20,6 @@ from cnnlab.outputs.ownership import (
     APPEND_ONLY,
     MANIFEST,
     PENDING,
-    UMASK,
     Manifest,
     digest,
     files_under,
@@ -29,6 +28,7 @@ from cnnlab.outputs.ownership import (
     owner_alive,
     owner_id,
     remove_owned,
+    umask,
     write_atomic,
 )
 
@@ -115,7 +115,7 @@ def _make_staging(staging: Path) -> None:
     for left in staging.parent.glob(f"{glob.escape(staging.name)}{NEW}*"):
         _clear_half_made(left)
     made = Path(tempfile.mkdtemp(dir=staging.parent, prefix=f"{staging.name}{NEW}"))
-    os.chmod(made, 0o777 & ~UMASK)  # mkdtemp's 0700 would hide the run from colleagues
+    os.chmod(made, 0o777 & ~umask())  # mkdtemp's 0700 would hide the run from colleagues
     Manifest("partial", owner_id()).write(made)
     os.rename(made, staging)
 

@@ -26,13 +26,18 @@ APPEND_ONLY = "append-only"  # a file cnnlab appends to (a study journal): liste
 APPENDED = (".log", ".journal")  # the only files cnnlab appends to: W&B logs, study journals
 
 
-def _umask() -> int:
+def umask() -> int:
+    """The process's umask, read where Linux shows it (setting one to learn the old would
+    change it for every thread meanwhile); elsewhere set and set back."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
-
-
-UMASK = _umask()
 
 
 def _temporary(path: Path) -> re.Pattern[str]:
@@ -60,7 +65,7 @@ def write_atomic(path: Path, data: str | bytes) -> None:
     _clear_temporaries(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{owner_id()}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o666 & ~UMASK)
+        os.fchmod(fd, 0o666 & ~umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush()

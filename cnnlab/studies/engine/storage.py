@@ -53,9 +53,7 @@ def default_url(out: Path) -> str:
 def open_storage(url: str, readonly: bool = False) -> optuna.storages.BaseStorage:
     """An Optuna storage for ``url``; a bad URL, a file that is not a journal, a database that
     is not Optuna's or an unreachable server is one clear error, before anything is written.
-    ``readonly`` (reports) never creates or changes a file, a table or a record. Optuna's INFO
-    line per trial and study goes quiet from here on: a study prints its own progress."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    ``readonly`` (reports) never creates or changes a file, a table or a record."""
     if "://" not in url:
         return _journal(Path(url), readonly)
     scheme = url.split("://", 1)[0].split("+", 1)[0]

@@ -73,12 +73,14 @@ def _plots(store: SearchStore) -> dict[str, bytes]:
              "importances.png": ov.plot_param_importances}
     out = {}
     for name, plot in plots.items():
+        before = set(plt.get_fignums())
         try:
             with warnings.catch_warnings():  # with very few trials the plots warn; still drawn
                 warnings.simplefilter("ignore", UserWarning)
                 axes = plot(study)
         except (ValueError, RuntimeError, ZeroDivisionError):  # too few trials for this plot
-            plt.close("all")
+            for number in set(plt.get_fignums()) - before:  # its half-drawn figure, not others
+                plt.close(number)
             continue
         first = axes.flat[0] if hasattr(axes, "flat") else axes
         legend = first.get_legend()
