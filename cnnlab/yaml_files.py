@@ -1,5 +1,6 @@
-"""YAML as cnnlab reads it: safe, with the number rules OmegaConf uses, each key once, and
-its sections' shapes checked against a schema before a merge."""
+"""YAML as cnnlab reads it: bounded files through OmegaConf's loader (its number rules, each
+key once, alias expansion capped), and sections' shapes checked against a schema before a
+merge."""
 
 from __future__ import annotations
 
@@ -8,49 +9,23 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import UnsupportedValueType
 
 from cnnlab.errors import CnnlabError
 
-
-class _YamlLoader(yaml.SafeLoader):
-    """YAML as OmegaConf reads it (``1e-3`` is a float, not a string); duplicate keys refused."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        keys = [self.construct_object(k, deep=True) for k, _ in node.value]
-        for key in keys:
-            if keys.count(key) > 1:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", node.start_mark)
-        return super().construct_mapping(node, deep=deep)
-
-
-_YamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
-
-
 MAX_BYTES = 1 << 20  # a config or spec file; the shipped ones are about 2 KB
-MAX_VALUES, MAX_DEPTH = 10_000, 50  # as the data expands (an alias repeats what it names)
+MAX_VALUES = 10_000  # OmegaConf's cap on the nodes a file's aliases expand to ("billion laughs")
 
 
-def _check_bounds(data: Any, what: str, path: Path) -> None:
-    """A "billion laughs" file is a few hundred bytes whose aliases expand to billions of
-    values: count them as they expand, and stop at the bounds, without recursion."""
-    seen, stack = 0, [(data, 1)]
-    while stack:
-        node, depth = stack.pop()
-        seen += 1
-        if seen > MAX_VALUES or depth > MAX_DEPTH:
-            raise CnnlabError(f"{what} {path}: expands to more than {MAX_VALUES:,} values or "
-                              f"{MAX_DEPTH} levels (YAML aliases?); allowed: a plain config "
-                              "mapping")
-        if isinstance(node, dict):
-            stack.extend((v, depth + 1) for v in (*node.keys(), *node.values()))
-        elif isinstance(node, list):
-            stack.extend((v, depth + 1) for v in node)
+def _parse(text: str) -> Any:
+    """The file's data as OmegaConf reads it: its loader (``1e-3`` a float, each key once,
+    alias expansion capped), then plain dicts and lists. A scalar file is returned as is,
+    for the caller to refuse by its type."""
+    try:
+        return OmegaConf.to_container(OmegaConf.create(text))
+    except (AssertionError, UnsupportedValueType):  # not a mapping or list: a scalar at the top
+        return yaml.safe_load(text)
 
 
 def load_yaml(path: Path, what: str) -> Any:
@@ -70,18 +45,24 @@ def load_yaml(path: Path, what: str) -> Any:
     except UnicodeDecodeError:
         raise CnnlabError(f"{what} {path}: is not UTF-8 text; allowed: a YAML file") from None
     try:
-        data = yaml.load(text, Loader=_YamlLoader)  # noqa: S506 (a SafeLoader)
+        data = _parse(text)
     except RecursionError:
-        raise CnnlabError(f"{what} {path}: nested too deeply; allowed: a config mapping at most "
-                          f"{MAX_DEPTH} levels deep") from None
+        raise CnnlabError(f"{what} {path}: nested too deeply; allowed: a config mapping a few "
+                          "levels deep") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None)
-        detail = f" ({problem})" if problem and "duplicate" in problem else ""
+        problem = str(getattr(err, "problem", None) or "")
+        if "nesting depth" in problem:
+            raise CnnlabError(f"{what} {path}: nested too deeply; allowed: a config mapping a "
+                              "few levels deep") from None
+        if "expansion exceeds" in problem:
+            raise CnnlabError(f"{what} {path}: expands to more than {MAX_VALUES:,} values (YAML "
+                              "aliases?); allowed: a plain config mapping") from None
+        found = re.match(r"found duplicate key (.*)", problem)
+        detail = f" (duplicate key {found.group(1)!r})" if found else ""
         raise CnnlabError(f"{what} {path}: invalid YAML{where}{detail}; allowed: a YAML mapping "
                           "with each key once") from None
-    _check_bounds(data, what, path)
     return data
 
 

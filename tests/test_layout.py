@@ -3,6 +3,7 @@ as the only code that touches a study's attributes, no crowded folder."""
 
 import ast
 import re
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -17,7 +18,8 @@ LAYERS = [
     {"diagnostics"},
     {"training"},
     {"export", "studies.ablations", "studies.searches"},
-    {"api", "predict"},
+    {"predict"},
+    {"api"},
     {"cnnlab"},
     {"cli"},
     {"__main__"},
@@ -136,3 +138,9 @@ def test_no_folder_holds_more_than_fifteen_modules() -> None:
     for folder in [ROOT / "cnnlab", *(p for p in (ROOT / "cnnlab").rglob("*") if p.is_dir())]:
         modules = [p for p in folder.glob("*.py") if p.name not in ("__init__.py", "__main__.py")]
         assert len(modules) <= MOST_MODULES, (folder, len(modules))
+
+
+def test_the_wheel_lists_every_package() -> None:
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    packages = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "cnnlab").rglob("__init__.py")}
+    assert packages <= listed, packages - listed
