@@ -435,3 +435,16 @@ def test_a_hypothesis_naming_an_unknown_level_is_one_line(cli, tmp_path: Path) -
     spec.write_text(AUTO_SPEC.replace("seeds: {min: 3, max: 5, step: 1}", "seeds: {min: 4, max: 2}"))
     status, _, err = cli("ablate", spec, "--out", tmp_path / "out")
     assert status == 2 and "seeds is {'min': 4, 'max': 2}; allowed:" in err
+
+
+def test_the_sign_flips_give_scipys_permutation_test_p_values() -> None:
+    """The enumeration is ours for speed only: scipy's exact paired permutation test agrees
+    on lattices, ties and continuous differences."""
+    rng = np.random.default_rng(3)
+    batches = [rng.integers(-3, 4, (50, 8)).astype(float), rng.normal(size=(50, 6)),
+               np.array([[-1.0] * 9 + [0.0], [1, 1, 1, 1, 2] + [0.0] * 5])]
+    for d in batches:
+        theirs = stats.permutation_test((d,), lambda x, axis: np.abs(np.mean(x, axis=axis)),
+                                        permutation_type="samples", vectorized=True,
+                                        n_resamples=np.inf, alternative="greater", axis=-1)
+        assert np.allclose(sign_flip_test(d), theirs.pvalue, atol=1e-12)

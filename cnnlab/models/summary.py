@@ -1,4 +1,7 @@
-"""Per-layer output shape, parameter count and multiply-adds (bias excluded, as in the course)."""
+"""Per-layer output shape, parameter count and multiply-adds (bias excluded, as in the course).
+
+Forward hooks, not ``torch.utils.flop_counter``: it counts FLOPs per operator (no layer
+names, no output shapes), which the course's per-layer table needs."""
 
 from dataclasses import dataclass
 

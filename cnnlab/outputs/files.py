@@ -216,6 +216,8 @@ def claim_study_folder(out: Path) -> None:
 
 @contextlib.contextmanager
 def _locked(folder: Path) -> Iterator[None]:
+    """Exclusive use of ``folder``'s manifest: ``flock`` on the folder itself (``filelock``
+    needs a lock file, one more file cnnlab would leave in the user's folder)."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)

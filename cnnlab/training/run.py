@@ -71,6 +71,8 @@ class RunResult:
 
 
 def _history_csv(history: list[dict[str, float]]) -> str:
+    """One row per epoch (Lightning's ``CSVLogger`` writes a row per logging step into its own
+    ``lightning_logs/version_N/`` folder; this file is written atomically with the run)."""
     columns = list(dict.fromkeys(key for row in history for key in row))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns)

@@ -165,7 +165,8 @@ def _rdb_storage(url: str, engine_kwargs: dict[str, Any], readonly: bool,
 def _patient(wait: float) -> Callable[..., Any]:
     """A ``do_connect`` hook: a new connection to a server that does not answer (a restart, a
     network blip; ``pool_pre_ping`` finds the old ones dead) is retried with backoff for
-    ``wait`` seconds before the error stands."""
+    ``wait`` seconds before the error stands. (``tenacity`` would add a dependency for this
+    one loop inside SQLAlchemy's connect hook.)"""
     def connect(dialect: Any, record: Any, cargs: Any, cparams: Any) -> Any:
         deadline, pause = time.monotonic() + wait, 0.25
         while True:

@@ -9,6 +9,10 @@ t-test's exact power (noncentral t); the two-part test where runs fail, simulate
 observed failure rates; Boschloo's test exactly, summing over the binomial outcomes.
 ``simulate`` runs whole studies through the same decision code as the reports
 (``sequential.decide``). ``cnnlab plan`` and the calibration tests use it.
+
+Library: statsmodels' ``TTestPower`` gives ``t_power``'s one noncentral-t figure (scipy's,
+here, without a dependency for it); every other figure is simulated through ``Sample.p``,
+which no power class knows (lattices, failures, Holm at a look's α).
 """
 
 from __future__ import annotations
