@@ -16,9 +16,14 @@ NORMS = ["batch", "layer", "instance", "group", "none"]
 REGS = ["none", "l1", "l2", "elastic"]
 
 
-@pytest.mark.parametrize("reg", REGS)
-@pytest.mark.parametrize("dropout", [0.0, 0.2])
-@pytest.mark.parametrize("norm", NORMS)
+# One factor at a time (the full 5 × 2 × 4 grid took half of the suite and showed nothing
+# these nine cases do not): every norm with dropout and an L2 penalty, every regularizer
+# with batch norm and no dropout.
+FACTORS = ([(norm, 0.2, "l2") for norm in NORMS]
+           + [("batch", 0.0, reg) for reg in REGS if reg != "l2"] + [("none", 0.0, "none")])
+
+
+@pytest.mark.parametrize(("norm", "dropout", "reg"), FACTORS)
 def test_every_norm_dropout_and_regularizer_trains(fast_config, tmp_path: Path, norm: str,
                                                    dropout: float, reg: str) -> None:
     cfg = fast_config("trainer.max_epochs=2", f"model.norm={norm}", f"model.dropout={dropout}",
