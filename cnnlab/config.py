@@ -131,8 +131,9 @@ class ExperimentConfig:
 
 
 # The names each choice key allows. The modules that implement them (``sources.SOURCES``,
-# ``norms.NORMS``, …) build their string → implementation tables from these names and sit above
-# this module: reading a config and reporting a bad choice never imports torch.
+# ``norms.NORMS``, …) keep their own string → implementation tables, which import torch; these
+# names stay here so that reading a config and reporting a bad choice never does (a test holds
+# the two in step: ``test_registries_implement_exactly_the_config_choices``).
 CHOICES: dict[str, tuple[Any, ...]] = {
     "data.name": ("digits", "mnist", "fashion_mnist", "cifar10", "folder", "npz"),
     "data.augment.policy": ("all", "k_of_n"),

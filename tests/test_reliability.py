@@ -356,55 +356,58 @@ def test_a_stopped_fit_exits_non_zero_with_one_line_and_leaves_nothing(tmp_path:
     assert not out.exists() and not staging.exists()  # nothing half-written
 
 
-def _stop_and_resume(command: list[str], out: Path, study: str, sig: signal.Signals) -> None:
-    """Start ``command`` (``--workers 2`` last), send ``sig`` to its main process once both
-    workers run trials, check the exit status, the one line and that no worker is left, then
-    rerun it with one worker to the end."""
-    proc = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
-    deadline = time.monotonic() + 120
-    while proc.poll() is None and len(_workers(out, study)) < 2 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert proc.poll() is None, "the study finished before the signal"
-    workers = _workers(out, study)
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == (-sig if sig == signal.SIGKILL else 128 + sig), err
-    if sig != signal.SIGKILL:
-        assert "Traceback" not in err
-        assert err.strip().splitlines()[-1] == (f"cnnlab: stopped by {sig.name}; finished work "
-                                                "is kept: rerun the same command to resume")
-    gone = time.monotonic() + 15
-    while any(_alive(pid) for pid in workers) and time.monotonic() < gone:
-        time.sleep(0.1)
-    assert not any(_alive(pid) for pid in workers)  # no worker outlives its command
+STOPS = (signal.SIGTERM, signal.SIGINT, signal.SIGKILL)  # timeout/SLURM, Ctrl-C, kill -9
+
+
+def _stop_and_resume(command: list[str], out: Path, study: str) -> None:
+    """Run ``command`` (``--workers 2`` last) once per signal of ``STOPS``, each run stopped by
+    its signal once both of its workers run trials: the exit status, the one line, and that no
+    worker is left; then rerun it with one worker to the end. Each run resumes the last."""
+    for sig in STOPS:
+        before = _workers(out, study)
+        proc = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while (proc.poll() is None and len(_workers(out, study) - before) < 2
+               and time.monotonic() < deadline):
+            time.sleep(0.1)
+        assert proc.poll() is None, f"the study finished before {sig.name}"
+        workers = _workers(out, study) - before
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == (-sig if sig == signal.SIGKILL else 128 + sig), err
+        if sig != signal.SIGKILL:
+            assert "Traceback" not in err
+            assert err.strip().splitlines()[-1] == (f"cnnlab: stopped by {sig.name}; finished "
+                                                    "work is kept: rerun the same command to "
+                                                    "resume")
+        gone = time.monotonic() + 15
+        while any(_alive(pid) for pid in workers) and time.monotonic() < gone:
+            time.sleep(0.1)
+        assert not any(_alive(pid) for pid in workers), sig  # no worker outlives its command
     done = subprocess.run([*command[:-1], "1"], env=ENV, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
-def test_a_stopped_ablation_exits_non_zero_leaves_no_worker_and_resumes(
-        tmp_path: Path, sig: signal.Signals) -> None:
+def test_a_stopped_ablation_exits_non_zero_leaves_no_worker_and_resumes(tmp_path: Path) -> None:
     """What ``timeout``, ``kill``, SLURM and Ctrl-C send: TERM and INT stop with one line and
     128 + the signal, KILL with -9; no worker goes on alone; the rerun finishes the study."""
     spec = write_spec(tmp_path, seeds=2, arms="norm only")
     spec.write_text(spec.read_text().replace("trainer.max_epochs=1", "trainer.max_epochs=3"))
     out = tmp_path / "out"
     _stop_and_resume([sys.executable, "-m", "cnnlab.cli", "ablate", str(spec), "--out", str(out),
-                      "--workers", "2"], out, "tiny", sig)
+                      "--workers", "2"], out, "tiny")
     assert sorted(complete_keys(out)) == sorted(
         f"model.norm={n} | seed={s}" for n in ("batch", "layer", "none") for s in range(2))
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
-def test_a_stopped_search_exits_non_zero_leaves_no_worker_and_resumes(
-        tmp_path: Path, sig: signal.Signals) -> None:
+def test_a_stopped_search_exits_non_zero_leaves_no_worker_and_resumes(tmp_path: Path) -> None:
     """``cnnlab tune --workers 2`` stopped by TERM, INT or KILL of its main process: the exit
     status, no worker left, and a rerun that finishes exactly the requested trials."""
     out = tmp_path / "out"
     _stop_and_resume([sys.executable, "-m", "cnnlab.cli", "tune", str(write_search_spec(tmp_path)),
-                      "--out", str(out), "--trials", "6", "--workers", "2"], out, "small", sig)
+                      "--out", str(out), "--trials", "6", "--workers", "2"], out, "small")
     finished = [t for t in search_trials(out)
                 if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) == 6 and len({t.user_attrs["key"] for t in finished}) == 6

@@ -64,7 +64,7 @@ def build_trainer(
         num_nodes=cfg.num_nodes,
         strategy=cfg.strategy,
         plugins=list[Any](layer_sync(sync_batchnorm, cfg.accelerator)),
-        precision=cast(Any, cfg.precision),  # one of config.PRECISIONS, checked there
+        precision=cast(Any, cfg.precision),  # one of CHOICES["trainer.precision"], checked by config.validate
         deterministic=cfg.deterministic,
         logger=loggers or False,
         callbacks=[checkpoint, *callbacks],
