@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 
-.PHONY: help install test fit lint bench bench-gpu
+.PHONY: help install test test-fast fit lint bench bench-gpu
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml
 
 test: install ## run the test suite
 	$(PY) -m pytest
+
+test-fast: install ## the suite without the tests marked slow (subprocess kills, DDP, compile, calibration)
+	$(PY) -m pytest -m "not slow"
 
 fit: install ## train the digits baseline into runs/fit (ARGS="model.norm=layer ...")
 	$(VENV)/bin/cnnlab fit --out runs/fit --overwrite $(ARGS)

@@ -9,7 +9,6 @@ function imports its machinery (torch, Lightning, Optuna) when called, so ``impo
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +30,6 @@ if TYPE_CHECKING:
     from cnnlab.predict import Predictions
     from cnnlab.studies.ablations.results import Results
     from cnnlab.studies.searches.report import SearchResult
-    from cnnlab.studies.statistics.comparisons import Interval
     from cnnlab.tracking.sync import Outcome
     from cnnlab.training.lr_find import LRFind
     from cnnlab.training.run import RunResult
@@ -48,13 +46,6 @@ def fit(overrides: Sequence[str] = (), *, out: str | Path | None = None,
 
     with scoped():
         return run(cfg, folder, overwrite=overwrite)
-
-
-def _numbers(prefix: str, interval: Interval | None) -> dict[str, float | None]:
-    if interval is None:
-        return {prefix: None, f"{prefix}_low": None, f"{prefix}_high": None}
-    return {prefix: interval.mean, f"{prefix}_low": None if math.isnan(interval.low) else interval.low,
-            f"{prefix}_high": None if math.isnan(interval.high) else interval.high}
 
 
 @dataclass(frozen=True)
@@ -76,15 +67,8 @@ class StudyResult:
 
     @classmethod
     def of(cls, results: Results, out: Path) -> StudyResult:
-        arms = [{"arm": a.arm, "levels": a.levels, "seeds": a.seeds,
-                 "failed": sum(a.failures.values()), **_numbers(results.spec.metric, a.itt),
-                 **_numbers("delta", None if a.delta is None else a.delta.delta),
-                 "p": None if a.delta is None else a.delta.p} for a in results.arms]
-        checks = [{"metric": c.comparison.metric, "arm": c.comparison.arm,
-                   "reference": c.comparison.reference, "outcome": c.outcome,
-                   **_numbers("delta", c.comparison.delta), "p_holm": c.comparison.p_adj,
-                   "alpha": c.comparison.alpha} for c in results.checks]
-        return cls(results.study, out, results.verdict, arms, checks, results)
+        return cls(results.study, out, results.verdict, results.arm_records(),
+                   results.check_records(), results)
 
 
 def ablate_specs(specs: Sequence[str | Path], overrides: Sequence[str] = (), *, quick: bool = False,

@@ -30,7 +30,7 @@ IGNORED_WARNINGS = (
 )
 
 
-QUIET_LOGGERS = ("lightning.pytorch", "lightning.fabric", "optuna")  # INFO lines per trial
+QUIET_LOGGERS = ("lightning.pytorch", "optuna")  # banners, a line per trial
 
 
 def configure() -> None:

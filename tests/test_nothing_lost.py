@@ -408,7 +408,7 @@ def test_a_kill_while_a_staging_folder_is_made_never_blocks_the_rerun(
     assert status == 0, err
     assert (out / "metrics.json").is_file() and not staging.exists() and not half.exists()
     assert (users / "notes.txt").read_text() == "mine"
-    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~ownership.UMASK  # readable by colleagues
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~ownership.umask()  # readable by colleagues
 
 
 def test_predict_and_export_never_replace_a_runs_own_files(cli, tmp_path: Path) -> None:

@@ -112,10 +112,10 @@ def test_an_ablation_is_reviewable_in_wandb(cli, tmp_path: Path) -> None:
     assert [r["arm"] for r in rows] == list(dict.fromkeys(r["arm"] for r in results))
     for row in rows:
         accs = [float(r["test_acc"]) for r in results if r["arm"] == row["arm"]]
-        assert row["mean"] == pytest.approx(statistics.mean(accs))  # a number, not text
-        assert row["n"] == 2 and row["failed"] == 0
-        assert (row["p_unadjusted"] is None) == (row["arm"] == "model.norm=batch, opt=slow")
-        assert row["ci_low"] <= row["mean"] <= row["ci_high"]
+        assert row["test_acc"] == pytest.approx(statistics.mean(accs))  # a number, not text
+        assert row["seeds"] == 2 and row["failed"] == 0
+        assert (row["p"] is None) == (row["arm"] == "model.norm=batch, opt=slow")
+        assert row["test_acc_low"] <= row["test_acc"] <= row["test_acc_high"]
         assert (row["delta"] is None) == (row["arm"] == "model.norm=batch, opt=slow")
     checks = _table(summary, "checks")  # the confirmatory family: every arm vs the baseline
     assert sorted(c["arm"] for c in checks) == sorted(r["arm"] for r in rows[1:])
@@ -130,8 +130,9 @@ def test_an_ablation_is_reviewable_in_wandb(cli, tmp_path: Path) -> None:
     assert contents["run"].notes == "Two norms × two learning rates."
     assert contents["run"].job_type == "summary"
     assert contents["summary"]["model.norm=none, opt=fast/test_acc/mean"] == pytest.approx(
-        rows[-1]["mean"])
-    assert any(key.startswith("_wandb/visualize/charts/mean_by_arm") for key in contents["config"])
+        rows[-1]["test_acc"])
+    assert any(key.startswith("_wandb/visualize/charts/test_acc_by_arm")
+               for key in contents["config"])
     (report,) = [files for name, files in _artifacts(_record(summary)).items()
                  if name == "tiny-report"]
     assert {"report.md", "results.csv", "bars.png", "forest.png", "study.journal"} <= set(report)

@@ -81,20 +81,23 @@ def owner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def pid_alive(pid: int) -> bool:
+    """A process of this host with this pid exists (another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def owner_alive(owner: str | None) -> bool:
     """False for an owner of this host whose process is gone; other hosts count as alive."""
     if not owner:
         return False
     host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname():
-        return True
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError):
-        return True
-    return True
+    return host != socket.gethostname() or not pid.isdigit() or pid_alive(int(pid))
 
 
 @dataclass

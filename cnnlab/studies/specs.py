@@ -45,6 +45,11 @@ def yaml_scalar(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
+def study_name(name: str, quick: bool) -> str:
+    """A spec's study: its name, ``-quick`` for the quick preset (its own study)."""
+    return f"{name}-quick" if quick else name
+
+
 def one_process(cfg: ExperimentConfig) -> None:
     """A study's trial is one process; parallelism comes from workers, not from DDP per trial."""
     for key, value in (("trainer.devices", cfg.trainer.devices),

@@ -72,9 +72,7 @@ def check_rows(results: Results) -> list[list[str]]:
         c = check.comparison
         look = f"{c.alpha:.3g} ({c.look + 1 if c.decided else len(results.looks)})"
         failed = f", {c.failed_pairs} with a failure" if c.failed_pairs else ""
-        rows.append([check.expectation.text() if check.expectation.direction else
-                     f"{c.metric}: {c.arm} vs {c.reference}",
-                     c.delta.text(signed=True), f"{c.delta.n}{failed}", p_text(c.p),
+        rows.append([check.label, c.delta.text(signed=True), f"{c.delta.n}{failed}", p_text(c.p),
                      p_text(c.p_adj), look, check.outcome,
                      "" if c.equivalence is None else
                      f"{c.equivalence.text(signed=True)} ({p_text(c.p_tost)})",
@@ -124,8 +122,7 @@ def console_lines(results: Results) -> list[str]:
     mark = {"as expected": "✓", "against": "✗", "higher": "✓", "lower": "✓", "equivalent": "✓"}
     for check in results.checks:
         c = check.comparison
-        what = (check.expectation.text() if check.expectation.direction
-                else f"{c.metric}: {c.arm} vs {c.reference}")
+        what = check.label
         power = _power_text(check)
         lines.append(f"  {mark.get(check.outcome, '?')} {what}: Δ {c.delta.text(signed=True)}, "
                      f"{_p_line(check)} at α {c.alpha:.3g} → {check.outcome}"
@@ -152,8 +149,7 @@ def summary_row(results: Results) -> list[str]:
     claim = (results.spec.hypothesis.claim if results.spec.hypothesis is not None
              else "every arm against the baseline")
     checks = "; ".join(
-        f"{check.expectation.text() if check.expectation.direction else check.comparison.arm}: "
-        f"Δ {check.comparison.delta.text(signed=True)}, {_p_line(check)} "
+        f"{check.label}: Δ {check.comparison.delta.text(signed=True)}, {_p_line(check)} "
         f"→ {check.outcome}" for check in results.checks)
     looks = len(results.looks)
     return [f"`{results.study}`", claim, f"**{results.verdict or 'no hypothesis'}**: {checks}",

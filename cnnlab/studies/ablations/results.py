@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -93,6 +94,14 @@ class Check:
     outcome: str  # as expected | against | undecided
     power: Power | None  # undecided only
 
+    @property
+    def label(self) -> str:
+        """What the check tests, as every report names it: the expectation, or (without a
+        hypothesis) "metric: arm vs reference"."""
+        c = self.comparison
+        return (self.expectation.text() if self.expectation.direction
+                else f"{c.metric}: {c.arm} vs {c.reference}")
+
 
 @dataclass(frozen=True)
 class ArmSummary:
@@ -129,6 +138,46 @@ class Results:
     @property
     def undecided(self) -> list[Comparison]:
         return [c.comparison for c in self.checks if not c.comparison.decided]
+
+    def arm_records(self) -> list[dict[str, Any]]:
+        """One numeric row per arm (the API's and W&B's table): its levels, seeds, failures,
+        the metric over every run with its 95% interval, the success-only mean, the
+        exploratory Δ with its interval and unadjusted p, the failure-rate p and the
+        mechanism means."""
+        metric = self.spec.metric
+        return [{"arm": a.arm, **self.spec.level_values(a.levels), "seeds": a.seeds,
+                 "failed": sum(a.failures.values()), **_numbers(metric, a.itt),
+                 "success_mean": _number(a.success.mean),
+                 **_numbers("delta", None if a.delta is None else a.delta.delta),
+                 "p": None if a.delta is None else _number(a.delta.p),
+                 "failure_rate_p": _number(a.failure_p)}
+                | {m: next(_number(i.mean) for name, i, _ in cells if name == a.arm)
+                   for m, cells in self.mechanisms.items()} for a in self.arms]
+
+    def check_records(self) -> list[dict[str, Any]]:
+        """One row per confirmatory comparison: Δ with its interval, p, Holm p, the α it was
+        tested at, the look that decided it, the outcome, the smallest Δ it could detect."""
+        return [{"metric": c.comparison.metric, "arm": c.comparison.arm,
+                 "reference": c.comparison.reference, "expected": c.expectation.direction or None,
+                 "outcome": c.outcome, **_numbers("delta", c.comparison.delta),
+                 "p": _number(c.comparison.p), "p_holm": _number(c.comparison.p_adj),
+                 "alpha": c.comparison.alpha,
+                 "look": c.comparison.look + 1 if c.comparison.decided else None,
+                 "detectable": None if c.power is None or math.isinf(c.power.detectable)
+                 else c.power.detectable} for c in self.checks]
+
+
+def _number(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+def _numbers(prefix: str, interval: Interval | None) -> dict[str, float | None]:
+    """An interval as three numbers: ``prefix``, ``prefix_low``, ``prefix_high`` (None where
+    there is none)."""
+    if interval is None:
+        return {prefix: None, f"{prefix}_low": None, f"{prefix}_high": None}
+    return {prefix: _number(interval.mean), f"{prefix}_low": _number(interval.low),
+            f"{prefix}_high": _number(interval.high)}
 
 
 def _sample(rows: list[TrialRow], arm: str, reference: str, metric: str, seeds: int | None

@@ -22,6 +22,7 @@ from cnnlab.studies.ablations.rows import TrialRow, with_worst
 from cnnlab.studies.ablations.spec import REPORT_KEYS, SEED_KEYS, AblationSpec, Arm
 from cnnlab.studies.engine.storage import JOURNAL, default_url, open_storage
 from cnnlab.studies.engine.store import FINISHED, KEY, PRESET, Store
+from cnnlab.studies.specs import study_name as preset_name
 from cnnlab.studies.statistics.sequential import Look, Plan, take_look
 
 # Trial attributes.
@@ -37,8 +38,7 @@ SEED_PLAN = "seed_plan"       # the α-spending plan fixed when the study was cr
 
 
 def study_name(spec: AblationSpec, quick: bool) -> str:
-    """A spec's study: its name, ``-quick`` for the quick preset."""
-    return f"{spec.name}-quick" if quick else spec.name
+    return preset_name(spec.name, quick)
 
 
 def trial_key(arm: str, seed: int) -> str:
@@ -85,7 +85,7 @@ class AblationStore(Store):
         url = storage or default_url(out)
         if "://" not in url and not Path(url).is_file():
             studies = [p.parent.name for p in out.parent.glob(f"*/{JOURNAL}")]  # beside out
-            quick = f"{out.name}-quick"
+            quick = preset_name(out.name, True)
             hint = did_you_mean(quick if quick in studies else out.name, studies)
             raise CnnlabError(f"--storage {url}: no study storage there{hint}; allowed: the "
                               "--out or --storage of an earlier cnnlab ablate")

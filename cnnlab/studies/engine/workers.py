@@ -15,6 +15,7 @@ from multiprocessing.context import ForkServerContext, SpawnContext
 from typing import Any
 
 from cnnlab.errors import CnnlabError
+from cnnlab.outputs.ownership import pid_alive
 from cnnlab.process import TEMPFAIL, configure, outage, outage_line
 
 PR_SET_PDEATHSIG = 1  # Linux prctl option: a signal for this process when its parent dies
@@ -38,7 +39,7 @@ def _child(target: Callable[..., None], args: tuple[Any, ...], env: dict[str, st
     _die_with_parent()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     configure()
-    if not _alive(parent):  # the command died before the death signal was armed
+    if not pid_alive(parent):  # the command died before the death signal was armed
         os._exit(143)
     os.environ.clear()
     os.environ.update(env)
@@ -53,16 +54,6 @@ def _child(target: Callable[..., None], args: tuple[Any, ...], env: dict[str, st
             raise
         print(outage_line(why), file=sys.stderr, flush=True)
         os._exit(TEMPFAIL)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # What a worker's first W&B run imports (W&B's launch inputs alone take about a second): the

@@ -43,6 +43,7 @@ from cnnlab.studies.searches.spec import (
     suggest,
 )
 from cnnlab.studies.searches.store import SearchStore
+from cnnlab.studies.specs import study_name
 from cnnlab.tracking.runs import share_service, small_run, study_run
 from cnnlab.training.build import Datasets, check_buildable
 from cnnlab.training.run import run
@@ -150,9 +151,8 @@ def cross_validate(spec: SearchSpec, quick: bool, out: Path, threads: int
 
 
 def search_study_name(spec: SearchSpec, quick: bool) -> str:
-    """A search's study unless ``--study`` names another: its name, ``-quick`` for the quick
-    preset."""
-    return f"{spec.name}-quick" if quick else spec.name
+    """A search's study unless ``--study`` names another."""
+    return study_name(spec.name, quick)
 
 
 def open_search(spec: SearchSpec, quick: bool, storage: optuna.storages.BaseStorage, name: str,
