@@ -5,7 +5,6 @@ import json
 import math
 import re
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ import numpy as np
 import optuna
 import pytest
 import torch
+import warm
 from optuna.trial import TrialState
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
@@ -364,8 +364,7 @@ def test_seeds_auto_stops_when_decided_and_resumes_after_sigkill(tmp_path: Path)
     spec.write_text(AUTO_SPEC + AUTO_HYPOTHESIS)
     clean = tmp_path / "clean"
     command = [sys.executable, "-m", "cnnlab.cli", "ablate", str(spec), "--out"]
-    done = subprocess.run([*command, str(clean)], env=ENV, capture_output=True, text=True,
-                          timeout=300)
+    done = warm.run([*command, str(clean)], ENV, timeout=300)
     assert done.returncode == 0, done.stderr
     seeds, decisions = _seeds(clean), _decisions(clean)
     assert decisions["arm=l2"] == "as expected"  # far smaller weights: decided early,
@@ -380,8 +379,7 @@ def test_seeds_auto_stops_when_decided_and_resumes_after_sigkill(tmp_path: Path)
         assert f"| {i + 1} | {look.seeds} | {look.alpha:.4g} |" in text
 
     killed = tmp_path / "killed"  # killed in its second round, then rerun: the same study
-    proc = subprocess.Popen([*command, str(killed)], env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    proc = warm.Command([*command, str(killed)], ENV)
     deadline = time.monotonic() + 240
     while proc.poll() is None and time.monotonic() < deadline:
         if (killed / "report.md").is_file():  # the first round's report: round two has begun
@@ -389,9 +387,8 @@ def test_seeds_auto_stops_when_decided_and_resumes_after_sigkill(tmp_path: Path)
         time.sleep(0.05)
     rounds = proc.poll() is None
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done = subprocess.run([*command, str(killed)], env=ENV, capture_output=True, text=True,
-                          timeout=300)
+    proc.communicate(60)
+    done = warm.run([*command, str(killed)], ENV, timeout=300)
     assert done.returncode == 0, done.stderr
     assert _seeds(killed) == seeds and _decisions(killed) == decisions
     if rounds:  # the first round left undecided comparisons, so the kill hit round two

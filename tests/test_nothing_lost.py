@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import warm
 from optuna.trial import TrialState
 from PIL import Image
 from test_ablation import write_spec
@@ -225,13 +226,13 @@ def test_a_full_disk_is_one_line_and_a_rerun_with_space_finishes(tmp_path: Path)
         pytest.skip("this machine refuses mount (no CAP_SYS_ADMIN)")
     try:
         command = [sys.executable, "-m", "cnnlab.cli", "ablate", str(spec), "--out", str(disk / "out")]
-        full = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
+        full = warm.run(command, ENV, timeout=300)
         assert full.returncode == 2, full.stderr
         errors = [line for line in full.stderr.splitlines() if line.startswith("cnnlab: error:")]
         assert len(errors) == 1 and "No space left on device" in errors[0]
         assert "Traceback" not in full.stderr
         subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
-        rerun = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
+        rerun = warm.run(command, ENV, timeout=300)
         assert rerun.returncode == 0, rerun.stderr
         keys = _keys(disk / "out")
         assert len(keys) == 9 and len(set(keys)) == 9  # 3 norms × 3 seeds, each exactly once
@@ -249,8 +250,7 @@ def test_a_read_only_output_folder_is_one_line(tmp_path: Path) -> None:
         subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
         for args in (["ablate", str(spec), "--out", str(disk / "out")],
                      ["fit", "--out", str(disk / "run"), *FAST]):
-            done = subprocess.run([sys.executable, "-m", "cnnlab.cli", *args], env=ENV,
-                                  capture_output=True, text=True, timeout=120)
+            done = warm.run([sys.executable, "-m", "cnnlab.cli", *args], ENV, timeout=120)
             assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
             assert done.stderr.strip().splitlines()[-1].startswith("cnnlab: error: ")
             assert "Read-only file system; allowed: a writable --out / --storage" in done.stderr

@@ -16,6 +16,7 @@ from pathlib import Path
 import optuna
 import pytest
 import sqlalchemy.exc
+import warm
 from conftest import FAST, Postgres
 from optuna.trial import TrialState
 from PIL import Image
@@ -44,7 +45,7 @@ def kill_and_resume(command: list[str], finished: Callable[[], int], seed: int) 
     rng = random.Random(seed)
     kills = 0
     for _ in range(KILLS):
-        proc = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = warm.Command(command, ENV)
         before, deadline = _count(finished), time.monotonic() + 120
         while proc.poll() is None and _count(finished) <= before and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -52,9 +53,9 @@ def kill_and_resume(command: list[str], finished: Callable[[], int], seed: int) 
         if proc.poll() is not None:  # it finished the whole study before this kill
             break
         proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        proc.communicate(60)
         kills += 1
-    done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
+    done = warm.run(command, ENV, timeout=300)
     assert done.returncode == 0, done.stderr
     return kills
 
@@ -97,7 +98,7 @@ def test_ablation_survives_repeated_sigkills(tmp_path: Path) -> None:
 
     clean = tmp_path / "clean"  # the same spec, never interrupted
     command = [sys.executable, "-m", "cnnlab.cli", "ablate", str(spec), "--out", str(clean)]
-    assert subprocess.run(command, env=ENV, capture_output=True, timeout=300).returncode == 0
+    assert warm.run(command, ENV, timeout=300).returncode == 0
     assert _without_time(out / "results.csv") == _without_time(clean / "results.csv")
     table = [[line for line in (d / "report.md").read_text().splitlines()
               if line.startswith("| model.norm")] for d in (out, clean)]
@@ -126,7 +127,7 @@ def test_search_survives_repeated_sigkills(tmp_path: Path) -> None:
             assert float(row["cv_mean"]) == pytest.approx(t.value)
     assert assert_files_intact(out) >= 3  # trials.csv, refit metrics, plots
     report = (out / "trials.csv").read_text()
-    again = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
+    again = warm.run(command, ENV, timeout=300)
     assert again.returncode == 0, again.stderr  # nothing left to run: the same trial set
     assert (out / "trials.csv").read_text() == report
     assert len([t for t in search_trials(out) if t.state in states]) == 8
@@ -334,8 +335,7 @@ def test_a_stopped_fit_exits_non_zero_with_one_line_and_leaves_nothing(tmp_path:
     out = tmp_path / "run"
     command = [sys.executable, "-m", "cnnlab.cli", "fit", "--out", str(out), *FAST,
                "trainer.max_epochs=200"]
-    proc = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+    proc = warm.Command(command, ENV)
     staging = tmp_path / ".run.cnnlab-partial"
     deadline = time.monotonic() + 120
     while not (staging / "config.yaml").is_file() and time.monotonic() < deadline:
@@ -346,7 +346,7 @@ def test_a_stopped_fit_exits_non_zero_with_one_line_and_leaves_nothing(tmp_path:
     if sig == signal.SIGKILL:
         assert proc.returncode == -sig and not out.exists()
         short = [*command[:-1], "trainer.max_epochs=1"]
-        done = subprocess.run(short, env=ENV, capture_output=True, text=True, timeout=300)
+        done = warm.run(short, ENV, timeout=300)
         assert done.returncode == 0, done.stderr  # the killed fit's leftovers block nothing
         assert (out / "metrics.json").is_file() and not staging.exists()
         return
@@ -365,8 +365,7 @@ def _stop_and_resume(command: list[str], out: Path, study: str) -> None:
     worker is left; then rerun it with one worker to the end. Each run resumes the last."""
     for sig in STOPS:
         before = _workers(out, study)
-        proc = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
+        proc = warm.Command(command, ENV)
         deadline = time.monotonic() + 120
         while (proc.poll() is None and len(_workers(out, study) - before) < 2
                and time.monotonic() < deadline):
@@ -385,8 +384,7 @@ def _stop_and_resume(command: list[str], out: Path, study: str) -> None:
         while any(_alive(pid) for pid in workers) and time.monotonic() < gone:
             time.sleep(0.1)
         assert not any(_alive(pid) for pid in workers), sig  # no worker outlives its command
-    done = subprocess.run([*command[:-1], "1"], env=ENV, capture_output=True, text=True,
-                          timeout=300)
+    done = warm.run([*command[:-1], "1"], ENV, timeout=300)
     assert done.returncode == 0, done.stderr
 
 

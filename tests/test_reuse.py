@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import warm
 from omegaconf import OmegaConf
 from PIL import Image
 from test_nothing_lost import hashes
@@ -32,9 +33,8 @@ UMASK = 0o027
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A digits fit made by a separate process under umask 027 (group may read, others not)."""
     out = tmp_path_factory.mktemp("reuse") / "run"
-    done = subprocess.run([sys.executable, "-m", "cnnlab.cli", "fit", "--out", str(out),
-                           "trainer.max_epochs=3", "wandb.mode=disabled"],
-                          capture_output=True, text=True, umask=UMASK, timeout=300)
+    done = warm.run([sys.executable, "-m", "cnnlab.cli", "fit", "--out", str(out),
+                     "trainer.max_epochs=3", "wandb.mode=disabled"], umask=UMASK, timeout=300)
     assert done.returncode == 0, done.stderr
     return out
 

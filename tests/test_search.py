@@ -2,12 +2,12 @@
 
 import csv
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import optuna
 import pytest
+import warm
 from optuna.trial import TrialState
 
 from cnnlab.errors import CnnlabError
@@ -113,7 +113,7 @@ def test_two_workers_share_a_journal_storage(tmp_path: Path) -> None:
     env = {**os.environ, "WANDB_MODE": "disabled"}
     command = [sys.executable, "-m", "cnnlab.cli", "tune", str(write_spec(tmp_path)), "--out",
                str(out), "--trials", "6", "--workers", "2"]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    done = warm.run(command, env, timeout=300)
     assert done.returncode == 0, done.stderr
     finished = [t for t in trials(out) if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) == 6 and len({t.number for t in finished}) == 6

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import warm
 from optuna.trial import TrialState
 from test_ablation import write_spec
 from test_search import write_spec as write_search_spec
@@ -37,9 +38,6 @@ ROOT = Path(__file__).resolve().parent.parent
 INTERVAL, GRACE = 0.5, 4.0
 ENV = {**os.environ, "WANDB_MODE": "disabled", "CNNLAB_HEARTBEAT_S": str(INTERVAL),
        "CNNLAB_GRACE_S": str(GRACE)}
-# cnnlab as a worker of another machine: every worker id it records is other-host:PID
-OTHER_HOST = ("import socket, sys; socket.gethostname = lambda: 'other-host'; "
-              "from cnnlab.cli import main; sys.exit(main(sys.argv[1:]))")
 
 
 def _url(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
@@ -57,17 +55,16 @@ def _trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
 def _kill_mid_trial(args: list[str], url: str, name: str) -> float:
     """Run ``cnnlab ARGS`` as a worker of other-host, SIGKILL it while a trial of its trains
     (heartbeat sent, parameters drawn); returns the time of the kill."""
-    proc = subprocess.Popen([sys.executable, "-c", OTHER_HOST, *args], env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = warm.Command([sys.executable, "-m", "cnnlab.cli", *args], ENV, hostname="other-host")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         if any(t.state == TrialState.RUNNING and HEARTBEAT in t.user_attrs and t.params
                for t in _trials(url, name)):
             break
         time.sleep(0.05)
-    assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+    assert proc.poll() is None, proc.communicate(60)[1]
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.communicate(60)
     return time.time()
 
 
@@ -85,8 +82,7 @@ def test_a_dead_machines_ablation_trial_is_redone_after_the_grace_period(
     spec.write_text(spec.read_text().replace("name: tiny", f"name: {name}"))
     args = ["ablate", str(spec), "--out", str(tmp_path / "out"), "--storage", url]
     killed = _kill_mid_trial(args, url, name)
-    done = subprocess.run([sys.executable, "-m", "cnnlab.cli", *args], env=ENV,
-                          capture_output=True, text=True, timeout=300)
+    done = warm.run([sys.executable, "-m", "cnnlab.cli", *args], ENV, timeout=300)
     assert done.returncode == 0, done.stderr
     trials = _trials(url, name)
     keys = [t.user_attrs[KEY] for t in trials if t.state == TrialState.COMPLETE]
@@ -112,8 +108,7 @@ def test_a_dead_machines_search_trial_is_redone_and_the_count_is_exact(
     args = ["tune", str(write_search_spec(tmp_path)), "--out", str(tmp_path / "out"),
             "--storage", url, "--study", name, "--trials", "4"]
     killed = _kill_mid_trial(args, url, name)
-    done = subprocess.run([sys.executable, "-m", "cnnlab.cli", *args], env=ENV,
-                          capture_output=True, text=True, timeout=300)
+    done = warm.run([sys.executable, "-m", "cnnlab.cli", *args], ENV, timeout=300)
     assert done.returncode == 0, done.stderr
     trials = _trials(url, name)
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
