@@ -18,10 +18,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev,postgres]'
 	touch $(STAMP)
 
+# Two pytest workers (pytest-xdist) keep both cores of a 2-core machine busy; the fast subset
+# is quicker in one process (each worker pays its own imports and PostgreSQL cluster).
 test: install ## run the test suite
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist worksteal
 
-test-fast: install ## the suite without the tests marked slow (subprocess kills, DDP, compile, calibration)
+test-fast: install ## the suite without the tests marked slow (whole commands, kills, calibration)
 	$(PY) -m pytest -m "not slow"
 
 fit: install ## train the digits baseline into runs/fit (ARGS="model.norm=layer ...")

@@ -1,4 +1,4 @@
-"""cnnlab from Python (a notebook): ``fit``, ``ablate``, ``tune`` and ``report`` as functions.
+"""cnnlab from Python (a notebook): every command as a function, and the one wiring point.
 
 They are the code the ``cnnlab`` commands run (the CLI parses, calls one of these, prints), and
 they take what the commands take: overrides as ``key=value`` strings, specs and presets by name

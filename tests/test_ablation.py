@@ -50,6 +50,7 @@ def complete_keys(out: Path) -> list[str]:
     return [t.user_attrs["key"] for t in trials(out) if t.state == TrialState.COMPLETE]
 
 
+@pytest.mark.slow
 def test_ablation_runs_every_arm_and_seed_and_resumes_without_rerunning(cli, tmp_path: Path) -> None:
     out = tmp_path / "out"
     spec = write_spec(tmp_path)
@@ -76,6 +77,7 @@ def test_ablation_runs_every_arm_and_seed_and_resumes_without_rerunning(cli, tmp
     assert all(t.value == first[t.number] for t in trials(out) if t.number in first)
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_ablation(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("WANDB_MODE", raising=False)  # offline W&B runs to count
     out = tmp_path / "out"
@@ -97,6 +99,7 @@ def test_two_workers_share_one_ablation(cli, tmp_path: Path, monkeypatch: pytest
     assert job_types == {"model.norm=batch", "model.norm=layer", "model.norm=none", "summary"}
 
 
+@pytest.mark.slow
 def test_one_set_of_workers_runs_several_specs(cli, tmp_path: Path) -> None:
     """Every spec's trials are queued up front; the same worker processes run them all (a worker
     with nothing left in one spec goes on with the next), and each spec gets its report."""
@@ -116,6 +119,7 @@ def test_one_set_of_workers_runs_several_specs(cli, tmp_path: Path) -> None:
     assert workers["tiny"] & workers["other"]  # not a new set of processes per spec
 
 
+@pytest.mark.slow
 def test_report_numbers_equal_a_hand_computation(cli, tmp_path: Path) -> None:
     out = tmp_path / "out"
     status, _, err = cli("ablate", write_spec(tmp_path, seeds=3), "--out", out)
@@ -198,6 +202,7 @@ def test_numeric_factor_levels_reach_the_dashboard_as_numbers_and_names_stay_tex
     assert kinds == {"model.norm": {str}, "optim.lr": {float}}
 
 
+@pytest.mark.slow
 def test_sqlite_storage(cli, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'studies.db'}"
     spec = write_spec(tmp_path, seeds=1, arms="norm only")
@@ -220,6 +225,7 @@ def test_make_ablation_runs_every_ablation_spec_and_not_the_search() -> None:
         assert f"experiments/{name}.yaml" in command
 
 
+@pytest.mark.slow
 def test_workers_auto_gives_the_same_trial_metrics_as_one_worker(cli, tmp_path: Path) -> None:
     spec = write_spec(tmp_path, seeds=1)
     spec.write_text(spec.read_text().replace("data.batch_size=128]",
@@ -235,6 +241,7 @@ def test_workers_auto_gives_the_same_trial_metrics_as_one_worker(cli, tmp_path: 
     assert len(results["1"]) == 4 and results["auto"] == results["1"]
 
 
+@pytest.mark.slow
 def test_an_edited_base_config_file_is_another_study(cli, tmp_path: Path) -> None:
     """A spec's ``configs:`` files are part of the study's identity: after an edit (another
     learning rate), growing the study would mix two settings, so it is refused and nothing
@@ -256,6 +263,7 @@ def test_an_edited_base_config_file_is_another_study(cli, tmp_path: Path) -> Non
     assert len(complete_keys(out)) == 6
 
 
+@pytest.mark.slow
 def test_the_command_prints_its_own_progress_and_no_optuna_log_lines(tmp_path: Path) -> None:
     spec = write_spec(tmp_path, seeds=1, arms="norm only")
     done = subprocess.run([sys.executable, "-m", "cnnlab.cli", "ablate", str(spec), "--out",
@@ -266,6 +274,7 @@ def test_the_command_prints_its_own_progress_and_no_optuna_log_lines(tmp_path: P
     assert "[I " not in done.stderr and "A new study created" not in done.stderr, done.stderr
 
 
+@pytest.mark.slow
 def test_fewer_seeds_than_the_study_has_says_so_and_changes_nothing(cli, tmp_path: Path) -> None:
     spec, out = write_spec(tmp_path, seeds=2, arms="norm only"), tmp_path / "out"
     assert cli("ablate", spec, "--out", out, "--workers", "1")[0] == 0

@@ -35,6 +35,7 @@ def test_bad_input_raises_cnnlab_error_and_writes_nothing(call, tmp_path: Path) 
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_ablate_and_report_give_the_same_typed_table(cli, tmp_path: Path) -> None:
     """``ablate`` returns what the report shows; ``report`` rebuilds it from the storage alone."""
     study = cnnlab.ablate("learning_rate", ["trainer.max_epochs=1"], quick=True, out=tmp_path)
@@ -60,6 +61,7 @@ def test_ablate_and_report_give_the_same_typed_table(cli, tmp_path: Path) -> Non
     assert status == 2 and "several names need --summary" in err
 
 
+@pytest.mark.slow
 def test_tune_returns_the_refits_test_and_where_the_report_is(tmp_path: Path) -> None:
     result = cnnlab.tune("search", ["trainer.max_epochs=1"], quick=True, trials=2, folds=2,
                          out=tmp_path)
@@ -82,6 +84,7 @@ def _umask() -> int:
 LOGGERS = ("lightning.pytorch", "lightning.fabric", "optuna", "")
 
 
+@pytest.mark.slow
 def test_the_api_leaves_a_notebooks_global_state_as_it_found_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Warning filters, log levels, the matplotlib backend, the umask and the user's open

@@ -4,10 +4,12 @@ import re
 import tempfile
 
 import numpy as np
+import pytest
 
 from benchmarks import bench_gpu
 
 
+@pytest.mark.slow
 def test_gpu_benchmark_runs_on_a_cpu_with_a_small_network(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where its scratch folder goes
     lines = bench_gpu.bench("cpu", 96, None, (1, 2), ("model.channels=[4,8,8]", "data.batch_size=16",

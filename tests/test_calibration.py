@@ -51,6 +51,7 @@ def test_a_stronger_lattice_is_never_weaker_evidence() -> None:
     assert paired_p(spread) == pytest.approx(stats.ttest_1samp(spread, 0).pvalue)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arms", [1, 6, 11])
 def test_family_wise_error_on_count_lattices(arms: int) -> None:
     """Near-identical arms: differences of 0, ±1 (or ±1, ±2) images, P(d ≠ 0) 0.5–1."""
@@ -62,6 +63,7 @@ def test_family_wise_error_on_count_lattices(arms: int) -> None:
             assert rate <= 0.05 + 3 * se, (steps, nonzero, [k.seeds for k in looks], rate)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arms", [1, 6, 11])
 def test_equivalence_with_the_truth_at_the_margin(arms: int) -> None:
     """TOST must not call arms equivalent when the true difference is exactly the margin."""
@@ -74,6 +76,7 @@ def test_equivalence_with_the_truth_at_the_margin(arms: int) -> None:
             assert wrong.mean() <= 0.05 + 3 * se, (steps, nonzero, [k.seeds for k in looks])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("failure", [0.1, 0.3, 0.5])
 def test_family_wise_error_with_failures(failure: float) -> None:
     """Failures independent of the seed or shared by a seed's runs (correlated with it), on a
@@ -104,6 +107,7 @@ def _lattice_nulls() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return laws
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [3, 4, 5])
 def test_exact_size_by_enumeration(n: int) -> None:
     """Every outcome of n seeds enumerated with its probability: the size of the paired test
@@ -276,6 +280,7 @@ def _figures(line: str) -> dict[str, float]:
     return out
 
 
+@pytest.mark.slow
 def test_boschloo_seeds_needed_have_the_stated_power() -> None:
     """"Seeds for the observed rates" is the fewest seeds whose exact power reaches 0.80 (the
     expected counts alone gave seeds with a real power of 0.42); drawn outcomes agree."""

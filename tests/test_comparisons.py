@@ -63,6 +63,7 @@ def test_an_accuracy_interval_stays_inside_0_1_when_a_seed_collapses() -> None:
     assert not flat.spread and flat.text().endswith("(every seed equal)")  # no zero-width CI
 
 
+@pytest.mark.slow
 def test_holm_matches_statsmodels_and_skips_untested() -> None:
     # sorted p: 0.01·4 = 0.04; 0.03·3 = 0.09; 0.04·2 = 0.08 → 0.09 (monotone); 0.2·1 = 0.2
     assert holm([0.01, 0.04, 0.03, 0.2]) == pytest.approx([0.04, 0.09, 0.09, 0.2])
@@ -178,6 +179,7 @@ def test_an_arm_that_diverges_on_every_seed_is_lower_and_fails_more_often(tmp_pa
     assert other.itt.n == 5  # never dropped
 
 
+@pytest.mark.slow
 def test_a_study_grown_from_3_to_6_seeds_spends_alpha_for_two_looks(cli, tmp_path: Path) -> None:
     spec = tmp_path / "grow.yaml"
     spec.write_text(TWO_ARMS.replace("{seeds}", "3").replace(
@@ -216,6 +218,7 @@ def test_family_wise_error_under_the_null_fixed_and_sequential(arms: int) -> Non
             assert rate <= 0.05 + 3 * se, (spread, looks, rate)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("failure", [0.1, 0.3])
 def test_family_wise_error_with_failures_in_every_arm(failure: float) -> None:
     rng = np.random.default_rng(7)
@@ -248,6 +251,7 @@ def test_stated_power_of_the_shipped_plans() -> None:
     assert (simulate([Look(4, 0.05)], always, [0.0]).sign[:, 0] == 1).all()  # 4/4 vs 0/4
 
 
+@pytest.mark.slow
 def test_detectable_effect_and_seeds_needed_invert_the_power() -> None:
     for setting in (Setting(0.01), Setting(4.0, lattice=True), Setting(4.0, True, 0.2, 0.1)):
         effect = detectable_effect(5, 0.05, setting)
@@ -306,6 +310,7 @@ def test_every_run_records_the_mechanism_metrics(cli, tmp_path: Path,
     assert {k: summary[k] for k in MECHANISMS} == pytest.approx({k: metrics[k] for k in MECHANISMS})
 
 
+@pytest.mark.slow
 def test_a_trial_stores_the_mechanism_metrics_and_never_reached_is_censored(
         cli, tmp_path: Path) -> None:
     spec = tmp_path / "one.yaml"
@@ -359,6 +364,7 @@ AUTO_HYPOTHESIS = """hypothesis:
 """
 
 
+@pytest.mark.slow
 def test_seeds_auto_stops_when_decided_and_resumes_after_sigkill(tmp_path: Path) -> None:
     spec = tmp_path / "auto.yaml"
     spec.write_text(AUTO_SPEC + AUTO_HYPOTHESIS)

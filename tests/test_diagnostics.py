@@ -57,6 +57,7 @@ def test_bn_gap_appears_when_batch_statistics_differ_from_running_ones() -> None
     assert bn_train_eval_gap(no_bn, x, y, batch=8) is None
 
 
+@pytest.mark.slow
 def test_fit_writes_monitoring_images_and_export_fuses(cli, tmp_path: Path) -> None:
     from PIL import Image
 
@@ -91,6 +92,7 @@ def test_lr_find_plots_and_suggests(cli, tmp_path: Path) -> None:
     assert not (tmp_path / "few.png").exists()
 
 
+@pytest.mark.slow
 def test_fit_with_automatic_learning_rate(cli, tmp_path: Path) -> None:
     import json
 
@@ -103,6 +105,7 @@ def test_fit_with_automatic_learning_rate(cli, tmp_path: Path) -> None:
     assert f"lr: {metrics['lr_found']}" in (run / "config.yaml").read_text()
 
 
+@pytest.mark.slow
 def test_norms_flag_logs_per_layer_weight_and_gradient_norms(fast_config, tmp_path: Path) -> None:
     from cnnlab.training.run import run
 

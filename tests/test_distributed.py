@@ -31,6 +31,7 @@ def _rank_forward(rank: int, port: int, x: torch.Tensor, state: dict, results: d
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_global_batch_norm_equals_batch_norm_on_the_concatenated_batch() -> None:
     from conftest import _free_port
 
@@ -80,6 +81,7 @@ def test_ranks_get_disjoint_equal_shards() -> None:
     assert sorted(torch.cat(evaluation).tolist()) == list(range(22))  # every sample scored once
 
 
+@pytest.mark.slow
 def test_two_process_ddp_fit_on_cpu(tmp_path: Path) -> None:
     out = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k not in ("WANDB_MODE", "LOCAL_RANK", "RANK")}

@@ -117,6 +117,7 @@ def test_fp32_contiguous_path_is_what_it_says(watch: _Watch, tmp_path: Path) -> 
     assert watch.seen[0] == (False, False, torch.float32)
 
 
+@pytest.mark.slow
 def test_compiled_model_is_compiled_once_per_architecture(tmp_path: Path) -> None:
     from torch._dynamo.utils import counters
 
@@ -160,6 +161,7 @@ def test_convs_per_block_stack_before_each_pool() -> None:
     assert [r.shape for r in rows if r.kind == "MaxPool2d"] == [(8, 16, 16), (16, 8, 8)]
 
 
+@pytest.mark.slow
 def test_the_cifar10_fast_preset_trains_on_cifar_files(cli, tmp_path: Path) -> None:
     write_cifar(tmp_path / "cifar-10-batches-py", per_class=4)
     status, _, err = cli("fit", "--config", "configs/presets/cifar10_fast.yaml", "--out",
@@ -171,6 +173,7 @@ def test_the_cifar10_fast_preset_trains_on_cifar_files(cli, tmp_path: Path) -> N
     assert written["data"]["augment"]["hflip"] and written["data"]["augment"]["crop_padding"] > 0
 
 
+@pytest.mark.slow
 def test_a_cpu_machine_checks_for_cuda_without_loading_nvml_each_step() -> None:
     """Lightning asks torch for NVML-based CUDA checks; where NVML cannot load, cnnlab asks the
     CUDA runtime instead (torch's own fallback), so Adam's per-step check loads no library."""

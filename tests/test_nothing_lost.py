@@ -155,6 +155,7 @@ def _ablate(cli, spec: Path, out: Path, *args: str) -> tuple[int, str, str]:
     return cli("ablate", spec, "--out", out, *args)
 
 
+@pytest.mark.slow
 def test_a_report_the_user_edited_is_not_overwritten(cli, tmp_path: Path) -> None:
     spec, out = write_spec(tmp_path, seeds=1), tmp_path / "study"
     assert _ablate(cli, spec, out)[0] == 0
@@ -171,6 +172,7 @@ def _keys(out: Path, name: str = "tiny") -> list[str]:
     return [t.user_attrs["key"] for t in study.get_trials(states=(TrialState.COMPLETE,))]
 
 
+@pytest.mark.slow
 def test_torn_last_records_are_dropped_and_the_study_finishes(cli, tmp_path: Path) -> None:
     """A kill or a full disk during an append tears the last record: at 20 offsets inside it, the
     rerun keeps every complete record, says what it dropped and finishes every trial once."""
@@ -193,6 +195,7 @@ def test_torn_last_records_are_dropped_and_the_study_finishes(cli, tmp_path: Pat
         assert (out / "study.journal").read_bytes().endswith(b"\n")
 
 
+@pytest.mark.slow
 def test_a_journal_an_older_cnnlab_appended_to_after_a_torn_record_is_rescued(cli, tmp_path: Path) -> None:
     spec, out = write_spec(tmp_path, seeds=1), tmp_path / "study"
     assert _ablate(cli, spec, out)[0] == 0
@@ -219,6 +222,7 @@ needs_mount = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is N
                                  reason="mounting a small tmpfs needs root")
 
 
+@pytest.mark.slow
 @needs_mount
 def test_a_full_disk_is_one_line_and_a_rerun_with_space_finishes(tmp_path: Path) -> None:
     spec, disk = write_spec(tmp_path, seeds=3, arms="norm only"), tmp_path / "disk"
@@ -258,6 +262,7 @@ def test_a_read_only_output_folder_is_one_line(tmp_path: Path) -> None:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
 
+@pytest.mark.slow
 def test_a_report_written_while_trials_run_says_so(cli, tmp_path: Path) -> None:
     spec, out = write_spec(tmp_path, seeds=1), tmp_path / "study"
     assert _ablate(cli, spec, out)[0] == 0

@@ -40,6 +40,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp / "site"
 
 
+@pytest.mark.slow
 def test_the_wheel_runs_a_fit_and_a_shipped_ablation_by_name_from_another_folder(
         installed: Path, tmp_path: Path) -> None:
     """A non-editable install read ``site-packages/configs/default.yaml`` and failed; the shipped

@@ -48,6 +48,7 @@ def _run(blocks: list[tuple[str, str]], cwd: Path) -> list[str]:
     return outputs
 
 
+@pytest.mark.slow
 def test_using_a_trained_model_runs_as_written(checkout: Path) -> None:
     """It read runs/examples/digits.npz, which nothing made: it failed on a fresh clone."""
     blocks = _blocks("Using a trained model")
@@ -59,6 +60,7 @@ def test_using_a_trained_model_runs_as_written(checkout: Path) -> None:
     assert rows[0] == "input,class,probability" and len(rows) == 6  # the five PNGs
 
 
+@pytest.mark.slow
 def test_from_python_runs_as_written(checkout: Path) -> None:
     (python,) = [code for language, code in _blocks("From Python") if language == "python"]
     (out,) = _run([("python", python)], checkout)

@@ -83,6 +83,7 @@ def _without_time(results: Path) -> list[dict[str, str]]:
             for row in csv.DictReader(results.open())]
 
 
+@pytest.mark.slow
 def test_ablation_survives_repeated_sigkills(tmp_path: Path) -> None:
     spec = write_spec(tmp_path, seeds=3, arms="norm only")  # 3 arms × 3 seeds
     out = tmp_path / "killed"
@@ -105,6 +106,7 @@ def test_ablation_survives_repeated_sigkills(tmp_path: Path) -> None:
     assert table[0] == table[1] and len(table[0]) == 6  # 3 arms in the arms and mechanisms tables
 
 
+@pytest.mark.slow
 def test_search_survives_repeated_sigkills(tmp_path: Path) -> None:
     spec = write_search_spec(tmp_path)
     out = tmp_path / "out"
@@ -141,6 +143,7 @@ def test_huge_learning_rate_diverges_instead_of_crashing(cli, tmp_path: Path) ->
     assert metrics["diverged"] is True and metrics["epochs"] < 5  # stopped early
 
 
+@pytest.mark.slow
 def test_a_diverging_arm_is_a_failed_outcome_and_the_ablation_goes_on(cli, tmp_path: Path
                                                                       ) -> None:
     spec = tmp_path / "lr.yaml"
@@ -163,6 +166,7 @@ def test_a_diverging_arm_is_a_failed_outcome_and_the_ablation_goes_on(cli, tmp_p
     assert len(study.get_trials()) == 4
 
 
+@pytest.mark.slow
 def test_offline_by_default_with_a_fake_key_no_network_and_stdin_closed(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env |= {"WANDB_API_KEY": "0123456789abcdef" * 2 + "01234567",  # a well-formed fake key
@@ -188,6 +192,7 @@ seeds: 2
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("storage", ["journal", "postgresql"])
 def test_four_workers_share_one_ablation(cli, tmp_path: Path, storage: str, request) -> None:
     url = (str(tmp_path / "four.journal") if storage == "journal" else
@@ -207,6 +212,7 @@ def test_four_workers_share_one_ablation(cli, tmp_path: Path, storage: str, requ
     assert all("note" in t.user_attrs for t in all_trials if t.state == TrialState.FAIL)
 
 
+@pytest.mark.slow
 def test_four_workers_share_one_search_on_postgresql(cli, tmp_path: Path, postgres_url: str) -> None:
     name = f"search-{tmp_path.name}"
     status, _, err = cli("tune", write_search_spec(tmp_path), "--out", tmp_path / "out",
@@ -243,6 +249,7 @@ def test_checkpoints_load_weights_only(cli, tmp_path: Path) -> None:
     assert not marker.exists() and not (run_dir / "model.pt").exists()
 
 
+@pytest.mark.slow
 def test_study_and_arm_names_cannot_escape_the_reports_folder(cli, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     work = tmp_path / "work"
@@ -266,6 +273,7 @@ def test_study_and_arm_names_cannot_escape_the_reports_folder(cli, tmp_path: Pat
     assert sorted(p.name for p in (work / "reports").iterdir()) == ["escape", "tmp_evil"]
 
 
+@pytest.mark.slow
 def test_a_silent_database_server_is_reported_within_ten_seconds(cli, tmp_path: Path) -> None:
     import socket
 
@@ -388,6 +396,7 @@ def _stop_and_resume(command: list[str], out: Path, study: str) -> None:
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.slow
 def test_a_stopped_ablation_exits_non_zero_leaves_no_worker_and_resumes(tmp_path: Path) -> None:
     """What ``timeout``, ``kill``, SLURM and Ctrl-C send: TERM and INT stop with one line and
     128 + the signal, KILL with -9; no worker goes on alone; the rerun finishes the study."""
@@ -400,6 +409,7 @@ def test_a_stopped_ablation_exits_non_zero_leaves_no_worker_and_resumes(tmp_path
         f"model.norm={n} | seed={s}" for n in ("batch", "layer", "none") for s in range(2))
 
 
+@pytest.mark.slow
 def test_a_stopped_search_exits_non_zero_leaves_no_worker_and_resumes(tmp_path: Path) -> None:
     """``cnnlab tune --workers 2`` stopped by TERM, INT or KILL of its main process: the exit
     status, no worker left, and a rerun that finishes exactly the requested trials."""
@@ -462,6 +472,7 @@ def _lock_sqlite(path: Path, seconds: float) -> subprocess.Popen:
     return holder
 
 
+@pytest.mark.slow
 def test_a_sqlite_lock_is_waited_out_then_reported_in_one_line(
         cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """SQLite's own 5 s wait made a 20 s lock a traceback ("invalid data … exceeding max
@@ -497,6 +508,7 @@ def test_a_database_outage_is_one_line_and_a_temporary_failure(
     assert "database stopped answering (server closed the connection unexpectedly)" in err
 
 
+@pytest.mark.slow
 def test_a_postgresql_restart_is_waited_out(postgres: Postgres) -> None:
     """A server that restarts while a study holds pooled connections: the dead ones are found
     before use and new ones are retried with backoff ($CNNLAB_STORAGE_WAIT_S), so the call that

@@ -191,6 +191,7 @@ pruner: {name: none}
 """
 
 
+@pytest.mark.slow
 def test_ablate_and_tune_overrides_reach_every_trial_and_are_part_of_the_study(
         cli, tmp_path: Path) -> None:
     (tmp_path / "tiny.yaml").write_text(TINY)

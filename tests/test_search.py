@@ -42,6 +42,7 @@ def trials(out: Path, url: str | None = None, name: str = "small") -> list:
     return [t for t in Store.load(storage, name).get_trials() if "note" not in t.user_attrs]
 
 
+@pytest.mark.slow
 def test_small_search_completes_refits_and_reports(cli, tmp_path: Path) -> None:
     out = tmp_path / "out"
     status, stdout, err = cli("tune", write_spec(tmp_path), "--out", out)
@@ -66,6 +67,7 @@ def test_small_search_completes_refits_and_reports(cli, tmp_path: Path) -> None:
     assert "val_acc" not in (out / "refit" / "metrics.json").read_text()  # refit has no val split
 
 
+@pytest.mark.slow
 def test_pruner_stops_trials_in_a_bad_region(cli, tmp_path: Path) -> None:
     out = tmp_path / "out"
     # half the learning-rate range is far too small to learn in two epochs
@@ -82,6 +84,7 @@ def test_pruner_stops_trials_in_a_bad_region(cli, tmp_path: Path) -> None:
         assert (out / "trials" / f"{t.number:04d}" / "fold0" / "metrics.json").is_file()
 
 
+@pytest.mark.slow
 def test_rerun_adds_trials_instead_of_restarting(cli, tmp_path: Path) -> None:
     out = tmp_path / "out"
     spec = write_spec(tmp_path)
@@ -108,6 +111,7 @@ def test_diverging_trials_are_pruned_with_the_reason(cli, tmp_path: Path) -> Non
         assert t.user_attrs["reason"].startswith("diverged in fold 0: training loss")
 
 
+@pytest.mark.slow
 def test_two_workers_share_a_journal_storage(tmp_path: Path) -> None:
     out = tmp_path / "out"
     env = {**os.environ, "WANDB_MODE": "disabled"}
@@ -122,6 +126,7 @@ def test_two_workers_share_a_journal_storage(tmp_path: Path) -> None:
     assert len(set(params)) == 6  # the two workers' samplers do not repeat each other
 
 
+@pytest.mark.slow
 def test_search_on_postgresql(cli, tmp_path: Path, postgres_url: str) -> None:
     out = tmp_path / "out"
     status, _, err = cli("tune", write_spec(tmp_path), "--out", out, "--storage", postgres_url,
@@ -134,6 +139,7 @@ def test_search_on_postgresql(cli, tmp_path: Path, postgres_url: str) -> None:
     assert status == 0 and len(trials(out, postgres_url, "pg-small")) == 3
 
 
+@pytest.mark.slow
 def test_an_extended_search_proposes_new_configurations(cli, tmp_path: Path) -> None:
     """Each rerun reseeds the sampler from the stored history: before, ``--trials 4`` after
     ``--trials 2`` replayed the random sampler's first two proposals."""

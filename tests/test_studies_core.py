@@ -74,6 +74,7 @@ def _lost(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTri
     return lost
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["journal", "postgresql"])
 def test_a_dead_machines_ablation_trial_is_redone_after_the_grace_period(
         tmp_path: Path, kind: str, request: pytest.FixtureRequest) -> None:
@@ -101,6 +102,7 @@ def test_a_dead_machines_ablation_trial_is_redone_after_the_grace_period(
     assert "## Incomplete" not in (tmp_path / "out" / "report.md").read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["journal", "postgresql"])
 def test_a_dead_machines_search_trial_is_redone_and_the_count_is_exact(
         tmp_path: Path, kind: str, request: pytest.FixtureRequest) -> None:
@@ -214,6 +216,7 @@ def test_help_loads_no_torch_lightning_or_optuna() -> None:
     assert "cross-validated Optuna search" in done.stdout
 
 
+@pytest.mark.slow
 def test_the_statistics_and_the_report_load_no_torch_lightning_or_wandb() -> None:
     done = _python("import sys; import cnnlab.studies.ablations.report, cnnlab.studies.ablations.results, "
                    "cnnlab.studies.ablations.planning, cnnlab.studies.ablations.dashboard; "
@@ -284,6 +287,7 @@ def test_a_search_of_cnnlab_0_1_resumes_to_the_exact_count(cli, tmp_path: Path) 
     assert len(rows) == 4 and all(r["state"] == "COMPLETE" for r in rows)
 
 
+@pytest.mark.slow
 def test_a_timed_out_search_leaves_its_slots_for_the_rerun(cli, tmp_path: Path) -> None:
     spec, out = write_search_spec(tmp_path, pruner="{name: none}"), tmp_path / "out"
     spec.write_text(spec.read_text().replace("batch_size=128", "batch_size=16"))  # ~1 s a trial

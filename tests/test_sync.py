@@ -38,6 +38,7 @@ def runs(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "runs"
 
 
+@pytest.mark.slow
 def test_a_failed_artifact_is_reported_per_run_exit_1_and_retried_by_the_next_sync(
         cli, runs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``wandb sync`` marked such a run synced; cnnlab said "synced 1 of 1" and never retried."""
@@ -73,6 +74,7 @@ def test_a_failed_artifact_is_reported_per_run_exit_1_and_retried_by_the_next_sy
     assert list((runs.parent / "cache" / "cnnlab" / "wandb-sync").glob("*/wandb/logs/debug-sync*"))
 
 
+@pytest.mark.slow
 def test_the_server_is_the_one_wandb_login_host_configured(runs: Path, tmp_path: Path) -> None:
     """Without WANDB_BASE_URL, W&B's settings file names the server (it used to be ignored)."""
     home = tmp_path / "home"

@@ -72,6 +72,7 @@ def test_fold_run_never_touches_the_test_split(fast_config, tmp_path: Path) -> N
     assert "test_acc" not in result.metrics and result.metrics["val_acc"] > 0.3
 
 
+@pytest.mark.slow
 def test_default_config_learns_digits(tmp_path: Path) -> None:
     from cnnlab.config import load_config
 
@@ -104,6 +105,7 @@ def test_print_config_shows_the_resolved_values(cli, tmp_path: Path) -> None:
     assert "norm: layer" in out and "- 16" in out and "- 4" not in out
 
 
+@pytest.mark.slow
 def test_threads_0_is_recorded_and_the_same_idle_and_under_load(cli, tmp_path: Path) -> None:
     """``trainer.threads: 0`` was "the cores free at the start": one busy core elsewhere changed
     the thread count, torch's sums and so the fit's accuracy, and config.yaml said only 0."""

@@ -88,6 +88,7 @@ def _table(run: Path, name: str) -> list[dict]:
     return [dict(zip(data["columns"], row, strict=True)) for row in data["data"]]
 
 
+@pytest.mark.slow
 def test_an_ablation_is_reviewable_in_wandb(cli, tmp_path: Path) -> None:
     (tmp_path / "tiny.yaml").write_text(SPEC)
     out = tmp_path / "out"
@@ -151,6 +152,7 @@ def test_an_ablation_is_reviewable_in_wandb(cli, tmp_path: Path) -> None:
     assert all(str(run) in stdout for run in trials)
 
 
+@pytest.mark.slow
 def test_one_process_writes_a_summary_run_while_the_next_spec_trains(cli, tmp_path: Path
                                                                      ) -> None:
     """With one worker the trials train in the main process while a thread writes the previous
@@ -195,6 +197,7 @@ def test_sync_without_network_is_one_line_within_seconds(cli, tmp_path: Path,
     assert status == 2 and "no such folder or study under reports/" in err
 
 
+@pytest.mark.slow
 def test_a_search_has_a_run_per_trial_and_a_numeric_trials_table(cli, tmp_path: Path) -> None:
     out = tmp_path / "out"
     status, _, err = cli("tune", write_search_spec(tmp_path), "--out", out, "--trials", "2")

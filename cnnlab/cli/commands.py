@@ -1,4 +1,4 @@
-"""What each ``cnnlab`` command does, as calls into its domain module and what it prints.
+"""What each ``cnnlab`` command does: one call into ``cnnlab.api``, and what it prints.
 
 Each body imports its machinery (torch, Lightning, Optuna) when it runs, after its arguments
 and config are checked: ``cnnlab --help`` and a bad key answer without loading any of them.
