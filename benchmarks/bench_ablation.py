@@ -17,10 +17,9 @@ from optuna.trial import TrialState
 from rich.console import Console
 
 from benchmarks.common import Ratio
+from cnnlab import api
 from cnnlab.cli import main
 from cnnlab.cpus import free_cpus
-from cnnlab.studies.ablations.run import Job, ablate
-from cnnlab.studies.ablations.spec import load_spec
 from cnnlab.studies.engine.storage import default_url, open_storage
 from cnnlab.studies.engine.store import Store
 
@@ -36,10 +35,9 @@ seeds: {seeds}
 def _run(workers: int, seeds: int) -> tuple[float, list]:
     root = Path(tempfile.mkdtemp(prefix="cnnlab-bench-"))
     (root / "bench.yaml").write_text(SPEC.format(seeds=seeds))
-    spec = load_spec(root / "bench.yaml")
     out = root / "out"
     start = time.perf_counter()
-    ablate([Job(spec, out, default_url(out))], False, workers, Console(quiet=True))
+    api.ablate(root / "bench.yaml", workers=workers, out=out, console=Console(quiet=True))
     wall = time.perf_counter() - start
     trials = Store.load(open_storage(default_url(out), readonly=True), "bench").get_trials()
     return wall, [t for t in trials if t.state == TrialState.COMPLETE]

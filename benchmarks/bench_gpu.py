@@ -19,10 +19,9 @@ from rich.console import Console
 
 from benchmarks.bench_ablation import _throughput
 from benchmarks.bench_fit import plain_loop
+from cnnlab import api
 from cnnlab.config import ExperimentConfig, load_config
 from cnnlab.data.datamodule import DataModule
-from cnnlab.studies.ablations.run import Job, ablate
-from cnnlab.studies.ablations.spec import load_spec
 from cnnlab.studies.engine.storage import default_url, open_storage
 from cnnlab.studies.engine.store import Store
 from cnnlab.training.run import run
@@ -90,8 +89,7 @@ def trials_per_second(device: str, extra: list[str], workers: int, scratch: Path
     (root / "spec.yaml").write_text(SPEC.format(preset=Path(PRESET).resolve(),
                                                 overrides=overrides, seeds=max(2, 2 * workers)))
     out = root / "out"
-    ablate([Job(load_spec(root / "spec.yaml"), out, default_url(out))], False, workers,
-           Console(quiet=True))
+    api.ablate(root / "spec.yaml", workers=workers, out=out, console=Console(quiet=True))
     trials = Store.load(open_storage(default_url(out), readonly=True), "gpu-workers").get_trials()
     return _throughput([t for t in trials if "fit_seconds" in t.user_attrs])
 

@@ -18,11 +18,9 @@ from pathlib import Path
 from rich.console import Console
 
 from benchmarks.common import Ratio
+from cnnlab import api
 from cnnlab.config import load_config
 from cnnlab.cpus import usable_cpus
-from cnnlab.studies.ablations.run import Job, ablate
-from cnnlab.studies.ablations.spec import load_spec
-from cnnlab.studies.engine.storage import default_url
 from cnnlab.training.run import run
 
 QUICK = """
@@ -44,7 +42,7 @@ def _quick() -> float:
     (root / "load.yaml").write_text(QUICK)
     out = root / "out"
     start = time.perf_counter()
-    ablate([Job(load_spec(root / "load.yaml"), out, default_url(out))], False, 1, Console(quiet=True))
+    api.ablate(root / "load.yaml", out=out, console=Console(quiet=True))
     return time.perf_counter() - start
 
 

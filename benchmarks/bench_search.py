@@ -14,11 +14,10 @@ from optuna.trial import TrialState
 from rich.console import Console
 
 from benchmarks.common import Ratio
+from cnnlab import api
 from cnnlab.process import configure
 from cnnlab.studies.engine.storage import default_url, open_storage
 from cnnlab.studies.engine.store import Store
-from cnnlab.studies.searches.run import tune
-from cnnlab.studies.searches.spec import load_search_spec, with_overrides
 
 TRIALS = 30  # as make tune
 SEEDS = (0, 1, 2)
@@ -33,9 +32,9 @@ def _search(pruned: bool, seed: int) -> tuple[float, int]:
     text = text.replace("sampler: {name: tpe, seed: 0}", f"sampler: {{name: tpe, seed: {seed}}}")
     spec_path = root / "search.yaml"
     spec_path.write_text(text if pruned else text.replace(PRUNER, "pruner: {name: none}"))
-    spec = with_overrides(load_search_spec(spec_path), TRIALS, None)
     out = root / "out"
-    tune(spec, True, out, default_url(out), "bench", 1, None, Console(quiet=True))
+    api.tune(spec_path, quick=True, trials=TRIALS, out=out, study="bench",
+             console=Console(quiet=True))
     trials = Store.load(open_storage(default_url(out), readonly=True), "bench").get_trials()
     best = max(t.value for t in trials if t.state == TrialState.COMPLETE)
     return best, sum(t.user_attrs.get("fold_epochs", 0) for t in trials)
