@@ -1,5 +1,6 @@
 """The GPU benchmark's code on a CPU: synthetic CIFAR-shaped data, every figure it prints."""
 
+import math
 import re
 import tempfile
 
@@ -15,10 +16,12 @@ def test_gpu_benchmark_runs_on_a_cpu_with_a_small_network(tmp_path, monkeypatch)
     lines = bench_gpu.bench("cpu", 96, None, (1, 2), ("model.channels=[4,8,8]", "data.batch_size=16",
                                                       "data.eval_batch_size=64"))
     assert lines[0].startswith("CPU, configs/presets/cifar10_fast.yaml, 96 synthetic")
-    epoch = float(re.search(r"epoch time: ([\d.]+) s", lines[1]).group(1))
+    # the epoch time is the difference of a 3- and a 1-epoch fit: on 96 images and a busy CPU
+    # (two test workers) it is noise of either sign; on a GPU's 50k images, the figure it is for
+    epoch = float(re.search(r"epoch time: (-?[\d.]+) s", lines[1]).group(1))
     ratio = float(re.search(r"plain loop: ([\d.]+)", lines[2]).group(1))
     rates = [float(r) for r in re.findall(r"workers? ([\d.]+) \(", lines[3])]
-    assert epoch > 0 and ratio > 0 and len(rates) == 2 and all(r > 0 for r in rates)
+    assert math.isfinite(epoch) and ratio > 0 and len(rates) == 2 and all(r > 0 for r in rates)
     left = [p for p in tmp_path.iterdir() if not p.name.startswith("pymp-")]  # multiprocessing's
     assert left == []  # its data, runs and studies are gone
 
