@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from optuna.trial import TrialState
 from scipy import stats
-from wandb_records import read_records
+from wandb_records import finished_records
 
 from cnnlab.studies.ablations.spec import load_spec
 from cnnlab.studies.engine.storage import open_storage
@@ -93,7 +93,7 @@ def test_two_workers_share_one_ablation(cli, tmp_path: Path, monkeypatch: pytest
     assert len(runs) == 6 + 1  # one per trial, one summary
     job_types = set()
     for path in runs:
-        (run,) = [r.run for r in read_records(path) if r.WhichOneof("record_type") == "run"]
+        (run,) = [r.run for r in finished_records(path) if r.WhichOneof("record_type") == "run"]
         assert run.run_group == "tiny"
         job_types.add(run.job_type)
     assert job_types == {"model.norm=batch", "model.norm=layer", "model.norm=none", "summary"}

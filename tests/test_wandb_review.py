@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from test_search import write_spec as write_search_spec
-from wandb_records import read_records, run_contents
+from wandb_records import finished_records, run_contents
 
 SPEC = """
 name: tiny
@@ -44,7 +44,7 @@ def _record(run: Path) -> Path:
 
 def _artifacts(path: Path) -> dict[str, list[str]]:
     return {r.artifact.name: sorted(e.path for e in r.artifact.manifest.contents)
-            for r in read_records(path) if r.WhichOneof("record_type") == "artifact"}
+            for r in finished_records(path) if r.WhichOneof("record_type") == "artifact"}
 
 
 def test_a_fit_logs_real_pixels_epoch_charts_and_its_model(cli, tmp_path: Path) -> None:
@@ -65,7 +65,7 @@ def test_a_fit_logs_real_pixels_epoch_charts_and_its_model(cli, tmp_path: Path) 
     assert not np.array_equal(filters[0], filters[1])  # training changed the filters
 
     record = _record(run)
-    metrics = {(r.metric.name or r.metric.glob_name): r.metric for r in read_records(record)
+    metrics = {(r.metric.name or r.metric.glob_name): r.metric for r in finished_records(record)
                if r.WhichOneof("record_type") == "metric"}
     assert metrics["train/*"].step_metric == "epoch" and metrics["val/*"].step_metric == "epoch"
     assert metrics["val/acc"].summary.max and metrics["val/loss"].summary.min
