@@ -8,13 +8,16 @@ Python API sets the same for the length of a call only (``scoped``).
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
 import os
 import signal
 import threading
+import time
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from contextlib import contextmanager
 from typing import Any
 
@@ -97,6 +100,48 @@ def outage_line(why: str) -> str:
             "then rerun the same command: finished work is kept")
 
 
+PR_SET_PDEATHSIG = 1  # Linux prctl option: a signal for this process when its parent dies
+
+
+def pid_alive(pid: int) -> bool:
+    """A process of this host with this pid runs (another user's counts; a zombie, killed but
+    not yet reaped by its parent, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # gone meanwhile (Linux), or no /proc to tell (elsewhere: alive)
+        return not Path("/proc/self").exists()
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def die_with_parent() -> None:
+    """SIGTERM this process when the one that started it dies, however it dies (SIGKILL
+    included): for children cnnlab starts (``preexec_fn``) and its workers. Linux only."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+
+
+def end_with(pid: int, every: float = 0.25) -> None:
+    """SIGTERM this process once ``pid`` is gone: a worker forked from a server (its parent,
+    which outlives the command while any worker holds the server's pipe) still ends with the
+    command that started it, within ``every`` seconds of a SIGKILL."""
+
+    def watch() -> None:
+        while pid_alive(pid):
+            time.sleep(every)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="cnnlab-end-with-command", daemon=True).start()
+
+
 class Stopped(KeyboardInterrupt):
     """SIGTERM (``timeout``, ``kill``, SLURM's preemption or time limit) or SIGINT, raised
     where the command is, so it unwinds like Ctrl-C: staged runs are removed, trials failed
@@ -105,6 +150,7 @@ class Stopped(KeyboardInterrupt):
 
 
 STOPPED: list[int] = []  # the signals received, in order
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def _stop(signum: int, frame: object) -> None:
@@ -114,13 +160,14 @@ def _stop(signum: int, frame: object) -> None:
 
 @contextmanager
 def stop_on_signals() -> Iterator[None]:
-    """SIGTERM and SIGINT raise ``Stopped`` inside the block (main thread only); the previous
-    handlers come back after it (in-process callers, such as tests, keep theirs)."""
+    """SIGTERM, SIGINT and SIGHUP (a closed terminal) raise ``Stopped`` inside the block (main
+    thread only; a signal ignored when the block starts, as ``nohup`` ignores SIGHUP, stays
+    ignored); the previous handlers come back after it (in-process callers keep theirs)."""
     previous: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
         STOPPED.clear()
-        previous = {signum: signal.signal(signum, _stop)
-                    for signum in (signal.SIGTERM, signal.SIGINT)}
+        previous = {signum: signal.signal(signum, _stop) for signum in STOP_SIGNALS
+                    if signal.getsignal(signum) is not signal.SIG_IGN}
     try:
         yield
     finally:

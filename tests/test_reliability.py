@@ -20,7 +20,7 @@ import warm
 from conftest import FAST, Postgres
 from optuna.trial import TrialState
 from PIL import Image
-from test_ablation import complete_keys, write_spec
+from test_ablation import complete_keys, trials, write_spec
 from test_search import trials as search_trials
 from test_search import write_spec as write_search_spec
 
@@ -525,3 +525,68 @@ def test_a_postgresql_restart_is_waited_out(postgres: Postgres) -> None:
         assert time.monotonic() - start > 1.0  # it did wait for the server
     finally:
         back.join()
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process started under ``pid``, however deep (from /proc, at this moment)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+API = "import sys, cnnlab; cnnlab.ablate(sys.argv[1], out=sys.argv[2], workers=2)"
+WAYS_IN = {  # what a user starts: the installed script, the module, the Python API
+    "script": lambda spec, out: [str(Path(sys.executable).with_name("cnnlab")), "ablate",
+                                 str(spec), "--out", str(out), "--workers", "2"],
+    "module": lambda spec, out: [sys.executable, "-m", "cnnlab", "ablate", str(spec), "--out",
+                                 str(out), "--workers", "2"],
+    "api": lambda spec, out: [sys.executable, "-c", API, str(spec), str(out)],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("way", "sig"), [("script", signal.SIGKILL), ("script", signal.SIGHUP),
+                                          ("module", signal.SIGKILL), ("api", signal.SIGKILL),
+                                          ("api", signal.SIGTERM)])
+def test_a_killed_command_takes_its_workers_along(tmp_path: Path, way: str,
+                                                  sig: signal.Signals) -> None:
+    """A real process per way in (not the tests' warm server), killed once both workers run
+    trials: within seconds no process it started is left — fork server and workers were
+    re-parented to init and completed 42 more trials after a ``kill -9`` — and its storage
+    is never written again."""
+    spec = write_spec(tmp_path, seeds=20, arms="norm only")
+    spec.write_text(spec.read_text().replace("trainer.max_epochs=1", "trainer.max_epochs=40"))
+    out = tmp_path / "out"
+    stderr = tmp_path / "stderr"  # a file: a pipe would wait for every process holding it
+    with stderr.open("w") as err:
+        proc = subprocess.Popen(WAYS_IN[way](spec, out), env=ENV, stdout=subprocess.DEVNULL,
+                                stderr=err)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and len(_workers(out)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert proc.poll() is None, stderr.read_text()
+    started = _descendants(proc.pid)
+    assert len(started) >= 3  # the fork server and two workers at least
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    caught = sig != signal.SIGKILL and way != "api"  # the API leaves signals to its caller
+    assert proc.returncode == (128 + sig if caught else -sig), stderr.read_text()
+    gone = time.monotonic() + 5
+    while (left := {pid for pid in started if _alive(pid)}) and time.monotonic() < gone:
+        time.sleep(0.1)
+    assert not left, [Path(f"/proc/{pid}/cmdline").read_text()[:80] for pid in left]
+    journal = (out / "study.journal").read_bytes()
+    finished = [t for t in trials(out) if t.state.is_finished()]
+    time.sleep(2)
+    assert (out / "study.journal").read_bytes() == journal
+    assert len(finished) < 60  # it stopped mid-study

@@ -1,6 +1,6 @@
 """The ``cnnlab`` command: parse, run one command, and turn what stops it into one line and an
 exit status (2: bad input or a full disk; 75: the study's database stopped answering;
-130/143: Ctrl-C or SIGTERM; the last three resumable)."""
+129/130/143: a closed terminal, Ctrl-C or SIGTERM; the last four resumable)."""
 
 from __future__ import annotations
 
@@ -49,8 +49,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: user errors print one line on stderr and return 2; SIGINT and SIGTERM
-    stop the command with one line and 130 / 143 (128 + the signal), resumable."""
+    """Entry point: user errors print one line on stderr and return 2; SIGINT, SIGTERM and
+    SIGHUP stop the command with one line and 130 / 143 / 129 (128 + the signal), resumable."""
     configure()
     try:
         with stop_on_signals():

@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from cnnlab.process import pid_alive
+
 MANIFEST = ".cnnlab.json"
 KINDS = ("run", "study", "partial")  # partial: a run still being built by ``owner``
 APPEND_ONLY = "append-only"  # a file cnnlab appends to (a study journal): listed without a hash
@@ -79,17 +81,6 @@ def write_atomic(path: Path, data: str | bytes) -> None:
 def owner_id() -> str:
     """host:pid of this process, recorded on what it is building (folders, trials)."""
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def pid_alive(pid: int) -> bool:
-    """A process of this host with this pid exists (another user's counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def owner_alive(owner: str | None) -> bool:

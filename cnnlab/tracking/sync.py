@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 from cnnlab.errors import CnnlabError
 from cnnlab.outputs.files import REPORTS
 from cnnlab.outputs.ownership import write_atomic
+from cnnlab.process import die_with_parent
 
 OFFLINE = "offline-run-"  # how W&B names an offline run's folder: offline-run-DATE_TIME-ID
 CONNECT_S = 5.0  # how long ``cnnlab sync`` waits for the W&B server before giving up
@@ -165,7 +166,7 @@ def sync(runs: list[Path], timeout: float, progress: Callable[[str], None] = pri
     process = subprocess.Popen([cli, "sync", "--include-synced", *paths], cwd=logs,
                                env={**os.environ, "WANDB_BASE_URL": url}, text=True,
                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT)
+                               stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
     killer = threading.Timer(timeout * len(todo), process.kill)  # a hung upload ends too
     killer.start()
     assert process.stdout is not None

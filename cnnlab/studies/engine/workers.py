@@ -3,7 +3,6 @@ dying with the command whatever kills it, and ended by it when it stops."""
 
 from __future__ import annotations
 
-import ctypes
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -15,32 +14,17 @@ from multiprocessing.context import ForkServerContext, SpawnContext
 from typing import Any
 
 from cnnlab.errors import CnnlabError
-from cnnlab.outputs.ownership import pid_alive
-from cnnlab.process import TEMPFAIL, configure, outage, outage_line
-
-PR_SET_PDEATHSIG = 1  # Linux prctl option: a signal for this process when its parent dies
-
-
-def _die_with_parent() -> None:
-    """SIGTERM this worker when its parent (the fork server, which exits with the command) dies,
-    so no worker outlives a killed command (Linux; elsewhere the command ends its workers)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        return
-
+from cnnlab.process import TEMPFAIL, configure, die_with_parent, end_with, outage, outage_line
 
 def _child(target: Callable[..., None], args: tuple[Any, ...], env: dict[str, str], cwd: str,
            parent: int) -> None:
     """A worker forked from the fork server: the caller's environment and folder, then work
     until done, or until the command or the fork server dies (SIGTERM) or Ctrl-C: its trial
     then stays with the storage, which a rerun takes over as lost."""
-    _die_with_parent()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    die_with_parent()
+    end_with(parent)
     configure()
-    if not pid_alive(parent):  # the command died before the death signal was armed
-        os._exit(143)
     os.environ.clear()
     os.environ.update(env)
     os.chdir(cwd)
