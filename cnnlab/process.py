@@ -153,9 +153,27 @@ STOPPED: list[int] = []  # the signals received, in order
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
+_DEFERRING: list[bool] = []  # inside ``uninterrupted`` blocks (nested: one entry each)
+
+
 def _stop(signum: int, frame: object) -> None:
     STOPPED.append(signum)
-    raise Stopped(signum)
+    if not _DEFERRING:
+        raise Stopped(signum)
+
+
+@contextmanager
+def uninterrupted() -> Iterator[None]:
+    """A step that must not be cut in half (replacing a run folder): a SIGTERM, SIGINT or SIGHUP
+    arriving inside it stops the command right after it instead."""
+    before = len(STOPPED)
+    _DEFERRING.append(True)
+    try:
+        yield
+    finally:
+        _DEFERRING.pop()
+    if len(STOPPED) > before and not _DEFERRING:
+        raise Stopped(STOPPED[-1])
 
 
 @contextmanager

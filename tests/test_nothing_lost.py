@@ -8,10 +8,12 @@ import json
 import os
 import random
 import shutil
+import signal
 import socket
 import stat
 import subprocess
 import sys
+from types import SimpleNamespace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.outputs import files, ownership
 from cnnlab.outputs.files import claim_study_folder, staging_path, write_owned
 from cnnlab.outputs.ownership import MANIFEST, Manifest
+from cnnlab.training import run as run_module
 from cnnlab.studies.engine.storage import open_storage
 from cnnlab.studies.engine.store import Store
 
@@ -373,9 +376,12 @@ def test_a_forged_manifest_never_deletes_outside_its_folder(cli, finished_run: P
             (finished_run / planted).unlink()
 
 
-def test_links_are_never_followed_into_another_run(cli, finished_run: Path, tmp_path: Path) -> None:
+def test_links_are_never_followed_into_another_run(cli, finished_run: Path, tmp_path: Path,
+                                                   monkeypatch) -> None:
     """``--out runs/latest`` (a link to a run) is refused, and a leftover ``.DIR.cnnlab-old``
-    that is a link to another run never gets that run emptied."""
+    that is a link to another run never gets that run emptied (the two-rename replacement,
+    where the system cannot swap two folders in one step, would use that name)."""
+    monkeypatch.setattr(files, "_exchange", lambda a, b: False)
     latest = tmp_path / "runs" / "latest"
     os.symlink(finished_run, latest)
     before = hashes(tmp_path)
@@ -522,3 +528,79 @@ def test_a_failed_atomic_write_leaves_the_old_file_and_no_temporary(
     with pytest.raises(OSError):
         ownership.write_atomic(folder / "report.md", "new")
     assert hashes(tmp_path) == before
+
+
+class Killed(BaseException):
+    """A SIGKILL at one step of an overwrite: nothing of cnnlab's runs after it."""
+
+
+def _is_run(out: Path) -> bool:
+    manifest = Manifest.read(out)
+    return manifest is not None and manifest.kind == "run" and (out / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize("one_step", [True, False], ids=["exchange", "two-renames"])
+def test_an_overwrite_killed_at_any_step_keeps_a_run_under_the_name(
+        cli, finished_run: Path, monkeypatch, one_step: bool) -> None:
+    """``fit --out X --overwrite`` killed before and after each rename of its folders (an atomic
+    exchange, or two renames where the system has none), then rerun: ``X`` holds a whole run
+    (old or new) the moment the kill lands — but for a kill between the two renames, after
+    which the rerun puts the old run back first — and the finished rerun leaves nothing of
+    cnnlab's beside ``X``. A SIGTERM between the renames used to leave ``X`` missing and the old
+    run hidden in ``.X.cnnlab-old``, which the second next overwrite deleted."""
+    steps: list[str] = []
+    kill_at = 0
+
+    def step(name: str, action):
+        for when in ("before", "after"):
+            steps.append(f"{when} {name}")
+            if len(steps) == kill_at:
+                raise Killed
+            if when == "before":
+                done = action()
+        return done
+
+    def rename(a, b) -> None:
+        name = "rename out aside" if Path(a) == finished_run else "rename"
+        step(name, lambda: os.rename(a, b))
+
+    real_exchange = files._exchange
+    monkeypatch.setattr(files, "_exchange", lambda a, b: one_step and step(
+        "exchange", lambda: real_exchange(a, b)))
+    monkeypatch.setattr(files, "os", SimpleNamespace(**{**vars(os), "rename": rename}))
+    monkeypatch.setattr(run_module, "abort_run", lambda staging: None)  # a kill cleans nothing
+    for kill_at in range(1, 20):
+        steps.clear()
+        try:
+            status, _, err = fit(cli, finished_run, "--overwrite", f"seed={kill_at}")
+        except Killed:
+            if steps[-1] == "after rename out aside":
+                assert not one_step and not finished_run.exists()
+            else:
+                assert _is_run(finished_run), steps
+            continue
+        assert status == 0, err
+        break
+    assert kill_at > (3 if one_step else 5)  # staging made, then the swap: each step was hit
+    assert _is_run(finished_run)
+    assert f"seed: {kill_at}\n" in (finished_run / "config.yaml").read_text()  # the last run
+    assert [p.name for p in finished_run.parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_sigterm_between_the_two_renames_waits_for_the_second(cli, finished_run: Path,
+                                                                 monkeypatch) -> None:
+    """The reported case: SIGTERM right after the old run was moved aside. The command stops
+    with 143 once the new run is in place, never between (``X`` used to be missing)."""
+    real_rename = os.rename
+
+    def rename(a, b) -> None:
+        real_rename(a, b)
+        if Path(a) == finished_run:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(files, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(files, "os", SimpleNamespace(**{**vars(os), "rename": rename}))
+    status, _, err = fit(cli, finished_run, "--overwrite", "seed=7")
+    assert status == 143 and err.strip().endswith("rerun the same command to resume"), err
+    assert _is_run(finished_run) and "seed: 7\n" in (finished_run / "config.yaml").read_text()
+    assert [p.name for p in finished_run.parent.iterdir() if p.name.startswith(".")] == []

@@ -7,6 +7,8 @@ when cnnlab wrote them. Every deletion goes through ``ownership``'s proof.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import fcntl
 import glob
 import hashlib
@@ -31,6 +33,7 @@ from cnnlab.outputs.ownership import (
     umask,
     write_atomic,
 )
+from cnnlab.process import uninterrupted
 
 
 def refuse_special(out: Path, option: str = "--out") -> None:
@@ -87,6 +90,7 @@ def begin_run(out: Path, overwrite: bool, takeover: bool = False) -> Path:
     ``takeover``: the caller holds this run exclusively (a study trial the storage gave to this
     worker), so a staging folder of any other process, on any host, is a lost attempt: cleared.
     """
+    _restore(out)
     check_run_out(out, overwrite)
     staging = staging_path(out)
     if staging.is_dir() and not staging.is_symlink() and not any(staging.iterdir()):
@@ -131,8 +135,8 @@ def _clear_half_made(left: Path) -> None:
                                                           and p.name.endswith(".tmp")))
                for p in entries):
         return
-    manifest = Manifest.read(left)
-    if owner_alive(manifest.owner if manifest else None):
+    owner = (Manifest.read(left) or Manifest("partial")).owner
+    if owner != owner_id() and owner_alive(owner):
         return
     for entry in entries:
         entry.unlink()
@@ -149,34 +153,95 @@ def _remove_partial(staging: Path) -> None:
 
 def abort_run(staging: Path) -> None:
     """Remove the staging folder of a run that failed (the old run, if any, is untouched)."""
-    if Manifest.read(staging) is not None:
+    manifest = Manifest.read(staging)
+    if manifest is not None and manifest.kind == "partial":
         _remove_partial(staging)
+    elif manifest is not None:  # a committed run's (ours, or one an overwrite displaced)
+        remove_owned(staging, manifest)
+
+
+RENAME_EXCHANGE, AT_FDCWD = 2, -100  # Linux renameat2: swap two names in one step
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two folders atomically: at every instant each name holds one of them. False where
+    the system cannot (not Linux, an old libc, a file system without the flag)."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    if renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _aside(out: Path) -> Path:
+    """Where the two-rename fallback puts the old run for a moment (``_restore`` cleared what
+    cnnlab left there; anything else is the user's)."""
+    aside = out.parent / f".{out.name}.cnnlab-old"
+    if aside.is_symlink() or (aside.exists() and (not aside.is_dir() or any(aside.iterdir()))):
+        raise CnnlabError(f"--out {out}: {aside} exists and cnnlab did not make it; allowed: "
+                          "move it away")
+    return aside
+
+
+def _swap(staging: Path, out: Path) -> Path:
+    """Put the run in ``staging`` at ``out``; returns where the old run went. Where the system
+    cannot swap in one step, two renames, the first undone if the second fails (a SIGKILL
+    between them is repaired by the next run into ``out``: ``_restore``)."""
+    if _exchange(staging, out):
+        return staging
+    aside = _aside(out)
+    os.rename(out, aside)
+    try:
+        os.rename(staging, out)
+    except OSError:  # the second rename failed: the old run goes back at once
+        os.rename(aside, out)
+        raise
+    return aside
+
+
+def _restore(out: Path) -> None:
+    """Repair what an interrupted replacement of ``out`` left: the old run back under its name
+    when a kill landed between the two renames (else removed as its manifest lists it, the new
+    run being in place); a committed run left in the staging folder
+    (never swapped in, or the old one swapped out) removed as its manifest lists it."""
+    aside = out.parent / f".{out.name}.cnnlab-old"
+    old = Manifest.read(aside) if aside.is_dir() and not aside.is_symlink() else None
+    if old is not None and old.kind == "run" and not out.exists() and not out.is_symlink():
+        os.rename(aside, out)
+    elif old is not None and remove_owned(aside, old):  # the new run got in: the old goes
+        raise CnnlabError(f"--out {out}: {aside} holds files cnnlab did not write; allowed: "
+                          "move it away")
+    elif aside.is_dir() and not aside.is_symlink():
+        with contextlib.suppress(OSError):  # emptied by the user after the line above: holds nothing
+            aside.rmdir()
+    staging = staging_path(out)
+    left = Manifest.read(staging) if staging.is_dir() and not staging.is_symlink() else None
+    mine_or_dead = left is not None and (left.owner == owner_id() or not owner_alive(left.owner))
+    if left is not None and left.kind == "run" and mine_or_dead and remove_owned(staging, left):
+        raise CnnlabError(f"--out {out}: {staging} holds files cnnlab did not write; allowed: "
+                          "move it away")
 
 
 def commit_run(staging: Path, out: Path) -> None:
     """Record every file of the finished run and put it in place of ``out`` (an empty folder or an
-    unchanged earlier run, whose files are then deleted)."""
+    unchanged earlier run, whose files are then deleted): ``out`` holds the old run or the new
+    one at every instant, and no signal stops the command half way."""
     files = {rel: APPEND_ONLY if rel.endswith(".log") else digest(staging / rel)
              for rel in files_under(staging)}  # W&B's logs may still grow after its run finished
     Manifest("run", owner_id(), files).write(staging)
-    if out.exists() and any(out.iterdir()):
-        check_run_out(out, overwrite=True)  # again: the user may have added files meanwhile
-        aside = out.parent / f".{out.name}.cnnlab-old"
-        old = Manifest.read(out)
-        assert old is not None  # check_run_out proved it
-        if aside.is_symlink() or (aside.exists() and Manifest.read(aside) is None
-                                  and (not aside.is_dir() or any(aside.iterdir()))):
-            raise CnnlabError(f"--out {out}: {aside} exists and cnnlab did not make it; allowed: "
-                              "move it away")
-        left_over = Manifest.read(aside) if aside.is_dir() else None
-        if left_over is not None and remove_owned(aside, left_over):  # a crash between renames
-            raise CnnlabError(f"--out {out}: {aside} holds files cnnlab did not write; allowed: "
-                              "move it away")
-        os.rename(out, aside)
-        os.rename(staging, out)
-        remove_owned(aside, old)
-    else:
+    if not (out.exists() and any(out.iterdir())):
         os.rename(staging, out)  # replaces an empty folder
+        return
+    check_run_out(out, overwrite=True)  # again: the user may have added files meanwhile
+    old = Manifest.read(out)
+    assert old is not None  # check_run_out proved it
+    with uninterrupted():
+        remove_owned(_swap(staging, out), old)
 
 
 REPORTS = Path("reports")  # where a study reports unless told otherwise
