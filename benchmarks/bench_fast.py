@@ -52,7 +52,7 @@ def _two_workers(threads: int) -> float:
     store = AblationStore.open(spec, False, open_storage(url))
     store.reconcile(spec, False)
     run_workers(worker_main, [([(url, store.name, str(root / "out"))], threads)] * 2,
-                lambda: None)
+                lambda: None, done=lambda: not store.unfinished())
     return _throughput([t for t in store.trials() if t.value is not None])
 
 

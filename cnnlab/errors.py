@@ -10,6 +10,11 @@ class CnnlabError(Exception):
     """Bad input (config, file, data, URL): the message names what is wrong and what is allowed."""
 
 
+class Refused(CnnlabError):
+    """cnnlab will not touch a file or link of the user's where it would write: no retry helps
+    until they move it, so a study stops on it rather than failing trial after trial."""
+
+
 def did_you_mean(word: str, allowed: Iterable[str]) -> str:
     """`` (did you mean X?)`` for a near miss of one of ``allowed`` (a typo), else ``""``."""
     near = difflib.get_close_matches(word, list(allowed), n=1, cutoff=0.6)

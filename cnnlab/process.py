@@ -17,8 +17,8 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
-from pathlib import Path
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 # Lightning's advice for DataLoaders and big models does not apply to in-memory tensor batches;
@@ -80,11 +80,17 @@ TEMPFAIL = 75  # sysexits' EX_TEMPFAIL: try again later (a scheduler may); the r
 DRIVERS = ("sqlalchemy", "sqlite3", "psycopg", "psycopg2")
 
 
+class Outage(Exception):
+    """The database stopped answering a worker (its line is printed): the command's status."""
+
+
 def outage(err: BaseException) -> str | None:
     """Why the study's database stopped answering, when ``err`` or what caused it is a driver's
     operational error (Optuna reports it as "invalid data … exceeding max length"); else None."""
     seen: BaseException | None = err
     while seen is not None:
+        if isinstance(seen, Outage):
+            return str(seen)
         kind = type(seen)
         if kind.__name__ in ("OperationalError", "InterfaceError") and \
                 kind.__module__.split(".")[0] in DRIVERS:

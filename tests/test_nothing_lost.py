@@ -13,8 +13,8 @@ import socket
 import stat
 import subprocess
 import sys
-from types import SimpleNamespace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -27,9 +27,9 @@ from cnnlab.errors import CnnlabError
 from cnnlab.outputs import files, ownership
 from cnnlab.outputs.files import claim_study_folder, staging_path, write_owned
 from cnnlab.outputs.ownership import MANIFEST, Manifest
-from cnnlab.training import run as run_module
 from cnnlab.studies.engine.storage import open_storage
 from cnnlab.studies.engine.store import Store
+from cnnlab.training import run as run_module
 
 FAST = ["trainer.max_epochs=1", "model.channels=[8]", "model.hidden_units=[16]", "data.batch_size=128"]
 ENV = {**os.environ, "WANDB_MODE": "disabled"}
@@ -470,7 +470,7 @@ def test_clearing_half_made_staging_folders_touches_only_cnnlab_files(cli, tmp_p
     (dead / "..cnnlab.json.x1y2.tmp").write_text("{")
     live = work / f"{name}.new-live"
     live.mkdir()
-    Manifest("partial", ownership.owner_id()).write(live)  # this process: alive
+    Manifest("partial", f"{socket.gethostname()}:{os.getppid()}").write(live)  # alive: our parent
     (work / f"{name}.new-link").symlink_to(outside, target_is_directory=True)
     odd = work / f"{name}.new-odd"
     (odd / "..cnnlab.json.a.tmp").mkdir(parents=True)  # a folder under a temporary file's name
@@ -604,3 +604,49 @@ def test_a_sigterm_between_the_two_renames_waits_for_the_second(cli, finished_ru
     assert status == 143 and err.strip().endswith("rerun the same command to resume"), err
     assert _is_run(finished_run) and "seed: 7\n" in (finished_run / "config.yaml").read_text()
     assert [p.name for p in finished_run.parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_no_write_goes_through_a_link_inside_cnnlabs_folders(cli, tmp_path: Path) -> None:
+    """A study's journal or ``trials/`` made a link to a place outside, and a synced run folder
+    that is a link: refused with one line, the outside byte for byte as it was. Before, the
+    journal was appended to (and its "torn" last line cut) through the link, trial folders
+    landed in the link's target, and sync marked the target's run."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "log.txt").write_text("someone's log, no newline at the end")
+    (outside / "offline-run-20260101_000000-abc").mkdir()
+    (outside / "offline-run-20260101_000000-abc" / "run-abc.wandb").write_bytes(b":W&B")
+    spec = write_spec(tmp_path, seeds=1, arms="norm only")
+    study = tmp_path / "study"
+    assert cli("ablate", spec, "--out", study)[0] == 0
+    before = hashes(outside)
+
+    journal = study / "study.journal"
+    journal.rename(tmp_path / "kept.journal")
+    journal.symlink_to(outside / "log.txt")
+    status, _, err = cli("ablate", spec, "--out", study, "--seeds", "2")
+    assert status == 2 and "study.journal: is a symbolic link" in err, err
+    assert hashes(outside) == before
+    journal.unlink()
+    (tmp_path / "kept.journal").rename(journal)
+
+    trials = study / "trials"
+    trials.rename(tmp_path / "kept-trials")
+    trials.symlink_to(outside, target_is_directory=True)
+    status, _, err = cli("ablate", spec, "--out", study, "--seeds", "2")
+    assert status == 2 and err.strip().splitlines()[-1].startswith(
+        f"cnnlab: error: {trials}: is a symbolic link"), err
+    assert hashes(outside) == before and sorted(p.name for p in outside.iterdir()) == [
+        "log.txt", "offline-run-20260101_000000-abc"]
+    trials.unlink()
+    (tmp_path / "kept-trials").rename(trials)
+    status, _, err = cli("ablate", spec, "--out", study, "--seeds", "2")
+    assert status == 0, err  # moved back: the refused trials run now
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "offline-run-20260101_000000-abc").symlink_to(
+        outside / "offline-run-20260101_000000-abc", target_is_directory=True)
+    status, out, _ = cli("sync", "--dry-run", runs)
+    assert status == 0 and "0 offline W&B runs to sync" in out, out  # the link is no run
+    assert hashes(outside) == before

@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import Refused
 from cnnlab.outputs.ownership import (
     APPEND_ONLY,
     MANIFEST,
@@ -41,10 +41,10 @@ def refuse_special(out: Path, option: str = "--out") -> None:
     resolved = out.expanduser().resolve()
     special = {Path(resolved.anchor): "the root", Path.home().resolve(): "your home"}
     if resolved in special:
-        raise CnnlabError(f"{option} {out}: is {special[resolved]} directory; allowed: a new "
-                          "folder, e.g. runs/NAME")
+        raise Refused(f"{option} {out}: is {special[resolved]} directory; allowed: a new "
+                      "folder, e.g. runs/NAME")
     if out.exists() and not out.is_dir():
-        raise CnnlabError(f"{option} {out}: is a file; allowed: a directory")
+        raise Refused(f"{option} {out}: is a file; allowed: a directory")
 
 
 def _listing(names: list[str]) -> str:
@@ -55,8 +55,20 @@ def refuse_link(out: Path, option: str = "--out") -> None:
     """cnnlab owns a folder only as itself: a link to a run (``runs/latest``) is refused, so an
     overwrite can never empty the link's target."""
     if out.is_symlink():
-        raise CnnlabError(f"{option} {out}: is a symbolic link (to {os.readlink(out)}); allowed: "
-                          "a real folder (give the link's target if you mean it)")
+        raise Refused(f"{option} {out}: is a symbolic link (to {os.readlink(out)}); allowed: "
+                      "a real folder (give the link's target if you mean it)")
+
+
+def refuse_links(folder: Path, path: Path) -> None:
+    """``path`` and each folder between it and ``folder`` (one cnnlab owns) are real: a link
+    there would take cnnlab's writes, and its deletions, somewhere else."""
+    current = folder
+    for part in path.relative_to(folder).parts:
+        current = current / part
+        if current.is_symlink():
+            raise Refused(f"{current}: is a symbolic link (to {os.readlink(current)}) inside "
+                          "a folder cnnlab owns; allowed: a real file or folder (move the "
+                          "link away)")
 
 
 def check_run_out(out: Path, overwrite: bool) -> None:
@@ -67,16 +79,16 @@ def check_run_out(out: Path, overwrite: bool) -> None:
         return
     manifest = Manifest.read(out)
     if manifest is None or manifest.kind != "run":
-        raise CnnlabError(f"--out {out}: holds files cnnlab did not write "
-                          f"({_listing(sorted(files_under(out)))}); allowed: a new or empty directory, "
-                          "or the folder of an earlier cnnlab fit")
+        raise Refused(f"--out {out}: holds files cnnlab did not write "
+                      f"({_listing(sorted(files_under(out)))}); allowed: a new or empty directory, "
+                      "or the folder of an earlier cnnlab fit")
     if not overwrite:
-        raise CnnlabError(f"--out {out}: already holds a finished run; allowed: a new directory, "
-                          "or --overwrite")
+        raise Refused(f"--out {out}: already holds a finished run; allowed: a new directory, "
+                      "or --overwrite")
     foreign = foreign_files(out, manifest)
     if foreign:
-        raise CnnlabError(f"--out {out}: --overwrite would lose files cnnlab did not write or that "
-                          f"changed since ({_listing(foreign)}); allowed: move them out first")
+        raise Refused(f"--out {out}: --overwrite would lose files cnnlab did not write or that "
+                      f"changed since ({_listing(foreign)}); allowed: move them out first")
 
 
 def staging_path(out: Path) -> Path:
@@ -98,11 +110,11 @@ def begin_run(out: Path, overwrite: bool, takeover: bool = False) -> Path:
     if staging.exists() or staging.is_symlink():
         manifest = Manifest.read(staging) if staging.is_dir() and not staging.is_symlink() else None
         if manifest is None or manifest.kind != "partial":
-            raise CnnlabError(f"--out {out}: {staging} exists and cnnlab did not make it; allowed: "
-                              "move it away")
+            raise Refused(f"--out {out}: {staging} exists and cnnlab did not make it; allowed: "
+                          "move it away")
         if not takeover and owner_alive(manifest.owner) and manifest.owner != owner_id():
-            raise CnnlabError(f"--out {out}: another cnnlab process ({manifest.owner}) is writing "
-                              "this run; allowed: wait for it, or another --out")
+            raise Refused(f"--out {out}: another cnnlab process ({manifest.owner}) is writing "
+                          "this run; allowed: wait for it, or another --out")
         _remove_partial(staging)
     _make_staging(staging)
     return staging
@@ -148,7 +160,7 @@ def _remove_partial(staging: Path) -> None:
     manifest = Manifest("partial", files={rel: digest(staging / rel) for rel in files_under(staging)})
     left = remove_owned(staging, manifest)
     if left:  # a file appeared while we looked: keep it and say so
-        raise CnnlabError(f"{staging}: could not be cleared ({_listing(left)}); allowed: move it away")
+        raise Refused(f"{staging}: could not be cleared ({_listing(left)}); allowed: move it away")
 
 
 def abort_run(staging: Path) -> None:
@@ -183,8 +195,8 @@ def _aside(out: Path) -> Path:
     cnnlab left there; anything else is the user's)."""
     aside = out.parent / f".{out.name}.cnnlab-old"
     if aside.is_symlink() or (aside.exists() and (not aside.is_dir() or any(aside.iterdir()))):
-        raise CnnlabError(f"--out {out}: {aside} exists and cnnlab did not make it; allowed: "
-                          "move it away")
+        raise Refused(f"--out {out}: {aside} exists and cnnlab did not make it; allowed: "
+                      "move it away")
     return aside
 
 
@@ -214,8 +226,8 @@ def _restore(out: Path) -> None:
     if old is not None and old.kind == "run" and not out.exists() and not out.is_symlink():
         os.rename(aside, out)
     elif old is not None and remove_owned(aside, old):  # the new run got in: the old goes
-        raise CnnlabError(f"--out {out}: {aside} holds files cnnlab did not write; allowed: "
-                          "move it away")
+        raise Refused(f"--out {out}: {aside} holds files cnnlab did not write; allowed: "
+                      "move it away")
     elif aside.is_dir() and not aside.is_symlink():
         with contextlib.suppress(OSError):  # emptied by the user after the line above: holds nothing
             aside.rmdir()
@@ -223,8 +235,8 @@ def _restore(out: Path) -> None:
     left = Manifest.read(staging) if staging.is_dir() and not staging.is_symlink() else None
     mine_or_dead = left is not None and (left.owner == owner_id() or not owner_alive(left.owner))
     if left is not None and left.kind == "run" and mine_or_dead and remove_owned(staging, left):
-        raise CnnlabError(f"--out {out}: {staging} holds files cnnlab did not write; allowed: "
-                          "move it away")
+        raise Refused(f"--out {out}: {staging} holds files cnnlab did not write; allowed: "
+                      "move it away")
 
 
 def commit_run(staging: Path, out: Path) -> None:
@@ -262,13 +274,13 @@ def check_study_folder(out: Path) -> bool:
         changed = [rel for rel in manifest.files if (out / rel).exists()
                    and not is_ours(out, manifest, rel)]
         if changed:  # say so now, not after the trials ran
-            raise CnnlabError(f"--out {out}: {_listing(sorted(changed))} changed since cnnlab wrote "
-                              "it; allowed: move it away (cnnlab rewrites it), or another --out")
+            raise Refused(f"--out {out}: {_listing(sorted(changed))} changed since cnnlab wrote "
+                          "it; allowed: move it away (cnnlab rewrites it), or another --out")
         return True
     if out.exists() and any(out.iterdir()):
-        raise CnnlabError(f"--out {out}: holds files cnnlab did not write "
-                          f"({_listing(sorted(files_under(out)))}); allowed: a new or empty directory, "
-                          "or the report folder of an earlier study")
+        raise Refused(f"--out {out}: holds files cnnlab did not write "
+                      f"({_listing(sorted(files_under(out)))}); allowed: a new or empty directory, "
+                      "or the report folder of an earlier study")
     return False
 
 
@@ -294,14 +306,15 @@ def _locked(folder: Path) -> Iterator[None]:
 def write_owned(folder: Path, rel: str, data: str | bytes | None) -> None:
     """Write ``folder/rel`` (``None``: mark an append-only file as cnnlab's) and list it in the
     folder's manifest; refuse to replace a file cnnlab did not write or that changed since."""
+    path = folder / rel
+    refuse_links(folder, path)
     with _locked(folder):
         manifest = Manifest.read(folder)
         if manifest is None:
-            raise CnnlabError(f"{folder}: not a folder cnnlab made; allowed: a new --out")
-        path = folder / rel
+            raise Refused(f"{folder}: not a folder cnnlab made; allowed: a new --out")
         if (path.exists() or path.is_symlink()) and not is_ours(folder, manifest, rel):
-            raise CnnlabError(f"{path}: cnnlab did not write this file (or it changed since); "
-                              "allowed: move it away, or another --out")
+            raise Refused(f"{path}: cnnlab did not write this file (or it changed since); "
+                          "allowed: move it away, or another --out")
         if data is None:
             manifest.files[rel] = APPEND_ONLY
         else:  # listed before it lands: a kill between the two leaves either content ours
@@ -321,13 +334,13 @@ def check_output(path: Path, ours: Callable[[Path], bool] | None, option: str = 
     the run's metrics. ``ours`` None: this output never replaces a file."""
     refuse_special(path.parent, option)
     if path.is_dir():
-        raise CnnlabError(f"{option} {path}: is a directory; allowed: a file name")
+        raise Refused(f"{option} {path}: is a directory; allowed: a file name")
     if ours is None and (path.exists() or path.is_symlink()):
-        raise CnnlabError(f"{option} {path}: exists, and this output never replaces a file; "
-                          "allowed: a new file name, or move it away")
+        raise Refused(f"{option} {path}: exists, and this output never replaces a file; "
+                      "allowed: a new file name, or move it away")
     if path.is_symlink() or (path.exists() and ours is not None and not ours(path)):
-        raise CnnlabError(f"{option} {path}: exists and cnnlab did not write it as this kind "
-                          "of output; allowed: a new file name, or move it away")
+        raise Refused(f"{option} {path}: exists and cnnlab did not write it as this kind "
+                      "of output; allowed: a new file name, or move it away")
 
 
 def write_output(path: Path, data: bytes, ours: Callable[[Path], bool] | None,

@@ -42,20 +42,23 @@ FINISHED = re.compile(r"Finished syncing (.+?)\s*$")
 def offline_runs(roots: list[Path]) -> list[Path]:
     """Every offline W&B run folder under ``roots``, oldest first (a resumed summary run's
     folders then sync in the order they were written). The walk does not enter a run folder
-    (its media) or a checkpoint folder: hundreds of runs list in well under a second."""
+    (its media) or a checkpoint folder: hundreds of runs list in well under a second. A run
+    folder that is a link is not one: sync writes its marks into the folder, which would land
+    in the link's target, outside the tree synced."""
     runs: set[Path] = set()
     for root in roots:
         for folder, dirs, _ in os.walk(root):
             found = [d for d in dirs if d.startswith(OFFLINE)]
-            runs.update(Path(folder) / d for d in found)
+            runs.update(Path(folder) / d for d in found if not (Path(folder) / d).is_symlink())
             dirs[:] = [d for d in dirs if not d.startswith(OFFLINE) and d != "checkpoints"]
-        if root.name.startswith(OFFLINE):
+        if root.name.startswith(OFFLINE) and not root.is_symlink():
             runs.add(root)
     return sorted(runs, key=lambda p: (p.name.split("-")[2], str(p)))
 
 
 def _run_file(run: Path) -> Path | None:
-    return next((p for p in run.iterdir() if p.suffix == ".wandb"), None)
+    """The run's ``run-ID.wandb`` (a link is none: W&B's ``.synced`` mark follows it)."""
+    return next((p for p in run.iterdir() if p.suffix == ".wandb" and not p.is_symlink()), None)
 
 
 def is_synced(run: Path) -> bool:

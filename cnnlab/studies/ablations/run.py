@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 from rich.console import Console
 
 from cnnlab.config import load_config
 from cnnlab.errors import CnnlabError
 from cnnlab.metrics import METRICS
-from cnnlab.outputs.files import REPORTS
+from cnnlab.outputs.files import REPORTS, refuse_links
 from cnnlab.studies.ablations.dashboard import study_summary
 from cnnlab.studies.ablations.report import write_report
 from cnnlab.studies.ablations.results import Results, collect, next_round
@@ -52,6 +52,7 @@ def objective(store: AblationStore, spec: AblationSpec, out: Path, threads: int
         cfg = trial_config(load_config(configs, overrides), store.name, arm.name, threads,
                            name=f"{arm.name} seed={seed}", tags=[store.name, f"seed={seed}"])
         run_dir = out / "trials" / safe_name(arm.name) / f"seed{seed}"
+        refuse_links(out, run_dir)
         # a lost attempt may have finished its folder but not its trial, or left it half-built
         context: dict[str, Any] = {"study": store.name, "arm": arm.name, "seed": seed,
                                    "factor": spec.level_values(arm.levels),  # numbers sort
@@ -191,9 +192,8 @@ def ablate(jobs: Sequence[Job], quick: bool, workers: int, console: Console,
             """Show spec i's progress; once none of its trials is queued or running, queue its
             next round, or report it."""
             store, job = stores[i], jobs[i]
-            trials = store.trials()
-            bar[i].update(trials)
-            if any(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in trials):
+            bar[i].update(store.trials())
+            if store.unfinished():
                 return
             store.take_next_look(job.spec)
             report = collect(store)
@@ -227,6 +227,7 @@ def ablate(jobs: Sequence[Job], quick: bool, workers: int, console: Console,
                 first = jobs[open_[0]].spec
                 share_service(first.config(first.arms[0], 0, quick))
                 todo = [(jobs[i].url, stores[i].name, str(jobs[i].out)) for i in open_]
-                run_workers(worker_main, [(todo,)] * workers, progress)
+                run_workers(worker_main, [(todo,)] * workers, progress,
+                            done=lambda: not any(stores[i].unfinished() for i in open_))
             progress()
     return [reports[i] for i in range(len(jobs))]

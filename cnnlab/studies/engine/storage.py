@@ -102,6 +102,12 @@ def open_study_storage(out: Path, url: str) -> optuna.storages.BaseStorage:
 def _journal(path: Path, readonly: bool) -> optuna.storages.JournalStorage:
     if path.is_dir():
         raise CnnlabError(f"--storage {path}: is a directory; allowed: {', '.join(SCHEMES)}")
+    if path.is_symlink() and not readonly:  # appends and repairs would land in its target
+        raise CnnlabError(f"--storage {path}: is a symbolic link (to {os.readlink(path)}); "
+                          "allowed: the journal's real path")
+    if path.exists() and not path.is_file():  # a FIFO or a device would hang or eat the study
+        raise CnnlabError(f"--storage {path}: is not a regular file; allowed: a journal file "
+                          f"path, or {', '.join(SCHEMES[1:])}")
     if readonly:
         backend = ReadOnlyJournal(path)
         if backend.damage:

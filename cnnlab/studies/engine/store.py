@@ -49,6 +49,10 @@ class Store:
     def trials(self, *states: TrialState) -> list[FrozenTrial]:
         return self.study.get_trials(deepcopy=False, states=states or None)
 
+    def unfinished(self) -> bool:
+        """Some of the study's trials are queued or running."""
+        return bool(self.trials(TrialState.WAITING, TrialState.RUNNING))
+
     @property
     def spec_attrs(self) -> dict[str, Any]:
         return dict(self.study.user_attrs.get(SPEC, {}))

@@ -24,7 +24,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from cnnlab.config import ExperimentConfig, with_values
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, Refused
 from cnnlab.outputs.ownership import owner_alive, owner_id
 from cnnlab.studies.engine.store import Store
 
@@ -144,7 +144,8 @@ def work(queues: Sequence[Queue], on_done: Callable[[], None] = lambda: None,
     while others finish the first one's last trials.
 
     ``objective`` returns the trial's value, raises ``optuna.TrialPruned(reason)`` (diverged or
-    pruned: recorded, not redone) or one of ``FAILURES`` (recorded; a rerun queues it again).
+    pruned: recorded, not redone) or one of ``FAILURES`` (recorded; a rerun queues it again);
+    ``Refused`` (a file of the user's where the trial writes) fails the trial and stops the work.
     """
     interval, _ = liveness()
     while not stop():
@@ -168,6 +169,10 @@ def work(queues: Sequence[Queue], on_done: Callable[[], None] = lambda: None,
                 try:
                     value: float | None = queue.objective(trial)
                     state = TrialState.COMPLETE
+                except Refused as err:  # the user's file where the trial writes: stop
+                    store.fail_with(trial, str(err))
+                    study.tell(trial, state=TrialState.FAIL)  # a rerun queues its work again
+                    raise
                 except optuna.TrialPruned as reason:
                     store.fail_with(trial, str(reason))
                     value, state = None, TrialState.PRUNED

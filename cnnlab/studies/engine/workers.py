@@ -14,7 +14,16 @@ from multiprocessing.context import ForkServerContext, SpawnContext
 from typing import Any
 
 from cnnlab.errors import CnnlabError
-from cnnlab.process import TEMPFAIL, configure, die_with_parent, end_with, outage, outage_line
+from cnnlab.process import (
+    TEMPFAIL,
+    Outage,
+    configure,
+    die_with_parent,
+    end_with,
+    outage,
+    outage_line,
+)
+
 
 def _child(target: Callable[..., None], args: tuple[Any, ...], env: dict[str, str], cwd: str,
            parent: int) -> None:
@@ -32,6 +41,9 @@ def _child(target: Callable[..., None], args: tuple[Any, ...], env: dict[str, st
         target(*args)
     except KeyboardInterrupt:
         os._exit(130)
+    except CnnlabError as err:  # bad input found by this worker: its one line, status 2
+        print(f"cnnlab: error: {err}", file=sys.stderr, flush=True)
+        os._exit(2)
     except Exception as err:
         why = outage(err)
         if why is None:
@@ -64,10 +76,12 @@ def warm_workers(module: str) -> None:
 
 
 def run_workers(target: Callable[..., None], args: list[tuple[Any, ...]],
-                poll: Callable[[], None]) -> None:
+                poll: Callable[[], None], done: Callable[[], bool]) -> None:
     """Start one worker process per ``args`` entry, call ``poll`` every second (and as each
-    worker ends) until all finish, and fail if any worker did (the storage keeps what the
-    others finished). Workers fork from a server that imported ``target``'s module."""
+    worker ends) until all finish. A worker that failed fails the command unless ``done()``
+    says the others finished all the work (they take over a killed worker's trial); the
+    storage keeps what was finished. Workers fork from a server that imported ``target``'s
+    module."""
     ctx = _context(target.__module__)
     env, cwd = dict(os.environ), os.getcwd()
     procs = [ctx.Process(target=_child, args=(target, a, env, cwd, os.getpid())) for a in args]
@@ -89,8 +103,19 @@ def run_workers(target: Callable[..., None], args: list[tuple[Any, ...]],
                     p.join()
     poll()
     failed = [p.exitcode for p in procs if p.exitcode]
-    if failed:
+    if TEMPFAIL in failed:
+        raise Outage("a worker lost the study's database")
+    if 2 in failed:
+        raise CnnlabError("a worker stopped on the error above; allowed: fix what it names, "
+                          "then rerun the same command (finished work is kept)")
+    if failed and not done():
         raise CnnlabError(f"{len(failed)} of {len(procs)} workers exited with an error; rerun "
                           "the same command to finish the missing trials")
+    if failed:
+        print(f"cnnlab: note: {len(failed)} of {len(procs)} workers ended early "
+              f"({', '.join(_ended(code) for code in failed)}); the others finished their work",
+              file=sys.stderr)
 
 
+def _ended(code: int) -> str:
+    return f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"

@@ -29,6 +29,7 @@ from rich.console import Console
 from cnnlab.config import load_config, with_values
 from cnnlab.errors import CnnlabError
 from cnnlab.metrics import VAL_ACC
+from cnnlab.outputs.files import refuse_links
 from cnnlab.studies.engine.progress import StudyProgress, study_bars
 from cnnlab.studies.engine.storage import open_storage, open_study_storage, with_journal
 from cnnlab.studies.engine.store import FINISHED
@@ -102,6 +103,7 @@ def cross_validate(spec: SearchSpec, quick: bool, out: Path, threads: int
         cfg = trial_config(load_config(list(spec.configs), overrides), spec.name, "fold", threads)
         scores: list[float] = []
         epochs, state = 0, "failed"
+        refuse_links(out, out / "trials" / f"{trial.number:04d}")  # each fold's: ``run``
         try:
             for fold in range(spec.folds):
                 fold_cfg = with_values(cfg, {
@@ -204,7 +206,8 @@ def tune(spec: SearchSpec, quick: bool, out: Path, url: str, name: str, workers:
         else:
             share_service(corner_config(spec, CORNERS[0], quick))
             run_workers(worker_main, [(url, name, str(out), deadline_s, i)
-                                       for i in range(workers)], progress)
+                                       for i in range(workers)], progress,
+                        done=lambda: not store.unfinished())
     return refit(store, spec, quick, out)
 
 
