@@ -17,7 +17,7 @@ from benchmarks.common import Ratio
 from cnnlab.config import load_config
 from cnnlab.cpus import usable_cpus
 from cnnlab.data.sources import ImageData, dataset_key
-from cnnlab.studies.ablations.run import worker_main
+from cnnlab.studies.ablations.run import check_arms, worker_main
 from cnnlab.studies.ablations.spec import load_spec
 from cnnlab.studies.ablations.store import AblationStore
 from cnnlab.studies.engine.storage import open_storage
@@ -49,7 +49,7 @@ def _two_workers(threads: int) -> float:
     # 8 trials of 3 epochs: oversubscribed workers are so slow that more would dominate make bench
     (root / "bench.yaml").write_text(SPEC.format(seeds=2).replace("max_epochs=15", "max_epochs=3"))
     url, spec = str(root / "study.journal"), load_spec(root / "bench.yaml")
-    store = AblationStore.open(spec, False, open_storage(url))
+    store = AblationStore.open(spec, False, open_storage(url), check_arms(spec, False))
     store.reconcile(spec, False)
     run_workers(worker_main, [([(url, store.name, str(root / "out"))], threads)] * 2,
                 lambda: None, done=lambda: not store.unfinished())

@@ -11,8 +11,9 @@ class CnnlabError(Exception):
 
 
 class Refused(CnnlabError):
-    """cnnlab will not touch a file or link of the user's where it would write: no retry helps
-    until they move it, so a study stops on it rather than failing trial after trial."""
+    """What no retry mends until the user acts (a file or link of theirs where cnnlab would
+    write, data replaced under a study): a study stops on it rather than failing trial after
+    trial or mixing the results."""
 
 
 def did_you_mean(word: str, allowed: Iterable[str]) -> str:

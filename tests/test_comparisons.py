@@ -24,6 +24,7 @@ from wandb_records import run_contents
 
 from cnnlab.diagnostics import SPARSITY_THRESHOLD, epochs_to, weight_l2, weight_sparsity
 from cnnlab.studies.ablations.results import collect
+from cnnlab.studies.ablations.run import check_arms
 from cnnlab.studies.ablations.spec import AblationSpec, load_spec
 from cnnlab.studies.ablations.store import AblationStore
 from cnnlab.studies.engine.storage import open_storage
@@ -98,7 +99,7 @@ def _store(path: Path, spec: AblationSpec, rows: list[dict], quick: bool = False
            look: bool = True) -> AblationStore:
     """A study as ``cnnlab ablate`` stores it, with ``rows`` as its finished trials and (where
     ``look``) the look its finished round stores."""
-    store = AblationStore.open(spec, quick, open_storage(str(path)))
+    store = AblationStore.open(spec, quick, open_storage(str(path)), check_arms(spec, quick))
     for row in rows:
         attrs = {"key": f"{row['arm']} | seed={row['seed']}", "arm": row["arm"],
                  "seed": row["seed"], **row["metrics"]}
@@ -405,7 +406,8 @@ def test_a_kill_while_a_round_is_queued_resumes_the_whole_round(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "auto.yaml").write_text(AUTO_SPEC)
     spec = load_spec(tmp_path / "auto.yaml")
-    store = AblationStore.open(spec, False, open_storage(str(tmp_path / "study.journal")))
+    store = AblationStore.open(spec, False, open_storage(str(tmp_path / "study.journal")),
+                               check_arms(spec, False))
     study = store.study
     store.reconcile(spec, False)  # round one: 3 seeds per arm
     real, calls = study.enqueue_trial, []
@@ -420,7 +422,8 @@ def test_a_kill_while_a_round_is_queued_resumes_the_whole_round(
     with pytest.raises(KeyboardInterrupt):
         store.reconcile(spec, False, {"arm=base": 4, "arm=l2": 4})
     monkeypatch.setattr(study, "enqueue_trial", real)
-    rerun = AblationStore.open(spec, False, open_storage(str(tmp_path / "study.journal")))
+    rerun = AblationStore.open(spec, False, open_storage(str(tmp_path / "study.journal")),
+                               check_arms(spec, False))
     assert rerun.planned(spec) == {"arm=base": 4, "arm=l2": 4, "arm=dropout": 3}
     assert rerun.reconcile(spec, False) == 1  # the rest of the round, nothing more
     keys = {t.user_attrs["key"] for t in rerun.trials()}

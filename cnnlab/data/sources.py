@@ -6,7 +6,9 @@ CIFAR-10) keep it: its samples come last and ``test_from`` marks where they star
 
 from __future__ import annotations
 
+import functools
 import gzip
+import hashlib
 import math
 import os
 import re
@@ -46,6 +48,15 @@ class ImageData:
     def input_shape(self) -> tuple[int, int, int]:
         c, h, w = self.x.shape[1:]
         return c, h, w
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """SHA-256 of what a run trains and tests on (pixels, labels, class names, the test
+        split's start): the data's identity, whatever path or timestamps it has."""
+        sha = hashlib.sha256(repr((self.classes, self.test_from, tuple(self.x.shape))).encode())
+        for tensor in (self.x, self.y):
+            sha.update(tensor.contiguous().numpy().data)
+        return sha.hexdigest()
 
 
 INTEGER_SCALE = {torch.uint8: 255.0, torch.uint16: 65535.0}  # 8- and 16-bit images → [0, 1]

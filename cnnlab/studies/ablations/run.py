@@ -22,6 +22,7 @@ from optuna.trial import FrozenTrial
 from rich.console import Console
 
 from cnnlab.config import load_config
+from cnnlab.data.sources import Datasets, load_cached
 from cnnlab.errors import CnnlabError
 from cnnlab.metrics import METRICS
 from cnnlab.outputs.files import REPORTS, refuse_links
@@ -37,7 +38,7 @@ from cnnlab.studies.engine.workers import run_workers
 from cnnlab.studies.specs import safe_name
 from cnnlab.studies.statistics.comparisons import Interval
 from cnnlab.tracking.runs import share_service, study_run
-from cnnlab.training.build import Datasets, check_buildable
+from cnnlab.training.build import check_buildable
 from cnnlab.training.run import run
 
 
@@ -51,6 +52,8 @@ def objective(store: AblationStore, spec: AblationSpec, out: Path, threads: int
         arm, seed, configs, overrides = store.work(trial, spec)
         cfg = trial_config(load_config(configs, overrides), store.name, arm.name, threads,
                            name=f"{arm.name} seed={seed}", tags=[store.name, f"seed={seed}"])
+        data = load_cached(cfg.data, datasets).fingerprint
+        store.pin(*store.pins(spec, store.quick, {arm.name: data}))  # as pinned, or stop
         run_dir = out / "trials" / safe_name(arm.name) / f"seed{seed}"
         refuse_links(out, run_dir)
         # a lost attempt may have finished its folder but not its trial, or left it half-built
@@ -112,15 +115,19 @@ def arm_lines(store: AblationStore, spec: AblationSpec, seeds: dict[str, int]
     return lines
 
 
-def check_architectures(spec: AblationSpec, quick: bool) -> None:
-    """Every arm's network fits its data: fail before any trial starts, not in the middle."""
+def check_arms(spec: AblationSpec, quick: bool) -> dict[str, str]:
+    """Every arm's network fits its data (fail before any trial starts, not in the middle);
+    returns each arm's data fingerprint, each dataset read and hashed once."""
     datasets: Datasets = {}
+    data = {}
     for arm in spec.arms:
         cfg = spec.config(arm, 0, quick)
         try:
             check_buildable(cfg, datasets)
         except CnnlabError as err:
             raise CnnlabError(f"spec {spec.name}: arm {arm.name!r}: {err}") from None
+        data[arm.name] = load_cached(cfg.data, datasets).fingerprint
+    return data
 
 
 @dataclass(frozen=True)
@@ -168,10 +175,9 @@ def ablate(jobs: Sequence[Job], quick: bool, workers: int, console: Console,
     each round's report goes through ``finish`` too. Returns the reports in the order of
     ``jobs``."""
     liveness()  # bad heartbeat settings: one line before anything is written
-    for job in jobs:
-        check_architectures(job.spec, quick)
-    stores = [AblationStore.open(job.spec, quick, open_study_storage(job.out, job.url))
-              for job in jobs]
+    data = [check_arms(job.spec, quick) for job in jobs]
+    stores = [AblationStore.open(job.spec, quick, open_study_storage(job.out, job.url), pins)
+              for job, pins in zip(jobs, data, strict=True)]
     for store, job in zip(stores, jobs, strict=True):
         reclaim(store, lambda lost: None)  # reconcile, next, queues their work again
         store.reconcile(job.spec, quick)

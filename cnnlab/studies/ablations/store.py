@@ -21,7 +21,15 @@ from cnnlab.metrics import FAILURE, RESULT_KEYS, VAL_ACC
 from cnnlab.studies.ablations.rows import TrialRow, with_worst
 from cnnlab.studies.ablations.spec import REPORT_KEYS, SEED_KEYS, AblationSpec, Arm
 from cnnlab.studies.engine.storage import JOURNAL, default_url, open_storage
-from cnnlab.studies.engine.store import FINISHED, KEY, PRESET, Store
+from cnnlab.studies.engine.store import (
+    CONFIG_CHANGED,
+    DATA_CHANGED,
+    FINISHED,
+    KEY,
+    PRESET,
+    Pin,
+    Store,
+)
 from cnnlab.studies.specs import study_name as preset_name
 from cnnlab.studies.statistics.sequential import Look, Plan, take_look
 
@@ -53,26 +61,40 @@ def resolved_digest(spec: AblationSpec, quick: bool) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def arm_digest(spec: AblationSpec, arm: Arm, quick: bool) -> str:
+    """The digest of one arm's resolved config (seed 0), its ``configs:`` files read now."""
+    return hashlib.sha256(to_yaml(spec.config(arm, 0, quick)).encode()).hexdigest()
+
+
 class AblationStore(Store):
     """One ablation study: its spec, seed rounds and looks, and its trials as rows."""
 
     QUEUED = (KEY, ARM, SEED, CONFIGS, OVERRIDES)
 
     @classmethod
-    def open(cls, spec: AblationSpec, quick: bool, storage: optuna.storages.BaseStorage
-             ) -> AblationStore:
+    def open(cls, spec: AblationSpec, quick: bool, storage: optuna.storages.BaseStorage,
+             data: dict[str, str]) -> AblationStore:
         """Create or load the study; its spec attribute guards against mixing different specs
         or settings (seeds may be added, and what only the report reads may change, between
         runs; a study of cnnlab ≤ 0.3 has no resolved digest yet and gets one). The seed plan
-        is fixed before the first trial."""
+        is fixed before the first trial. ``data``: each arm's data fingerprint (``pins``)."""
         attrs = {**spec.to_dict(), PRESET: "quick" if quick else "full",
                  RESOLVED: resolved_digest(spec, quick)}
         study = cls.create(storage, study_name(spec, quick), spec.direction, attrs,
                            mutable=SEED_KEYS + REPORT_KEYS, added=(RESOLVED,),
-                           grow_only=("seeds",))
+                           grow_only=("seeds",), pins=cls.pins(spec, quick, data))
         if SEED_PLAN not in study.user_attrs and not study.get_trials(deepcopy=False):
             study.set_user_attr(SEED_PLAN, spec.plan.to_dict())
         return cls(study)
+
+    @staticmethod
+    def pins(spec: AblationSpec, quick: bool, data: dict[str, str]) -> list[Pin]:
+        """What the arms in ``data`` run: the resolved config and the data's content (``data``:
+        arm → ``ImageData.fingerprint``), pinned when the study is made, checked before each
+        trial."""
+        return [pin for arm in spec.arms if arm.name in data for pin in (
+            (f"arm {arm.name!r}'s resolved config", arm_digest(spec, arm, quick), CONFIG_CHANGED),
+            (f"arm {arm.name!r}'s data", data[arm.name], DATA_CHANGED))]
 
     @classmethod
     def attach(cls, url: str, name: str) -> AblationStore:

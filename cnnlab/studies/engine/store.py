@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, Refused
 from cnnlab.outputs.ownership import owner_id
 
 # Trial attributes, one name each (a dashboard shows them under these names).
@@ -29,9 +30,38 @@ LEGACY_REASON = "error"  # cnnlab 0.1 stored an ablation's failure here
 SPEC = "spec"            # the spec (and preset) the study was made from
 PRESET = "preset"        # in the spec attribute: "quick" or "full"
 WANDB_STEP = "wandb_step"  # the step of the summary run's latest tables
+PINS = "pinned_sha256"   # {"data <dataset>" / "config <arm>": SHA-256}: what trials must match
+
+DATA_CHANGED = ("the data it began with (or the same data.root, run from the folder it began "
+                "in), or a new study: another --out / --storage")
+CONFIG_CHANGED = "the configs: files as they were when the study began, or a new study"
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # pruned: diverged or stopped; not redone
 TAKEN = (*FINISHED, TrialState.WAITING, TrialState.RUNNING)  # work that is done or on its way
+
+
+Pin = tuple[str, str, str]  # what is pinned, its SHA-256, what the user may do when it changed
+
+
+def _check_pins(study: optuna.Study, pins: Sequence[Pin]) -> dict[str, str]:
+    """The pins stored so far, after checking that none of ``pins`` differs from them."""
+    pinned = dict(study.user_attrs.get(PINS, {}))
+    for what, sha, allowed in pins:
+        if pinned.get(what, sha) != sha:
+            raise Refused(f"study {study.study_name!r}: {what} changed since the study pinned it "
+                          f"(sha256 {pinned[what][:12]}… now {sha[:12]}…); allowed: {allowed}")
+    return pinned
+
+
+def pin_all(study: optuna.Study, pins: Sequence[Pin]) -> None:
+    """Pin each thing (a dataset's content, an arm's resolved config) to its SHA-256 when
+    first seen; later, a different one stops the study with one line: trials on other data
+    or another config would be mixed into one report (a digest of a path or of the spec
+    misses a file replaced under the same name)."""
+    pinned = _check_pins(study, pins)
+    new = {what: sha for what, sha, _ in pins if what not in pinned}
+    if new:
+        study.set_user_attr(PINS, {**pinned, **new})
 
 
 class Store:
@@ -49,6 +79,10 @@ class Store:
     def trials(self, *states: TrialState) -> list[FrozenTrial]:
         return self.study.get_trials(deepcopy=False, states=states or None)
 
+    def pin(self, *pins: Pin) -> None:
+        """``pin_all`` on this study: before every trial, what it runs is what was pinned."""
+        pin_all(self.study, pins)
+
     def unfinished(self) -> bool:
         """Some of the study's trials are queued or running."""
         return bool(self.trials(TrialState.WAITING, TrialState.RUNNING))
@@ -64,7 +98,7 @@ class Store:
     @classmethod
     def create(cls, storage: optuna.storages.BaseStorage, name: str, direction: str,
                attrs: dict[str, Any], mutable: tuple[str, ...] = (), added: tuple[str, ...] = (),
-               grow_only: tuple[str, ...] = ()) -> optuna.Study:
+               grow_only: tuple[str, ...] = (), pins: Sequence[Pin] = ()) -> optuna.Study:
         """Create the study (or load it) and check it was made from the same ``attrs`` (the
         spec).
 
@@ -73,6 +107,7 @@ class Store:
         difference. Keys in ``added`` are checked once stored; a study made before them gets
         them. Counts in ``grow_only`` (seeds per arm) may rise but never fall: a smaller one
         says so and changes nothing (``--seeds 5`` used to rewrite a 6-seed study's spec to 5).
+        ``pins`` are checked before anything is written (``pin_all``), then stored.
         """
         try:  # load first: a journal records even a refused create, and a refusal writes nothing
             study = optuna.load_study(study_name=name, storage=storage)
@@ -97,8 +132,10 @@ class Store:
             raise CnnlabError(f"study {name!r} in this storage was made from {why}; allowed: "
                               "the same spec and settings to resume it, or another --out / "
                               "--storage")
+        _check_pins(study, pins)
         if stored != attrs:
             study.set_user_attr(SPEC, attrs)
+        pin_all(study, pins)
         return study
 
     @staticmethod

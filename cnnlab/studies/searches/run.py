@@ -13,6 +13,7 @@ configuration is retrained on the whole training portion and tested once.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import statistics
 import time
@@ -26,13 +27,14 @@ from lightning.pytorch.callbacks import Callback
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 
-from cnnlab.config import load_config, with_values
+from cnnlab.config import ExperimentConfig, load_config, to_yaml, with_values
+from cnnlab.data.sources import Datasets, load_cached
 from cnnlab.errors import CnnlabError
 from cnnlab.metrics import VAL_ACC
 from cnnlab.outputs.files import refuse_links
 from cnnlab.studies.engine.progress import StudyProgress, study_bars
 from cnnlab.studies.engine.storage import open_storage, open_study_storage, with_journal
-from cnnlab.studies.engine.store import FINISHED
+from cnnlab.studies.engine.store import CONFIG_CHANGED, DATA_CHANGED, FINISHED
 from cnnlab.studies.engine.trials import Queue, liveness, reclaim, trial_config, work
 from cnnlab.studies.engine.workers import run_workers
 from cnnlab.studies.searches.report import SearchResult, search_summary, write_search_report
@@ -46,20 +48,33 @@ from cnnlab.studies.searches.spec import (
 from cnnlab.studies.searches.store import SearchStore
 from cnnlab.studies.specs import study_name
 from cnnlab.tracking.runs import share_service, small_run, study_run
-from cnnlab.training.build import Datasets, check_buildable
+from cnnlab.training.build import check_buildable
 from cnnlab.training.run import run
 
 
-def check_data(spec: SearchSpec, quick: bool) -> None:
+def check_data(spec: SearchSpec, quick: bool, datasets: Datasets) -> list[ExperimentConfig]:
     """The dataset loads, splits into ``spec.folds`` folds and fits the network at both ends of
-    the space: fail before the study exists, not in every trial."""
-    datasets: Datasets = {}
-    for corner in CORNERS:
-        cfg = corner_config(spec, corner, quick)
+    the space: fail before the study exists, not in every trial. Returns the corners' configs."""
+    corners = [corner_config(spec, corner, quick) for corner in CORNERS]
+    for corner, cfg in zip(CORNERS, corners, strict=True):
         try:
             check_buildable(cfg, datasets, fold=(0, spec.folds))
         except CnnlabError as err:
             raise CnnlabError(f"spec {spec.name}: space at its {corner} end: {err}") from None
+    return corners
+
+
+def pin_search(store: SearchStore, spec: SearchSpec, quick: bool, cfg: ExperimentConfig,
+               datasets: Datasets) -> None:
+    """Pin (or check) what the search's trials run: the base config its ``configs:`` files
+    resolve to, and the content of the data ``cfg`` trains on (once per command, before every
+    trial and before the refit)."""
+    base = to_yaml(load_config(list(spec.configs), spec.base_overrides(quick)))
+    size = f", data.image_size={cfg.data.image_size}" if cfg.data.image_size else ""
+    store.pin(("the resolved base config", hashlib.sha256(base.encode()).hexdigest(),
+               CONFIG_CHANGED),
+              (f"the data (data.name={cfg.data.name}{size})",
+               load_cached(cfg.data, datasets).fingerprint, DATA_CHANGED))
 
 
 class EpochPruning(Callback):
@@ -90,7 +105,7 @@ def max_epochs(spec: SearchSpec, quick: bool) -> int:
     return max(corner_config(spec, corner, quick).trainer.max_epochs for corner in CORNERS)
 
 
-def cross_validate(spec: SearchSpec, quick: bool, out: Path, threads: int
+def cross_validate(store: SearchStore, spec: SearchSpec, quick: bool, out: Path, threads: int
                    ) -> Callable[[optuna.Trial], float]:
     """The objective: train the trial's config on each fold, reporting fold 0's epochs and then
     each fold so it can be pruned; a diverged fold prunes the trial."""
@@ -101,6 +116,7 @@ def cross_validate(spec: SearchSpec, quick: bool, out: Path, threads: int
     def one(trial: optuna.Trial) -> float:
         overrides = [*spec.base_overrides(quick), *as_overrides(suggest(trial, spec.space))]
         cfg = trial_config(load_config(list(spec.configs), overrides), spec.name, "fold", threads)
+        pin_search(store, spec, quick, cfg, datasets)
         scores: list[float] = []
         epochs, state = 0, "failed"
         refuse_links(out, out / "trials" / f"{trial.number:04d}")  # each fold's: ``run``
@@ -174,7 +190,7 @@ def _work(store: SearchStore, spec: SearchSpec, quick: bool, out: Path, deadline
           threads: int = 0, on_done: Callable[[], None] = lambda: None) -> None:
     """This process's share of the queued slots; after ``deadline`` it starts none (the slots
     left wait for a rerun)."""
-    work([Queue(store, cross_validate(spec, quick, out, threads), store.requeue)], on_done,
+    work([Queue(store, cross_validate(store, spec, quick, out, threads), store.requeue)], on_done,
          stop=lambda: time.monotonic() >= deadline)
 
 
@@ -186,8 +202,11 @@ def tune(spec: SearchSpec, quick: bool, out: Path, url: str, name: str, workers:
          timeout: float | None, console: Console) -> SearchResult:
     """Run (or resume) the search, refit the best config, test it once, write the report."""
     liveness()  # bad heartbeat settings: one line before anything is written
-    check_data(spec, quick)
+    datasets: Datasets = {}
+    corners = check_data(spec, quick, datasets)
     store = open_search(spec, quick, open_study_storage(out, url), name)
+    for cfg in corners:
+        pin_search(store, spec, quick, cfg, datasets)
     reclaim(store, store.requeue)
     store.queue_slots(spec.trials)
     done = finished_count(store.trials())
@@ -208,11 +227,13 @@ def tune(spec: SearchSpec, quick: bool, out: Path, url: str, name: str, workers:
             run_workers(worker_main, [(url, name, str(out), deadline_s, i)
                                        for i in range(workers)], progress,
                         done=lambda: not store.unfinished())
-    return refit(store, spec, quick, out)
+    return refit(store, spec, quick, out, datasets)
 
 
-def refit(store: SearchStore, spec: SearchSpec, quick: bool, out: Path) -> SearchResult:
-    """Refit the best trial's config on all training data, test once, write search.md."""
+def refit(store: SearchStore, spec: SearchSpec, quick: bool, out: Path, datasets: Datasets
+          ) -> SearchResult:
+    """Refit the best trial's config on all training data (the data its trials had: pinned),
+    test once, write search.md."""
     if not store.trials(TrialState.COMPLETE):
         raise CnnlabError(f"study {store.name}: no trial completed (all pruned or failed); "
                           "allowed: more --trials, or a wider space")
@@ -223,7 +244,8 @@ def refit(store: SearchStore, spec: SearchSpec, quick: bool, out: Path) -> Searc
                                   [*spec.base_overrides(quick), *as_overrides(params)]),
                       {"wandb.group": spec.name, "wandb.job_type": "refit",
                        "wandb.name": "refit best"})
-    final = run(cfg, out / "refit", refit=True, overwrite=True)  # a rerun refits the best
+    pin_search(store, spec, quick, cfg, datasets)
+    final = run(cfg, out / "refit", refit=True, overwrite=True, datasets=datasets)  # rerun: again
     assert best.value is not None  # the best of the COMPLETE trials
     cv_std = store.cv_std(best)
     result = SearchResult(store.name, best.number, params, best.value,
