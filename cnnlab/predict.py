@@ -12,10 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms.v2.functional import resize, rgb_to_grayscale
 
-from cnnlab.data.sources import decode_file, npz_array, npz_images
+from cnnlab.data.sources import decode_file, image_files, npz_array, npz_images
 from cnnlab.errors import CnnlabError
 from cnnlab.export import load
 
@@ -31,13 +30,13 @@ def read_inputs(paths: list[Path], shape: tuple[int, int, int]) -> tuple[list[st
     images: list[Tensor] = []
     for path in paths:
         if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMG_EXTENSIONS)
+            files = image_files(path)
             if not files:
-                raise CnnlabError(f"predict: folder {path} has no images; allowed: files "
-                                  f"ending in {', '.join(IMG_EXTENSIONS)}")
+                raise CnnlabError(f"predict: folder {path} has no images; allowed: image files "
+                                  "(PNG, JPEG, GIF, ...)")
             names += [str(p) for p in files]
             images += [decode_file(p, "predict") for p in files]
-        elif path.suffix.lower() == ".npz":
+        elif path.suffix.lower() == ".npz" and path.is_file():
             try:
                 with np.load(path, allow_pickle=False) as archive:
                     x = npz_array(archive, "x", f"predict: {path}")
@@ -47,7 +46,7 @@ def read_inputs(paths: list[Path], shape: tuple[int, int, int]) -> tuple[list[st
             batch = npz_images(x, f"predict: {path}")
             names += [f"{path}[{i}]" for i in range(len(batch))]
             images += list(batch)
-        elif path.is_file():
+        elif path.exists():  # decode_file names a FIFO or a device instead of waiting on it
             names.append(str(path))
             images.append(decode_file(path, "predict"))
         else:

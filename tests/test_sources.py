@@ -180,3 +180,77 @@ def test_fit_cli_on_a_users_folder_and_npz(cli, tmp_path: Path) -> None:
     status, _, err = cli("fit", "--out", tmp_path / "bad", "data.name=npz",
                          f"data.root={tmp_path / 'missing.npz'}")
     assert status == 2 and "does not exist" in err and not (tmp_path / "bad").exists()
+
+
+def test_images_decode_as_a_viewer_shows_them(tmp_path: Path) -> None:
+    """Palette PNGs were read as palette indices (a black background read 0.73), a CMYK JPEG's
+    black ink was dropped (50% grey read as white) and EXIF rotation ignored."""
+    from PIL import Image
+
+    from cnnlab.data.sources import decode_file
+
+    palette = Image.new("P", (8, 8), 5)  # index 5 is black in this palette
+    palette.putpalette([255, 255, 255] * 5 + [0, 0, 0] + [255, 0, 0] * 250)
+    palette.putpixel((0, 0), 6)
+    palette.save(tmp_path / "palette.png")
+    x = decode_file(tmp_path / "palette.png")
+    assert x.shape == (3, 8, 8) and x[:, 1:, 1:].max() == 0 and x[:, 0, 0].tolist() == [1, 0, 0]
+
+    grey = Image.new("CMYK", (8, 8), (0, 0, 0, 128))  # 50% black ink
+    grey.save(tmp_path / "cmyk.jpg", quality=95)
+    x = decode_file(tmp_path / "cmyk.jpg")
+    assert x.shape == (3, 8, 8) and abs(float(x.mean()) - 0.5) < 0.05
+
+    tall = Image.new("L", (4, 8), 0)  # stored 4 wide, 8 high; EXIF says: rotate to 8×4
+    tall.paste(255, (0, 0, 4, 1))  # the stored top row is white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to view
+    tall.save(tmp_path / "rotated.jpg", exif=exif, quality=100)
+    x = decode_file(tmp_path / "rotated.jpg")
+    assert x.shape == (1, 4, 8) and x[0, :, -1].min() > 0.9  # the white row is now the right column
+
+    deep = Image.fromarray(np.full((4, 4), 32768, np.uint16))  # 16-bit grey, half way
+    deep.save(tmp_path / "deep.png")
+    assert abs(float(decode_file(tmp_path / "deep.png").mean()) - 0.5) < 1e-3
+
+
+def test_a_folder_dataset_reads_every_file_or_names_the_one_it_cannot(tmp_path: Path,
+                                                                      monkeypatch) -> None:
+    """GIFs were skipped without a word; a FIFO named ``6.png`` hung the load."""
+    import os
+
+    from PIL import Image
+
+    from cnnlab.data.sources import load_folder
+
+    cfg = load_config([], ["data.name=folder", f"data.root={tmp_path}"]).data
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        for i in range(3):
+            Image.new("L", (8, 8), 40 * i).save(tmp_path / label / f"{i}.png")
+    frames = [Image.new("L", (8, 8), v) for v in (200, 10)]  # animated: its first frame counts
+    frames[0].save(tmp_path / "a" / "moving.gif", save_all=True, append_images=frames[1:])
+    (tmp_path / "a" / ".DS_Store").write_bytes(b"\0junk")  # hidden: not an image, not read
+    data = load_folder(cfg)
+    assert len(data.y) == 7 and abs(float(data.x[3].mean()) - 200 / 255) < 0.01  # sorted: moving.gif 4th
+
+    (tmp_path / "b" / "notes.txt").write_text("not an image")
+    with pytest.raises(CnnlabError, match=r"cannot decode image .*notes\.txt"):
+        load_folder(cfg)
+    (tmp_path / "b" / "notes.txt").unlink()
+    os.mkfifo(tmp_path / "b" / "6.png")
+    with pytest.raises(CnnlabError, match=r"6\.png is not a regular file"):
+        load_folder(cfg)
+
+
+def test_predict_takes_an_animated_gif_by_its_first_frame(cli, tmp_path: Path) -> None:
+    from PIL import Image
+
+    out = tmp_path / "run"
+    assert cli("fit", "--out", out, "trainer.max_epochs=1", "model.channels=[8]",
+               "model.hidden_units=[16]", "wandb.mode=disabled")[0] == 0
+    frames = [Image.new("L", (8, 8), v) for v in (200, 10)]
+    frames[0].save(tmp_path / "moving.gif", save_all=True, append_images=frames[1:])
+    status, stdout, err = cli("predict", out, tmp_path / "moving.gif")
+    assert status == 0 and "Traceback" not in err, err
+    assert "moving.gif" in stdout

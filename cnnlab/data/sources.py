@@ -22,12 +22,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from sklearn.datasets import load_digits as sk_digits
 from torch import Tensor
 from torchvision.datasets import CIFAR10, MNIST, FashionMNIST
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
-from torchvision.io import ImageReadMode, decode_image
+from torchvision.datasets.folder import find_classes
 from torchvision.transforms.v2.functional import resize
 
 from cnnlab.config import DataConfig
@@ -142,6 +141,12 @@ def _resize(images: list[Tensor], cfg: DataConfig, files: list[str]) -> list[Ten
     return images
 
 
+def image_files(folder: Path) -> list[Path]:
+    """A folder's images, sorted: every entry but hidden ones (``.DS_Store``), so a file that
+    does not decode is named (``decode_file``), never skipped without a word."""
+    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+
+
 def load_folder(cfg: DataConfig) -> ImageData:
     """One sub-folder per class of image files (like torchvision's ImageFolder)."""
     root = Path(cfg.root)
@@ -156,10 +161,10 @@ def load_folder(cfg: DataConfig) -> ImageData:
     files: list[Path] = []
     labels: list[int] = []
     for label, name in enumerate(classes):
-        found = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMG_EXTENSIONS)
+        found = image_files(root / name)
         if not found:
             raise CnnlabError(f"data.root: class folder {root / name} has no images; allowed: "
-                              f"files ending in {', '.join(IMG_EXTENSIONS)}")
+                              "image files (PNG, JPEG, GIF, ...)")
         files += found
         labels += [label] * len(found)
     images = [decode_file(path) for path in files]
@@ -171,44 +176,51 @@ def load_folder(cfg: DataConfig) -> ImageData:
 
 
 MAX_PIXELS = 50_000_000  # per image: a bigger one is refused before it is decoded
+GRAY = ("1", "L", "LA", "La")  # Pillow modes that stay one channel (8-bit)
+DEEP = ("I", "I;16", "I;16L", "I;16B", "I;16N")  # 16-bit gray, kept at its depth
 
 
-def _check_pixels(path: Path, where: str) -> None:
-    """A decompression bomb (an 874 KB PNG of 30000×30000 pixels took 5.5 GB) is refused from
-    its header, before any decoder allocates it."""
-    try:
-        with Image.open(path) as img:
-            pixels = img.size[0] * img.size[1]
-    except Image.DecompressionBombError as err:  # Pillow's own limit: "Image size (N pixels)…"
-        found = re.search(r"\((\d+) pixels\)", str(err))
-        pixels = int(found[1]) if found else MAX_PIXELS + 1
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        return  # not Pillow's to read: the decoders below say what is wrong
-    if pixels > MAX_PIXELS:
-        raise CnnlabError(f"{where}: {path} declares {pixels:,} pixels; allowed: at most "
-                          f"{MAX_PIXELS:,} pixels per image (a bigger one is refused as a "
-                          "decompression bomb)")
+def _pixels(img: Image.Image) -> np.ndarray:
+    """H×W or H×W×3 floats in [0, 1] through Pillow's own conversions: a palette by its
+    colours (not its indices), CMYK and YCbCr as RGB, 16-bit gray at its depth, alpha dropped
+    (the colour under it kept), as an image viewer shows the pixels."""
+    if img.mode in DEEP:
+        return np.clip(np.asarray(img.convert("I"), dtype=np.float32) / 65535.0, 0.0, 1.0)
+    if img.mode == "F":
+        return np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")  # Pillow's way to a palette's transparent colour
+    gray = img.mode in GRAY or (img.mode == "P" and _gray_palette(img))
+    return np.asarray(img.convert("L" if gray else "RGB"), dtype=np.float32) / 255.0
+
+
+def _gray_palette(img: Image.Image) -> bool:
+    palette = img.getpalette() or []
+    return all(palette[i] == palette[i + 1] == palette[i + 2] for i in range(0, len(palette), 3))
 
 
 def decode_file(path: Path, where: str = "data.root") -> Tensor:
-    """One image file as C×H×W floats in [0, 1]: torchvision's decoders, then Pillow's for the
-    formats torchvision lacks (BMP, PPM/PGM, TIFF); 8- and 16-bit channels alike."""
-    _check_pixels(path, where)
-    try:
-        return _uint8_images(decode_image(str(path), mode=ImageReadMode.UNCHANGED))
-    except (RuntimeError, ValueError, OSError):
-        pass
+    """One image file as C×H×W floats in [0, 1] (C: 1 for gray, 3 for colour), as a viewer
+    shows it: Pillow decodes every format it knows, its EXIF orientation applied, its mode
+    converted by ``_pixels``; an animation gives its first frame. A decompression bomb (an
+    874 KB PNG of 30000×30000 pixels took 5.5 GB) is refused from its header; a FIFO or a
+    device is refused before it is opened (reading one would wait for good)."""
+    if not path.is_file():
+        raise CnnlabError(f"{where}: {path} is not a regular file; allowed: image files")
     try:
         with Image.open(path) as opened:
-            opened.load()
-            depth = 65535.0 if opened.mode.startswith("I;16") else 255.0
-            img: Image.Image = opened
-            if img.mode not in ("L", "RGB", "RGBA") and depth == 255.0:
-                img = img.convert("RGB")
-            array = np.asarray(img, dtype=np.float32) / depth
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        raise CnnlabError(f"{where}: cannot decode image {path}; allowed: readable PNG, JPEG, "
-                          "GIF, WebP, BMP, PPM/PGM or TIFF files") from None
+            pixels = opened.size[0] * opened.size[1]
+            if pixels > MAX_PIXELS:
+                raise Image.DecompressionBombError(f"({pixels} pixels)")
+            array = _pixels(ImageOps.exif_transpose(opened))
+    except Image.DecompressionBombError as err:  # ours, or Pillow's: "Image size (N pixels)…"
+        found = re.search(r"\((\d+) pixels\)", str(err))
+        raise CnnlabError(f"{where}: {path} declares {int(found[1]) if found else pixels:,} "
+                          f"pixels; allowed: at most {MAX_PIXELS:,} pixels per image (a bigger "
+                          "one is refused as a decompression bomb)") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError):
+        raise CnnlabError(f"{where}: cannot decode image {path}; allowed: image files Pillow "
+                          "reads (PNG, JPEG, GIF, WebP, BMP, PPM/PGM, TIFF, ...)") from None
     array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
     return torch.from_numpy(np.ascontiguousarray(array))
 
