@@ -254,3 +254,33 @@ def test_predict_takes_an_animated_gif_by_its_first_frame(cli, tmp_path: Path) -
     status, stdout, err = cli("predict", out, tmp_path / "moving.gif")
     assert status == 0 and "Traceback" not in err, err
     assert "moving.gif" in stdout
+
+
+class _Touch:
+    """What a crafted batch holds: unpickling it calls ``Path.touch`` on a file of its choice."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def test_a_crafted_cifar_pickle_runs_no_code(tmp_path: Path) -> None:
+    """A ``cifar-10-batches-py`` folder of crafted pickles used to execute code when loaded (it
+    wrote a file), then crash. Now only arrays, lists and strings are built."""
+    folder = tmp_path / "cifar-10-batches-py"
+    write_cifar(folder, per_class=2)
+    ran = tmp_path / "the pickle ran code"
+    with open(folder / "data_batch_3", "wb") as f:
+        pickle.dump({"data": np.zeros((20, 3072), np.uint8), "labels": [_Touch(ran)] * 20}, f)
+    cfg = load_config([], ["data.name=cifar10", f"data.root={tmp_path}"]).data
+    with pytest.raises(CnnlabError, match=r"cannot read CIFAR-10 .*\(it names pathlib\.Path\.touch"
+                                          r", which is not an array\); allowed: the dataset's "
+                                          "original files"):
+        SOURCES["cifar10"](cfg)
+    assert not ran.exists()
+    write_cifar(tmp_path / "good" / "cifar-10-batches-py", per_class=2)  # the real format loads
+    good = SOURCES["cifar10"](load_config([], ["data.name=cifar10",
+                                               f"data.root={tmp_path / 'good'}"]).data)
+    assert good.x.shape == (120, 3, 32, 32) and good.test_from == 100 and good.classes[0] == "class0"

@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import math
 import os
+import pickle
 import re
 import shutil
 import zipfile
@@ -18,7 +19,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from sklearn.datasets import load_digits as sk_digits
 from torch import Tensor
 from torchvision.datasets import CIFAR10, MNIST, FashionMNIST
 from torchvision.datasets.folder import find_classes
+from torchvision.datasets.utils import download_and_extract_archive
 from torchvision.transforms.v2.functional import resize
 
 from cnnlab.config import DataConfig
@@ -116,16 +118,63 @@ def load_fashion_mnist(cfg: DataConfig) -> ImageData:
     return _torchvision_pair(cfg, FashionMNIST, "Fashion-MNIST", "FashionMNIST", IDX_FILES)
 
 
+class _ArraysOnly(pickle.Unpickler):
+    """An unpickler that builds numpy arrays, lists, dicts, numbers, bytes and strings and
+    nothing else: CIFAR-10's python batches are pickles, and a crafted one would otherwise
+    run whatever function it names while it loads."""
+
+    ALLOWED: ClassVar[set[tuple[str, str]]] = {
+        (core, name) for core in ("numpy.core.multiarray", "numpy._core.multiarray")
+        for name in ("_reconstruct", "scalar")} | {
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which is not an array")
+        return super().find_class(module, name)
+
+
+def _unpickle(path: Path) -> Any:
+    with open(path, "rb") as f:
+        return _ArraysOnly(f, encoding="latin1").load()
+
+
+CIFAR_FILES = "data_batch_1..5, test_batch, batches.meta"
+
+
 def load_cifar10(cfg: DataConfig) -> ImageData:
-    class LocalCIFAR10(CIFAR10):
-        """CIFAR-10 whose md5 checks run only on download; local files need only exist."""
-
-        train_list = [(name, None) for name, _ in CIFAR10.train_list]
-        test_list = [(name, None) for name, _ in CIFAR10.test_list]
-        meta = {**CIFAR10.meta, "md5": None}
-
-    return _torchvision_pair(cfg, CIFAR10 if cfg.download else LocalCIFAR10, "CIFAR-10",
-                             "cifar-10-batches-py", "data_batch_1..5, test_batch, batches.meta")
+    """The five training batches, then the test batch (``test_from``), read by ``_ArraysOnly``;
+    ``data.download`` fetches the archive first (torchvision checks its published MD5)."""
+    root = Path(cfg.root)
+    folder = root / "cifar-10-batches-py"
+    names = [name for name, _ in (*CIFAR10.train_list, *CIFAR10.test_list)]
+    if cfg.download and not all((folder / n).is_file() for n in names):
+        download_and_extract_archive(CIFAR10.url, str(root), filename=CIFAR10.filename,
+                                     md5=CIFAR10.tgz_md5)
+    xs, ys = [], []
+    try:
+        for name in names:
+            if not (folder / name).is_file():
+                raise FileNotFoundError(folder / name)
+            batch = _unpickle(folder / name)
+            xs.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(batch["labels"], dtype=np.int64))
+            if len(ys[-1]) != len(xs[-1]):
+                raise ValueError(f"{name} has {len(xs[-1])} images and {len(ys[-1])} labels")
+        classes = [str(c) for c in _unpickle(folder / CIFAR10.meta["filename"])[
+            CIFAR10.meta["key"]]]
+    except FileNotFoundError:
+        raise CnnlabError(f"data.root: CIFAR-10 files not found under {folder} (looked for "
+                          f"{CIFAR_FILES}); allowed: set data.download=true to fetch them, or "
+                          "place the files there") from None
+    except (pickle.UnpicklingError, OSError, EOFError, ValueError, KeyError, TypeError,
+            AttributeError, IndexError) as err:
+        raise CnnlabError(f"data.root: cannot read CIFAR-10 under {folder} ({err}); allowed: "
+                          "the dataset's original files") from None
+    test_from = sum(len(y) for y in ys[:-1])
+    return ImageData(_uint8_images(np.concatenate(xs)), torch.as_tensor(np.concatenate(ys)),
+                     classes, test_from)
 
 
 def _resize(images: list[Tensor], cfg: DataConfig, files: list[str]) -> list[Tensor]:
