@@ -179,6 +179,11 @@ def load_cifar10(cfg: DataConfig) -> ImageData:
 
 def _resize(images: list[Tensor], cfg: DataConfig, files: list[str]) -> list[Tensor]:
     if cfg.image_size is not None:
+        need, free = 4 * len(images) * 3 * cfg.image_size**2, _free_bytes()  # float32, ≤ 3 channels
+        if need > free // 2:
+            raise CnnlabError(f"data.image_size: {cfg.image_size} makes {len(images):,} images "
+                              f"of {need / 2**30:,.1f} GiB; allowed: a size whose images fit in "
+                              f"half the free memory ({free / 2**30:.1f} GiB free)")
         return [resize(img, [cfg.image_size, cfg.image_size], antialias=True) for img in images]
     first = images[0].shape[1:]
     for img, name in zip(images, files, strict=True):
@@ -318,6 +323,14 @@ def _free_bytes() -> int:
     """Memory the machine has free now (all of it where the OS does not say)."""
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
+
+
+def total_memory() -> int:
+    """The machine's memory (unbounded where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return 1 << 62
 

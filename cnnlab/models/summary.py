@@ -30,7 +30,8 @@ def _macs(module: nn.Module, out: torch.Tensor) -> int:
 
 
 def summarize(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerRow]:
-    """Run one zero sample through ``model`` in eval mode and record every leaf layer."""
+    """Run one zero sample through ``model`` in eval mode and record every leaf layer (on the
+    model's device: on ``meta``, any size is summarised without allocating it)."""
     rows: list[LayerRow] = []
     hooks = [
         module.register_forward_hook(
@@ -51,7 +52,8 @@ def summarize(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerRow]:
     model.eval()
     try:
         with torch.no_grad():
-            model(torch.zeros(1, *input_shape))
+            device = next(model.parameters(), torch.empty(0)).device
+            model(torch.zeros(1, *input_shape, device=device))
     finally:
         model.train(was_training)
         for hook in hooks:

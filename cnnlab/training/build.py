@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import math
+
 import lightning as L
+import torch
 
 from cnnlab.config import ExperimentConfig
 from cnnlab.data.datamodule import DataModule
-from cnnlab.data.sources import Datasets, load_cached
+from cnnlab.data.sources import Datasets, load_cached, total_memory
 from cnnlab.data.splits import run_indices
-from cnnlab.models.convnet import ConvNet, feature_shape
+from cnnlab.errors import CnnlabError
+from cnnlab.models.convnet import ConvNet, Shape, feature_shape
 from cnnlab.models.summary import LayerRow, summarize
+
+FLOAT = 4  # bytes of a float32
 
 
 def build(cfg: ExperimentConfig, fold: tuple[int, int] | None = None,
@@ -24,6 +30,7 @@ def build(cfg: ExperimentConfig, fold: tuple[int, int] | None = None,
     datamodule = DataModule(cfg.data, cfg.seed, fold=fold, data=data, refit=refit)
     datamodule.prepare_data()
     datamodule.setup("fit")
+    check_memory(cfg, datamodule.input_shape, datamodule.num_classes)
     return datamodule, ConvNet(cfg.model, datamodule.input_shape, datamodule.num_classes)
 
 
@@ -35,6 +42,31 @@ def check_buildable(cfg: ExperimentConfig, datasets: Datasets,
     data = load_cached(cfg.data, datasets)
     run_indices(cfg.data, data.y.numpy(), data.test_from, fold)
     feature_shape(cfg.model, data.input_shape)
+    check_memory(cfg, data.input_shape, len(data.classes))
+
+
+def meta_model(cfg: ExperimentConfig, input_shape: Shape, num_classes: int) -> ConvNet:
+    """The configured network on the ``meta`` device: shapes and counts, no memory."""
+    with torch.device("meta"):
+        return ConvNet(cfg.model, input_shape, num_classes)
+
+
+def check_memory(cfg: ExperimentConfig, input_shape: Shape, num_classes: int) -> None:
+    """The network and a batch fit in this machine's memory, estimated on the ``meta`` device
+    before anything is allocated (a hidden layer of 10⁹ units or a 100000×100000 input was a
+    traceback after minutes): weights, gradients and two optimizer moments, and each layer's
+    output and its gradient for every image of the larger batch (training or evaluation)."""
+    rows = summarize(meta_model(cfg, input_shape, num_classes), input_shape)
+    params = sum(row.params for row in rows)
+    outputs = sum(math.prod(row.shape) for row in rows)
+    batch = max(cfg.data.batch_size, cfg.data.eval_batch_size)
+    need, have = FLOAT * (4 * params + 2 * batch * outputs), total_memory()
+    if need > have:
+        raise CnnlabError(f"model: {params:,} parameters and {outputs:,} layer outputs per "
+                          f"{'×'.join(map(str, input_shape))} image need about "
+                          f"{need / 2**30:,.1f} GiB with batches of {batch}; allowed: what fits "
+                          f"this machine's {have / 2**30:.1f} GiB (fewer model.channels or "
+                          "model.hidden_units, a smaller data.image_size or batch size)")
 
 
 def summary_of(cfg: ExperimentConfig, input_shape: tuple[int, int, int] | None, num_classes: int
@@ -44,6 +76,6 @@ def summary_of(cfg: ExperimentConfig, input_shape: tuple[int, int, int] | None, 
     if input_shape is None:  # the network the fit would train, on the configured data
         data, model = build(cfg)
         input_shape, num_classes = data.input_shape, data.num_classes
-    else:
-        model = ConvNet(cfg.model, input_shape, num_classes)
+    else:  # only shapes and counts: any size is summarised, nothing allocated
+        model = meta_model(cfg, input_shape, num_classes)
     return summarize(model, input_shape), input_shape, num_classes

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnlab.config import ExperimentConfig, load_config, to_yaml
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, count
 from cnnlab.metrics import METRICS
 from cnnlab.studies.ablations.hypothesis import (
     Expectation,
@@ -41,6 +41,9 @@ from cnnlab.studies.statistics.sequential import Plan
 SPEC_KEYS = ("name", "description", "configs", "overrides", "factors", "seeds", "metric",
              "metrics", "baseline", "quick", "margin", "hypothesis")
 SEEDS_AUTO = {"min": 3, "max": 10, "step": 2}  # --seeds auto over a spec with fixed seeds
+MAX_SEEDS = 1000  # per arm; cnnlab plan never asks for more (a million queued for minutes)
+SEEDS_WHY = "seeds per arm; cnnlab plan says how many a comparison needs"
+MAX_ARMS = 1000   # a 10⁶-arm spec validated for minutes
 # The most seeds any study's α-spending plan reaches when its spec fixes a count (seeds: N): a
 # later --seeds M or --seeds auto can add looks up to this many seeds and still spend α.
 SEEDS_HORIZON = SEEDS_AUTO["max"]
@@ -157,6 +160,7 @@ class AblationSpec:
     def as_pilot(self, seeds: int) -> AblationSpec:
         """The spec's pilot: ``<name>-pilot``, ``seeds`` runs an arm from seed PILOT_SEED, so a
         design chosen from it is confirmed on seeds it never saw (0, 1, …)."""
+        seeds = count("--seeds", seeds, 1, MAX_SEEDS, SEEDS_WHY)
         return dataclasses.replace(self, name=f"{self.name}-pilot", seeds=seeds, max_seeds=0,
                                    first_seed=PILOT_SEED)
 
@@ -168,7 +172,8 @@ class AblationSpec:
             step = SEEDS_AUTO["step"]
             return dataclasses.replace(self, max_seeds=max(SEEDS_AUTO["max"], self.seeds + step),
                                        seed_step=step)
-        return dataclasses.replace(self, seeds=int(seeds), max_seeds=0)
+        return dataclasses.replace(self, seeds=count("--seeds", seeds, 1, MAX_SEEDS, SEEDS_WHY),
+                                   max_seeds=0)
 
 
 
@@ -246,11 +251,12 @@ def _seeds(path: Path, raw: Any) -> tuple[int, int, int]:
             raise CnnlabError(f"spec {path}: seeds is {raw!r}; allowed: a positive integer, or "
                               "{min: 3, max: 10, step: 2} (positive integers, max ≥ min) to add "
                               "step seeds per round until the hypothesis is decided")
+        count(f"spec {path}: seeds max", values["max"], 1, MAX_SEEDS, SEEDS_WHY)
         return values["min"], values["max"], values["step"]
     if not isinstance(raw, int) or isinstance(raw, bool) or raw < 1:
         raise CnnlabError(f"spec {path}: seeds is {raw!r}; allowed: a positive integer, or "
                           "{min: 3, max: 10, step: 2}")
-    return raw, 0, SEEDS_AUTO["step"]
+    return count(f"spec {path}: seeds", raw, 1, MAX_SEEDS, SEEDS_WHY), 0, SEEDS_AUTO["step"]
 
 
 
@@ -263,6 +269,10 @@ def load_spec(path: Path) -> AblationSpec:
         raise CnnlabError(f"spec {path}: factors is empty; allowed: at least one factor with "
                           "levels, e.g. factors: {{model.norm: [batch, none]}}")
     factors = {str(name): _factor(path, str(name), body) for name, body in factors_raw.items()}
+    n_arms = math.prod(len(levels) for levels in factors.values())
+    if n_arms > MAX_ARMS:  # before a config is built for each
+        raise CnnlabError(f"spec {path}: its factors make {n_arms:,} arms; allowed: at most "
+                          f"{MAX_ARMS:,} (each arm runs every seed)")
     _check_disjoint(path, factors)
     metric = metric_name(path, "metric", raw.get("metric", "test_acc"))
     metrics_raw = raw.get("metrics", [])

@@ -13,7 +13,6 @@ configuration is retrained on the whole training portion and tested once.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import statistics
 import time
@@ -34,7 +33,7 @@ from cnnlab.metrics import VAL_ACC
 from cnnlab.outputs.files import refuse_links
 from cnnlab.studies.engine.progress import StudyProgress, study_bars
 from cnnlab.studies.engine.storage import open_storage, open_study_storage, with_journal
-from cnnlab.studies.engine.store import CONFIG_CHANGED, DATA_CHANGED, FINISHED
+from cnnlab.studies.engine.store import FINISHED
 from cnnlab.studies.engine.trials import Queue, liveness, reclaim, trial_config, work
 from cnnlab.studies.engine.workers import run_workers
 from cnnlab.studies.searches.report import SearchResult, search_summary, write_search_report
@@ -69,12 +68,9 @@ def pin_search(store: SearchStore, spec: SearchSpec, quick: bool, cfg: Experimen
     """Pin (or check) what the search's trials run: the base config its ``configs:`` files
     resolve to, and the content of the data ``cfg`` trains on (once per command, before every
     trial and before the refit)."""
-    base = to_yaml(load_config(list(spec.configs), spec.base_overrides(quick)))
     size = f", data.image_size={cfg.data.image_size}" if cfg.data.image_size else ""
-    store.pin(("the resolved base config", hashlib.sha256(base.encode()).hexdigest(),
-               CONFIG_CHANGED),
-              (f"the data (data.name={cfg.data.name}{size})",
-               load_cached(cfg.data, datasets).fingerprint, DATA_CHANGED))
+    store.pin_run(to_yaml(load_config(list(spec.configs), spec.base_overrides(quick))),
+                  f"data.name={cfg.data.name}{size}", load_cached(cfg.data, datasets).fingerprint)
 
 
 class EpochPruning(Callback):

@@ -12,7 +12,7 @@ import optuna
 import yaml
 
 from cnnlab.config import ExperimentConfig, load_config
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, count
 from cnnlab.studies.specs import one_process, read_spec, safe_name, yaml_scalar
 
 SPEC_KEYS = ("name", "description", "configs", "overrides", "space", "folds", "trials",
@@ -69,6 +69,12 @@ def _fail(path: Path, what: str, allowed: str) -> CnnlabError:
     return CnnlabError(f"spec {path}: {what}; allowed: {allowed}")
 
 
+MAX_TRIALS = 10_000  # a million wrote 39 MB of journal a minute before its first trial ended
+TRIALS_WHY = "finished trials the study should hold"
+MAX_FOLDS = 100
+FOLDS_WHY = "k of k-fold cross-validation: 2 at least, for a validation fold and the rest"
+
+
 def load_search_spec(path: Path) -> SearchSpec:
     """Read and validate a search spec; each dimension's bounds must make a valid config."""
     raw = read_spec(path, SPEC_KEYS)
@@ -102,11 +108,8 @@ def load_search_spec(path: Path) -> SearchSpec:
         raise _fail(path, f"unknown sampler {sampler.get('name')!r}", ", ".join(SAMPLERS))
     if pruner.get("name") not in PRUNERS:
         raise _fail(path, f"unknown pruner {pruner.get('name')!r}", ", ".join(PRUNERS))
-    folds, trials = raw.get("folds", 3), raw.get("trials", 20)
-    if not isinstance(folds, int) or folds < 2:
-        raise _fail(path, f"folds is {folds!r}", "an integer ≥ 2")
-    if not isinstance(trials, int) or trials < 1:
-        raise _fail(path, f"trials is {trials!r}", "a positive integer")
+    folds = count(f"spec {path}: folds", raw.get("folds", 3), 2, MAX_FOLDS, FOLDS_WHY)
+    trials = count(f"spec {path}: trials", raw.get("trials", 20), 1, MAX_TRIALS, TRIALS_WHY)
     spec = SearchSpec(safe_name(str(raw.get("name") or path.stem)), str(raw.get("description", "")),
                       tuple(raw.get("configs", [])), tuple(raw.get("overrides", [])), space, folds,
                       trials, sampler, pruner, tuple(raw.get("quick", [])))
@@ -172,4 +175,8 @@ def with_overrides(spec: SearchSpec, trials: int | None, folds: int | None,
     if fixed:
         raise CnnlabError(f"override {fixed[0]}: the spec {spec.name} searches it; allowed: "
                           "keys outside its space")
-    return replace(spec, trials=trials or spec.trials, folds=folds or spec.folds, extra=extra)
+    return replace(spec, extra=extra,
+                   trials=spec.trials if trials is None else count(
+                       "--trials", trials, 1, MAX_TRIALS, TRIALS_WHY),
+                   folds=spec.folds if folds is None else count(
+                       "--folds", folds, 2, MAX_FOLDS, FOLDS_WHY))

@@ -5,12 +5,14 @@ spread over folds).
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import optuna
 from optuna.trial import FrozenTrial
 
 from cnnlab.studies.engine.storage import open_storage
-from cnnlab.studies.engine.store import PRESET, TAKEN, Store
+from cnnlab.studies.engine.store import CONFIG_CHANGED, DATA_CHANGED, PRESET, TAKEN, Store
 from cnnlab.studies.searches.spec import PRUNERS, SAMPLERS, SearchSpec
 
 FOLD_SCORES, FOLD_EPOCHS, CV_STD = "fold_scores", "fold_epochs", "cv_std"  # trial attributes
@@ -45,6 +47,13 @@ class SearchStore(Store):
         """The spec and preset a search was made from (a worker opens it with these)."""
         store = Store(Store.load(open_storage(url), name))
         return SearchSpec.from_dict(store.spec_attrs), store.quick
+
+    def pin_run(self, config: str, data: str, data_sha: str) -> None:
+        """Pin (or check) what the search's trials and refit run: ``config``, the YAML of the
+        base config its ``configs:`` files resolve to, and the content (``data_sha``) of the
+        data named ``data``."""
+        self.pin(("the resolved base config", hashlib.sha256(config.encode()).hexdigest(),
+                  CONFIG_CHANGED), (f"the data ({data})", data_sha, DATA_CHANGED))
 
     def queue_slots(self, target: int) -> int:
         """Queue empty slots until finished, running and queued trials number ``target``;
