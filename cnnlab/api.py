@@ -158,6 +158,9 @@ def report(name: str, *, out: str | Path | None = None, storage: str | None = No
 
     folder = study_folder(safe_name(name), out)
     results = stored_results(name, out=folder, storage=storage)
+    if not results.trials:  # stopped before its first trial finished
+        raise CnnlabError(f"study {results.study!r} has no finished trial to report; allowed: "
+                          "run its cnnlab ablate (again) first")
     check_study_folder(folder)  # before anything is written
     with scoped():
         return StudyResult.of(write_report(results, folder), folder)

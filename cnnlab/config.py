@@ -300,6 +300,9 @@ def _check_finite(node: Any, prefix: str = "") -> None:
             raise CnnlabError(f"{prefix}{f.name}: got {value}; allowed: a finite number")
 
 
+MAX_THREADS = 256
+
+
 def validate(cfg: ExperimentConfig) -> None:
     """Check choices and ranges; raises ``CnnlabError`` naming the first bad key."""
     _check_finite(cfg)
@@ -336,7 +339,8 @@ def validate(cfg: ExperimentConfig) -> None:
            "a non-empty list of positive integers")
     _check(all(h > 0 for h in m.hidden_units), "model.hidden_units", m.hidden_units,
            "a list of positive integers (may be empty)")
-    _check(t.threads >= 0, "trainer.threads", t.threads, "an integer ≥ 0 (0 = one per usable core)")
+    _check(0 <= t.threads <= MAX_THREADS, "trainer.threads", t.threads,
+           f"an integer from 0 to {MAX_THREADS} (0 = one per usable core; 100,000 crashed torch)")
     _check(0 < t.target_acc <= 1, "trainer.target_acc", t.target_acc, "a number in (0, 1]")
     _check(m.padding >= 0, "model.padding", m.padding, "an integer ≥ 0")
     _check(m.norm != "group" or all(c % m.groups == 0 for c in m.channels), "model.groups",

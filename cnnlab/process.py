@@ -73,6 +73,7 @@ STORAGE_ERRORS = {  # an OSError of a full or read-only disk: what to do about i
     errno.EROFS: "a writable --out / --storage",
     errno.EACCES: "a folder you may write to (--out / --storage)",
     errno.EPERM: "a folder you may write to (--out / --storage)",
+    errno.ENAMETOOLONG: "a shorter path (names of at most 255 bytes)",
 }
 
 

@@ -3,6 +3,7 @@ traceback, and nothing created or changed — neither the output directory nor a
 
 import copy
 import io
+import os
 import sqlite3
 import subprocess
 import sys
@@ -21,6 +22,10 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from PIL import Image
 from torchvision.io import write_png
+
+from cnnlab.studies.ablations.run import check_arms
+from cnnlab.studies.ablations.spec import load_spec
+from cnnlab.studies.ablations.store import AblationStore
 
 TINY_ABLATION = "name: x\nfactors: {model.norm: [batch]}\n"
 TINY_SEARCH = "name: x\nspace: {optim.lr: {type: float, low: 0.001, high: 0.1}}\n"
@@ -46,11 +51,30 @@ def _classes(empty: bool = False, corrupt: bool = False) -> Callable[[Path], Non
     return write
 
 
+def _fifo_in_classes(root: Path) -> None:
+    """A folder dataset with a FIFO named like an image (reading it waited for good)."""
+    _classes()(root)
+    os.mkfifo(root / "b" / "6.png")
+
+
+MILLION_ARMS = ("name: x\nfactors:\n  optim.lr: [" + ", ".join(f"{i}.0e-4" for i in range(1, 1001))
+                + "]\n  optim.momentum: [" + ", ".join(f"0.{i:04d}" for i in range(1, 1001)) + "]\n")
+
+
 def _bad_pixels(value: float, count: int, n: int = 6) -> Callable[[Path], None]:
     """An npz of ``n`` 8×8 float images, two classes, with ``count`` pixels set to ``value``."""
     x = np.zeros((n, 8, 8), np.float32)
     x.flat[:count] = value
     return _npz(x=x, y=np.arange(n) % 2)
+
+
+def _unfinished_study(folder: Path) -> None:
+    """An ablation's storage as a stop before its first trial finished leaves it."""
+    folder.mkdir()
+    (folder.parent / "x.yaml").write_text(TINY_ABLATION)
+    spec = load_spec(folder.parent / "x.yaml")
+    storage = JournalStorage(JournalFileBackend(str(folder / "study.journal")))
+    AblationStore.open(spec, False, storage, check_arms(spec, False)).reconcile(spec, False)
 
 
 def _user_png(path: Path) -> None:
@@ -289,7 +313,7 @@ CATALOGUE: dict[str, Case] = {
     "unknown pruner": tune("name: x\npruner: {name: asha}\nspace: {optim.lr: {type: float, low: 0.001, "
                            "high: 0.1}}\n", "unknown pruner 'asha'; allowed: median, hyperband"),
     "one fold": tune("name: x\nfolds: 1\nspace: {optim.lr: {type: float, low: 0.001, high: 0.1}}\n",
-                     "folds is 1; allowed: an integer ≥ 2"),
+                     "folds: got 1; allowed: an integer from 2 to 100"),
     "unknown space key": tune("name: x\nspace: {optim.speed: {type: float, low: 0.1, high: 1}}\n",
                               "unknown key 'optim.speed'"),
     "space outside a key's range": tune("name: x\nspace: {model.dropout: {type: float, low: 0.5, high: 1.5}}\n",
@@ -470,12 +494,43 @@ CATALOGUE: dict[str, Case] = {
     "zero preview samples": Case(("augment-preview", "--out", "{d}/p.png", "--samples", "0"), "--samples: got '0'; allowed: a positive integer"),
     "negative preview variants": Case(("augment-preview", "--out", "{d}/p.png", "--variants", "-2"), "--variants: got '-2'"),
     "zero classes": Case(("summary", "--input-shape", "3,32,32", "--num-classes", "0"), "--num-classes: got '0'"),
+    # counts with no ceiling ran for minutes or crashed; sizes that cannot be allocated
+    "a million seeds": ablate(TINY_ABLATION + "seeds: 1000000\n", "seeds: got 1000000; allowed: an integer from 1 to 1,000"),
+    "--seeds a million": ablate(TINY_ABLATION, "--seeds: got 1000000; allowed: an integer from 1 to 1,000", "--seeds", "1000000"),
+    "a million arms": ablate(MILLION_ARMS, "its factors make 1,000,000 arms; allowed: at most 1,000"),
+    "a million trials": tune(TINY_SEARCH, "--trials: got 1000000; allowed: an integer from 1 to 10,000", "--trials", "1000000"),
+    "one fold on the command line": tune(TINY_SEARCH, "--folds: got 1; allowed: an integer from 2 to 100", "--folds", "1"),
+    "a huge preview": Case(("augment-preview", "--out", "{d}/p.png", "--samples", "100000", "--variants", "100000",
+                            "data.augment.hflip=true"), "--samples: got 100000; allowed: an integer from 1 to 256"),
+    "a billion hidden units": fit("model.hidden_units=[1000000000]", expected="model: 267,000,019,018 parameters and"),
+    "a million channels": fit("model.channels=[1000000]", expected="model: 2,060,001,418 parameters and"),
+    "100,000 threads": fit("trainer.threads=100000", expected="trainer.threads: got 100000; allowed: an integer from 0 to 256"),
+    "image size 60,000": fit("data.name=folder", "data.root={d}/img", "data.image_size=60000",
+                             expected="data.image_size: 60000 makes 6 images of 241.4 GiB", img=_classes()),
+    "a FIFO among a class's images": fit("data.name=folder", "data.root={d}/img", expected="6.png is not a regular file",
+                                         img=_fifo_in_classes),
+    "an accelerator this machine lacks": fit("trainer.accelerator=mps",
+                                             expected="trainer.accelerator: got 'mps', but this machine has no mps device"),
+    "two nodes without a cluster": fit("trainer.num_nodes=2", expected="trainer.num_nodes: got 2, but no cluster launcher"),
+    "a 245-byte --out": Case(("fit", "--out", "{d}/" + "a" * 245), "too long (245 bytes in its name"),
+    "a 4,200-byte path": Case(("fit", "--out", "{d}/" + "/".join(["b" * 200] * 21)), "in its path); allowed: at most 223"),
+    "--storage a device": ablate(TINY_ABLATION, "--storage /dev/null: is not a regular file", "--storage", "/dev/null"),
+    "--storage a FIFO": ablate(TINY_ABLATION, "fifo: is not a regular file", "--storage", "{d}/fifo",
+                               fifo=lambda p: os.mkfifo(p)),
+    "a FIFO as a run's manifest": Case(("fit", "--out", "{d}/run"), "holds files cnnlab did not write (.cnnlab.json)",
+                                       {"run": lambda p: (p.mkdir(), os.mkfifo(p / ".cnnlab.json"))}),
+    "plan with a negative seed": Case(("plan", "norm", "--quick", "--seed", "-1"), "--seed: got -1; allowed: an integer from 0"),
+    "plan for a NaN effect": Case(("plan", "norm", "--quick", "--effect", "nan"), "--effect: got nan; allowed: a positive finite"),
+    "plan for a negative effect": Case(("plan", "norm", "--quick", "--effect", "-0.5"), "--effect: got -0.5"),
+    "plan with 10⁸ simulations": Case(("plan", "norm", "--quick", "--sims", "100000000"), "--sims: got 100000000"),
+    "report of a study with no finished trial": Case(("report", "x", "--out", "{d}/study"), "study 'x' has no finished trial to report",
+                                                     {"study": _unfinished_study}),
 }
 
 
 def _tree(root: Path) -> dict[str, bytes | None]:
-    """Every path under ``root`` with its bytes (None for folders)."""
-    return {str(p.relative_to(root)): None if p.is_dir() else p.read_bytes() for p in root.rglob("*")}
+    """Every path under ``root`` with its bytes (None for folders and FIFOs)."""
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None for p in root.rglob("*")}
 
 
 @pytest.mark.parametrize("case", CATALOGUE)
@@ -506,7 +561,7 @@ def test_bad_input(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: s
 
 
 def test_the_catalogue_covers_every_kind_of_input() -> None:
-    assert len(CATALOGUE) >= 159
+    assert len(CATALOGUE) >= 183
     commands = {c.args[0] for c in CATALOGUE.values() if c.args}
     assert {"fit", "ablate", "tune", "report", "summary", "export", "lr-find", "sync"} <= commands
 

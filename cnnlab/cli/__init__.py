@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import io
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -52,6 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: user errors print one line on stderr and return 2; SIGINT, SIGTERM and
     SIGHUP stop the command with one line and 130 / 143 / 129 (128 + the signal), resumable."""
     configure()
+    for stream in (sys.stdout, sys.stderr):  # an ASCII terminal gets "?" for "→", not a crash
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="replace")
     try:
         with stop_on_signals():
             args = _parse(list(sys.argv[1:] if argv is None else argv))

@@ -35,9 +35,19 @@ from cnnlab.outputs.ownership import (
 )
 from cnnlab.process import uninterrupted
 
+NAME_MAX, PATH_MAX = 255, 4096  # bytes: Linux's longest file name and path
+NAME_ROOM, PATH_ROOM = 32, 512  # what cnnlab adds: .NAME.cnnlab-partial.new-XXXXXXXX, trials/…
+
 
 def refuse_special(out: Path, option: str = "--out") -> None:
-    """``/``, the home directory and files are never an output folder."""
+    """``/``, the home directory and files are never an output folder, nor a name too long
+    for what cnnlab puts beside and inside it (found before any work, not after the fit)."""
+    name, whole = len(os.fsencode(out.name)), len(os.fsencode(out.absolute()))
+    if name + NAME_ROOM > NAME_MAX or whole + PATH_ROOM > PATH_MAX:
+        raise Refused(f"{option} {str(out)[:80]}{'…' if len(str(out)) > 80 else ''}: too long "
+                      f"({name} bytes in its name, {whole} in its path); allowed: at most "
+                      f"{NAME_MAX - NAME_ROOM} bytes in the name and {PATH_MAX - PATH_ROOM} in "
+                      "the path (cnnlab adds its own names beside and inside it)")
     resolved = out.expanduser().resolve()
     special = {Path(resolved.anchor): "the root", Path.home().resolve(): "your home"}
     if resolved in special:
@@ -75,12 +85,18 @@ def check_run_out(out: Path, overwrite: bool) -> None:
     """``out`` may receive a run: new, empty, or (with ``overwrite``) an unchanged cnnlab run."""
     refuse_special(out)
     refuse_link(out)
+    here = Path.cwd().resolve()
+    if out.resolve() == here or out.resolve() in here.parents:  # `--out .`: its staging went inside
+        raise Refused(f"--out {out}: is the current directory or one above it; allowed: a new "
+                      "folder, e.g. runs/NAME (a run is put in place of its folder at the end, "
+                      "which would leave your shell in a deleted one)")
     if not out.exists() or not any(out.iterdir()):
         return
     manifest = Manifest.read(out)
     if manifest is None or manifest.kind != "run":
         raise Refused(f"--out {out}: holds files cnnlab did not write "
-                      f"({_listing(sorted(files_under(out)))}); allowed: a new or empty directory, "
+                      f"({_listing(sorted(files_under(out))) or MANIFEST}); allowed: a new or empty "
+                      "directory, "
                       "or the folder of an earlier cnnlab fit")
     if not overwrite:
         raise Refused(f"--out {out}: already holds a finished run; allowed: a new directory, "
@@ -279,7 +295,8 @@ def check_study_folder(out: Path) -> bool:
         return True
     if out.exists() and any(out.iterdir()):
         raise Refused(f"--out {out}: holds files cnnlab did not write "
-                      f"({_listing(sorted(files_under(out)))}); allowed: a new or empty directory, "
+                      f"({_listing(sorted(files_under(out))) or MANIFEST}); allowed: a new or empty "
+                      "directory, "
                       "or the report folder of an earlier study")
     return False
 

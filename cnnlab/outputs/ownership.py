@@ -106,7 +106,9 @@ class Manifest:
         A manifest is data on disk, so it may be forged: it counts only for a real folder (not
         one reached through a link), when every file it lists lies inside that folder without
         a link on the way, and lists as append-only nothing but logs and journals."""
-        if folder.is_symlink() or (folder / MANIFEST).is_symlink():
+        path = folder / MANIFEST
+        if folder.is_symlink() or path.is_symlink() or (
+                path.exists() and not path.is_file()):  # a FIFO would wait for good
             return None
         try:
             raw = json.loads((folder / MANIFEST).read_text())

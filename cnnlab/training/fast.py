@@ -53,6 +53,8 @@ def resolve(cfg: ExperimentConfig) -> FastPath:
     precision = cfg.trainer.precision
     if precision == "auto":
         precision = "bf16-mixed" if native_bf16(device) else "32-true"
+    elif precision == "16-mixed" and device == "cpu":  # what Lightning runs there: recorded so
+        precision = "bf16-mixed"
     channels_last = cfg.model.channels_last
     if channels_last == "auto":
         channels_last = device in ("cpu", "cuda")

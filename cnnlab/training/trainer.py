@@ -5,17 +5,26 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
 import lightning as L
+import torch
+from lightning.fabric.plugins.environments import (
+    LSFEnvironment,
+    MPIEnvironment,
+    SLURMEnvironment,
+    TorchElasticEnvironment,
+)
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 
 from cnnlab.config import TrainerConfig
+from cnnlab.errors import CnnlabError
 from cnnlab.metrics import VAL_ACC
 from cnnlab.training.distributed import layer_sync
+from cnnlab.training.fast import device_type
 
 
 def _skip_missing_nvml() -> None:
@@ -30,6 +39,27 @@ def _skip_missing_nvml() -> None:
         ctypes.CDLL("libnvidia-ml.so.1")
     except OSError:
         del os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"]
+
+
+DEVICES: dict[str, Callable[[], bool]] = {"cuda": torch.cuda.is_available,
+                                           "mps": torch.backends.mps.is_available}
+CLUSTERS = (SLURMEnvironment, TorchElasticEnvironment, LSFEnvironment, MPIEnvironment)
+
+
+def check_machine(cfg: TrainerConfig) -> None:
+    """What the config asks of the machine is there, before Lightning waits for it: a GPU for
+    ``accelerator=gpu``, and a cluster launcher for ``num_nodes`` > 1 (on one machine the fit
+    waited for node 2 for good, deaf to SIGTERM)."""
+    device = device_type(cfg.accelerator)
+    if device in DEVICES and not DEVICES[device]():
+        raise CnnlabError(f"trainer.accelerator: got {cfg.accelerator!r}, but this machine has no "
+                          f"{device} device; allowed: auto or cpu here")
+    launched = "NODE_RANK" in os.environ or any(env.detect() for env in CLUSTERS)
+    if cfg.num_nodes > 1 and not launched:
+        raise CnnlabError(f"trainer.num_nodes: got {cfg.num_nodes}, but no cluster launcher "
+                          "started this process (SLURM, torchrun, LSF or MPI; or "
+                          "NODE_RANK and MASTER_ADDR set); allowed: 1, or start cnnlab on every "
+                          "node through one")
 
 
 BEST = "best"
@@ -48,6 +78,7 @@ def build_trainer(
     ``distributed``).
     """
     _skip_missing_nvml()
+    check_machine(cfg)
     checkpoint = ModelCheckpoint(
         dirpath=out / "checkpoints",
         filename=BEST,

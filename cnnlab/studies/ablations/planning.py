@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, count
 from cnnlab.metrics import METRICS, count_key
 from cnnlab.studies.ablations.hypothesis import Expectation
 from cnnlab.studies.ablations.results import family
@@ -162,10 +162,18 @@ def seeds_for(pilot: Pilot, effect: float | None) -> list[tuple[Expectation, Mod
     return out
 
 
+MAX_SIMS = 100_000
+
+
 def plan_lines(pilot: Pilot, plans: list[Plan], effect: float | None, sims: int, seed: int
                ) -> Iterator[str]:
     """``cnnlab plan``'s text: the seeds each confirmatory comparison needs in one look, then
     each seed plan's simulated chances, error rate and cost."""
+    count("--sims", sims, 1, MAX_SIMS, "simulated studies per plan; 10⁸ needed 60 GiB")
+    count("--seed", seed, 0, 2**32 - 1, "the simulation's seed")
+    if effect is not None and not (math.isfinite(effect) and effect > 0):
+        raise CnnlabError(f"--effect: got {effect}; allowed: a positive finite number (the |Δ| "
+                          "to size for, in the metric's units)")
     expect = family(pilot.spec)
     if not pilot.trials or not expect:
         raise CnnlabError(f"pilot {pilot.name!r} has no finished trials to plan from; allowed: "

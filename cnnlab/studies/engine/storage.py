@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError, ProgrammingError
 
 from cnnlab.errors import CnnlabError
 from cnnlab.outputs.files import check_study_folder, claim_study_folder, write_owned
+from cnnlab.process import outage
 from cnnlab.studies.engine.journal import ReadOnlyJournal, repair
 
 SCHEMES = ("journal file path", "sqlite:///PATH", "postgresql://USER@HOST/DB")
@@ -81,6 +82,8 @@ def open_storage(url: str, readonly: bool = False) -> optuna.storages.BaseStorag
         raise CnnlabError(f"--storage {url}: database driver missing ({err}); allowed: install "
                           "the postgres extra: pip install -e '.[postgres]'") from None
     except Exception as err:  # sqlalchemy raises many kinds; all mean "cannot use this URL"
+        if outage(err) == "database is locked":  # held past the wait: a temporary failure (75)
+            raise
         reason = str(err).strip().splitlines()[0][:200]
         raise CnnlabError(f"--storage {url}: cannot open ({reason}); allowed: a reachable "
                           "database URL or a journal file path") from None
