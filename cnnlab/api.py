@@ -9,6 +9,8 @@ function imports its machinery (torch, Lightning, Optuna) when called, so ``impo
 
 from __future__ import annotations
 
+import functools
+import inspect
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 from rich.console import Console
 
 from cnnlab.config import ExperimentConfig, load_config
@@ -35,6 +38,49 @@ if TYPE_CHECKING:
     from cnnlab.training.run import RunResult
 
 
+STRICT = ConfigDict(strict=True, arbitrary_types_allowed=True)
+
+
+def _check_of(hint: Any) -> Callable[[Any], object]:
+    """What checks a value against ``hint``, strictly: ``"2"`` is no ``int``, a string no list
+    of strings (pydantic); a class of cnnlab's (a config) by ``isinstance``."""
+    if isinstance(hint, type) and hint not in (str, int, float, bool, Path):
+        def instance(value: Any) -> object:
+            if not isinstance(value, hint):
+                raise TypeError(hint.__name__)
+            return value
+        return instance
+    return TypeAdapter(hint, config=STRICT).validate_python
+
+
+def checked(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The function with its arguments checked against its annotations first (pydantic,
+    strict): a wrong type is one ``CnnlabError`` naming the argument and what it takes, not a
+    ``TypeError`` deep inside, nor one error per character of a string given for a list."""
+    signature = inspect.signature(func)
+    hints = {name: eval(p.annotation, func.__globals__)  # noqa: S307  its own annotations
+             for name, p in signature.parameters.items()}
+    checks = {name: _check_of(hint) for name, hint in hints.items()}
+
+    @functools.wraps(func)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError as err:
+            raise CnnlabError(f"cnnlab.{func.__name__}: {err}; allowed: {signature}") from None
+        for name, value in bound.arguments.items():
+            try:
+                checks[name](value)
+            except (ValidationError, TypeError):
+                annotation = signature.parameters[name].annotation
+                raise CnnlabError(f"cnnlab.{func.__name__}: {name}: got {value!r:.80}; allowed: "
+                                  f"{annotation}") from None
+        return func(*args, **kwargs)
+
+    return call
+
+
+@checked
 def fit(overrides: Sequence[str] = (), *, out: str | Path | None = None,
         config: Sequence[str | Path] = (), overwrite: bool = False) -> RunResult:
     """Train and test one model into ``out`` (default ``runs/fit-<time>``), as ``cnnlab fit``:
@@ -71,6 +117,7 @@ class StudyResult:
                    results.check_records(), results)
 
 
+@checked
 def ablate_specs(specs: Sequence[str | Path], overrides: Sequence[str] = (), *, quick: bool = False,
                  seeds: int | str | None = None, workers: int = 1, out: str | Path | None = None,
                  storage: str | None = None, console: Console | None = None,
@@ -108,6 +155,7 @@ def ablate_specs(specs: Sequence[str | Path], overrides: Sequence[str] = (), *, 
     return [StudyResult.of(r, job.out) for r, job in zip(reports, jobs, strict=True)]
 
 
+@checked
 def ablate(spec: str | Path, overrides: Sequence[str] = (), *, quick: bool = False,
            seeds: int | str | None = None, workers: int = 1, out: str | Path | None = None,
            storage: str | None = None, console: Console | None = None) -> StudyResult:
@@ -117,6 +165,7 @@ def ablate(spec: str | Path, overrides: Sequence[str] = (), *, quick: bool = Fal
                         storage=storage, console=console)[0]
 
 
+@checked
 def tune(spec: str | Path = "search", overrides: Sequence[str] = (), *, quick: bool = False,
          trials: int | None = None, folds: int | None = None, timeout: float | None = None,
          workers: int = 1, out: str | Path | None = None, storage: str | None = None,
@@ -151,6 +200,7 @@ def stored_results(name: str, *, out: str | Path | None = None, storage: str | N
         return collect(AblationStore.stored(study, study_folder(study, out), storage))
 
 
+@checked
 def report(name: str, *, out: str | Path | None = None, storage: str | None = None) -> StudyResult:
     """Rebuild an ablation's report from its storage (default ``reports/<name>``), as
     ``cnnlab report``; nothing is trained."""
@@ -166,6 +216,7 @@ def report(name: str, *, out: str | Path | None = None, storage: str | None = No
         return StudyResult.of(write_report(results, folder), folder)
 
 
+@checked
 def plan(spec: str | Path, *, quick: bool = False, pilot: str | Path | None = None,
          out: str | Path | None = None, storage: str | None = None,
          plans: Sequence[tuple[int, int, int]] = (), effect: float | None = None,
@@ -190,6 +241,7 @@ def plan(spec: str | Path, *, quick: bool = False, pilot: str | Path | None = No
     return list(plan_lines(found, [Plan(*p) for p in plans] or [loaded.plan], effect, sims, seed))
 
 
+@checked
 def summary(cfg: ExperimentConfig, input_shape: tuple[int, int, int] | None = None,
             num_classes: int = 10) -> tuple[list[LayerRow], tuple[int, int, int], int]:
     """``cnnlab summary``: each layer's output shape, parameters and multiply-adds, the input
@@ -199,6 +251,7 @@ def summary(cfg: ExperimentConfig, input_shape: tuple[int, int, int] | None = No
     return summary_of(cfg, input_shape, num_classes)
 
 
+@checked
 def augment_preview(cfg: ExperimentConfig, out: str | Path, samples: int = 8,
                     variants: int = 8) -> Path:
     """``cnnlab augment-preview``: training samples beside augmented variants, as one PNG."""
@@ -209,6 +262,7 @@ def augment_preview(cfg: ExperimentConfig, out: str | Path, samples: int = 8,
     return Path(out)
 
 
+@checked
 def lr_find(cfg: ExperimentConfig, out: str | Path, min_lr: float = 1e-6, max_lr: float = 1.0,
             num_training: int = 100) -> LRFind:
     """``cnnlab lr-find``: Lightning's learning-rate finder, its loss plot written to ``out``."""
@@ -218,6 +272,7 @@ def lr_find(cfg: ExperimentConfig, out: str | Path, min_lr: float = 1e-6, max_lr
         return write_lr_find(cfg, Path(out), min_lr, max_lr, num_training)
 
 
+@checked
 def export(run: str | Path, out: str | Path | None = None, fuse_bn: bool = False
            ) -> tuple[Path, str]:
     """``cnnlab export``: a self-contained model file of a run or checkpoint (batch norm folded
@@ -230,6 +285,7 @@ def export(run: str | Path, out: str | Path | None = None, fuse_bn: bool = False
         return target, describe(target, write_export(Path(run), target, fuse_bn), fuse_bn)
 
 
+@checked
 def predict(model: str | Path, inputs: Sequence[str | Path]) -> Predictions:
     """``cnnlab predict``: the class of each input (image files, folders, .npz) as rows."""
     from cnnlab.predict import predict as run_predict
@@ -247,6 +303,7 @@ def offline_runs(targets: Sequence[str]) -> list[tuple[Path, bool]]:
     return [(run, is_synced(run)) for run in found(sync_roots(list(targets)))]
 
 
+@checked
 def sync(targets: Sequence[str], timeout: float, progress: Callable[[str], None] = print
          ) -> tuple[list[Path], Outcome]:
     """``cnnlab sync``: the offline W&B runs under ``targets``, uploaded by one ``wandb sync``,

@@ -198,3 +198,22 @@ def stop_on_signals() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+@contextmanager
+def lightning_interrupts() -> Iterator[None]:
+    """Lightning answers Ctrl-C (or cnnlab's SIGTERM, a ``KeyboardInterrupt`` too) inside fit
+    or test with ``sys.exit(1)``, SIGINT ignored meanwhile: inside this block that becomes the
+    interrupt it was, with SIGINT's handler as it was, so the Python API never exits its
+    caller's process (a notebook's kernel) and Ctrl-C works there again."""
+    main = threading.current_thread() is threading.main_thread()
+    handler = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        yield
+    except SystemExit as err:
+        interrupt = err.__context__
+        if not isinstance(interrupt, KeyboardInterrupt):
+            raise
+        if main and handler is not None:
+            signal.signal(signal.SIGINT, handler)
+        raise interrupt from None

@@ -3,6 +3,10 @@
 import json
 import logging
 import os
+import signal
+import subprocess
+import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -11,6 +15,8 @@ import pytest
 
 import cnnlab
 from tests.conftest import FAST
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_fit_returns_the_runs_metrics_and_folder(tmp_path: Path) -> None:
@@ -112,3 +118,53 @@ def test_the_api_leaves_a_notebooks_global_state_as_it_found_it(
     finally:
         os.umask(mask)
         plt.close(figure)
+
+
+CTRL_C = """
+import signal, sys
+import cnnlab
+try:
+    cnnlab.fit(["trainer.max_epochs=500", "wandb.mode=disabled"], out=sys.argv[1])
+except KeyboardInterrupt:
+    print("KeyboardInterrupt", signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_inside_fit_is_a_keyboard_interrupt_never_an_exit(tmp_path: Path) -> None:
+    """Lightning turns Ctrl-C inside a fit into ``sys.exit(1)`` (and ignores SIGINT meanwhile):
+    a notebook's kernel got SystemExit. The API raises the KeyboardInterrupt, Ctrl-C works
+    again, and no half-written run is left."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-c", CTRL_C, str(out)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    staging = tmp_path / ".run.cnnlab-partial" / "config.yaml"
+    deadline = time.monotonic() + 120
+    while not staging.is_file() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # inside the fit loop
+    proc.send_signal(signal.SIGINT)
+    stdout, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and stdout.split() == ["KeyboardInterrupt", "True"], stdout
+    assert not out.exists() and not staging.parent.exists()
+
+
+@pytest.mark.parametrize(("call", "line"), [
+    (lambda: cnnlab.fit("trainer.max_epochs=1"),  # one error per character, before
+     "cnnlab.fit: overrides: got 'trainer.max_epochs=1'; allowed: Sequence[str]"),
+    (lambda: cnnlab.ablate("norm", workers="2"), "cnnlab.ablate: workers: got '2'; allowed: int"),
+    (lambda: cnnlab.ablate("norm", seeds=-1),  # ran a 0-seed study, then ValueError
+     "--seeds: got -1; allowed: an integer from 1 to 1,000"),
+    (lambda: cnnlab.tune(trials=0), "--trials: got 0; allowed: an integer from 1"),  # ran 30
+    (lambda: cnnlab.tune(folds=1), "--folds: got 1; allowed: an integer from 2 to 100"),
+    (lambda: cnnlab.report(7), "cnnlab.report: name: got 7; allowed: str"),
+    (lambda: cnnlab.fit(epochs=3), "cnnlab.fit: got an unexpected keyword argument 'epochs'"),
+])
+def test_the_api_refuses_wrong_arguments_with_one_cnnlab_error(tmp_path: Path, monkeypatch,
+                                                                call, line: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(cnnlab.CnnlabError) as refused:
+        call()
+    assert str(refused.value).startswith(line), refused.value
+    assert list(tmp_path.iterdir()) == []  # nothing started

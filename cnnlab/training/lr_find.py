@@ -15,6 +15,7 @@ from cnnlab.config import ExperimentConfig
 from cnnlab.errors import CnnlabError
 from cnnlab.images import check_png_out, figure_png, is_cnnlab_png
 from cnnlab.outputs.files import write_output
+from cnnlab.process import lightning_interrupts
 from cnnlab.tracking.runs import small_run
 from cnnlab.training.build import build
 from cnnlab.training.fast import prepare, resolve
@@ -45,7 +46,7 @@ def find_lr(cfg: ExperimentConfig, out: Path, min_lr: float = 1e-6, max_lr: floa
     trainer_cfg = dataclasses.replace(cfg.trainer, max_epochs=-(-num_training // steps_per_epoch),
                                       devices=1, num_nodes=1, strategy="auto",
                                       precision=fast.precision)
-    with tempfile.TemporaryDirectory() as scratch:  # the finder's own checkpoint
+    with tempfile.TemporaryDirectory() as scratch, lightning_interrupts():  # scratch: its ckpt
         trainer = build_trainer(trainer_cfg, Path(scratch), [])
         finder = Tuner(trainer).lr_find(module, datamodule=data, min_lr=min_lr, max_lr=max_lr,
                                         num_training=num_training, update_attr=False)

@@ -45,6 +45,7 @@ from cnnlab.metrics import (
 )
 from cnnlab.outputs.files import abort_run, begin_run, commit_run, staging_path
 from cnnlab.outputs.ownership import write_atomic
+from cnnlab.process import lightning_interrupts
 from cnnlab.tracking.runs import finish, wandb_logger
 from cnnlab.training.build import build
 from cnnlab.training.distributed import is_rank_zero
@@ -135,10 +136,12 @@ def run(
     the Trainer's (a search's pruning inside a fold).
     """
     if not is_rank_zero():
-        return _run(cfg, staging_path(out), out, fold, datasets, refit, context, callbacks)
+        with lightning_interrupts():
+            return _run(cfg, staging_path(out), out, fold, datasets, refit, context, callbacks)
     staging = begin_run(out, overwrite, takeover)
     try:
-        result = _run(cfg, staging, out, fold, datasets, refit, context, callbacks)
+        with lightning_interrupts():
+            result = _run(cfg, staging, out, fold, datasets, refit, context, callbacks)
         commit_run(staging, out)
     except BaseException:
         abort_run(staging)  # after a failed commit too: the old run is still in place
