@@ -523,6 +523,8 @@ CATALOGUE: dict[str, Case] = {
     "plan for a NaN effect": Case(("plan", "norm", "--quick", "--effect", "nan"), "--effect: got nan; allowed: a positive finite"),
     "plan for a negative effect": Case(("plan", "norm", "--quick", "--effect", "-0.5"), "--effect: got -0.5"),
     "plan with 10⁸ simulations": Case(("plan", "norm", "--quick", "--sims", "100000000"), "--sims: got 100000000"),
+    "100,000 one-image classes": fit("data.name=npz", "data.root={d}/many.npz", expected="cannot cut a stratified test split",
+                                     **{"many.npz": _npz(x=np.zeros((100_000, 4, 4), np.uint8), y=np.arange(100_000))}),
     "report of a study with no finished trial": Case(("report", "x", "--out", "{d}/study"), "study 'x' has no finished trial to report",
                                                      {"study": _unfinished_study}),
 }
@@ -553,7 +555,7 @@ def test_bad_input(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: s
     assert stdout == ""
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
-    assert lines[0].startswith("cnnlab: error: ")
+    assert lines[0].startswith("cnnlab: error: ") and len(lines[0]) <= 2100  # readable (was 689 KB)
     assert spec.expected.replace("{d}", str(inputs)) in lines[0], lines[0]
     assert "Traceback" not in err
     assert _tree(tmp_path) == before  # nothing created, nothing changed (out never appears)

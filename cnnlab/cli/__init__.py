@@ -49,6 +49,16 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+LONGEST = 2000  # characters of an error line: a listing of 100,000 classes made one of 689 KB
+
+
+def _readable(line: str) -> str:
+    """An error's one line, cut to ``LONGEST`` characters (keeping its end: what is allowed)."""
+    if len(line) <= LONGEST:
+        return line
+    return f"{line[:LONGEST // 2]} … ({len(line) - LONGEST:,} characters left out) … {line[-LONGEST // 2:]}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: user errors print one line on stderr and return 2; SIGINT, SIGTERM and
     SIGHUP stop the command with one line and 130 / 143 / 129 (128 + the signal), resumable."""
@@ -69,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               "the same command to resume", file=sys.stderr)
         return 128 + signum
     except CnnlabError as err:
-        print(f"cnnlab: error: {err}", file=sys.stderr)
+        print(f"cnnlab: error: {_readable(str(err))}", file=sys.stderr)
         return 2
     except OSError as err:
         if err.errno not in STORAGE_ERRORS:

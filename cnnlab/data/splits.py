@@ -24,7 +24,8 @@ def _stratified(indices: np.ndarray, y: np.ndarray, size: float, seed: int, what
     except ValueError as err:
         raise CnnlabError(
             f"data: cannot cut a stratified {what} split of {size:g} from {len(indices)} samples "
-            f"({err}); allowed: fractions that leave every class at least one sample per split"
+            f"({str(err)[:160]}…); allowed: fractions that leave every class at least one sample "
+            "per split"
         ) from None
 
 
