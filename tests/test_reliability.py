@@ -590,3 +590,43 @@ def test_a_killed_command_takes_its_workers_along(tmp_path: Path, way: str,
     time.sleep(2)
     assert (out / "study.journal").read_bytes() == journal
     assert len(finished) < 60  # it stopped mid-study
+
+
+@pytest.mark.slow
+def test_one_killed_worker_whose_trials_the_other_finished_is_no_failure(tmp_path: Path) -> None:
+    """One of two workers SIGKILLed, the other took over its trial and finished every one: the
+    command said "rerun to finish the missing trials" with exit 2. Now a note and exit 0."""
+    spec = write_spec(tmp_path, seeds=4, arms="norm only")
+    spec.write_text(spec.read_text().replace("trainer.max_epochs=1", "trainer.max_epochs=20"))
+    out = tmp_path / "out"
+    with (tmp_path / "stderr").open("w") as err:
+        proc = subprocess.Popen(WAYS_IN["module"](spec, out), env=ENV, stdout=subprocess.DEVNULL,
+                                stderr=err)
+    deadline = time.monotonic() + 120
+    while len(workers := _workers(out)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.kill(min(workers), signal.SIGKILL)
+    assert proc.wait(timeout=300) == 0, (tmp_path / "stderr").read_text()
+    assert "1 of 2 workers ended early (killed by SIGKILL); the others finished their work" in (
+        tmp_path / "stderr").read_text()
+    assert sorted(complete_keys(out)) == sorted(
+        f"model.norm={n} | seed={s}" for n in ("batch", "layer", "none") for s in range(4))
+
+
+def test_a_users_file_where_a_trial_writes_stops_the_study_in_one_line(cli, tmp_path: Path,
+                                                                      monkeypatch) -> None:
+    """It failed that trial on every rerun with exit 0 (the report silently had fewer seeds)."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    spec, out = write_spec(tmp_path, seeds=1, arms="norm only"), tmp_path / "out"
+    assert cli("ablate", spec, "--out", out)[0] == 0
+    mine = out / "trials" / "model.norm=layer" / "seed1" / "notes.txt"
+    mine.parent.mkdir()
+    mine.write_text("mine")
+    status, _, err = cli("ablate", spec, "--out", out, "--seeds", "2", "--workers", "1")
+    assert status == 2 and err.strip().splitlines()[-1].startswith(
+        f"cnnlab: error: --out {mine.parent}: holds files cnnlab did not write (notes.txt)"), err
+    assert mine.read_text() == "mine"
+    mine.unlink()
+    status, _, err = cli("ablate", spec, "--out", out, "--seeds", "2", "--workers", "1")
+    assert status == 0, err
+    assert len(complete_keys(out)) == 6
