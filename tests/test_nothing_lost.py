@@ -650,3 +650,27 @@ def test_no_write_goes_through_a_link_inside_cnnlabs_folders(cli, tmp_path: Path
     status, out, _ = cli("sync", "--dry-run", runs)
     assert status == 0 and "0 offline W&B runs to sync" in out, out  # the link is no run
     assert hashes(outside) == before
+
+
+@pytest.mark.parametrize("becomes", ["a file", "a link"])
+def test_out_turned_into_a_file_or_a_link_during_the_fit_is_one_line(
+        cli, tmp_path: Path, monkeypatch, becomes: str) -> None:
+    """A traceback after training (``iterdir`` of a file); the link's target is never written."""
+    out, target = tmp_path / "run", tmp_path / "elsewhere"
+    commit = run_module.commit_run
+
+    def changed_meanwhile(staging: Path, final: Path) -> None:
+        if becomes == "a file":
+            final.write_text("now mine")
+        else:
+            target.mkdir()
+            final.symlink_to(target, target_is_directory=True)
+        commit(staging, final)
+
+    monkeypatch.setattr(run_module, "commit_run", changed_meanwhile)
+    status, _, err = fit(cli, out)
+    assert status == 2 and "Traceback" not in err, err
+    assert ("is a file" if becomes == "a file" else "is a symbolic link") in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == (
+        ["run"] if becomes == "a file" else ["elsewhere", "run"])
+    assert out.read_text() == "now mine" if becomes == "a file" else list(target.iterdir()) == []

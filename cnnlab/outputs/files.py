@@ -262,10 +262,11 @@ def commit_run(staging: Path, out: Path) -> None:
     files = {rel: APPEND_ONLY if rel.endswith(".log") else digest(staging / rel)
              for rel in files_under(staging)}  # W&B's logs may still grow after its run finished
     Manifest("run", owner_id(), files).write(staging)
+    if out.exists() or out.is_symlink():  # again: the user may have changed it meanwhile
+        check_run_out(out, overwrite=True)  # (made it a file or a link, added files)
     if not (out.exists() and any(out.iterdir())):
         os.rename(staging, out)  # replaces an empty folder
         return
-    check_run_out(out, overwrite=True)  # again: the user may have added files meanwhile
     old = Manifest.read(out)
     assert old is not None  # check_run_out proved it
     with uninterrupted():
