@@ -68,6 +68,13 @@ def _bad_pixels(value: float, count: int, n: int = 6) -> Callable[[Path], None]:
     return _npz(x=x, y=np.arange(n) % 2)
 
 
+def _offline_run(runs: Path) -> None:
+    """A folder holding one offline W&B run not synced yet."""
+    run = runs / "offline-run-20260101_000000-abc"
+    run.mkdir(parents=True)
+    (run / "run-abc.wandb").write_bytes(b":W&B")
+
+
 def _unfinished_study(folder: Path) -> None:
     """An ablation's storage as a stop before its first trial finished leaves it."""
     folder.mkdir()
@@ -525,6 +532,10 @@ CATALOGUE: dict[str, Case] = {
     "plan with 10⁸ simulations": Case(("plan", "norm", "--quick", "--sims", "100000000"), "--sims: got 100000000"),
     "100,000 one-image classes": fit("data.name=npz", "data.root={d}/many.npz", expected="cannot cut a stratified test split",
                                      **{"many.npz": _npz(x=np.zeros((100_000, 4, 4), np.uint8), y=np.arange(100_000))}),
+    "sync to a malformed server URL": Case(("sync", "{d}/runs"), "W&B server 'http://[bad': not a server URL (Invalid IPv6 URL)",
+                                          {"runs": _offline_run}, {"WANDB_BASE_URL": "http://[bad"}),
+    "sync to a server that is no URL": Case(("sync", "{d}/runs"), "W&B server 'notaurl': not a server URL; allowed: http(s)://",
+                                            {"runs": _offline_run}, {"WANDB_BASE_URL": "notaurl"}),
     "report of a study with no finished trial": Case(("report", "x", "--out", "{d}/study"), "study 'x' has no finished trial to report",
                                                      {"study": _unfinished_study}),
 }
@@ -563,7 +574,7 @@ def test_bad_input(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: s
 
 
 def test_the_catalogue_covers_every_kind_of_input() -> None:
-    assert len(CATALOGUE) >= 183
+    assert len(CATALOGUE) >= 186
     commands = {c.args[0] for c in CATALOGUE.values() if c.args}
     assert {"fit", "ablate", "tune", "report", "summary", "export", "lr-find", "sync"} <= commands
 

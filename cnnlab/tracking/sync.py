@@ -90,8 +90,16 @@ def server_url() -> str:
 def check_reachable(url: str) -> None:
     """A TCP connection to ``url`` within ``CONNECT_S``: ``wandb sync`` itself retries for
     minutes when there is no network."""
-    parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as err:  # "Invalid IPv6 URL", a port out of range
+        parts, port = None, 0
+        why = str(err)
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise CnnlabError(f"W&B server {url!r}: not a server URL"
+                          f"{f' ({why})' if parts is None else ''}; allowed: http(s)://HOST[:PORT] "
+                          "in WANDB_BASE_URL or `wandb login --host URL`")
     try:
         socket.create_connection((parts.hostname or "", port), timeout=CONNECT_S).close()
     except OSError as err:
@@ -123,7 +131,12 @@ def log_folder() -> Path:
     the first's errors as its own)."""
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     parent = cache / "cnnlab" / "wandb-sync"
-    parent.mkdir(parents=True, exist_ok=True)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # XDG_CACHE_HOME (or a folder in it) a file
+        raise CnnlabError(f"sync: cannot make {parent} for wandb sync's logs (a file is in the "
+                          "way); allowed: XDG_CACHE_HOME (default ~/.cache) a folder you may "
+                          "write to") from None
     return Path(tempfile.mkdtemp(prefix=f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-",
                                  dir=parent))
 
