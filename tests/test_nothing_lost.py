@@ -539,6 +539,7 @@ def _is_run(out: Path) -> bool:
     return manifest is not None and manifest.kind == "run" and (out / "metrics.json").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("one_step", [True, False], ids=["exchange", "two-renames"])
 def test_an_overwrite_killed_at_any_step_keeps_a_run_under_the_name(
         cli, finished_run: Path, monkeypatch, one_step: bool) -> None:
@@ -587,6 +588,7 @@ def test_an_overwrite_killed_at_any_step_keeps_a_run_under_the_name(
     assert [p.name for p in finished_run.parent.iterdir() if p.name.startswith(".")] == []
 
 
+@pytest.mark.slow
 def test_a_sigterm_between_the_two_renames_waits_for_the_second(cli, finished_run: Path,
                                                                  monkeypatch) -> None:
     """The reported case: SIGTERM right after the old run was moved aside. The command stops
@@ -606,6 +608,7 @@ def test_a_sigterm_between_the_two_renames_waits_for_the_second(cli, finished_ru
     assert [p.name for p in finished_run.parent.iterdir() if p.name.startswith(".")] == []
 
 
+@pytest.mark.slow
 def test_no_write_goes_through_a_link_inside_cnnlabs_folders(cli, tmp_path: Path) -> None:
     """A study's journal or ``trials/`` made a link to a place outside, and a synced run folder
     that is a link: refused with one line, the outside byte for byte as it was. Before, the
@@ -652,6 +655,7 @@ def test_no_write_goes_through_a_link_inside_cnnlabs_folders(cli, tmp_path: Path
     assert hashes(outside) == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("becomes", ["a file", "a link"])
 def test_out_turned_into_a_file_or_a_link_during_the_fit_is_one_line(
         cli, tmp_path: Path, monkeypatch, becomes: str) -> None:

@@ -613,6 +613,7 @@ def test_one_killed_worker_whose_trials_the_other_finished_is_no_failure(tmp_pat
         f"model.norm={n} | seed={s}" for n in ("batch", "layer", "none") for s in range(4))
 
 
+@pytest.mark.slow
 def test_a_users_file_where_a_trial_writes_stops_the_study_in_one_line(cli, tmp_path: Path,
                                                                       monkeypatch) -> None:
     """It failed that trial on every rerun with exit 0 (the report silently had fewer seeds)."""

@@ -243,6 +243,7 @@ def test_a_folder_dataset_reads_every_file_or_names_the_one_it_cannot(tmp_path: 
         load_folder(cfg)
 
 
+@pytest.mark.slow
 def test_predict_takes_an_animated_gif_by_its_first_frame(cli, tmp_path: Path) -> None:
     from PIL import Image
 

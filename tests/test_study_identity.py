@@ -39,6 +39,7 @@ def study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "tiny.yaml"
 
 
+@pytest.mark.slow
 def test_data_replaced_under_the_same_path_is_refused_in_one_line(cli, study: Path) -> None:
     """Old-data and new-data seeds went into one report, exit 0: the digest held the path."""
     assert cli("ablate", study, "--out", "out")[0] == 0
@@ -55,6 +56,7 @@ def test_data_replaced_under_the_same_path_is_refused_in_one_line(cli, study: Pa
     assert len([t for t in trials(study.parent / "out") if t.state.is_finished()]) == 4
 
 
+@pytest.mark.slow
 def test_a_configs_file_edited_while_the_study_runs_stops_it(cli, study: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """5 of 6 trials trained at the edited lr, all in one report: trials re-read the file.
@@ -73,6 +75,7 @@ def test_a_configs_file_edited_while_the_study_runs_stops_it(cli, study: Path,
     assert len(finished) == 2  # the first, and the refused one (failed, queued by a rerun)
 
 
+@pytest.mark.slow
 def test_a_search_refits_only_on_the_data_its_trials_had(cli, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """``tune`` after the swap reported the old data's best CV beside the new data's test
