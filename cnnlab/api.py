@@ -317,11 +317,12 @@ def sync(targets: Sequence[str], timeout: float, progress: Callable[[str], None]
 
 
 def resolved(cfg: ExperimentConfig) -> ExperimentConfig:
-    """``cfg`` with ``auto`` resolved for this machine (precision, channels-last), as the
-    run's config.yaml records it: ``cnnlab fit --print-config``."""
-    from cnnlab.training.fast import resolved as resolve_auto
+    """``cfg`` with ``auto`` resolved for this machine (precision, channels-last) and
+    ``threads: 0`` for the model's work on its data, as the run's config.yaml records it:
+    ``cnnlab fit --print-config``."""
+    from cnnlab.training.build import resolved_run
 
-    return resolve_auto(cfg)[0]
+    return resolved_run(cfg, {})[0]
 
 
 def is_rank_zero() -> bool:

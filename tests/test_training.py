@@ -124,4 +124,20 @@ def test_threads_0_is_recorded_and_the_same_idle_and_under_load(cli, tmp_path: P
     keys = ("test_acc", "val_acc", "train_loss", "test_loss")
     assert {k: idle[k] for k in keys} == {k: busy[k] for k in keys}
     recorded = yaml.safe_load((tmp_path / "busy" / "config.yaml").read_text())
-    assert recorded["trainer"]["threads"] == usable_cpus()
+    assert recorded["trainer"]["threads"] == 1  # a digits net's work per step: one thread
+
+
+def test_threads_0_follows_the_models_work_never_the_load() -> None:
+    """One thread per 5·10⁸ multiply-adds of a training step, up to the cores: a digits net
+    gets one (the default fit collapsed 2 s → 166 s when another process took a core), a
+    CIFAR-sized one every core."""
+    from cnnlab.config import load_config
+    from cnnlab.training.build import step_macs
+    from cnnlab.training.fast import threads_for
+
+    digits = load_config()
+    cifar = load_config(["cifar10_fast"])
+    assert step_macs(digits, (1, 8, 8), 10) == 3 * 64 * 347_392
+    assert threads_for(step_macs(digits, (1, 8, 8), 10)) == 1
+    assert threads_for(step_macs(cifar, (3, 32, 32), 10)) == usable_cpus()
+    assert threads_for(0) == 1 and threads_for(1e15) == usable_cpus()

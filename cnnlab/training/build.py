@@ -14,6 +14,7 @@ from cnnlab.data.splits import run_indices
 from cnnlab.errors import CnnlabError
 from cnnlab.models.convnet import ConvNet, Shape, feature_shape
 from cnnlab.models.summary import LayerRow, summarize
+from cnnlab.training.fast import FastPath, resolved
 
 FLOAT = 4  # bytes of a float32
 
@@ -49,6 +50,20 @@ def meta_model(cfg: ExperimentConfig, input_shape: Shape, num_classes: int) -> C
     """The configured network on the ``meta`` device: shapes and counts, no memory."""
     with torch.device("meta"):
         return ConvNet(cfg.model, input_shape, num_classes)
+
+
+def step_macs(cfg: ExperimentConfig, input_shape: Shape, num_classes: int) -> float:
+    """Multiply-adds of one training step (forward and backward: about three forwards) of the
+    configured network on a batch, counted on the ``meta`` device."""
+    rows = summarize(meta_model(cfg, input_shape, num_classes), input_shape)
+    return 3.0 * cfg.data.batch_size * sum(row.macs for row in rows)
+
+
+def resolved_run(cfg: ExperimentConfig, datasets: Datasets) -> tuple[ExperimentConfig, FastPath]:
+    """``cfg`` as a run records and runs it (``fast.resolved``): ``auto`` resolved for this
+    machine, ``threads: 0`` for the model's work on its data (loaded into ``datasets``)."""
+    data = load_cached(cfg.data, datasets)
+    return resolved(cfg, step_macs(cfg, data.input_shape, len(data.classes)))
 
 
 def check_memory(cfg: ExperimentConfig, input_shape: Shape, num_classes: int) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass
 
 import torch
@@ -61,17 +62,28 @@ def resolve(cfg: ExperimentConfig) -> FastPath:
     return FastPath(precision, bool(channels_last))
 
 
-def resolved(cfg: ExperimentConfig) -> tuple[ExperimentConfig, FastPath]:
+WORK_PER_THREAD = 5e8  # multiply-adds per training step that one more torch thread is worth
+
+
+def threads_for(step_macs: float) -> int:
+    """Torch threads for a fit whose training step costs ``step_macs`` multiply-adds (forward
+    and backward): one per ``WORK_PER_THREAD``, up to the usable cores. A digits net (7·10⁷)
+    gets one thread and no longer collapses when another process takes a core (2 s → 166 s on a
+    busy machine); a CIFAR-sized net (10⁹ and more) gets the cores. It depends on the config and
+    the machine's cores only, never on the load: torch's sums, and so a fit's numbers, change
+    with the thread count."""
+    return max(1, min(usable_cpus(), math.ceil(step_macs / WORK_PER_THREAD)))
+
+
+def resolved(cfg: ExperimentConfig, step_macs: float) -> tuple[ExperimentConfig, FastPath]:
     """``cfg`` with precision and memory layout as this machine resolves ``auto``, and
-    ``trainer.threads: 0`` as the cores this process may use: what a run's config.yaml and W&B
-    record, and what ``cnnlab fit --print-config`` shows. The thread count never depends on the
-    machine's load: torch's sums, and so a fit's numbers, change with it (``make fit`` gave
-    0.9889 or 0.9861 depending on how busy the machine was)."""
+    ``trainer.threads: 0`` as ``threads_for`` the model's work per step (``step_macs``): what a
+    run's config.yaml and W&B record, and what ``cnnlab fit --print-config`` shows."""
     fast = resolve(cfg)
     return dataclasses.replace(
         cfg, model=dataclasses.replace(cfg.model, channels_last=fast.channels_last),
         trainer=dataclasses.replace(cfg.trainer, precision=fast.precision,
-                                    threads=cfg.trainer.threads or usable_cpus())), fast
+                                    threads=cfg.trainer.threads or threads_for(step_macs))), fast
 
 
 def prepare(model: nn.Module, fast: FastPath, compile_model: bool) -> nn.Module:

@@ -47,9 +47,9 @@ from cnnlab.outputs.files import abort_run, begin_run, commit_run, staging_path
 from cnnlab.outputs.ownership import write_atomic
 from cnnlab.process import lightning_interrupts
 from cnnlab.tracking.runs import finish, wandb_logger
-from cnnlab.training.build import build
+from cnnlab.training.build import build, resolved_run
 from cnnlab.training.distributed import is_rank_zero
-from cnnlab.training.fast import prepare, resolved
+from cnnlab.training.fast import prepare
 from cnnlab.training.lr_find import find_lr
 from cnnlab.training.module import Classifier
 from cnnlab.training.trainer import build_trainer
@@ -153,8 +153,9 @@ def _run(cfg: ExperimentConfig, out: Path, final: Path, fold: tuple[int, int] | 
          datasets: Datasets | None, refit: bool, context: dict[str, Any] | None,
          callbacks: Sequence[Callback]) -> RunResult:
     """``run`` inside the staging folder ``out``; the result names the ``final`` folder."""
-    cfg, fast = resolved(cfg)  # config.yaml and W&B record what "auto" (and threads 0) became
-    torch.set_num_threads(cfg.trainer.threads)
+    datasets = {} if datasets is None else datasets  # loaded once: for the work, then the fit
+    cfg, fast = resolved_run(cfg, datasets)
+    torch.set_num_threads(cfg.trainer.threads)  # config.yaml and W&B record what it became
     found = None
     if cfg.optim.lr == "auto":
         found = find_lr(cfg, out)
