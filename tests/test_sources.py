@@ -285,3 +285,8 @@ def test_a_crafted_cifar_pickle_runs_no_code(tmp_path: Path) -> None:
     good = SOURCES["cifar10"](load_config([], ["data.name=cifar10",
                                                f"data.root={tmp_path / 'good'}"]).data)
     assert good.x.shape == (120, 3, 32, 32) and good.test_from == 100 and good.classes[0] == "class0"
+    from cnnlab.data.sources import SHAPES  # what --print-config assumes without reading files
+
+    assert good.input_shape == SHAPES["cifar10"] and len(good.classes) == 10
+    digits = SOURCES["digits"](load_config().data)
+    assert digits.input_shape == SHAPES["digits"] and len(digits.classes) == 10

@@ -403,6 +403,19 @@ def dataset_key(cfg: DataConfig) -> tuple[Any, ...]:
     return (cfg.name, cfg.root, cfg.download, cfg.image_size)
 
 
+SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28),
+          "cifar10": (3, 32, 32)}  # the named datasets' images (ten classes each)
+
+
+def shape_of(cfg: DataConfig, cache: Datasets) -> tuple[tuple[int, int, int], int]:
+    """The input shape and class count ``cfg`` gives a network: known for the named datasets
+    (nothing read: ``--print-config`` needs no files), else from the data (loaded once)."""
+    if cfg.name in SHAPES:
+        return SHAPES[cfg.name], 10
+    data = load_cached(cfg, cache)
+    return data.input_shape, len(data.classes)
+
+
 def load_cached(cfg: DataConfig, cache: Datasets) -> ImageData:
     """The dataset ``cfg`` names, loaded once per ``cache`` (a study's many runs share it)."""
     key = dataset_key(cfg)

@@ -9,7 +9,7 @@ import torch
 
 from cnnlab.config import ExperimentConfig
 from cnnlab.data.datamodule import DataModule
-from cnnlab.data.sources import Datasets, load_cached, total_memory
+from cnnlab.data.sources import Datasets, load_cached, shape_of, total_memory
 from cnnlab.data.splits import run_indices
 from cnnlab.errors import CnnlabError
 from cnnlab.models.convnet import ConvNet, Shape, feature_shape
@@ -62,8 +62,7 @@ def step_macs(cfg: ExperimentConfig, input_shape: Shape, num_classes: int) -> fl
 def resolved_run(cfg: ExperimentConfig, datasets: Datasets) -> tuple[ExperimentConfig, FastPath]:
     """``cfg`` as a run records and runs it (``fast.resolved``): ``auto`` resolved for this
     machine, ``threads: 0`` for the model's work on its data (loaded into ``datasets``)."""
-    data = load_cached(cfg.data, datasets)
-    return resolved(cfg, step_macs(cfg, data.input_shape, len(data.classes)))
+    return resolved(cfg, step_macs(cfg, *shape_of(cfg.data, datasets)))
 
 
 def check_memory(cfg: ExperimentConfig, input_shape: Shape, num_classes: int) -> None:
