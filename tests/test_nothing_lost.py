@@ -570,6 +570,16 @@ def test_an_overwrite_killed_at_any_step_keeps_a_run_under_the_name(
         "exchange", lambda: real_exchange(a, b)))
     monkeypatch.setattr(files, "os", SimpleNamespace(**{**vars(os), "rename": rename}))
     monkeypatch.setattr(run_module, "abort_run", lambda staging: None)  # a kill cleans nothing
+    root = finished_run.parent.parent
+    (root / "runs" / "notes.txt").write_text("mine, beside the run")
+    (root / "runs" / "mine").mkdir()
+    (root / "runs" / "mine" / "data.csv").write_text("a,b\n1,2\n")
+    (root / "outside.txt").write_text("mine, outside")
+
+    def users() -> dict[str, str]:
+        return {k: v for k, v in hashes(root).items() if not k.startswith(("runs/fit", "runs/.fit"))}
+
+    before = users()
     for kill_at in range(1, 20):
         steps.clear()
         try:
@@ -579,6 +589,7 @@ def test_an_overwrite_killed_at_any_step_keeps_a_run_under_the_name(
                 assert not one_step and not finished_run.exists()
             else:
                 assert _is_run(finished_run), steps
+            assert users() == before, steps  # every rename and repair touched cnnlab's only
             continue
         assert status == 0, err
         break
@@ -586,6 +597,7 @@ def test_an_overwrite_killed_at_any_step_keeps_a_run_under_the_name(
     assert _is_run(finished_run)
     assert f"seed: {kill_at}\n" in (finished_run / "config.yaml").read_text()  # the last run
     assert [p.name for p in finished_run.parent.iterdir() if p.name.startswith(".")] == []
+    assert users() == before
 
 
 @pytest.mark.slow
