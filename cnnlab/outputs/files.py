@@ -96,8 +96,7 @@ def check_run_out(out: Path, overwrite: bool) -> None:
     if manifest is None or manifest.kind != "run":
         raise Refused(f"--out {out}: holds files cnnlab did not write "
                       f"({_listing(sorted(files_under(out))) or MANIFEST}); allowed: a new or empty "
-                      "directory, "
-                      "or the folder of an earlier cnnlab fit")
+                      "directory, or the folder of an earlier cnnlab fit")
     if not overwrite:
         raise Refused(f"--out {out}: already holds a finished run; allowed: a new directory, "
                       "or --overwrite")
@@ -206,10 +205,15 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
+def aside_path(out: Path) -> Path:
+    """Where the two-rename fallback puts the old run of ``out`` for a moment."""
+    return out.parent / f".{out.name}.cnnlab-old"
+
+
 def _aside(out: Path) -> Path:
-    """Where the two-rename fallback puts the old run for a moment (``_restore`` cleared what
-    cnnlab left there; anything else is the user's)."""
-    aside = out.parent / f".{out.name}.cnnlab-old"
+    """``aside_path``, free (``_restore`` cleared what cnnlab left there; anything else is the
+    user's)."""
+    aside = aside_path(out)
     if aside.is_symlink() or (aside.exists() and (not aside.is_dir() or any(aside.iterdir()))):
         raise Refused(f"--out {out}: {aside} exists and cnnlab did not make it; allowed: "
                       "move it away")
@@ -233,25 +237,31 @@ def _swap(staging: Path, out: Path) -> Path:
 
 
 def _restore(out: Path) -> None:
-    """Repair what an interrupted replacement of ``out`` left: the old run back under its name
-    when a kill landed between the two renames (else removed as its manifest lists it, the new
-    run being in place); a committed run left in the staging folder
-    (never swapped in, or the old one swapped out) removed as its manifest lists it."""
-    aside = out.parent / f".{out.name}.cnnlab-old"
+    """Repair what an interrupted replacement of ``out`` left. The old run aside: back under
+    its name when a kill landed between the two renames, else (the new run is in place)
+    removed as its manifest lists it. A committed run in the staging folder (never swapped in,
+    or the old one swapped out): removed as its manifest lists it. Files of the user's stay."""
+    aside = aside_path(out)
     old = Manifest.read(aside) if aside.is_dir() and not aside.is_symlink() else None
     if old is not None and old.kind == "run" and not out.exists() and not out.is_symlink():
         os.rename(aside, out)
-    elif old is not None and remove_owned(aside, old):  # the new run got in: the old goes
-        raise Refused(f"--out {out}: {aside} holds files cnnlab did not write; allowed: "
-                      "move it away")
+    elif old is not None:
+        _remove_left(out, aside, old)
     elif aside.is_dir() and not aside.is_symlink():
-        with contextlib.suppress(OSError):  # emptied by the user after the line above: holds nothing
+        with contextlib.suppress(OSError):  # emptied by the user after that line: holds nothing
             aside.rmdir()
     staging = staging_path(out)
     left = Manifest.read(staging) if staging.is_dir() and not staging.is_symlink() else None
-    mine_or_dead = left is not None and (left.owner == owner_id() or not owner_alive(left.owner))
-    if left is not None and left.kind == "run" and mine_or_dead and remove_owned(staging, left):
-        raise Refused(f"--out {out}: {staging} holds files cnnlab did not write; allowed: "
+    if left is not None and left.kind == "run" and (left.owner == owner_id()
+                                                    or not owner_alive(left.owner)):
+        _remove_left(out, staging, left)
+
+
+def _remove_left(out: Path, folder: Path, manifest: Manifest) -> None:
+    """Remove what ``manifest`` lists in ``folder``, a leftover beside ``out``; refuse (and
+    keep) what else is there."""
+    if remove_owned(folder, manifest):
+        raise Refused(f"--out {out}: {folder} holds files cnnlab did not write; allowed: "
                       "move it away")
 
 
@@ -297,8 +307,7 @@ def check_study_folder(out: Path) -> bool:
     if out.exists() and any(out.iterdir()):
         raise Refused(f"--out {out}: holds files cnnlab did not write "
                       f"({_listing(sorted(files_under(out))) or MANIFEST}); allowed: a new or empty "
-                      "directory, "
-                      "or the report folder of an earlier study")
+                      "directory, or the report folder of an earlier study")
     return False
 
 

@@ -30,7 +30,7 @@ LEGACY_REASON = "error"  # cnnlab 0.1 stored an ablation's failure here
 SPEC = "spec"            # the spec (and preset) the study was made from
 PRESET = "preset"        # in the spec attribute: "quick" or "full"
 WANDB_STEP = "wandb_step"  # the step of the summary run's latest tables
-PINS = "pinned_sha256"   # {"data <dataset>" / "config <arm>": SHA-256}: what trials must match
+PINS = "pinned_sha256"   # {what (an arm's data, its resolved config): SHA-256}: trials must match
 
 DATA_CHANGED = ("the data it began with (or the same data.root, run from the folder it began "
                 "in), or a new study: another --out / --storage")
