@@ -690,3 +690,31 @@ def test_out_turned_into_a_file_or_a_link_during_the_fit_is_one_line(
     assert sorted(p.name for p in tmp_path.iterdir()) == (
         ["run"] if becomes == "a file" else ["elsewhere", "run"])
     assert out.read_text() == "now mine" if becomes == "a file" else list(target.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_a_failed_second_rename_puts_the_old_run_back_at_once(cli, finished_run: Path,
+                                                              monkeypatch) -> None:
+    """Where the system cannot swap in one step, the new run's rename failing (a full disk's
+    ENOSPC) undoes the first: the old run is back under its name before the one line, and
+    nothing of the user's beside it changed."""
+    import errno
+
+    real_rename = os.rename
+
+    def rename(a, b) -> None:
+        if Path(b) == finished_run and Path(a).name.endswith(".cnnlab-partial"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(b))
+        real_rename(a, b)
+
+    root = finished_run.parent.parent
+    (root / "runs" / "notes.txt").write_text("mine")
+    old = hashes(finished_run)
+    before = {k: v for k, v in hashes(root).items() if not k.startswith("runs/fit")}
+    monkeypatch.setattr(files, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(files, "os", SimpleNamespace(**{**vars(os), "rename": rename}))
+    status, _, err = fit(cli, finished_run, "--overwrite", "seed=5")
+    assert status == 2 and "No space left on device" in err, err
+    assert hashes(finished_run) == old  # the old run, whole, under its name
+    assert {k: v for k, v in hashes(root).items() if not k.startswith("runs/fit")} == before
+    assert [p.name for p in finished_run.parent.iterdir() if p.name.startswith(".")] == []
