@@ -409,8 +409,9 @@ SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28
 
 def shape_of(cfg: DataConfig, cache: Datasets) -> tuple[tuple[int, int, int], int]:
     """The input shape and class count ``cfg`` gives a network: known for the named datasets
-    (nothing read: ``--print-config`` needs no files), else from the data (loaded once)."""
-    if cfg.name in SHAPES:
+    (nothing read: ``--print-config`` needs no files), else from the data (loaded once; data
+    a caller already put in ``cache`` is what the run trains on, so it decides)."""
+    if cfg.name in SHAPES and dataset_key(cfg) not in cache:
         return SHAPES[cfg.name], 10
     data = load_cached(cfg, cache)
     return data.input_shape, len(data.classes)
