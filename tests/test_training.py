@@ -141,6 +141,8 @@ def test_threads_0_follows_the_models_work_never_the_load() -> None:
     assert threads_for(step_macs(digits, (1, 8, 8), 10)) == 1
     assert threads_for(step_macs(cifar, (3, 32, 32), 10)) == usable_cpus()
     assert threads_for(0) == 1 and threads_for(1e15) == usable_cpus()
+    import torch
+
     from cnnlab.data.sources import ImageData, dataset_key, shape_of
 
     given = ImageData(torch.zeros(4, 3, 32, 32), torch.arange(4) % 2, ["a", "b"])
