@@ -205,13 +205,14 @@ def report(name: str, *, out: str | Path | None = None, storage: str | None = No
     """Rebuild an ablation's report from its storage (default ``reports/<name>``), as
     ``cnnlab report``; nothing is trained."""
     from cnnlab.studies.ablations.report import write_report
+    from cnnlab.studies.engine.storage import default_url, storage_id
 
     folder = study_folder(safe_name(name), out)
     results = stored_results(name, out=folder, storage=storage)
     if not results.trials:  # stopped before its first trial finished
         raise CnnlabError(f"study {results.study!r} has no finished trial to report; allowed: "
                           "run its cnnlab ablate (again) first")
-    check_study_folder(folder)  # before anything is written
+    check_study_folder(folder, storage_id(storage or default_url(folder)))  # before writing
     with scoped():
         return StudyResult.of(write_report(results, folder), folder)
 

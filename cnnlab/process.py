@@ -33,7 +33,11 @@ IGNORED_WARNINGS = (
 )
 
 
-QUIET_LOGGERS = ("lightning.pytorch", "optuna")  # banners, a line per trial
+# Lightning's banners ("GPU available", "💡 Tip", "Restoring states", "Using bfloat16") come from
+# its rank_zero loggers; importing Lightning sets its package logger back to INFO, but leaves
+# theirs as set, so they stay quiet whichever comes first. Optuna: a line per trial.
+QUIET_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                 "lightning.pytorch", "optuna")
 
 
 def configure() -> None:

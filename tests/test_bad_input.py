@@ -423,6 +423,10 @@ CATALOGUE: dict[str, Case] = {
     "Hydra's ~ prefix": fit("~model.norm=batch", expected="cnnlab overrides are plain key=value, e.g. model.norm="),
     "unknown WANDB_MODE": Case(("fit", "--out", "{out}", "trainer.max_epochs=1"), "WANDB_MODE: got 'sometimes'; allowed: offline",
                                env={"WANDB_MODE": "sometimes"}),
+    "empty WANDB_SILENT": Case(("fit", "--out", "{out}", "trainer.max_epochs=1"),
+                               "W&B setting silent (environment variable WANDB_SILENT=''): Input "
+                               "should be a valid boolean", env={"WANDB_MODE": "offline",
+                                                                 "WANDB_SILENT": ""}),
     # data that would train on garbage
     "NaN pixel": fit("data.name=npz", "data.root={d}/d.npz", expected="1 pixel values are NaN or infinite; allowed: finite numbers",
                      **{"d.npz": _bad_pixels(np.nan, 1)}),

@@ -1,6 +1,7 @@
 """The ``cnnlab`` command: parse, run one command, and turn what stops it into one line and an
-exit status (2: bad input or a full disk; 75: the study's database stopped answering;
-129/130/143: a closed terminal, Ctrl-C or SIGTERM; the last four resumable)."""
+exit status (1: a study left incomplete, its trials named; 2: bad input or a full disk; 75:
+the study's database stopped answering; 129/130/143: a closed terminal, Ctrl-C or SIGTERM;
+all but 2 resumable by the same command)."""
 
 from __future__ import annotations
 

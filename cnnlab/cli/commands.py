@@ -128,19 +128,38 @@ def show_results(console: Console, results: Results, out: Path) -> None:
                       "update it")
 
 
-def cmd_ablate(args: argparse.Namespace) -> None:
+def cmd_ablate(args: argparse.Namespace) -> int:
     specs = [a for a in args.specs if not OVERRIDE.match(a)]
     if not specs:
         raise CnnlabError("ablate: no spec given; allowed: one or more specs, e.g. norm (shipped) "
                           "or experiments/norm.yaml, then key=value overrides for every trial")
     console = _console()
-    api.ablate_specs(specs, [a for a in args.specs if OVERRIDE.match(a)], quick=args.quick,
-                     seeds=args.seeds, workers=_workers(console, args.workers), out=args.out,
-                     storage=args.storage, console=console, pilot=args.pilot,
-                     on_report=lambda study: show_results(console, study.results, study.out))
+    studies = api.ablate_specs(specs, [a for a in args.specs if OVERRIDE.match(a)],
+                               quick=args.quick, seeds=args.seeds,
+                               workers=_workers(console, args.workers), out=args.out,
+                               storage=args.storage, console=console, pilot=args.pilot,
+                               on_report=lambda study: show_results(console, study.results,
+                                                                    study.out))
+    return incomplete_status([(s.study, len(s.results.trials) + len(s.results.running)
+                               + len(s.results.failed), s.results.running + s.results.failed)
+                              for s in studies])
 
 
-def cmd_tune(args: argparse.Namespace) -> None:
+def incomplete_status(studies: list[tuple[str, int, list[str]]]) -> int:
+    """1, with a line per study naming its unfinished work, when a study holds queued work
+    that did not run to a result (its report leaves it out); else 0. A command never ends
+    with status 0 on a study it left incomplete: a scheduler would take it for done."""
+    for name, total, missing in studies:
+        if missing:
+            shown = "; ".join(missing[:3]) + (f"; … {len(missing) - 3} more"
+                                               if len(missing) > 3 else "")
+            print(f"cnnlab: {name}: {len(missing)} of {total} trials did "
+                  f"not finish ({shown}); the report leaves them out: rerun the same command "
+                  "to run them (finished trials are kept)", file=sys.stderr)
+    return 1 if any(missing for _, _, missing in studies) else 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
     console = _console()
     result = api.tune(args.spec, args.overrides, quick=args.quick, trials=args.trials,
                       folds=args.folds, timeout=args.timeout,
@@ -153,6 +172,11 @@ def cmd_tune(args: argparse.Namespace) -> None:
          " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                   for k, v in result.params.items())],
     ])
+    if result.unstarted:  # what --timeout left: the user's budget, said, not a failure
+        print(f"cnnlab: note: {result.study}: {result.unstarted} of {result.trials} trials not "
+              f"started within --timeout {args.timeout:g} s; rerun the same command to run "
+              "them", file=sys.stderr)
+    return incomplete_status([(result.study, result.trials, result.unfinished)])
 
 
 def cmd_report(args: argparse.Namespace) -> None:

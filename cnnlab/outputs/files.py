@@ -284,6 +284,7 @@ def commit_run(staging: Path, out: Path) -> None:
 
 
 REPORTS = Path("reports")  # where a study reports unless told otherwise
+JOURNAL = "study.journal"  # a study's default storage, in its folder
 
 
 def study_folder(name: str, out: str | Path | None = None) -> Path:
@@ -291,9 +292,18 @@ def study_folder(name: str, out: str | Path | None = None) -> Path:
     return Path(out) if out is not None else REPORTS / name
 
 
-def check_study_folder(out: Path) -> bool:
-    """``out`` may hold a study's report: new, empty, or made by cnnlab for a study; returns
-    whether cnnlab made it already."""
+def held_storage(out: Path, manifest: Manifest) -> str:
+    """The storage whose study the study folder ``out`` reports: its manifest's, or (a folder
+    of cnnlab ≤ 0.6, which recorded none) its own journal's, if it lists one."""
+    journals = [rel for rel in manifest.files if rel.endswith(".journal")]
+    return manifest.storage or (str((out / journals[0]).absolute()) if journals else "")
+
+
+def check_study_folder(out: Path, storage: str = "") -> bool:
+    """``out`` may hold a study's report: new, empty, or made by cnnlab for a study of
+    ``storage`` (a ``storage_id``; empty: any); returns whether cnnlab made it already. A
+    folder reports one storage's study: two storages' trials in one ``trials/`` replaced each
+    other's folders, and their reports and W&B summary runs one another."""
     refuse_special(out)
     refuse_link(out)
     manifest = Manifest.read(out) if out.is_dir() else None
@@ -303,6 +313,11 @@ def check_study_folder(out: Path) -> bool:
         if changed:  # say so now, not after the trials ran
             raise Refused(f"--out {out}: {_listing(sorted(changed))} changed since cnnlab wrote "
                           "it; allowed: move it away (cnnlab rewrites it), or another --out")
+        held = held_storage(out, manifest)
+        if storage and held and held != storage:
+            raise Refused(f"--out {out}: reports the study of another storage ({held}); "
+                          f"allowed: another --out for this storage ({storage}), or that "
+                          "storage's --storage")
         return True
     if out.exists() and any(out.iterdir()):
         raise Refused(f"--out {out}: holds files cnnlab did not write "
@@ -311,11 +326,18 @@ def check_study_folder(out: Path) -> bool:
     return False
 
 
-def claim_study_folder(out: Path) -> None:
-    """Make ``out`` a study folder (checked by ``check_study_folder``)."""
-    if not check_study_folder(out):
+def claim_study_folder(out: Path, storage: str = "") -> None:
+    """Make ``out`` the study folder of ``storage`` (empty: of whichever storage claims it
+    first; checked by ``check_study_folder``)."""
+    if not check_study_folder(out, storage):
         out.mkdir(parents=True, exist_ok=True)
-        Manifest("study").write(out)
+        Manifest("study", storage=storage).write(out)
+        return
+    with _locked(out):
+        manifest = Manifest.read(out)
+        if manifest is not None and storage and not manifest.storage:  # cnnlab ≤ 0.6
+            manifest.storage = storage
+            manifest.write(out)
 
 
 @contextlib.contextmanager

@@ -98,6 +98,7 @@ class Manifest:
     kind: str
     owner: str = ""
     files: dict[str, str] = field(default_factory=dict)
+    storage: str = ""  # a study folder: the one storage whose study it reports (``storage_id``)
 
     @classmethod
     def read(cls, folder: Path) -> Manifest | None:
@@ -112,7 +113,8 @@ class Manifest:
             return None
         try:
             raw = json.loads((folder / MANIFEST).read_text())
-            manifest = cls(raw["kind"], raw.get("owner", ""), dict(raw.get("files", {})))
+            manifest = cls(raw["kind"], raw.get("owner", ""), dict(raw.get("files", {})),
+                           str(raw.get("storage", "")))
             files_ok = all(isinstance(rel, str) and isinstance(digest, str)
                            and _contained(folder, rel)
                            and (digest != APPEND_ONLY or rel.endswith(APPENDED))

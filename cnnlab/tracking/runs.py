@@ -15,12 +15,15 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pydantic
 import wandb
 from lightning.pytorch.loggers import WandbLogger
 
 from cnnlab.config import ExperimentConfig, to_dict
 from cnnlab.errors import CnnlabError
 from cnnlab.metrics import VAL_ACC, VAL_LOSS
+from cnnlab.outputs.files import JOURNAL, held_storage
+from cnnlab.outputs.ownership import Manifest
 from cnnlab.tracking.summary import StudySummary
 
 MODES = ("offline", "online", "disabled", "shared", "dryrun", "run")  # what wandb itself accepts
@@ -55,6 +58,12 @@ def _init(requirements: bool = True, **kwargs: Any) -> Any:
         settings.init_timeout = INIT_TIMEOUT_S
     try:
         return wandb.init(settings=settings, reinit="create_new", **kwargs)
+    except pydantic.ValidationError as err:  # W&B reads WANDB_* variables into its settings
+        first = err.errors()[0]
+        name = ".".join(map(str, first["loc"])) or "settings"
+        raise CnnlabError(f"W&B setting {name} (environment variable WANDB_{name.upper()}="
+                          f"{first.get('input')!r}): {first['msg']}; allowed: a valid value, or "
+                          f"unset WANDB_{name.upper()}") from None
     except (wandb.errors.CommError, wandb.errors.AuthenticationError, wandb.errors.UsageError) as err:
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise CnnlabError(f"wandb.mode={kwargs.get('mode')}: W&B did not answer ({reason}); "
@@ -135,9 +144,15 @@ def finish(logger: WandbLogger | None, summary: dict[str, Any],
 def stable_id(project: str, study: str, out: Path) -> str:
     """The W&B run id of a study's summary run: the same for every rerun of the study. A study
     kept outside its default folder (``--out reports/x`` for study ``norm``) is another study
-    of the same name, so its folder is part of the id (two used to merge on ``cnnlab sync``)."""
+    of the same name, so its folder is part of the id (two used to merge on ``cnnlab sync``);
+    a study in a database is the database's (every machine sharing it updates one run, and a
+    journal study of the same name another)."""
+    manifest = Manifest.read(out)
+    storage = held_storage(out, manifest) if manifest is not None else ""
+    own = not storage or storage == str((out / JOURNAL).absolute())
     default = out.name == study and out.parent.name == "reports"
-    key = f"{project}/{study}" if default else f"{project}/{study}@{out.resolve()}"
+    key = (f"{project}/{study}@{storage}" if not own else
+           f"{project}/{study}" if default else f"{project}/{study}@{out.resolve()}")
     return "summary-" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 

@@ -26,6 +26,7 @@ from cnnlab.studies.engine.store import (
     DATA_CHANGED,
     FINISHED,
     KEY,
+    PENDING,
     PRESET,
     Pin,
     Store,
@@ -235,16 +236,14 @@ class AblationStore(Store):
 
     def rows(self) -> tuple[list[TrialRow], list[str], list[str]]:
         """The finished trials (one per arm × seed), the keys still running or queued, and one
-        line per trial that failed to run (an error, not a failed training)."""
+        line per arm × seed that did not run to a result (an error, not a failed training; or
+        no attempt that ran), which the report leaves out."""
         rows: dict[str, TrialRow] = {}
         problems: list[tuple[str, str]] = []
-        running: list[str] = []
         for t in self.trials():
             key = self.key(t)
             if key is None:
                 continue
-            if t.state in (TrialState.RUNNING, TrialState.WAITING):
-                running.append(key)
             reason = self.reason(t) or ""
             legacy = t.state == TrialState.PRUNED and reason.startswith(LEGACY_DIVERGED)
             if key not in rows and (t.state == TrialState.COMPLETE or legacy):
@@ -254,8 +253,12 @@ class AblationStore(Store):
                 rows[key] = TrialRow(arm, seed, failure, metrics, self._curve(t))
             if t.state in (TrialState.FAIL, TrialState.PRUNED) and not self.noted(t) and reason:
                 problems.append((key, f"{key}: {reason}"))  # none: a killed worker's, redone
+        unrun = {k: why for k, why in self.incomplete().items() if k not in rows}
+        running = sorted(k for k, why in unrun.items() if why in PENDING)
         failed = [line for key, line in problems if key not in rows]
-        return with_worst(list(rows.values())), sorted(set(running) - set(rows)), failed
+        failed += [f"{k}: {why}" for k, why in unrun.items()
+                   if why not in PENDING and k not in dict(problems)]
+        return with_worst(list(rows.values())), running, failed
 
     @staticmethod
     def _curve(trial: FrozenTrial) -> list[float]:

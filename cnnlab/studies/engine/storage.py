@@ -21,13 +21,12 @@ from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError, ProgrammingError
 
 from cnnlab.errors import CnnlabError
-from cnnlab.outputs.files import check_study_folder, claim_study_folder, write_owned
+from cnnlab.outputs.files import JOURNAL, check_study_folder, claim_study_folder, write_owned
 from cnnlab.process import outage
 from cnnlab.studies.engine.journal import ReadOnlyJournal, repair
 
 SCHEMES = ("journal file path", "sqlite:///PATH", "postgresql://USER@HOST/DB")
 OPTUNA_TABLES = {"studies", "trials", "version_info"}
-JOURNAL = "study.journal"
 LOCK_SUFFIX = ".lock"  # Optuna's journal lock: a symbolic link <journal>.lock → the journal
 
 
@@ -89,15 +88,31 @@ def open_storage(url: str, readonly: bool = False) -> optuna.storages.BaseStorag
                           "database URL or a journal file path") from None
 
 
+def storage_id(url: str) -> str:
+    """What names a storage wherever it is opened from: a journal's or SQLite file's absolute
+    path, a database URL without its password."""
+    if "://" not in url:
+        return str(Path(url).absolute())
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        return url
+    if parsed.get_backend_name() == "sqlite" and parsed.database:
+        parsed = parsed.set(database=str(Path(parsed.database).absolute()))
+    return parsed.render_as_string(hide_password=True)
+
+
 def open_study_storage(out: Path, url: str) -> optuna.storages.BaseStorage:
     """The storage of a study reporting into ``out``: the folder and the URL are checked before
-    either is created, and ``out`` records that cnnlab made it (and its default journal)."""
-    check_study_folder(out)
+    either is created, and ``out`` records that cnnlab made it for this storage (and its
+    default journal)."""
+    owner = storage_id(url)
+    check_study_folder(out, owner)
     if url != default_url(out):
         storage = open_storage(url)
-        claim_study_folder(out)
+        claim_study_folder(out, owner)
         return storage
-    claim_study_folder(out)
+    claim_study_folder(out, owner)
     write_owned(out, JOURNAL, None)
     return open_storage(url)
 

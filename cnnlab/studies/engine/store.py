@@ -38,6 +38,8 @@ CONFIG_CHANGED = "the configs: files as they were when the study began, or a new
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # pruned: diverged or stopped; not redone
 TAKEN = (*FINISHED, TrialState.WAITING, TrialState.RUNNING)  # work that is done or on its way
+PENDING = ("waiting", "running")  # what ``Store.incomplete`` says of work on its way
+NO_ATTEMPT = "no attempt ran it (each deferred to another copy of the same work)"
 
 
 Pin = tuple[str, str, str]  # what is pinned, its SHA-256, what the user may do when it changed
@@ -170,8 +172,30 @@ class Store:
             k: trial.user_attrs[k] for k in self.QUEUED if k in trial.user_attrs})
 
     def taken_elsewhere(self, trial: optuna.Trial, key: str) -> bool:
-        return any(self.key(t) == key and t.number != trial.number
-                   for t in self.trials(*FINISHED, TrialState.RUNNING))
+        """Another trial finished ``key``, or holds it (running or queued) and came first. Two
+        commands that queue the same work at once queue it twice, and two workers that pop the
+        copies at once each see the other running: the lower trial number goes on, so exactly
+        one of them runs it (each deferring to the other lost the work: two FAIL trials and
+        no result)."""
+        return any(self.key(t) == key and (t.state in FINISHED or t.number < trial.number)
+                   for t in self.trials(*TAKEN))
+
+    def incomplete(self) -> dict[str, str]:
+        """Each unit of work the study holds with no finished trial: why (the last attempt's
+        failure, queued, running, or no attempt that ran)."""
+        why: dict[str, str] = {}
+        done = set()
+        for t in self.trials():
+            key = self.key(t)
+            if key is None:
+                continue
+            if t.state in FINISHED:
+                done.add(key)
+            elif t.state in (TrialState.WAITING, TrialState.RUNNING):
+                why[key] = t.state.name.lower()
+            elif not self.noted(t) or key not in why:
+                why[key] = self.reason(t) or (NO_ATTEMPT if self.noted(t) else "lost")
+        return {k: v for k, v in why.items() if k not in done}
 
     # -- who runs it, and how it ended ---------------------------------------------------------
     @staticmethod

@@ -7,7 +7,7 @@ import io
 import statistics
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,9 @@ class SearchResult:
     fold_scores: list[float]
     test_acc: float
     out: Path  # the report: out/search.md; the refit run: out/refit
+    trials: int = 0  # the trials the search asked for
+    unfinished: list[str] = field(default_factory=list)  # "slot N: why": failed or lost
+    unstarted: int = 0  # slots --timeout left queued
 
     def numbers(self) -> dict[str, float]:
         return {"cv_mean": self.cv_mean, "cv_std": self.cv_std, "test_acc": self.test_acc,

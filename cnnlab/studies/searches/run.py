@@ -17,6 +17,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
@@ -33,7 +34,7 @@ from cnnlab.metrics import VAL_ACC
 from cnnlab.outputs.files import refuse_links
 from cnnlab.studies.engine.progress import StudyProgress, study_bars
 from cnnlab.studies.engine.storage import open_storage, open_study_storage, with_journal
-from cnnlab.studies.engine.store import FINISHED
+from cnnlab.studies.engine.store import FINISHED, PENDING
 from cnnlab.studies.engine.trials import Queue, liveness, reclaim, trial_config, work
 from cnnlab.studies.engine.workers import run_workers
 from cnnlab.studies.searches.report import SearchResult, search_summary, write_search_report
@@ -223,7 +224,11 @@ def tune(spec: SearchSpec, quick: bool, out: Path, url: str, name: str, workers:
             run_workers(worker_main, [(url, name, str(out), deadline_s, i)
                                        for i in range(workers)], progress,
                         done=lambda: not store.unfinished())
-    return refit(store, spec, quick, out, datasets)
+    result = refit(store, spec, quick, out, datasets)
+    left = store.incomplete()
+    late = [k for k, why in left.items() if timeout and why == PENDING[0]]
+    return replace(result, trials=spec.trials, unstarted=len(late),
+                   unfinished=[f"{k}: {why}" for k, why in left.items() if k not in late])
 
 
 def refit(store: SearchStore, spec: SearchSpec, quick: bool, out: Path, datasets: Datasets
