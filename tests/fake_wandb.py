@@ -1,5 +1,6 @@
-"""A W&B server on 127.0.0.1 that answers what ``wandb sync`` asks, records what arrives, and can
-reject every artifact (to test that ``cnnlab sync`` notices)."""
+"""A W&B server on 127.0.0.1 that answers what ``wandb sync`` asks, records what arrives, answers
+what ``cnnlab sync`` asks afterwards (each run's files, its artifacts' states), and can reject
+every artifact or fail every artifact file's upload (to test that ``cnnlab sync`` notices)."""
 
 import gzip
 import json
@@ -12,19 +13,22 @@ from typing import Any
 
 class FakeWandb:
     """What arrived: ``runs`` (names upserted), ``history`` (run → history lines received),
-    ``artifacts`` (names committed), ``uploads`` (file names PUT) and ``operations``."""
+    ``artifacts`` (names committed), ``uploads`` (file names PUT), ``run_files`` (run → file
+    names that arrived), ``operations`` and their ``variables``."""
 
-    def __init__(self, fail_artifacts: bool = False) -> None:
+    def __init__(self, fail_artifacts: bool = False, fail_uploads: bool = False) -> None:
         self.fail_artifacts = fail_artifacts
+        self.fail_uploads = fail_uploads  # artifact files' PUT: HTTP 500 (W&B retries for minutes)
         self.runs: set[str] = set()
         self.history: dict[str, int] = {}
         self.artifacts: list[str] = []
         self.uploads: list[str] = []
+        self.run_files: dict[str, set[str]] = {}
         self.operations: list[str] = []
         self.variables: list[tuple[str, Any]] = []
         self.url = ""
         self._lock = threading.Lock()
-        self._pending: dict[str, str] = {}  # artifact id → name, until committed
+        self._made: dict[str, dict[str, Any]] = {}  # artifact id → run, name, digest, files, state
 
     def answer(self, op: str, variables: dict[str, Any]) -> dict[str, Any] | None:
         """The GraphQL ``data`` for ``op``; None: an error answer."""
@@ -42,8 +46,10 @@ class FakeWandb:
                           "LinkArtifact")) and self.fail_artifacts:
             return None
         if op == "CreateArtifact":
-            aid = f"art{len(self._pending) + len(self.artifacts)}"
-            self._pending[aid] = inp.get("artifactCollectionName", "?")
+            aid = f"art{len(self._made)}"
+            self._made[aid] = {"run": inp.get("runName"), "digest": inp.get("digest"),
+                               "name": inp.get("artifactCollectionName", "?"), "files": set(),
+                               "arrived": set(), "state": "PENDING"}
             return {"createArtifact": {"artifact": {"id": aid, "state": "PENDING",
                                                     "artifactSequence": {"latestArtifact": None}}}}
         if op == "CreateArtifactManifest":
@@ -52,20 +58,50 @@ class FakeWandb:
                 "uploadHeaders": []}}}}
         if op == "CreateArtifactFiles":
             files = inp.get("artifactFiles") or []
+            for f in files:
+                self._made[f.get("artifactID")]["files"].add(f.get("name"))
             return {"createArtifactFiles": {"files": {"edges": [{"node": {
                 "id": f"file{i}", "name": f.get("name"), "displayName": f.get("name"),
-                "uploadUrl": f"{self.url}/up/{f.get('name')}", "uploadHeaders": [],
-                "storagePath": f.get("name"), "uploadMultipartUrls": None,
+                "uploadUrl": f"{self.url}/up/artifact/{f.get('artifactID')}/{f.get('name')}",
+                "uploadHeaders": [], "storagePath": f.get("name"), "uploadMultipartUrls": None,
                 "artifact": {"id": f.get("artifactID")}}} for i, f in enumerate(files)]}}}
         if op == "CommitArtifact":
             aid = variables.get("artifactID")
-            self.artifacts.append(self._pending.pop(aid, "?"))
-            return {"commitArtifact": {"artifact": {"id": aid, "digest": "d"}}}
+            made = self._made[aid]
+            if made["files"] - made["arrived"]:  # as W&B: no commit before every file arrived
+                return None
+            made["state"] = "COMMITTED"
+            self.artifacts.append(made["name"])
+            return {"commitArtifact": {"artifact": {"id": aid, "digest": made["digest"]}}}
         if op == "CreateRunFiles":
+            run = variables.get("run")
             return {"createRunFiles": {"runID": "r", "uploadHeaders": [], "files": [
-                {"name": name, "uploadUrl": f"{self.url}/up/{name}"}
+                {"name": name, "uploadUrl": f"{self.url}/up/run/{run}/{name}"}
                 for name in variables.get("files", [])]}}
+        if op == "CnnlabSyncCheck":
+            run = variables.get("run")
+            if run not in self.runs:
+                return {"project": {"run": None}}
+            return {"project": {"run": {
+                "files": {"edges": [{"node": {"name": n}} for n in sorted(self.run_files.get(run, ()))]},
+                "outputArtifacts": {"edges": [{"node": {
+                    "state": a["state"], "digest": a["digest"], "fileCount": str(len(a["files"])),
+                    "artifactSequence": {"name": a["name"]}}}
+                    for a in self._made.values() if a["run"] == run]}}}}
         return {}
+
+    def put(self, path: str) -> bool:
+        """A file arrives at ``/up/...``; False: refused (``fail_uploads``)."""
+        kind, _, rest = path.removeprefix("/up/").partition("/")
+        owner, _, name = rest.partition("/")
+        if kind == "artifact":
+            if self.fail_uploads:
+                return False
+            self._made[owner]["arrived"].add(name)
+        elif kind == "run":
+            self.run_files.setdefault(owner, set()).add(name)
+        self.uploads.append(path.rsplit("/", 1)[-1])
+        return True
 
     @contextmanager
     def serving(self) -> Iterator["FakeWandb"]:
@@ -110,8 +146,8 @@ class FakeWandb:
             def do_PUT(self) -> None:  # noqa: N802
                 self._body()
                 with fake._lock:
-                    fake.uploads.append(self.path.rsplit("/", 1)[-1])
-                self._reply(200, {})
+                    arrived = fake.put(self.path)
+                self._reply(200 if arrived else 500, {} if arrived else {"error": "storage down"})
 
             def log_message(self, *args: Any) -> None:
                 pass

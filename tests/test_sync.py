@@ -4,6 +4,7 @@ failed, the retry, the server W&B's settings name, and nothing written into the 
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,8 @@ from pathlib import Path
 import pytest
 from fake_wandb import FakeWandb
 
-from cnnlab.tracking.sync import log_folder
+import cnnlab.tracking.sync as sync_module
+from cnnlab.tracking.sync import KEEP_LOGS, log_folder
 from tests.conftest import FAST
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,6 +59,26 @@ def test_a_failed_artifact_is_reported_per_run_exit_1_and_retried_by_the_next_sy
     status, out, err = cli("sync", "--dry-run", runs)
     assert status == 0 and "2 offline W&B runs to sync, 0 already synced" in out
 
+    # W&B's .synced markers are left by that attempt; now the artifact files' uploads fail,
+    # which W&B retries at INFO (no ERROR line): the server's answer decides, not the markers
+    assert len(list(runs.rglob("*.wandb.synced"))) == 2
+    monkeypatch.setattr(sync_module, "NOTE_S", 2.0)
+    with FakeWandb(fail_uploads=True).serving() as server:
+        monkeypatch.setenv("WANDB_BASE_URL", server.url)
+        status, out, err = cli("sync", runs, "--timeout", "8")
+    assert status == 1, err
+    assert server.artifacts == [] and "CnnlabSyncCheck" in server.operations
+    failed = [line for line in err.splitlines() if line.startswith("failed: ")]
+    assert len(failed) == 2, err
+    assert all(re.search(r"artifact model-\w+ is not committed with its 2 files", x) for x in failed)
+    assert re.search(r"W&B retrying \(\d+ so far; last: api: retrying error: unexpected HTTP "
+                     r"status 500 Internal Server Error\) for \d+ s; gives up at 8 s", out), out
+    assert "gave up: no run finished for 8 s (--timeout)" in out
+    assert all(json.loads(r.read_text())["complete"] is False
+               for r in runs.rglob("*.cnnlab-sync.json"))
+    status, out, err = cli("sync", "--dry-run", runs)
+    assert status == 0 and "2 offline W&B runs to sync, 0 already synced" in out
+
     with FakeWandb().serving() as server:
         monkeypatch.setenv("WANDB_BASE_URL", server.url)
         status, out, err = cli("sync", runs)
@@ -98,8 +120,9 @@ def test_dry_run_lists_hundreds_of_runs_without_loading_wandb(tmp_path: Path) ->
                / f"offline-run-20260101_0000{i:02d}-id{i}")
         (run / "files" / "media").mkdir(parents=True)
         (run / f"run-id{i}.wandb").write_bytes(b"")
-        if i % 3 == 0:
-            (run / f"run-id{i}.wandb.synced").write_bytes(b"")
+        (run / f"run-id{i}.wandb.synced").write_bytes(b"")  # W&B's marker: not a verdict
+        if i % 3 == 0:  # the server confirmed these
+            (run / f"run-id{i}.wandb.cnnlab-sync.json").write_text('{"complete": true}')
     code = ("import sys; from cnnlab.cli import main; status = main(['sync', '--dry-run']); "
             "print(status, 'wandb' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
@@ -115,3 +138,34 @@ def test_two_syncs_in_one_second_never_share_a_log_folder(tmp_path: Path,
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     first, second = log_folder(), log_folder()
     assert first != second and first.parent == second.parent == tmp_path / "cnnlab" / "wandb-sync"
+
+
+def test_the_cache_keeps_the_newest_sync_logs_and_nothing_else(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
+    """One log folder per sync piled up (15 after a day)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    made = [log_folder() for _ in range(KEEP_LOGS + 3)]
+    parent = made[0].parent
+    mine = parent / "notes"  # not named as cnnlab names its folders: never touched
+    mine.mkdir()
+    (mine / "keep.txt").write_text("mine")
+    linked = parent / "20000101-000000-1-abcdefgh"  # named like one, but a link
+    linked.symlink_to(mine)
+    newest = log_folder()
+    kept = sorted(p for p in parent.iterdir() if p not in (mine, linked))
+    assert len(kept) == KEEP_LOGS and newest in kept and made[-1] in kept
+    assert (mine / "keep.txt").read_text() == "mine" and linked.is_symlink()
+
+
+def test_runs_still_being_built_are_not_listed(tmp_path: Path) -> None:
+    """A tune still running has its folds' W&B runs inside .fold0.cnnlab-partial/."""
+    for folder in ("trials/0000/fold0", "trials/0001/.fold0.cnnlab-partial"):
+        run = tmp_path / "reports" / "s" / folder / "wandb" / "offline-run-20260101_000000-abc"
+        run.mkdir(parents=True)
+        (run / "run-abc.wandb").write_bytes(b"")
+    code = "from cnnlab.cli import main; main(['sync', '--dry-run'])"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert "1 offline W&B runs to sync, 0 already synced" in done.stdout, done.stdout
+    assert "cnnlab-partial" not in done.stdout

@@ -1,43 +1,14 @@
-"""Read an offline W&B run file (``run-<id>.wandb``) back into its protobuf records.
-
-The file is a LevelDB-style log: a 7-byte header (":W&B", magic, version), then 32 KiB blocks of
-chunks, each with a 7-byte header (crc32, length, type: full / first / middle / last).
-"""
+"""An offline W&B run file's records (``cnnlab.tracking.records``) as the tests read them: once
+written whole, and as config, summary and history."""
 
 import json
-import struct
 import time
 from pathlib import Path
 from typing import Any
 
 from wandb.proto import wandb_internal_pb2 as pb
 
-BLOCK = 32 * 1024
-HEADER = 7
-FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
-
-
-def read_records(path: Path) -> list[pb.Record]:
-    data = path.read_bytes()
-    assert data[:4] == b":W&B", f"{path} is not a W&B run file"
-    records, pending, pos = [], b"", HEADER
-    while pos + HEADER <= len(data):
-        if BLOCK - pos % BLOCK < HEADER:  # block trailer too small for a chunk header
-            pos += BLOCK - pos % BLOCK
-            continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + HEADER])
-        chunk = data[pos + HEADER : pos + HEADER + length]
-        pos += HEADER + length
-        if kind == 0 and length == 0:
-            pos += BLOCK - pos % BLOCK if pos % BLOCK else 0
-            continue
-        pending = chunk if kind in (FULL, FIRST) else pending + chunk
-        if kind in (FULL, LAST):
-            record = pb.Record()
-            record.ParseFromString(pending)
-            records.append(record)
-            pending = b""
-    return records
+from cnnlab.tracking.records import read_records
 
 
 def _items(update: Any) -> dict[str, Any]:

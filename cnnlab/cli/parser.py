@@ -211,12 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(func=cmd_report)
 
     sync = sub.add_parser("sync", help="upload the offline W&B runs of studies and runs "
-                          "(wandb sync over each)")
+                          "(W&B's own wandb sync), then check with the server that each "
+                          "arrived whole")
     sync.add_argument("targets", nargs="*", metavar="STUDY|DIR",
                       help="a study (reports/NAME) or a folder (default: reports and runs)")
     sync.add_argument("--dry-run", action="store_true", help="list the runs; upload nothing")
     sync.add_argument("--timeout", type=_seconds, default=300.0,
-                      help="seconds one run may take to upload (default 300)")
+                      help="give up after S seconds in which no run finished uploading "
+                      "(default 300; the next sync retries what is left)")
     sync.set_defaults(func=cmd_sync)
 
     lr = sub.add_parser("lr-find", help="LR range test: loss vs learning rate, a suggestion")

@@ -293,10 +293,17 @@ def study_folder(name: str, out: str | Path | None = None) -> Path:
 
 
 def held_storage(out: Path, manifest: Manifest) -> str:
-    """The storage whose study the study folder ``out`` reports: its manifest's, or (a folder
-    of cnnlab ≤ 0.6, which recorded none) its own journal's, if it lists one."""
+    """The storage whose study the study folder ``out`` reports: its manifest's (a journal
+    inside the folder is recorded by its name, so a copied or moved folder keeps its own), or
+    (a folder of cnnlab ≤ 0.6, which recorded none) its own journal's, if it lists one."""
     journals = [rel for rel in manifest.files if rel.endswith(".journal")]
-    return manifest.storage or (str((out / journals[0]).absolute()) if journals else "")
+    return _located(out, manifest.storage or (journals[0] if journals else ""))
+
+
+def _located(out: Path, storage: str) -> str:
+    """A storage id with a journal named inside ``out`` made absolute."""
+    inside = storage and "://" not in storage and not Path(storage).is_absolute()
+    return str((out / storage).absolute()) if inside else storage
 
 
 def check_study_folder(out: Path, storage: str = "") -> bool:
@@ -313,7 +320,7 @@ def check_study_folder(out: Path, storage: str = "") -> bool:
         if changed:  # say so now, not after the trials ran
             raise Refused(f"--out {out}: {_listing(sorted(changed))} changed since cnnlab wrote "
                           "it; allowed: move it away (cnnlab rewrites it), or another --out")
-        held = held_storage(out, manifest)
+        held, storage = held_storage(out, manifest), _located(out, storage)
         if storage and held and held != storage:
             raise Refused(f"--out {out}: reports the study of another storage ({held}); "
                           f"allowed: another --out for this storage ({storage}), or that "

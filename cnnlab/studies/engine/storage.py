@@ -112,7 +112,7 @@ def open_study_storage(out: Path, url: str) -> optuna.storages.BaseStorage:
         storage = open_storage(url)
         claim_study_folder(out, owner)
         return storage
-    claim_study_folder(out, owner)
+    claim_study_folder(out, JOURNAL)  # its own journal, by name: the folder may be moved
     write_owned(out, JOURNAL, None)
     return open_storage(url)
 
