@@ -79,3 +79,23 @@ def test_a_users_file_wins_over_a_shipped_name(cli, tmp_path: Path,
     (tmp_path / "norm").write_text("name: [")
     status, _, err = cli("ablate", "norm", "--quick")
     assert status == 2 and "spec norm: invalid YAML" in err.replace("'", "")
+
+
+@pytest.mark.parametrize("gpu", [False, True])
+def test_make_install_takes_cpu_only_torch_without_a_gpu(tmp_path: Path, gpu: bool) -> None:
+    """``pip install .`` pulled 3 GB of CUDA wheels onto machines without a GPU: without a
+    working nvidia-smi, make install takes torch from PyTorch's CPU index first."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("sh", "python3", "test", "touch"):
+        (bin_dir / tool).symlink_to(shutil.which(tool) or tool)
+    if gpu:  # an NVIDIA driver that answers
+        (bin_dir / "nvidia-smi").write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H100'\n")
+        (bin_dir / "nvidia-smi").chmod(0o755)
+    done = subprocess.run(["make", "-n", "-B", "install", f"VENV={tmp_path / 'venv'}"], cwd=ROOT,
+                          env={**os.environ, "PATH": str(bin_dir)}, capture_output=True,
+                          text=True, timeout=60, executable=shutil.which("make"))
+    assert done.returncode == 0, done.stderr
+    cpu = "--index-url \"https://download.pytorch.org/whl/cpu\" 'torch<=2.14.1' 'torchvision<=0.29.1'"
+    assert (cpu in done.stdout) is not gpu, done.stdout
+    assert "pip install --quiet -e '.[dev,postgres]'" in done.stdout

@@ -56,9 +56,10 @@ def _init(requirements: bool = True, **kwargs: Any) -> Any:
                               x_save_requirements=requirements)
     if "WANDB_INIT_TIMEOUT" not in os.environ:
         settings.init_timeout = INIT_TIMEOUT_S
-    try:
+    try:  # W&B reads WANDB_* variables once a process (its singleton): check them every time
+        wandb.Settings().update_from_env_vars(dict(os.environ))
         return wandb.init(settings=settings, reinit="create_new", **kwargs)
-    except pydantic.ValidationError as err:  # W&B reads WANDB_* variables into its settings
+    except pydantic.ValidationError as err:
         first = err.errors()[0]
         name = ".".join(map(str, first["loc"])) or "settings"
         raise CnnlabError(f"W&B setting {name} (environment variable WANDB_{name.upper()}="
