@@ -127,14 +127,22 @@ def curves_png(history: list[dict[str, Any]]) -> bytes:
     return figure_png(fig, dpi=100)
 
 
-def inference_seconds(model: nn.Module, x: Tensor, batch: int = 256, repeats: int = 5) -> float:
-    """Median seconds for one eval-mode pass over ``x`` in batches of ``batch``."""
+def speedup(model: nn.Module, fused: nn.Module, x: Tensor, batch: int = 256, repeats: int = 7
+            ) -> tuple[float, float, float]:
+    """How many times faster ``fused`` runs eval-mode passes over ``x`` (batches of ``batch``)
+    than ``model``: the median, lowest and highest of ``repeats`` ratios, each of one pass of
+    both timed back to back, after two warm-up passes each (one timing of each, the first one
+    cold, printed 14.08×, then 1.33× and 0.62× for the same model)."""
+    def seconds(net: nn.Module) -> float:
+        start = time.perf_counter()
+        for i in range(0, len(x), batch):
+            net(x[i: i + batch])
+        return time.perf_counter() - start
+
     model.eval()
-    times = []
+    fused.eval()
     with torch.inference_mode():
-        for _ in range(repeats + 1):  # the first pass warms up
-            start = time.perf_counter()
-            for i in range(0, len(x), batch):
-                model(x[i : i + batch])
-            times.append(time.perf_counter() - start)
-    return statistics.median(times[1:])
+        for _ in range(2):
+            seconds(model), seconds(fused)
+        ratios = [seconds(model) / seconds(fused) for _ in range(repeats)]
+    return statistics.median(ratios), min(ratios), max(ratios)

@@ -21,7 +21,7 @@ from torch import nn
 
 from cnnlab.config import ExperimentConfig, recorded
 from cnnlab.data.datamodule import DataModule
-from cnnlab.diagnostics import fuse_bn, inference_seconds, max_abs_diff
+from cnnlab.diagnostics import fuse_bn, max_abs_diff, speedup
 from cnnlab.errors import CnnlabError
 from cnnlab.models.convnet import ConvNet
 from cnnlab.models.predictor import Predictor
@@ -146,7 +146,7 @@ def export(source: Path, out: Path, fuse: bool) -> dict[str, Any]:
                               f"{report['max_abs_diff']:.2e} on the validation set; allowed: "
                               f"≤ {TOLERANCE:g}")
         x = x_val.repeat(max(1, 4096 // len(x_val)), 1, 1, 1)
-        report["speedup"] = inference_seconds(model, x) / inference_seconds(fused, x)
+        report["speedup"], report["speedup_low"], report["speedup_high"] = speedup(model, fused, x)
         model = fused
     predictor = _predictor(model, h)
     buffer = io.BytesIO()
@@ -217,7 +217,9 @@ def describe(out: Path, report: dict[str, Any], fuse: bool) -> str:
     if report["fused_bn"]:
         line += (f": batch norm folded into the convs; max |fused − original| on the validation "
                  f"set {report['max_abs_diff']:.2e}; inference speed {report['speedup']:.2f}× the "
-                 "unfused model's (batch 256)")
+                 f"unfused model's (median of 7 timings side by side, from "
+                 f"{report['speedup_low']:.2f}× to {report['speedup_high']:.2f}×; batch 256; "
+                 "timings vary with the machine's load)")
     elif fuse:
         line += (f": no batch norm in this model (model.norm={report['norm']}), nothing to fold; "
                  "exported unfused")

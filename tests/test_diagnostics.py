@@ -1,6 +1,7 @@
 """Batch norm folded into convs, the BN train/eval gap, and the monitoring images of a fit."""
 
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,10 @@ def test_fit_writes_monitoring_images_and_export_fuses(cli, tmp_path: Path) -> N
     status, out, err = cli("export", run, "--fuse-bn")
     assert status == 0, err
     assert "max |fused − original|" in out and "× the unfused model's" in out
+    low, median, high = map(float, re.search(  # noise said as a spread, not printed as a result
+        r"speed ([\d.]+)× the unfused model's \(median of 7 timings side by side, from "
+        r"([\d.]+)× to ([\d.]+)×", out).group(2, 1, 3))
+    assert low <= median <= high
     fused = load_exported(run / "model_fused.pt")
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
     original = load(run)
