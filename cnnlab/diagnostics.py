@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.utils import make_grid
 
-from cnnlab.images import figure_png
+from cnnlab.images import figure_png, to_uint8
 from cnnlab.metrics import VAL_ACC
 from cnnlab.regularization import penalized_weights
 
@@ -107,6 +107,22 @@ def first_conv_filters(model: nn.Module) -> Tensor:
     w = (w - low) / (high - low).clamp_min(1e-8)
     w = nn.functional.interpolate(w, scale_factor=max(1, 32 // w.shape[-1]), mode="nearest")
     return make_grid(w, nrow=8, padding=2, pad_value=1.0)
+
+
+def filters_png(model: nn.Module, when: str) -> bytes:
+    """The first conv layer's filters (``first_conv_filters``) as a titled figure: what they
+    are, how many, their size, and how they are scaled (a bare grid said none of it)."""
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    count, channels, height, width = conv.weight.shape
+    shown = "RGB" if channels == 3 else "channel 0 of " + str(channels) if channels > 1 else "gray"
+    fig = Figure(figsize=(6, 6 * max(1, -(-count // 8)) / 8 + 0.8))
+    ax = fig.subplots()
+    ax.imshow(to_uint8(first_conv_filters(model)), cmap="gray", interpolation="nearest")
+    ax.set_axis_off()
+    ax.set_title(f"first conv layer at the {when} of training: {count} filters of "
+                 f"{height}×{width} ({shown}),\neach scaled from its own lowest weight (black) "
+                 "to its highest (white)", fontsize=9)
+    return figure_png(fig)
 
 
 def curves_png(history: list[dict[str, Any]]) -> bytes:

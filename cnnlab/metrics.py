@@ -150,3 +150,11 @@ def worse(metric: str, a: float | None, b: float | None) -> float | None:
     if a is None or b is None:
         return b if a is None else a
     return min(a, b) if METRICS[metric].direction == "maximize" else max(a, b)
+
+
+SHOWN = {"failed": "failure rate"}  # a metric named as a reader reads it ("failed: …" read as a status)
+
+
+def shown(metric: str) -> str:
+    """How reports and the console name ``metric``."""
+    return SHOWN.get(metric, metric)

@@ -58,7 +58,7 @@ def test_ablation_runs_every_arm_and_seed_and_resumes_without_rerunning(cli, tmp
     assert status == 0, err
     keys = complete_keys(out)
     assert len(keys) == 8 and len(set(keys)) == 8  # 4 arms × 2 seeds, each once
-    assert "✓ model.norm=batch, reg=none" in stdout
+    assert "• model.norm=batch, reg=none" in stdout
     assert (out / "report.md").is_file() and (out / "bars.png").is_file()
     assert len((out / "results.csv").read_text().splitlines()) == 9
     first = {t.number: t.value for t in trials(out)}

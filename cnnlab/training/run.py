@@ -27,12 +27,13 @@ from cnnlab.diagnostics import (
     bn_train_eval_gap,
     curves_png,
     epochs_to,
+    filters_png,
     first_conv_filters,
     weight_l2,
     weight_sparsity,
 )
 from cnnlab.errors import CnnlabError
-from cnnlab.images import png_bytes, png_image, to_uint8
+from cnnlab.images import png_image, to_uint8
 from cnnlab.metrics import (
     FAILURE,
     TEST_ACC,
@@ -179,6 +180,7 @@ def _run(cfg: ExperimentConfig, out: Path, final: Path, fold: tuple[int, int] | 
         logger.log_image("augment/preview", [to_uint8(grid)])
     metrics: dict[str, float | bool | str | None] = {} if found is None else {"lr_found": found.suggestion}
     filters_start = first_conv_filters(model) if cfg.trainer.images else None
+    start_png = filters_png(model, "start") if cfg.trainer.images else b""
     model_files: list[Path] | None = None  # the W&B model artifact's
     try:
         start = time.perf_counter()
@@ -227,9 +229,8 @@ def _run(cfg: ExperimentConfig, out: Path, final: Path, fold: tuple[int, int] | 
     if not zero:
         return RunResult(metrics, module.history, final)
     if filters_start is not None:
-        images = {"filters_start.png": filters_start, "filters_end.png": first_conv_filters(model)}
-        for name, image in images.items():
-            write_atomic(out / name, png_bytes(image))
+        write_atomic(out / "filters_start.png", start_png)
+        write_atomic(out / "filters_end.png", filters_png(model, "end"))
         write_atomic(out / "curves.png", curves_png(module.history))
     write_atomic(out / "history.csv", _history_csv(module.history))
     clean = {k: v if not isinstance(v, float) or math.isfinite(v) else None

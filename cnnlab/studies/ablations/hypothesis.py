@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnlab.errors import CnnlabError
-from cnnlab.metrics import METRICS
+from cnnlab.metrics import METRICS, shown
 from cnnlab.studies.specs import yaml_scalar
 
 Factors = dict[str, dict[str, tuple[str, ...]]]  # factor → level → the overrides it adds
@@ -32,8 +32,8 @@ class Expectation:
 
     def text(self) -> str:
         if self.direction == "equivalent":
-            return f"{self.metric}: {self.arm} equivalent to {self.than}"
-        return f"{self.metric}: {self.arm} {self.direction} than {self.than}"
+            return f"{shown(self.metric)}: {self.arm} equivalent to {self.than}"
+        return f"{shown(self.metric)}: {self.arm} {self.direction} than {self.than}"
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from cnnlab.images import figure_png
-from cnnlab.metrics import METRICS
+from cnnlab.metrics import METRICS, shown
 from cnnlab.studies.ablations.results import Results
 from cnnlab.studies.statistics.comparisons import Interval
 
@@ -54,17 +54,21 @@ def _limits(ax: Any, metric: str, values: list[float]) -> None:
         ax.set_ylim(max(low - pad, low_bound - pad), min(high + pad, high_bound + pad))
 
 
-def _per_arm(ax: Any, results: Results, metric: str, intervals: list[Interval]) -> None:
-    """Per arm: each seed (dot; failed: red ×; censored: open triangle at its bound), and the
-    mean with its 95% interval (none where a seed is censored: the mean is only a bound)."""
+def _per_arm(ax: Any, results: Results, metric: str, intervals: list[Interval]) -> int:
+    """Per arm that measured ``metric``: each seed (dot; failed: red ×; censored: open
+    triangle at its bound), and the mean with its 95% interval (none where a seed is
+    censored: the mean is only a bound), in the arm's colour of every figure; the baseline's
+    tick is bold. Returns how many arms measured none (left out, not an empty column)."""
     rng = np.random.default_rng(0)
-    names = [a.arm for a in results.arms]
+    colours = dict(zip([a.arm for a in results.arms], styles(len(results.arms)), strict=True))
+    kept = [(a.arm, i) for a, i in zip(results.arms, intervals, strict=True)
+            if any(r.value(metric) is not None for r in results.trials if r.arm == a.arm)]
+    names = [name for name, _ in kept]
     values: list[float] = []
-    for x, name in enumerate(names):
+    for x, (name, interval) in enumerate(kept):
         rows = [r for r in results.trials if r.arm == name]
         censored = metric == "epochs_to_target" and any(r.censored for r in rows)
-        interval = intervals[x]
-        colour = "tab:orange" if name == results.spec.baseline else "tab:blue"
+        colour = colours[name][0]
         if not math.isnan(interval.mean) and not censored:
             ax.errorbar([x], [interval.mean], yerr=_errors([interval]), fmt="D", color=colour,
                         markersize=8, capsize=6, elinewidth=2, zorder=2)
@@ -84,7 +88,11 @@ def _per_arm(ax: Any, results: Results, metric: str, intervals: list[Interval]) 
                 ax.plot(jitter, v, "o", color="black", markersize=3.5, zorder=3)
     ax.grid(axis="y", alpha=0.3)
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+    for tick, name in zip(ax.get_xticklabels(), names, strict=True):
+        if name == results.spec.baseline:
+            tick.set_fontweight("bold")
     _limits(ax, metric, values)
+    return len(results.arms) - len(kept)
 
 
 def _bars(results: Results) -> bytes:
@@ -94,47 +102,57 @@ def _bars(results: Results) -> bytes:
     _per_arm(ax, results, metric, [a.itt for a in results.arms])
     ax.set_ylabel(f"{metric} (every seed; mean, 95% CI)")
     ax.set_title(f"{results.study}: ◆ mean, dots = seeds, × = failed (at its failure value), "
-                 "baseline orange", fontsize=9)
+                 "baseline in bold", fontsize=9)
     fig.tight_layout()
     return figure_png(fig)
 
 
 def _forest(results: Results) -> bytes | None:
+    """Each confirmatory Δ with its interval, a panel per metric: Δ of a failure rate and Δ of
+    epochs on one x-axis read as one scale."""
     checks = [c for c in results.checks if c.comparison.delta.n]
     if not checks:
         return None
-    fig = Figure(figsize=(8, 0.55 * len(checks) + 1.8))
-    ax = fig.subplots()
-    for y, check in enumerate(checks):
-        c = check.comparison
-        colour = {"as expected": "tab:green", "against": "tab:red"}.get(check.outcome, "tab:gray")
-        ax.errorbar([c.delta.mean], [y], xerr=_errors([c.delta]), fmt="o", color=colour,
-                    capsize=4)
-        label = f"{c.decision}, p_Holm {c.p_adj:.3g} at α {c.alpha:.3g}"
-        ax.annotate(label, (c.delta.mean, y), xytext=(0, 7), textcoords="offset points",
-                    ha="center", fontsize=7)
-    ax.axvline(0, color="black", linewidth=1)
-    ax.set_yticks(range(len(checks)), [f"{c.expectation.metric}: {c.expectation.arm}\nvs "
-                                       f"{c.expectation.than}" for c in checks], fontsize=7)
-    ax.set_ylim(-0.7, len(checks) - 0.3)
-    ax.invert_yaxis()
-    ax.set_xlabel("Δ (paired by seed, every run; interval at the level of its look)")
-    ax.set_title(f"{results.study}: confirmatory comparisons (green: as expected, red: against)",
-                 fontsize=9)
+    metrics = list(dict.fromkeys(c.comparison.metric for c in checks))
+    panels = [[c for c in checks if c.comparison.metric == m] for m in metrics]
+    fig = Figure(figsize=(8, sum(0.55 * len(p) + 1.3 for p in panels) + 0.5))
+    axes = fig.subplots(len(panels), 1, squeeze=False,
+                        gridspec_kw={"height_ratios": [len(p) + 1 for p in panels]})
+    for ax, metric, panel in zip(axes[:, 0], metrics, panels, strict=True):
+        for y, check in enumerate(panel):
+            c = check.comparison
+            colour = {"as expected": "tab:green", "against": "tab:red"}.get(check.outcome,
+                                                                             "tab:gray")
+            ax.errorbar([c.delta.mean], [y], xerr=_errors([c.delta]), fmt="o", color=colour,
+                        capsize=4)
+            label = f"{c.decision}, p_Holm {c.p_adj:.3g} at α {c.alpha:.3g}"
+            ax.annotate(label, (c.delta.mean, y), xytext=(0, 7), textcoords="offset points",
+                        ha="center", fontsize=7)
+        ax.axvline(0, color="black", linewidth=1)
+        ax.set_yticks(range(len(panel)), [f"{c.expectation.arm}\nvs {c.expectation.than}"
+                                          for c in panel], fontsize=7)
+        ax.set_ylim(-0.7, len(panel) - 0.3)
+        ax.invert_yaxis()
+        ax.set_xlabel(f"Δ {shown(metric)} (paired by seed, every run; interval at the level "
+                      "of its look)", fontsize=8)
+    fig.suptitle(f"{results.study}: confirmatory comparisons (green: as expected, red: "
+                 "against), a panel per metric", fontsize=9)
     fig.tight_layout()
     return figure_png(fig)
 
 
 def _mechanisms(results: Results) -> bytes | None:
-    shown = list(results.mechanisms)
-    if not shown:
+    metrics = list(results.mechanisms)
+    if not metrics:
         return None
     width = max(6.0, 0.6 * len(results.arms) + 2)
-    fig = Figure(figsize=(width, 3.4 * len(shown)))
-    axes = fig.subplots(len(shown), 1, squeeze=False)
-    for ax, name in zip(axes[:, 0], shown, strict=True):
-        _per_arm(ax, results, name, [i for _, i, _ in results.mechanisms[name]])
-        ax.set_title(f"{name}: {METRICS[name].meaning}", fontsize=9)
+    fig = Figure(figsize=(width, 3.4 * len(metrics)))
+    axes = fig.subplots(len(metrics), 1, squeeze=False)
+    for ax, name in zip(axes[:, 0], metrics, strict=True):
+        missing = _per_arm(ax, results, name, [i for _, i, _ in results.mechanisms[name]])
+        note = (f"\n({missing} of {len(results.arms)} arms measured none, e.g. no batch norm: "
+                "left out)" if missing else "")
+        ax.set_title(f"{name}: {METRICS[name].meaning}{note}", fontsize=9)
     fig.suptitle(f"{results.study}: mechanism metrics (exploratory; mean, 95% CI, seeds)",
                  fontsize=10)
     fig.tight_layout()
@@ -146,15 +164,18 @@ def _curves(results: Results) -> bytes:
     fig = Figure(figsize=(8, 4.5))
     ax = fig.subplots()
     for name, (colour, marker) in zip(names, styles(len(names)), strict=True):
-        curves = [r.curve for r in results.trials if r.arm == name and r.curve
-                  and r.failure is None]
+        rows = [r for r in results.trials if r.arm == name and r.curve]
+        trained = [r.curve for r in rows if r.failure is None]
+        curves, failed = (trained, False) if trained else ([r.curve for r in rows], True)
         length = min((len(c) for c in curves), default=0)
         if length:
             acc = np.array([c[:length] for c in curves])
-            ax.plot(range(1, length + 1), np.nanmean(acc, axis=0), label=name, color=colour,
-                    marker=marker, markersize=4)
+            ax.plot(range(1, length + 1), np.nanmean(acc, axis=0), color=colour, marker=marker,
+                    markersize=4, linestyle="--" if failed else "-",
+                    label=f"{name} (every seed failed)" if failed else name)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("validation accuracy (mean over seeds that did not fail)")
+    ax.set_ylabel("validation accuracy (mean over seeds that did not fail;\n"
+                  "dashed: an arm whose every seed failed)", fontsize=8)
     if ax.get_lines():
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.set_title(f"{results.study}: learning curves")

@@ -37,7 +37,7 @@ def arm_rows(results: Results) -> list[list[str]]:
     for a in results.arms:
         delta = ["baseline", "", ""] if a.delta is None else (
             ["no common seeds", "–"] if not a.delta.delta.n
-            else [a.delta.delta.text(signed=True), p_text(a.delta.p)])
+            else [a.delta.delta.text(signed=True), f"{p_text(a.delta.p)} ({a.delta.test})"])
         rows.append([a.arm, str(a.seeds), _failures(a.failures), a.itt.text(), a.success.text(),
                      *delta[:2], "" if a.delta is None else p_text(a.failure_p)])
     return rows
@@ -56,9 +56,12 @@ def _power_text(check: Check) -> str:
         low, high = METRICS[check.comparison.metric].bounds
         found = ("no effect within the metric's range" if power.detectable > high - low
                  else f"|Δ| ≥ {power.detectable:.4g}{among}")
+    has = check.comparison.delta.n
     needed = ("no difference observed to size" if not check.comparison.delta.mean
               else "more than 200 seeds for the observed |Δ|" if power.needed is None
-              else f"{power.needed} seeds for the observed |Δ|")
+              else f"its {has} seeds detect the observed |Δ| with {POWER:.0%} power; this draw "
+                   "did not" if power.needed <= has
+              else f"{power.needed} seeds for the observed |Δ| (it has {has})")
     return (f"{found} ({power.test}, {POWER:.0%} power at α {power.alpha:.3g}); {needed}")
 
 
@@ -81,17 +84,24 @@ def check_rows(results: Results) -> list[list[str]]:
 
 
 def look_rows(results: Results) -> list[list[str]]:
-    rows = [["look", "seeds per arm", "α spent", "α spent in all", "plan allows"]]
-    total = 0.0
+    """Header + one row per look: its seeds, the α it spent, the α spent so far; and what the
+    plan allows by then, only where some look differs from it (else the column repeats the
+    one before it)."""
+    rows = [["look", "seeds per arm", "α spent", "α spent in all"]]
+    total, allows = 0.0, []
     for i, look in enumerate(results.looks):
         total += look.alpha
-        rows.append([str(i + 1), str(look.seeds), f"{look.alpha:.4g}", f"{total:.4g}",
-                     f"{results.plan.spent(look.seeds):.4g}"])
+        allows.append(f"{results.plan.spent(look.seeds):.4g}")
+        rows.append([str(i + 1), str(look.seeds), f"{look.alpha:.4g}", f"{total:.4g}"])
+    if any(row[3] != plan for row, plan in zip(rows[1:], allows, strict=True)):
+        rows = [[*row, plan] for row, plan in zip(rows, ["plan allows", *allows], strict=True)]
     return rows
 
 
 def mechanism_rows(results: Results) -> list[list[str]]:
-    """Header + one row per arm: each shown metric's mean [95% CI] and its Δ's unadjusted p."""
+    """Header + one row per arm: each shown metric's mean [95% CI] and its Δ's unadjusted p; a
+    censored metric says how many seeds never reached the target (its value is their bound,
+    not a measurement: "7.0000 (every seed equal)" read as seven epochs)."""
     metrics = list(results.mechanisms)
     rows = [["arm", *metrics]]
     for i, arm in enumerate(results.arms):
@@ -100,7 +110,13 @@ def mechanism_rows(results: Results) -> list[list[str]]:
             _, interval, delta = results.mechanisms[metric][i]
             mark = "" if delta is None or not delta.delta.n else (
                 f" (Δ {delta.delta.mean:+.4g}, p {p_text(delta.p)})")
-            cells.append(f"{interval.text()}{mark}")
+            runs = [r for r in results.trials if r.arm == arm.arm]
+            never = sum(r.censored for r in runs) if METRICS[metric].failure == "censored" else 0
+            if runs and never == len(runs):
+                cells.append(f"never reached (every seed; > {interval.mean - 1:.0f} epochs)")
+                continue
+            note = f"; {never} of {len(runs)} never reached, counted at the bound" if never else ""
+            cells.append(f"{interval.text()}{mark}{note}")
         rows.append([arm.arm, *cells])
     return rows
 
@@ -113,23 +129,35 @@ def console_lines(results: Results) -> list[str]:
     for a in results.arms:
         failed = sum(a.failures.values())
         delta = "" if a.delta is None or not a.delta.delta.n else (
-            f" · Δ {a.delta.delta.text(signed=True)}, p {p_text(a.delta.p)}")
+            f" · Δ {a.delta.delta.text(signed=True)}, p {p_text(a.delta.p)} ({a.delta.test})")
         lines.append(f"  {a.arm}: {a.itt.text()} ({a.seeds} seeds"
                      f"{f', {_failures(a.failures)} failed' if failed else ''}){delta}")
     lines.append(f"{results.study}: confirmatory ({len(results.looks)} look"
                  f"{'s' if len(results.looks) > 1 else ''}, α spent "
                  f"{results.alpha_spent:.3g} of {results.plan.alpha:g})")
-    mark = {"as expected": "✓", "against": "✗", "higher": "✓", "lower": "✓", "equivalent": "✓"}
     for check in results.checks:
         c = check.comparison
         what = check.label
         power = _power_text(check)
-        lines.append(f"  {mark.get(check.outcome, '?')} {what}: Δ {c.delta.text(signed=True)}, "
-                     f"{_p_line(check)} at α {c.alpha:.3g} → {check.outcome}"
+        lines.append(f"  {MARKS.get(check.outcome, '?')} {what}: Δ {c.delta.text(signed=True)} "
+                     f"(CI at 1 − α, not Holm-adjusted), {_p_line(check)} {_versus(check)} α "
+                     f"{c.alpha:.3g} → {check.outcome}"
                      + (f"; could detect {power}" if power else ""))
     if results.verdict is not None and results.spec.hypothesis is not None:
         lines.append(f"hypothesis: {results.spec.hypothesis.claim} → {results.verdict}")
     return lines
+
+
+# Marks of an outcome: ✓/✗ only where an expectation was met or contradicted (a ✓ beside
+# "failure rate: … higher" read as a success); a decision without an expectation is its arrow.
+MARKS = {"as expected": "✓", "against": "✗", "higher": "↑", "lower": "↓", "equivalent": "≈"}
+
+
+def _versus(check: Check) -> str:
+    """≤ where the Holm p (TOST's for an expected equivalence) met the look's α, else >."""
+    c = check.comparison
+    p = c.p_tost if check.expectation.direction == "equivalent" else c.p_adj
+    return "≤" if p <= c.alpha else ">"
 
 
 def _p_line(check: Check) -> str:
@@ -203,18 +231,25 @@ def _hypothesis(results: Results) -> list[str]:
     else:
         head = ["## Arms against the baseline (confirmatory)", "",
                 f"On `{_data(results)}`, {results.preset} preset, {seeds} seeds per arm.", ""]
-    rule = ("Supported: every expectation significant in its direction (an expected "
-            f"equivalence: within ±{spec.margin} by TOST); not supported: one significant the "
-            f"other way, equivalent within ±{spec.margin} on {spec.metric} where a difference "
-            "was expected, or different where equivalence was; otherwise undecided. "
-            if spec.hypothesis else "")
+    on_primary = spec.hypothesis is not None and any(
+        e.metric == spec.metric for e in spec.hypothesis.expect)
+    rule = ("Supported: every expectation significant in its direction"
+            + (f" (an expected equivalence: within ±{spec.margin} by TOST)" if on_primary else "")
+            + "; not supported: one significant the other way"
+            + (f", equivalent within ±{spec.margin} on {spec.metric} where a difference was "
+               "expected, or different where equivalence was" if on_primary else "")
+            + "; otherwise undecided. " if spec.hypothesis else "")
+    count = len(results.checks)
     return [*head, markdown_table(check_rows(results)), "",
-            f"{rule}The family is these {len(results.checks)} comparisons, Holm-adjusted within "
+            f"{rule}The family is {'this comparison' if count == 1 else f'these {count} comparisons'}"
+            ", Holm-adjusted within "
             "each look at the α that look spent; a comparison keeps the decision of the first "
             "look that made one. Δ pairs each seed with the reference's run of that seed, every "
             "run included (a failed run at its failure value); accuracies are compared as counts "
-            "of images. The interval is at 1 − α of its look, equivalence (TOST against "
-            f"±{spec.margin}) at 1 − 2α. An undecided comparison states the smallest |Δ| it "
+            "of images. The interval is at 1 − α of its look and not Holm-adjusted: the Holm p "
+            "decides (an interval that excludes 0 beside a Holm p above α is undecided), "
+            f"equivalence (TOST against ±{spec.margin}) at 1 − 2α. An undecided comparison "
+            "states the smallest |Δ| it "
             f"would find with {POWER:.0%} power at its seeds and spread, by the test it got "
             "(paired: t, or exact sign flips on a coarse lattice; two-part where a run failed; "
             "Boschloo for failure rates) at the α it was tested at (its look's α over the "
@@ -239,14 +274,19 @@ def _looks(results: Results) -> list[str]:
 
 def markdown(results: Results, images: list[str]) -> str:
     spec = results.spec
-    seeds = sorted({r.seed for r in results.trials})
+    seeds = sorted({spec.first_seed + r.seed for r in results.trials})
+    per_arm = sorted({a.seeds for a in results.arms})
+    counts = (f"{per_arm[0]} per arm" if len(per_arm) == 1
+              else f"{per_arm[0]}–{per_arm[-1]} per arm: the rounds added seeds where undecided")
+    seed_text = (f"seeds {seeds[0]}–{seeds[-1]} ({counts})" if seeds == list(
+        range(seeds[0], seeds[-1] + 1)) else f"seeds {seeds} ({counts})") if seeds else "no seeds"
     lines = [f"# Ablation: {results.study}", ""]
     if spec.description:
         lines += [spec.description, ""]
     lines += [
         f"- metric: `{spec.metric}` ({METRICS[spec.metric].direction}); baseline: "
         f"`{spec.baseline}`; data: `{_data(results)}`",
-        f"- {len(results.trials)} finished trials over {len(results.arms)} arms; seeds {seeds}",
+        f"- {len(results.trials)} finished trials over {len(results.arms)} arms; {seed_text}",
         f"- base overrides: `{' '.join(spec.overrides) or 'none'}`"
         + (f"; from the command line: `{' '.join(spec.extra)}`" if spec.extra else ""),
         f"- preset: {results.preset}" + (f" (`{' '.join(spec.quick)}`)"
@@ -261,7 +301,12 @@ def markdown(results: Results, images: list[str]) -> str:
         "run (" + " or ".join(FAILURES) + ", `cnnlab.metrics.failure_of`) at its failure value "
         "(chance accuracy: the majority-class share), as the confirmatory tests do; the next "
         "column leaves failed runs out. Intervals: 95% Student-t over seeds, clipped to the "
-        "metric's range; none where every seed gave the same value. Δ's p: the paired test "
+        "metric's range; none where every seed gave the same value. Δ is the same paired "
+        "difference as the confirmatory table's, with a 95% interval here and one at 1 − α of "
+        "its look there (the one that decides, wider when α < 0.05). The interval is Student-t "
+        "and p is the test named beside it, so the two can disagree (an interval across 0 "
+        "beside a small p: the exact test on a coarse lattice, or the two-part test where a "
+        "run failed). Δ's p: the paired test "
         "(t, or exact sign flips where the differences sit on a coarse lattice), or the two-part "
         "test where a run failed (failure counts and the seeds where both trained). Failure "
         "rate p: Boschloo's "

@@ -24,6 +24,7 @@ from cnnlab.metrics import (
     FAILURES,
     MECHANISMS,
     METRICS,
+    shown,
 )
 from cnnlab.studies.ablations.hypothesis import Expectation
 from cnnlab.studies.ablations.rows import TrialRow
@@ -66,6 +67,12 @@ class Comparison:
     p_tost: float = math.nan  # Holm-adjusted TOST p (equivalence within the spec's margin)
 
     @property
+    def test(self) -> str:
+        """The test its p comes from: two-part where a run failed, else the paired test (t, or
+        exact sign flips on a coarse lattice)."""
+        return "two-part test" if self.failed_pairs else "paired test"
+
+    @property
     def decided(self) -> bool:
         return self.look >= 0
 
@@ -100,7 +107,7 @@ class Check:
         hypothesis) "metric: arm vs reference"."""
         c = self.comparison
         return (self.expectation.text() if self.expectation.direction
-                else f"{c.metric}: {c.arm} vs {c.reference}")
+                else f"{shown(c.metric)}: {c.arm} vs {c.reference}")
 
 
 @dataclass(frozen=True)

@@ -108,7 +108,7 @@ def arm_lines(store: AblationStore, spec: AblationSpec, seeds: dict[str, int]
                 scores = [v for v, _ in values.values() if v is not None]
                 failed = sum(f for _, f in values.values())
                 note = f", {failed} failed" if failed else ""
-                out.append(f"✓ {arm.name}: {spec.metric} {Interval.of(scores, bounds).text()} "
+                out.append(f"• {arm.name}: {spec.metric} {Interval.of(scores, bounds).text()} "
                            f"(95% CI, {len(values)} seeds{note})")
         return out
 

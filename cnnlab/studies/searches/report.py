@@ -13,7 +13,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from optuna.visualization import matplotlib as ov
 
 from cnnlab.images import figure_png
@@ -67,6 +67,15 @@ def _blank(value: Any) -> Any:
 LEGEND_ENTRIES = 12  # beyond this a legend hides the plot and names nothing a reader can find
 
 
+def _score(store: SearchStore, trial: FrozenTrial) -> float | None:
+    """A trial's accuracy as far as it got: the mean of its folds, else (pruned in fold 0) the
+    last validation accuracy it reported."""
+    if scores := store.fold_scores(trial):
+        return statistics.mean(scores)
+    values = trial.intermediate_values
+    return values[max(values)] if values else None
+
+
 def _plots(store: SearchStore) -> dict[str, bytes]:
     study = store.study
     plots: dict[str, Callable[[optuna.Study], Any]] = {
@@ -94,15 +103,23 @@ def _plots(store: SearchStore) -> dict[str, bytes]:
     widths = [k for k in ("model.hidden_units.0",) if any(k in t.params for t in study.trials)]
     for key in widths:  # the course: hidden units chosen by cross-validation
         fig, ax = plt.subplots(figsize=(6, 4))
-        for state, style in ((TrialState.COMPLETE, "o"), (TrialState.PRUNED, "x")):
-            trials = [t for t in store.trials(state) if key in t.params and store.fold_scores(t)]
-            ax.plot([t.params[key] for t in trials],
-                    [statistics.mean(store.fold_scores(t)) for t in trials], style,
-                    label=f"{state.name.lower()} (mean of its folds)")
+        ran = [t for t in store.ran() if key in t.params]
+        drawn = 0
+        for state, style, what in ((TrialState.COMPLETE, "o", "complete: mean of its folds"),
+                                   (TrialState.PRUNED, "x", "pruned: its last reported accuracy")):
+            points = [(t.params[key], _score(store, t)) for t in ran if t.state == state]
+            points = [(x, y) for x, y in points if y is not None]
+            if points:  # a legend entry only for what is drawn
+                ax.plot(*zip(*points, strict=True), style, label=f"{what} ({len(points)})")
+                drawn += len(points)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("hidden units (first FC layer)")
         ax.set_ylabel("CV accuracy")
-        ax.legend()
+        ax.set_title(f"{drawn} of {len(ran)} trials (failed ones, and pruned ones before "
+                     "their first epoch, have no accuracy)" if drawn < len(ran)
+                     else f"all {drawn} trials", fontsize=9)
+        if drawn:
+            ax.legend(fontsize=8)
         out["hidden_units.png"] = figure_png(fig)
     return out
 
