@@ -15,6 +15,7 @@ from benchmarks import (
     bench_fit,
     bench_fuse,
     bench_gpu,
+    bench_install,
     bench_load,
     bench_search,
 )
@@ -41,7 +42,7 @@ def main() -> None:
             return
         start = time.perf_counter()
         ratios = [ratio for module in (bench_fit, bench_augment, bench_ablation, bench_search,
-                                       bench_fuse, bench_fast, bench_load)
+                                       bench_fuse, bench_fast, bench_load, bench_install)
                   for ratio in _timed(module.__name__, module.bench)]
         print_ratios(ratios)
         print(f"make bench: {time.perf_counter() - start:.0f} s", file=sys.stderr)

@@ -23,7 +23,7 @@ from rich.console import Console
 
 from cnnlab.config import ExperimentConfig, load_config
 from cnnlab.errors import CnnlabError
-from cnnlab.outputs.files import check_run_out, check_study_folder, study_folder
+from cnnlab.outputs.files import JOURNAL, check_run_out, check_study_folder, study_folder
 from cnnlab.process import scoped
 from cnnlab.shipped import pilots, spec_path
 from cnnlab.studies.specs import safe_name
@@ -227,17 +227,26 @@ def plan(spec: str | Path, *, quick: bool = False, pilot: str | Path | None = No
     shipped one)."""
     from cnnlab.studies.ablations.planning import Pilot, plan_lines
     from cnnlab.studies.ablations.rows import csv_trials
-    from cnnlab.studies.ablations.spec import PILOT_SEEDS, load_spec
+    from cnnlab.studies.ablations.spec import PILOT_SEED, PILOT_SEEDS, load_spec
     from cnnlab.studies.ablations.store import study_name
     from cnnlab.studies.statistics.sequential import Plan
 
     loaded = load_spec(spec_path(spec))
     name = study_name(loaded.as_pilot(PILOT_SEEDS), quick)
     source = pilot or (None if out or storage else pilots().get(name))
+    folder = study_folder(name, out)
+    if source is None and storage is None and not (folder / JOURNAL).is_file():
+        shipped = ", ".join(sorted(pilots())) or "none"
+        quick_flag = " --quick" if quick else ""
+        raise CnnlabError(
+            f"plan {spec}: no pilot for {name} (none shipped, no pilot study in {folder}); "
+            f"allowed: run the pilot first — cnnlab ablate {spec}{quick_flag} --pilot (seeds "
+            f"from {PILOT_SEED}, never the confirmation's) — then cnnlab plan {spec}"
+            f"{quick_flag}; or --pilot CSV; shipped pilots: {shipped}")
     if source is not None:
         found = Pilot(str(source), loaded, csv_trials(Path(source)))
     else:
-        results = stored_results(name, out=study_folder(name, out), storage=storage)
+        results = stored_results(name, out=folder, storage=storage)
         found = Pilot(results.study, loaded, results.trials)
     return list(plan_lines(found, [Plan(*p) for p in plans] or [loaded.plan], effect, sims, seed))
 

@@ -531,6 +531,7 @@ CATALOGUE: dict[str, Case] = {
     "a FIFO as a run's manifest": Case(("fit", "--out", "{d}/run"), "holds files cnnlab did not write (.cnnlab.json)",
                                        {"run": lambda p: (p.mkdir(), os.mkfifo(p / ".cnnlab.json"))}),
     "plan with a negative seed": Case(("plan", "norm", "--quick", "--seed", "-1"), "--seed: got -1; allowed: an integer from 0"),
+    "plan with no pilot run yet": Case(("plan", "norm", "--out", "{d}/nothing-here"), "plan norm: no pilot for norm-pilot (none shipped, no pilot study in"),
     "plan for a NaN effect": Case(("plan", "norm", "--quick", "--effect", "nan"), "--effect: got nan; allowed: a positive finite"),
     "plan for a negative effect": Case(("plan", "norm", "--quick", "--effect", "-0.5"), "--effect: got -0.5"),
     "plan with 10⁸ simulations": Case(("plan", "norm", "--quick", "--sims", "100000000"), "--sims: got 100000000"),

@@ -52,3 +52,15 @@ def test_fit_ablate_and_tune_with_one_worker_print_no_banner(tmp_path: Path) -> 
         assert done.returncode == 0, (name, done.stderr)
         assert not BANNERS.search(shown), (name, shown)
         assert shown.strip(), name  # it did print its own lines
+
+
+def test_help_reads_as_paragraphs_without_markup() -> None:
+    """``cnnlab --help`` printed its description as one run-on paragraph with RST backticks."""
+    done = subprocess.run([sys.executable, "-m", "cnnlab", "--help"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    text = done.stdout
+    assert "``" not in text
+    intro = text.split("\n\n")[1]  # after the usage lines: the first paragraph, as written
+    assert intro.splitlines()[0].startswith("A PyTorch Lightning lab")
+    assert "\n\nEvery command takes --config FILE" in text

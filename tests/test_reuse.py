@@ -274,6 +274,8 @@ def test_predict_warns_once_naming_the_likely_cause_of_mis_scaled_pixels(
         "ok": ((digits / 16).astype(np.float32), None),
         "uint8_0_16": (digits.astype(np.uint8), "look like 0–16 integers read as /255"),
         "float_0_255": ((digits * 255 / 16).astype(np.float32), "look like 0–255 values not divided"),
+        "float_0_16": (digits.astype(np.float32), "look like 0–16 values (scikit-learn's digits) "
+                       "not divided by 16"),  # said "0–255 values" before
         "inverted": ((1 - digits / 16).astype(np.float32), "pixels look inverted"),
     }
     for name, (x, cause) in cases.items():

@@ -24,8 +24,9 @@ def test_offline_fit_records_config_and_final_metrics(cli, tmp_path: Path,
     runs = []
     for name, norm in (("first", "batch"), ("second", "layer")):  # two runs in one process
         out = tmp_path / name
+        named = [f"wandb.name={name}"] if name == "first" else []  # second: its folder's name
         status, _, err = cli("fit", "--out", out, "trainer.max_epochs=2", f"model.norm={norm}",
-                             "model.channels=[8]", f"wandb.name={name}", "wandb.tags=[t1,t2]")
+                             "model.channels=[8]", *named, "wandb.tags=[t1,t2]")
         assert status == 0, err
         (path,) = (out / "wandb").glob("offline-run-*/run-*.wandb")
         runs.append((out, run_contents(path)))
@@ -41,6 +42,7 @@ def test_offline_fit_records_config_and_final_metrics(cli, tmp_path: Path,
         epochs = [row for row in contents["history"] if "train/acc" in row]
         assert len(epochs) == 2  # one history row of training metrics per epoch
         run = contents["run"]
+        assert run.display_name == out.name  # not W&B's run-<id>
         assert run.project == "cnnlab" and run.job_type == "fit"
         assert list(run.tags) == ["t1", "t2"]
     assert runs[0][1]["run"].run_id != runs[1][1]["run"].run_id

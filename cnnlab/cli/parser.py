@@ -24,22 +24,15 @@ from cnnlab.cli.commands import (
 from cnnlab.cpus import WORKERS_ENV
 from cnnlab.errors import CnnlabError, did_you_mean
 
-DESCRIPTION = """The ``cnnlab`` command.
+DESCRIPTION = """\
+A PyTorch Lightning lab for comparing ConvNet training techniques: train one model, size it,
+find its learning rate, ablate techniques over seeds with decided verdicts, search
+hyperparameters by cross-validation, and sync every run to Weights & Biases.
 
-  fit              train and test one model (runs/fit-<time>/ unless --out)
-  summary          per-layer output shapes, parameters and multiply-adds
-  lr-find          the LR range test: loss vs learning rate and a suggestion (runs/lr-find/)
-  augment-preview  training samples and augmented variants as a PNG (runs/augment-preview/)
-  export           a run's model as one self-contained file, optionally BN-fused
-  predict          classify images, folders of images or .npz arrays with a model
-  ablate           run (or resume) ablation specs; report with intervals and tests (reports/)
-  tune             cross-validated Optuna search, then refit and test (reports/)
-  plan             size a spec's seed plan from a pilot: power and family-wise error
-  report           rebuild an ablation's report from its storage
-  sync             upload offline W&B runs
-
-Each command imports its machinery (torch, Lightning, Optuna) when it runs, after its arguments
-and config are checked: ``cnnlab --help`` and a bad key answer without loading torch.
+Every command takes --config FILE and key=value overrides (cnnlab fit model.norm=layer);
+cnnlab COMMAND --help shows its options and defaults. Exit status: 0 done, 1 a study left
+incomplete, 2 bad input, 75 the study's database stopped answering, 129/130/143 stopped by a
+signal (rerun the same command to resume).
 """
 
 
@@ -121,7 +114,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="cnnlab", description=DESCRIPTION)
+    parser = _Parser(prog="cnnlab", description=DESCRIPTION,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"cnnlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 

@@ -49,7 +49,10 @@ class Predictor(nn.Module):
         trained = (f"training pixels had mean {self._text(mean)} and std {self._text(std)}; "
                    f"these have mean {self._text(m)} and std {self._text(s)}")
         top = pixels.max().item()
-        if top > 1.5:
+        if 1.5 < top <= 16 + 1e-6:
+            cause = (f"pixels reach {top:.4g}: they look like 0–16 values (scikit-learn's digits) "
+                     "not divided by 16 (cnnlab models take pixels in [0, 1])")
+        elif top > 16:
             cause = (f"pixels reach {top:.4g}: they look like 0–255 values not divided by 255 "
                      "(cnnlab models take pixels in [0, 1])")
         elif top <= 16 / 255 + 1e-6 and top > 0:

@@ -92,9 +92,10 @@ def define_metrics(run: Any) -> None:
     run.define_metric(VAL_LOSS, step_metric="epoch", summary="min")
 
 
-def wandb_logger(cfg: ExperimentConfig, out: Path, context: dict[str, Any] | None = None
-                 ) -> WandbLogger | None:
-    """A Lightning W&B logger writing under ``out/wandb``, or None when W&B is disabled.
+def wandb_logger(cfg: ExperimentConfig, out: Path, context: dict[str, Any] | None = None,
+                 default_name: str | None = None) -> WandbLogger | None:
+    """A Lightning W&B logger writing under ``out/wandb``, or None when W&B is disabled; named
+    ``wandb.name``, else ``default_name`` (the run's folder: W&B's own is ``run-<id>``).
 
     ``context`` joins the run's config (a study trial's study, arm, factor levels and seed; a
     fold's trial and fold), so the dashboard can group, filter and plot runs by them; such a
@@ -107,7 +108,7 @@ def wandb_logger(cfg: ExperimentConfig, out: Path, context: dict[str, Any] | Non
     experiment = _init(
         requirements=context is None,
         project=cfg.wandb.project,
-        name=cfg.wandb.name,
+        name=cfg.wandb.name or default_name,
         group=cfg.wandb.group,
         job_type=cfg.wandb.job_type,
         tags=list(cfg.wandb.tags),

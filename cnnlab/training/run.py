@@ -170,7 +170,7 @@ def _run(cfg: ExperimentConfig, out: Path, final: Path, fold: tuple[int, int] | 
         write_atomic(out / "config.yaml", to_yaml(cfg))
         if found is not None:
             write_atomic(out / "lr_find.png", found.plot_png)
-    logger = wandb_logger(cfg, out, context) if zero else None
+    logger = wandb_logger(cfg, out, context, default_name=final.name) if zero else None
     trainer = build_trainer(cfg.trainer, out, [logger] if logger else [], validate=not refit,
                             callbacks=callbacks, sync_batchnorm=cfg.model.sync_batchnorm)
     datamodule.to_device(trainer.strategy.root_device, fast.channels_last)
