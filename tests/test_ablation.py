@@ -65,7 +65,7 @@ def test_ablation_runs_every_arm_and_seed_and_resumes_without_rerunning(cli, tmp
     assert "resuming" not in stdout
     # off a terminal (a log file) each arm is one whole line, not fragments folded at 80 columns
     arms = [line for line in stdout.splitlines() if line.startswith("  model.norm=")]
-    assert len(arms) == 4 and sum(bool(re.search(r"· Δ .*, p [\d.e-]+$", a)) for a in arms) == 3
+    assert len(arms) == 4 and sum(bool(re.search(r"· Δ .*, p [\d.e-]+ \(paired test\)$", a)) for a in arms) == 3
     status, stdout, _ = cli("ablate", spec, "--out", out, "--workers", "auto")  # nothing to do
     assert "workers: " in stdout and "(auto: one per core other processes leave free" in stdout
     assert status == 0 and "resuming: 8 of 8 trials done" in stdout
@@ -151,7 +151,7 @@ def test_report_numbers_equal_a_hand_computation(cli, tmp_path: Path) -> None:
         raw[arm] = stats.ttest_rel([values[arm][s] for s in range(3)],
                                    [values[base][s] for s in range(3)]).pvalue
         assert f"| {np.mean(d):+.4f} [{np.mean(d) - half:+.4f}, {np.mean(d) + half:+.4f}] | " \
-            f"{raw[arm]:.3g} |" in rows[arm]
+            f"{raw[arm]:.3g} (paired test) |" in rows[arm]
     # the confirmatory family (no hypothesis: every arm vs the baseline), Holm at the first
     # look's α: seeds: 3 plans up to 10 seeds, Pocock-type spending at 3/10
     alpha = 0.05 * math.log(1 + (math.e - 1) * 0.3)
@@ -163,6 +163,7 @@ def test_report_numbers_equal_a_hand_computation(cli, tmp_path: Path) -> None:
         (line,) = [row for row in family.splitlines() if row.startswith(f"| test_acc: {arm} vs")]
         assert f"| {raw[arm]:.3g} | {running:.3g} | {alpha:.3g} (1) |" in line
     assert f"| 1 | 3 | {alpha:.4g} | {alpha:.4g} |" in text  # the look, stored
+    assert "plan allows" not in text  # the plan's α at each look: the column it would repeat
     assert "| baseline |" in rows[base]
     (out / "report.md").unlink()
     status, stdout, _ = cli("report", "tiny", "--out", out)  # rebuilt from the storage alone

@@ -4,6 +4,7 @@ import random
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -68,6 +69,10 @@ def test_fit_writes_monitoring_images_and_export_fuses(cli, tmp_path: Path) -> N
         with Image.open(run / name) as img:
             assert img.size[0] > 50
     assert (run / "filters_start.png").read_bytes() != (run / "filters_end.png").read_bytes()
+    with Image.open(run / "filters_end.png") as img:  # a titled figure, not a bare grid
+        gray = np.asarray(img.convert("L"))
+    title = gray[: gray.shape[0] // 6]  # the title's two lines of text above the filters
+    assert img.size[0] > 400 and (title < 100).any() and (title > 250).mean() > 0.8
     metrics = (run / "metrics.json").read_text()
     assert "bn_train_eval_gap" in metrics
     status, out, err = cli("export", run, "--fuse-bn")
