@@ -65,7 +65,8 @@ def test_ablation_runs_every_arm_and_seed_and_resumes_without_rerunning(cli, tmp
     assert "resuming" not in stdout
     # off a terminal (a log file) each arm is one whole line, not fragments folded at 80 columns
     arms = [line for line in stdout.splitlines() if line.startswith("  model.norm=")]
-    assert len(arms) == 4 and sum(bool(re.search(r"· Δ .*, p [\d.e-]+ \(paired test\)$", a)) for a in arms) == 3
+    paired = r"· Δ .*, p [\d.e-]+ \(paired test\)$"
+    assert len(arms) == 4 and sum(bool(re.search(paired, a)) for a in arms) == 3
     status, stdout, _ = cli("ablate", spec, "--out", out, "--workers", "auto")  # nothing to do
     assert "workers: " in stdout and "(auto: one per core other processes leave free" in stdout
     assert status == 0 and "resuming: 8 of 8 trials done" in stdout

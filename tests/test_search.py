@@ -5,6 +5,7 @@ import os
 import sys
 from pathlib import Path
 
+import matplotlib
 import optuna
 import pytest
 import warm
@@ -45,8 +46,10 @@ def trials(out: Path, url: str | None = None, name: str = "small") -> list:
 @pytest.mark.slow
 def test_small_search_completes_refits_and_reports(cli, tmp_path: Path) -> None:
     out = tmp_path / "out"
+    style = dict(matplotlib.rcParams)
     status, stdout, err = cli("tune", write_spec(tmp_path), "--out", out)
     assert status == 0, err
+    assert dict(matplotlib.rcParams) == style  # Optuna's plots switched the process to ggplot
     done = [t for t in trials(out) if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(done) == 4
     for t in done:

@@ -5,12 +5,15 @@ import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from fake_wandb import FakeWandb
+from test_reliability import _alive, _descendants
 
 import cnnlab.tracking.sync as sync_module
 from cnnlab.tracking.sync import KEEP_LOGS, log_folder
@@ -169,3 +172,42 @@ def test_runs_still_being_built_are_not_listed(tmp_path: Path) -> None:
                           cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert "1 offline W&B runs to sync, 0 already synced" in done.stdout, done.stdout
     assert "cnnlab-partial" not in done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_an_interrupted_sync_is_one_line_and_leaves_no_process(
+        runs: Path, tmp_path: Path, sig: signal.Signals) -> None:
+    """Ctrl-C (or kill -9) while W&B retries a failing upload: one line and status 130, no
+    `wandb sync` left uploading after its parent, and no run recorded as complete."""
+    with FakeWandb(fail_uploads=True).serving() as server:
+        env = {**os.environ, "WANDB_BASE_URL": server.url, "PYTHONPATH": str(ROOT)}
+        err = tmp_path / "stderr"
+        with err.open("w") as stream:
+            proc = subprocess.Popen([sys.executable, "-m", "cnnlab", "sync", str(runs)], env=env,
+                                    cwd=Path.cwd(), stdout=subprocess.DEVNULL, stderr=stream)
+        deadline = time.monotonic() + 60
+        while not [pid for pid in _descendants(proc.pid) if b"sync" in _cmdline(pid)]:
+            assert proc.poll() is None and time.monotonic() < deadline, err.read_text()
+            time.sleep(0.1)
+        time.sleep(2)  # W&B is retrying the artifact files by now
+        started = _descendants(proc.pid)
+        proc.send_signal(sig)
+        proc.wait(timeout=30)
+        gone = time.monotonic() + 5
+        while (left := {pid for pid in started if _alive(pid)}) and time.monotonic() < gone:
+            time.sleep(0.1)
+    assert not left, [_cmdline(pid)[:80] for pid in left]
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130
+        lines = err.read_text().splitlines()
+        assert lines == ["cnnlab: stopped by SIGINT; finished work is kept: rerun the same "
+                         "command to resume"], lines
+    assert not any(json.loads(r.read_text())["complete"] for r in runs.rglob("*.cnnlab-sync.json"))
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""

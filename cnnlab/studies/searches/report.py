@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import matplotlib.pyplot as plt
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -77,6 +78,14 @@ def _score(store: SearchStore, trial: FrozenTrial) -> float | None:
 
 
 def _plots(store: SearchStore) -> dict[str, bytes]:
+    """The search's figures. Optuna's plots switch matplotlib to its ggplot style for the
+    whole process (``plt.style.use``); drawn inside ``rc_context`` the style ends with them
+    (an ablation reported after a search, in one notebook, was grey-backgrounded)."""
+    with matplotlib.rc_context():
+        return _drawn(store)
+
+
+def _drawn(store: SearchStore) -> dict[str, bytes]:
     study = store.study
     plots: dict[str, Callable[[optuna.Study], Any]] = {
              "history.png": ov.plot_optimization_history,
