@@ -170,8 +170,16 @@ class Results:
                  "p": _number(c.comparison.p), "p_holm": _number(c.comparison.p_adj),
                  "alpha": c.comparison.alpha,
                  "look": c.comparison.look + 1 if c.comparison.decided else None,
-                 "detectable": None if c.power is None or math.isinf(c.power.detectable)
-                 else c.power.detectable} for c in self.checks]
+                 "detectable": _within(c.comparison.metric, c.power)} for c in self.checks]
+
+
+def _within(metric: str, power: Power | None) -> float | None:
+    """The smallest |Δ| a check could detect, where one inside the metric's range could be
+    found (an accuracy's 1.632 is no effect at all: None, as the report says it)."""
+    if power is None or math.isinf(power.detectable):
+        return None
+    low, high = METRICS[metric].bounds
+    return None if power.detectable > high - low else power.detectable
 
 
 def _number(value: float) -> float | None:
