@@ -16,7 +16,7 @@ from fake_wandb import FakeWandb
 from test_reliability import _alive, _descendants
 
 import cnnlab.tracking.sync as sync_module
-from cnnlab.tracking.sync import KEEP_LOGS, log_folder
+from cnnlab.tracking.sync import KEEP_LOGS, LOG_NAME, log_folder
 from tests.conftest import FAST
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -146,21 +146,42 @@ def test_two_syncs_in_one_second_never_share_a_log_folder(tmp_path: Path,
 def test_the_cache_keeps_the_newest_sync_logs_and_nothing_else(tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch
                                                               ) -> None:
-    """One log folder per sync piled up (15 after a day)."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    made = [log_folder() for _ in range(KEEP_LOGS + 3)]
-    parent = made[0].parent
+    """One log folder per sync piled up (15 after a day). Only folders a sync made, holding
+    only what it writes, are removed: every other file under the cache (and a link's target
+    outside it) is byte for byte as it was."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    first = log_folder()  # this sync's own folder, the newest of all
+    parent = first.parent
+    made = []
+    for i in range(KEEP_LOGS + 3):  # what earlier syncs left: their output and W&B's logs
+        folder = parent / f"20260101-0000{i:02d}-1-abcdefg{i}"
+        (folder / "wandb" / "logs").mkdir(parents=True)
+        (folder / "wandb-sync.out").write_text("wandb: Syncing 1 run(s)\n")
+        (folder / "wandb" / "logs" / "debug-sync.log").write_text("{}\n")
+        os.utime(folder, (1e9 + i, 1e9 + i))
+        made.append(folder)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("someone's")
+    (made[0] / "wandb" / "logs" / "link").symlink_to(outside, target_is_directory=True)
+    (made[1] / "notes.txt").write_text("mine, in an old log folder")  # keeps that folder
+    os.utime(made[1], (1e9 + 1, 1e9 + 1))
     mine = parent / "notes"  # not named as cnnlab names its folders: never touched
     mine.mkdir()
     (mine / "keep.txt").write_text("mine")
     linked = parent / "20000101-000000-1-abcdefgh"  # named like one, but a link
     linked.symlink_to(mine)
+    os.utime(first, (2e9, 2e9))
+    # the newest KEEP_LOGS - 1 stay (the new one makes KEEP_LOGS); of the older ones, the one
+    # holding a file of mine stays too
+    pruned = set(made[:KEEP_LOGS + 3 - (KEEP_LOGS - 2)]) - {made[1]}
+    before = {p: h for p, h in _hashes(tmp_path).items()
+              if not any(p.startswith(f"{old}/") for old in pruned)}
     newest = log_folder()
-    kept = sorted(p for p in parent.iterdir() if p not in (mine, linked))
-    assert len(kept) == KEEP_LOGS and newest in kept and made[-1] in kept
-    assert (mine / "keep.txt").read_text() == "mine" and linked.is_symlink()
-
-
+    kept = {p for p in parent.iterdir() if LOG_NAME.fullmatch(p.name)}
+    assert kept == {*set(made) - pruned, first, newest, linked}, (
+        sorted(p.name for p in kept), sorted(p.name for p in pruned))
+    assert _hashes(tmp_path) == before and linked.is_symlink()
 def test_runs_still_being_built_are_not_listed(tmp_path: Path) -> None:
     """A tune still running has its folds' W&B runs inside .fold0.cnnlab-partial/."""
     for folder in ("trials/0000/fold0", "trials/0001/.fold0.cnnlab-partial"):

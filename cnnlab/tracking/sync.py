@@ -160,14 +160,21 @@ def log_folder() -> Path:
 LOG_NAME = re.compile(r"\d{8}-\d{6}-\d+-[A-Za-z0-9_]{8}")  # what ``log_folder`` names them
 
 
+SYNC_WRITES = {"wandb-sync.out", "wandb"}  # all a sync puts in its log folder
+
+
 def _prune_logs(parent: Path) -> None:
-    """Keep the newest ``KEEP_LOGS - 1`` sync log folders (one a day piled up 15): only
-    folders named as cnnlab names them, in cnnlab's own cache folder, never through a link."""
+    """Keep the newest ``KEEP_LOGS - 1`` sync log folders (one a day piled up 15). Removed
+    only: a real folder (not a link) named as ``log_folder`` names them, in cnnlab's cache,
+    holding nothing but what a sync writes (``wandb sync``'s logs; a file of anyone else's
+    keeps the folder)."""
     made = sorted((p for p in parent.iterdir()
                    if LOG_NAME.fullmatch(p.name) and p.is_dir() and not p.is_symlink()),
                   key=lambda p: p.lstat().st_mtime_ns)  # made in one second: the name can't say
     for old in made[:max(len(made) - (KEEP_LOGS - 1), 0)]:
-        shutil.rmtree(old, ignore_errors=True)
+        if {entry.name for entry in old.iterdir()} <= SYNC_WRITES and not (
+                old / "wandb").is_symlink():
+            shutil.rmtree(old, ignore_errors=True)  # links inside are unlinked, never followed
 
 
 def _errors(logs: Path, level: str = "ERROR") -> dict[str, list[str]]:
