@@ -2,7 +2,6 @@
 incomplete: two commands racing for the same work, a trial that failed, a folder two storages
 would share, and the README's two-shell PostgreSQL example as written."""
 
-import hashlib
 import json
 import os
 import re
@@ -16,6 +15,7 @@ import psycopg
 import pytest
 from optuna.trial import TrialState
 from test_ablation import write_spec
+from test_nothing_lost import hashes
 
 import cnnlab.studies.ablations.run as ablation_run
 from cnnlab.outputs.ownership import MANIFEST
@@ -25,11 +25,6 @@ from cnnlab.studies.engine.store import KEY, NO_ATTEMPT, Store
 from cnnlab.tracking.runs import stable_id
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _hashes(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_two_copies_of_one_queued_work_popped_at_once_run_exactly_once(tmp_path: Path) -> None:
@@ -104,13 +99,13 @@ def test_a_study_folder_reports_one_storage(cli, tmp_path: Path) -> None:
     assert cli("ablate", spec, "--out", shared, "--storage", other, "--workers", "1")[0] == 0
     assert stable_id("cnnlab", "tiny", shared) != journal_id  # one summary run per storage
     assert json.loads((shared / MANIFEST).read_text())["storage"] == other
-    before = _hashes(tmp_path)
+    before = hashes(tmp_path)
     for command in (["ablate", spec, "--out", out, "--storage", other],
                     ["report", "tiny", "--out", out, "--storage", other]):
         status, _, err = cli(*command)
         assert status == 2 and "reports the study of another storage" in err, err
         assert "allowed: another --out for this storage (" in err
-        assert _hashes(tmp_path) == before
+        assert hashes(tmp_path) == before
     manifest = json.loads((out / MANIFEST).read_text())
     del manifest["storage"]  # a folder of cnnlab <= 0.6: its journal names its storage
     (out / MANIFEST).write_text(json.dumps(manifest))

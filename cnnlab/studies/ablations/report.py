@@ -106,11 +106,11 @@ def mechanism_rows(results: Results) -> list[list[str]]:
     rows = [["arm", *metrics]]
     for i, arm in enumerate(results.arms):
         cells = []
+        runs = [r for r in results.trials if r.arm == arm.arm]
         for metric in metrics:
             _, interval, delta = results.mechanisms[metric][i]
             mark = "" if delta is None or not delta.delta.n else (
                 f" (Δ {delta.delta.mean:+.4g}, p {p_text(delta.p)})")
-            runs = [r for r in results.trials if r.arm == arm.arm]
             never = sum(r.censored for r in runs) if METRICS[metric].failure == "censored" else 0
             if runs and never == len(runs):
                 cells.append(f"never reached (every seed; > {interval.mean - 1:.0f} epochs)")
