@@ -23,7 +23,7 @@ from rich.console import Console
 
 from cnnlab.config import ExperimentConfig, load_config
 from cnnlab.errors import CnnlabError
-from cnnlab.outputs.files import JOURNAL, check_run_out, check_study_folder, study_folder
+from cnnlab.outputs.files import JOURNAL, check_run_out, check_study_folder, recorded_storage, study_folder
 from cnnlab.process import scoped
 from cnnlab.shipped import pilots, spec_path
 from cnnlab.studies.specs import safe_name
@@ -202,17 +202,18 @@ def stored_results(name: str, *, out: str | Path | None = None, storage: str | N
 
 @checked
 def report(name: str, *, out: str | Path | None = None, storage: str | None = None) -> StudyResult:
-    """Rebuild an ablation's report from its storage (default ``reports/<name>``), as
-    ``cnnlab report``; nothing is trained."""
+    """Rebuild an ablation's report from its storage (default: the one its folder, ``out`` or
+    ``reports/<name>``, records), as ``cnnlab report``; nothing is trained."""
     from cnnlab.studies.ablations.report import write_report
     from cnnlab.studies.engine.storage import default_url, storage_id
 
     folder = study_folder(safe_name(name), out)
-    results = stored_results(name, out=folder, storage=storage)
+    url = storage or recorded_storage(folder) or default_url(folder)
+    results = stored_results(name, out=folder, storage=url)
     if not results.trials:  # stopped before its first trial finished
         raise CnnlabError(f"study {results.study!r} has no finished trial to report; allowed: "
                           "run its cnnlab ablate (again) first")
-    check_study_folder(folder, storage_id(storage or default_url(folder)))  # before writing
+    check_study_folder(folder, storage_id(url))  # before writing
     with scoped():
         return StudyResult.of(write_report(results, folder), folder)
 

@@ -106,6 +106,13 @@ def test_a_study_folder_reports_one_storage(cli, tmp_path: Path) -> None:
         assert status == 2 and "reports the study of another storage" in err, err
         assert "allowed: another --out for this storage (" in err
         assert hashes(tmp_path) == before
+    # without --storage, report reads the storage the folder records, not a journal it lacks
+    status, _, err = cli("report", "tiny", "--out", shared)
+    assert status == 0 and not (shared / "study.journal").exists(), err
+    held = json.loads((shared / MANIFEST).read_text())
+    (shared / MANIFEST).write_text(json.dumps({**held, "storage": "postgresql://u:***@db/x"}))
+    status, _, err = cli("report", "tiny", "--out", shared)
+    assert status == 2 and "recorded without its password; allowed: --storage" in err, err
     manifest = json.loads((out / MANIFEST).read_text())
     del manifest["storage"]  # a folder of cnnlab <= 0.6: its journal names its storage
     (out / MANIFEST).write_text(json.dumps(manifest))

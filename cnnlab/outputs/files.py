@@ -300,6 +300,18 @@ def held_storage(out: Path, manifest: Manifest) -> str:
     return _located(out, manifest.storage or (journals[0] if journals else ""))
 
 
+def recorded_storage(out: Path) -> str:
+    """The storage the study folder ``out`` records ('' where it records none), to read its
+    study from without ``--storage``; a database URL recorded without its password is
+    refused, naming it."""
+    manifest = Manifest.read(out) if out.is_dir() and not out.is_symlink() else None
+    held = held_storage(out, manifest) if manifest is not None and manifest.kind == "study" else ""
+    if ":***@" in held:
+        raise Refused(f"--out {out}: reports the study in {held}, recorded without its password; "
+                      "allowed: --storage with that URL and its password")
+    return held
+
+
 def _located(out: Path, storage: str) -> str:
     """A storage id with a journal named inside ``out`` made absolute."""
     inside = storage and "://" not in storage and not Path(storage).is_absolute()
