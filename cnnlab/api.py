@@ -191,13 +191,23 @@ def tune(spec: str | Path = "search", overrides: Sequence[str] = (), *, quick: b
 
 def stored_results(name: str, *, out: str | Path | None = None, storage: str | None = None
                    ) -> Results:
-    """An ablation's results as its storage holds them (default ``reports/<name>``), read only."""
+    """An ablation's results as its storage holds them (``study_storage`` of ``out``, default
+    ``reports/<name>``), read only."""
     from cnnlab.studies.ablations.results import collect
     from cnnlab.studies.ablations.store import AblationStore
 
     study = safe_name(name)
+    folder = study_folder(study, out)
     with scoped():
-        return collect(AblationStore.stored(study, study_folder(study, out), storage))
+        return collect(AblationStore.stored(study, folder, study_storage(folder, storage)))
+
+
+def study_storage(folder: Path, storage: str | None) -> str:
+    """Where a study folder's study is read from: ``storage``, else the storage the folder
+    records, else its own journal."""
+    from cnnlab.studies.engine.storage import default_url
+
+    return storage or recorded_storage(folder) or default_url(folder)
 
 
 @checked
@@ -205,10 +215,10 @@ def report(name: str, *, out: str | Path | None = None, storage: str | None = No
     """Rebuild an ablation's report from its storage (default: the one its folder, ``out`` or
     ``reports/<name>``, records), as ``cnnlab report``; nothing is trained."""
     from cnnlab.studies.ablations.report import write_report
-    from cnnlab.studies.engine.storage import default_url, storage_id
+    from cnnlab.studies.engine.storage import storage_id
 
     folder = study_folder(safe_name(name), out)
-    url = storage or recorded_storage(folder) or default_url(folder)
+    url = study_storage(folder, storage)
     results = stored_results(name, out=folder, storage=url)
     if not results.trials:  # stopped before its first trial finished
         raise CnnlabError(f"study {results.study!r} has no finished trial to report; allowed: "

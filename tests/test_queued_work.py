@@ -109,6 +109,8 @@ def test_a_study_folder_reports_one_storage(cli, tmp_path: Path) -> None:
     # without --storage, report reads the storage the folder records, not a journal it lacks
     status, _, err = cli("report", "tiny", "--out", shared)
     assert status == 0 and not (shared / "study.journal").exists(), err
+    status, table, err = cli("report", "--summary", "tiny", "--out", shared)
+    assert status == 0 and table.splitlines()[-1].startswith("| `tiny` |"), err
     held = json.loads((shared / MANIFEST).read_text())
     (shared / MANIFEST).write_text(json.dumps({**held, "storage": "postgresql://u:***@db/x"}))
     status, _, err = cli("report", "tiny", "--out", shared)

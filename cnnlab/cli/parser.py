@@ -200,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--summary", action="store_true",
                         help="print a markdown table of the studies' verdicts (reports/NAME each, "
                         "read only); write nothing")
-    report.add_argument("--storage", help="Optuna storage URL (default DIR/study.journal)")
+    report.add_argument("--storage", help="Optuna storage URL (default: the one DIR records, else "
+                        "DIR/study.journal)")
     report.add_argument("--out", type=Path, help="report directory (default reports/NAME)")
     report.set_defaults(func=cmd_report)
 
