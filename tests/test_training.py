@@ -127,6 +127,23 @@ def test_threads_0_is_recorded_and_the_same_idle_and_under_load(cli, tmp_path: P
     assert recorded["trainer"]["threads"] == 1  # a digits net's work per step: one thread
 
 
+def test_the_summary_shared_by_trials_tells_architectures_apart() -> None:
+    """The per-layer rows behind the memory check and the thread count are summarised once per
+    architecture: the seeds of an arm share them, another width, shape or class count not."""
+    from cnnlab.config import load_config
+    from cnnlab.training.build import meta_rows
+
+    digits = load_config()
+    rows = meta_rows(digits, (1, 8, 8), 10)
+    assert meta_rows(load_config(overrides=["seed=7"]), (1, 8, 8), 10) is rows
+    params = sum(r.params for r in rows)
+    wider = load_config(overrides=["model.hidden_units=[300]"])
+    assert sum(r.params for r in meta_rows(wider, (1, 8, 8), 10)) > params
+    assert sum(r.params for r in meta_rows(digits, (3, 8, 8), 10)) > params
+    assert sum(r.params for r in meta_rows(digits, (1, 8, 8), 26)) > params
+    assert meta_rows(digits, (1, 16, 16), 10)[0].shape != rows[0].shape
+
+
 def test_threads_0_follows_the_models_work_never_the_load() -> None:
     """One thread per 5·10⁸ multiply-adds of a training step, up to the cores: a digits net
     gets one (the default fit collapsed 2 s → 166 s when another process took a core), a

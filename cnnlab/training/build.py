@@ -52,10 +52,26 @@ def meta_model(cfg: ExperimentConfig, input_shape: Shape, num_classes: int) -> C
         return ConvNet(cfg.model, input_shape, num_classes)
 
 
+_ROWS: dict[tuple[str, tuple[int, ...], int], list[LayerRow]] = {}  # by architecture
+ROWS_KEPT = 256  # architectures remembered (a search samples many; each is a few rows)
+
+
+def meta_rows(cfg: ExperimentConfig, input_shape: Shape, num_classes: int) -> list[LayerRow]:
+    """``summarize`` of the configured network on the ``meta`` device, once per architecture:
+    every seed of an arm and every fold of a trial, and both the memory check and the thread
+    count, share it (it was a tenth of a small trial's time outside its fit)."""
+    key = (repr(cfg.model), tuple(input_shape), num_classes)
+    if key not in _ROWS:
+        if len(_ROWS) >= ROWS_KEPT:
+            _ROWS.clear()
+        _ROWS[key] = summarize(meta_model(cfg, input_shape, num_classes), input_shape)
+    return _ROWS[key]
+
+
 def step_macs(cfg: ExperimentConfig, input_shape: Shape, num_classes: int) -> float:
     """Multiply-adds of one training step (forward and backward: about three forwards) of the
     configured network on a batch, counted on the ``meta`` device."""
-    rows = summarize(meta_model(cfg, input_shape, num_classes), input_shape)
+    rows = meta_rows(cfg, input_shape, num_classes)
     return 3.0 * cfg.data.batch_size * sum(row.macs for row in rows)
 
 
@@ -70,7 +86,7 @@ def check_memory(cfg: ExperimentConfig, input_shape: Shape, num_classes: int) ->
     before anything is allocated (a hidden layer of 10⁹ units or a 100000×100000 input was a
     traceback after minutes): weights, gradients and two optimizer moments, and each layer's
     output and its gradient for every image of the larger batch (training or evaluation)."""
-    rows = summarize(meta_model(cfg, input_shape, num_classes), input_shape)
+    rows = meta_rows(cfg, input_shape, num_classes)
     params = sum(row.params for row in rows)
     outputs = sum(math.prod(row.shape) for row in rows)
     batch = max(cfg.data.batch_size, cfg.data.eval_batch_size)

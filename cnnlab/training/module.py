@@ -41,10 +41,13 @@ class Classifier(L.LightningModule):
     def __init__(
         self, config: dict[str, Any], input_shape: tuple[int, int, int], classes: list[str],
         mean: list[float], std: list[float], model: nn.Module | None = None,
+        cfg: ExperimentConfig | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["model"], logger=False)  # W&B has the config already
-        cfg = recorded(config)
+        # W&B has the config already; ``cfg`` is ``config`` parsed, when the caller has it (a
+        # fit: rebuilding it from the dict was a tenth of a small trial's time outside its fit)
+        self.save_hyperparameters(ignore=["model", "cfg"], logger=False)
+        cfg = cfg if cfg is not None else recorded(config)
         num_classes = len(classes)
         self.model = model if model is not None else ConvNet(cfg.model, input_shape, num_classes)
         self.optim = cfg.optim
@@ -67,7 +70,7 @@ class Classifier(L.LightningModule):
     def of(cls, cfg: ExperimentConfig, data: DataModule, model: nn.Module) -> Classifier:
         """The module for ``model`` trained on ``data`` under ``cfg``."""
         return cls(to_dict(cfg), data.input_shape, list(data.classes),
-                   data.mean.flatten().tolist(), data.std.flatten().tolist(), model)
+                   data.mean.flatten().tolist(), data.std.flatten().tolist(), model, cfg)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
