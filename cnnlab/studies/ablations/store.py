@@ -256,8 +256,8 @@ class AblationStore(Store):
         unrun = {k: why for k, why in self.incomplete().items() if k not in rows}
         running = sorted(k for k, why in unrun.items() if why in PENDING)
         failed = [line for key, line in problems if key not in rows]
-        failed += [f"{k}: {why}" for k, why in unrun.items()
-                   if why not in PENDING and k not in dict(problems)]
+        said = {key for key, _ in problems}
+        failed += [f"{k}: {why}" for k, why in unrun.items() if why not in PENDING and k not in said]
         return with_worst(list(rows.values())), running, failed
 
     @staticmethod
