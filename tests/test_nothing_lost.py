@@ -144,6 +144,36 @@ def test_a_killed_fits_staging_folder_is_cleared_and_a_live_ones_is_not(cli, tmp
     assert hashes(tmp_path) == before
 
 
+def test_a_staging_folder_written_while_it_is_cleared_stays_cnnlabs_for_the_rerun(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker stopped mid-run cleared its staging folder while its W&B service still wrote
+    logs into it: the manifest went, the logs stayed, and every rerun refused the folder as
+    not cnnlab's. Now the folder keeps its manifest, and the rerun clears it; the user's files
+    beside it and outside are untouched."""
+    out = tmp_path / "runs" / "fit"
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "notes.txt").write_text("mine")
+    (tmp_path / "outside.txt").write_text("mine too")
+    staging = files.begin_run(out, overwrite=False)
+    (staging / "wandb").mkdir()
+    (staging / "wandb" / "run.wandb").write_bytes(b"records")
+    real = files.remove_owned
+
+    def late_writer(folder: Path, manifest: Manifest) -> list[str]:  # after the listing
+        (folder / "wandb" / "debug-internal.log").write_text("a W&B service's last lines")
+        return real(folder, manifest)
+
+    monkeypatch.setattr(files, "remove_owned", late_writer)
+    mine = {k: v for k, v in hashes(tmp_path).items() if ".cnnlab-partial" not in k}
+    with pytest.raises(CnnlabError, match="could not be cleared .*allowed: rerun"):
+        files.abort_run(staging)
+    assert (Manifest.read(staging) or Manifest("none")).kind == "partial"
+    monkeypatch.setattr(files, "remove_owned", real)
+    again = files.begin_run(out, overwrite=False, takeover=True)
+    assert again == staging and sorted(p.name for p in staging.iterdir()) == [MANIFEST]
+    assert {k: v for k, v in hashes(tmp_path).items() if ".cnnlab-partial" not in k} == mine
+
+
 def test_a_staging_name_held_by_a_user_folder_is_left_alone(cli, tmp_path: Path) -> None:
     out = tmp_path / "run"
     staging_path(out).mkdir()

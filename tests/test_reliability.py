@@ -25,6 +25,7 @@ from test_search import trials as search_trials
 from test_search import write_spec as write_search_spec
 
 from cnnlab.errors import CnnlabError
+from cnnlab.outputs.ownership import Manifest
 from cnnlab.studies.engine.storage import open_storage
 from cnnlab.studies.engine.store import Store
 
@@ -569,8 +570,8 @@ def test_a_killed_command_takes_its_workers_along(tmp_path: Path, way: str,
     out = tmp_path / "out"
     stderr = tmp_path / "stderr"  # a file: a pipe would wait for every process holding it
     with stderr.open("w") as err:
-        proc = subprocess.Popen(WAYS_IN[way](spec, out), env=ENV, stdout=subprocess.DEVNULL,
-                                stderr=err)
+        proc = subprocess.Popen(WAYS_IN[way](spec, out), env={**ENV, "WANDB_MODE": "offline"},
+                                stdout=subprocess.DEVNULL, stderr=err)  # W&B as users have it
     deadline = time.monotonic() + 120
     while proc.poll() is None and len(_workers(out)) < 2 and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -585,6 +586,13 @@ def test_a_killed_command_takes_its_workers_along(tmp_path: Path, way: str,
     while (left := {pid for pid in started if _alive(pid)}) and time.monotonic() < gone:
         time.sleep(0.1)
     assert not left, [Path(f"/proc/{pid}/cmdline").read_text()[:80] for pid in left]
+    # a worker ends at once, without a traceback, and leaves its run's staging folder provably
+    # cnnlab's (the rerun clears it): Lightning's own SIGTERM handler made workers unwind
+    # through W&B's finish and the folder's removal, printing tracebacks, and a W&B service
+    # still writing left the folder without its manifest: the rerun refused it
+    assert "Traceback" not in stderr.read_text(), stderr.read_text()
+    for staging in out.rglob("*.cnnlab-partial"):
+        assert (Manifest.read(staging) or Manifest("none")).kind == "partial", staging
     journal = (out / "study.journal").read_bytes()
     finished = [t for t in trials(out) if t.state.is_finished()]
     time.sleep(2)

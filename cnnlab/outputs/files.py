@@ -171,11 +171,15 @@ def _clear_half_made(left: Path) -> None:
 
 
 def _remove_partial(staging: Path) -> None:
-    """A staging folder holds only what a cnnlab run wrote into it: every file is cnnlab's."""
+    """A staging folder holds only what a cnnlab run wrote into it: every file is cnnlab's. A
+    file written while it is cleared (a W&B service finishing its logs) keeps the folder, and
+    its manifest with it, so the rerun still knows the folder as cnnlab's and clears it."""
     manifest = Manifest("partial", files={rel: digest(staging / rel) for rel in files_under(staging)})
     left = remove_owned(staging, manifest)
     if left:  # a file appeared while we looked: keep it and say so
-        raise Refused(f"{staging}: could not be cleared ({_listing(left)}); allowed: move it away")
+        Manifest("partial", owner_id()).write(staging)
+        raise Refused(f"{staging}: could not be cleared ({_listing(left)}); allowed: rerun "
+                      "(it is cleared then), or move it away")
 
 
 def abort_run(staging: Path) -> None:

@@ -22,7 +22,17 @@ from cnnlab.process import (
     end_with,
     outage,
     outage_line,
+    pid_alive,
 )
+
+
+def _die(signum: int, _frame: object) -> None:
+    """A worker's SIGTERM: it dies of the signal at once. A handler, not ``SIG_DFL``, because
+    Lightning replaces ``SIG_DFL`` inside a fit with its own, which unwound the worker through
+    W&B's finish and the run's removal (tracebacks, and a staging folder a W&B service was
+    still writing into); Lightning calls a handler it finds, after its own."""
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 def _child(target: Callable[..., None], args: tuple[Any, ...], env: dict[str, str], cwd: str,
@@ -30,7 +40,7 @@ def _child(target: Callable[..., None], args: tuple[Any, ...], env: dict[str, st
     """A worker forked from the fork server: the caller's environment and folder, then work
     until done, or until the command or the fork server dies (SIGTERM) or Ctrl-C: its trial
     then stays with the storage, which a rerun takes over as lost."""
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, _die)
     die_with_parent()
     end_with(parent)
     configure()
@@ -41,10 +51,12 @@ def _child(target: Callable[..., None], args: tuple[Any, ...], env: dict[str, st
         target(*args)
     except KeyboardInterrupt:
         os._exit(130)
-    except CnnlabError as err:  # bad input found by this worker: its one line, status 2
-        print(f"cnnlab: error: {err}", file=sys.stderr, flush=True)
-        os._exit(2)
     except Exception as err:
+        if not pid_alive(parent):  # what failed went with the command (its W&B service): the
+            _die(signal.SIGTERM, None)  # worker ends as its SIGTERM would a moment later
+        if isinstance(err, CnnlabError):  # bad input found by this worker: its line, status 2
+            print(f"cnnlab: error: {err}", file=sys.stderr, flush=True)
+            os._exit(2)
         why = outage(err)
         if why is None:
             raise
